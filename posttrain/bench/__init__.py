@@ -1,0 +1,1 @@
+"""Benchmarks of posttrain against peer libraries, each side in its own process."""

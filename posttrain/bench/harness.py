@@ -1,0 +1,64 @@
+"""Shared benchmark plumbing: run each side in a fresh process, alternate sides, summarize.
+
+Each side is a worker module run as ``python -m MODULE JSON_SETTINGS`` that prints one JSON object
+on its last stdout line with ``tokens_per_s``, ``seconds_per_step`` and ``peak_rss_mb``. Sides run
+one after another (never concurrently), in the order A, B, B, A, A, B, ... so that slow drift of
+the machine affects both equally. The summary takes the median of each figure over repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+
+from posttrain.errors import PosttrainError
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_worker(module: str, settings: dict, timeout: float = 3600) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, "-m", module, json.dumps(settings)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout)[-2000:]
+        raise PosttrainError(f"benchmark worker {module} failed (exit {proc.returncode}):\n{tail}",
+                             fix="run the worker command by hand to see the full error")
+    return json.loads(lines[-1])
+
+
+def alternate(sides: dict[str, tuple[str, dict]], repeats: int) -> dict[str, list[dict]]:
+    """Run every side ``repeats`` times, alternating which goes first."""
+    names = list(sides)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        order = names if repeat % 2 == 0 else names[::-1]
+        for name in order:
+            module, settings = sides[name]
+            runs[name].append(run_worker(module, settings))
+    return runs
+
+
+def summarize(runs: dict[str, list[dict]], ours: str, peer: str, settings: dict) -> dict:
+    def side(name: str) -> dict:
+        results = runs[name]
+        return {
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in results),
+            "seconds_per_step": statistics.median(r["seconds_per_step"] for r in results),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+            "final_loss": results[-1].get("final_loss"),
+            "runs": results,
+        }
+
+    summary = {ours: side(ours), peer: side(peer), "settings": settings}
+    summary["ratio_tokens_per_s"] = summary[ours]["tokens_per_s"] / summary[peer]["tokens_per_s"]
+    summary["ratio_peak_rss"] = summary[ours]["peak_rss_mb"] / summary[peer]["peak_rss_mb"]
+    return summary

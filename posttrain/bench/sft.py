@@ -1,0 +1,49 @@
+"""``posttrain bench sft --vs trl``: the same SFT steps in posttrain and in TRL's ``SFTTrainer``.
+
+Both sides train the same model directory, in float32 on the CPU (bf16 on CUDA is not used here),
+on the same conversational prompt/completion examples, with the same per-device batch size,
+maximum length, number of optimizer steps, learning rate and schedule, loss on completion tokens.
+Throughput counts real (non-padding) tokens fed to the model per second over the timed steps
+(the first ``warmup_steps`` are run but not timed).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from posttrain.bench.harness import alternate, summarize
+from posttrain.errors import PosttrainError
+
+
+def benchmark_records(n: int, seed: int = 0) -> list[dict]:
+    """GSM8K-sized conversational examples from the synthetic arithmetic task (hardest level)."""
+    from posttrain.data import make_task
+
+    records = make_task("arithmetic", n, seed, levels=[3])
+    return [{"prompt": [{"role": "user", "content": r["question"]}],
+             "completion": [{"role": "assistant", "content": r["answer"]}]} for r in records]
+
+
+def run_sft_benchmark(vs: str = "trl", model: str = "smollm2-135m", steps: int = 6, batch_size: int = 8,
+                      max_length: int = 256, repeats: int = 2, warmup_steps: int = 1, lr: float = 1e-5) -> dict:
+    if vs != "trl":
+        raise PosttrainError(f"unknown peer {vs!r} for the SFT benchmark", fix="use --vs trl")
+    from posttrain.models.loader import resolve_source
+
+    source = resolve_source(model)
+    if source.kind != "directory":
+        raise PosttrainError(f"the SFT benchmark needs a model directory both libraries can load; {model!r} is a {source.kind}",
+                             fix="pass smollm2-135m or a local HF model directory")
+    model_dir = source.location
+    workdir = Path(tempfile.mkdtemp(prefix="posttrain-bench-sft-"))
+    data_path = workdir / "train.jsonl"
+    records = benchmark_records((steps + warmup_steps) * batch_size)
+    data_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    settings = {"model": model_dir, "data": str(data_path), "steps": steps, "warmup_steps": warmup_steps,
+                "batch_size": batch_size, "max_length": max_length, "lr": lr, "workdir": str(workdir),
+                "dtype": "float32", "device": "cpu"}
+    runs = alternate({"posttrain": ("posttrain.bench.sft_posttrain", settings),
+                      "trl": ("posttrain.bench.sft_trl", settings)}, repeats)
+    return summarize(runs, "posttrain", "trl", settings)

@@ -1,0 +1,168 @@
+"""The ``posttrain`` command. Each sub-command parses its arguments and calls one function.
+
+A :class:`posttrain.errors.PosttrainError` is printed without a traceback and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from posttrain.errors import PosttrainError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Post-training for language models.")
+data_app = typer.Typer(no_args_is_help=True, help="Make and inspect datasets.")
+model_app = typer.Typer(no_args_is_help=True, help="Inspect and export models.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmark posttrain against peer libraries.")
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+app.add_typer(eval_app, name="eval")
+app.add_typer(bench_app, name="bench")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. posttrain/recipes/quickstart.yaml")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides")] = None,
+) -> None:
+    """Train with a recipe; writes runs/<name>/ (config, metrics, checkpoints, report)."""
+    from posttrain.config import load_config
+    from posttrain.trainers.run import train as run_training
+
+    config = load_config(recipe, overrides or [])
+    result = run_training(config)
+    run_dir = result.run_dir
+    typer.echo(f"\nrun:        {run_dir}\nmetrics:    {run_dir / 'metrics.jsonl'}\n"
+               f"report:     {run_dir / 'report.html'}\ncheckpoint: {run_dir / 'checkpoints'}")
+    if result.eval_metrics:
+        typer.echo("final eval: " + "  ".join(f"{k}={v:.4g}" for k, v in result.eval_metrics.items()))
+
+
+@eval_app.command("math")
+def eval_math(
+    model: Annotated[str, typer.Option(help="model name or directory")] = "smollm2-135m",
+    data: Annotated[str, typer.Option(help="data file/directory, or task:arithmetic for the synthetic task")] = "task:arithmetic",
+    n: Annotated[int | None, typer.Option(help="number of prompts (default: all)")] = None,
+    k: Annotated[int, typer.Option(help="samples per prompt (pass@k)")] = 1,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(help="directory for samples.jsonl")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Math accuracy, pass@k, parse failures and mean length of a model on prompts with reference answers."""
+    from posttrain.evals.run import run_math_eval
+
+    result = run_math_eval(model=model, data=data, n=n, k=k, temperature=temperature, top_p=top_p,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, out_dir=out)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        for key, value in result.items():
+            typer.echo(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Option(help="user message")],
+    model: str = "smollm2-135m",
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    n: int = 1,
+    seed: int = 0,
+) -> None:
+    """Generate a reply to one prompt (chat template applied) for a quick look."""
+    from posttrain.evals.run import generate_replies
+
+    for text in generate_replies(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, n=n, seed=seed):
+        typer.echo(text)
+
+
+@data_app.command("make")
+def data_make(
+    task: Annotated[str, typer.Argument(help="synthetic task name, e.g. arithmetic")],
+    out: Annotated[Path, typer.Option(help="output .jsonl")],
+    n: int = 2000,
+    seed: int = 0,
+    levels: Annotated[str | None, typer.Option(help="comma-separated difficulty levels, e.g. 1,2")] = None,
+    held_out: Annotated[bool, typer.Option(help="write the held-out split instead of the training split")] = False,
+) -> None:
+    """Write a seeded synthetic task as JSONL (question, answer with #### final answer, reference)."""
+    from posttrain.data import make_task_file
+
+    level_list = [int(x) for x in levels.split(",")] if levels else None
+    path = make_task_file(task, n=n, seed=seed, out=out, levels=level_list, held_out=held_out)
+    typer.echo(f"wrote {n} records to {path}")
+
+
+@model_app.command("info")
+def model_info_cmd(name: str = typer.Argument("smollm2-135m")) -> None:
+    """Parameters, vocabulary, chat template and dtype of a model."""
+    from posttrain.models import model_info
+
+    for key, value in model_info(name).items():
+        typer.echo(f"{key:>22}: {value}")
+
+
+@model_app.command("export")
+def model_export(checkpoint: Path, out: Path) -> None:
+    """Export a checkpoint (runs/NAME/checkpoints/step-N) as a merged HF directory with a model card."""
+    from posttrain.models import export_checkpoint
+
+    typer.echo(f"exported to {export_checkpoint(checkpoint, out)}")
+
+
+@app.command()
+def report(runs: Annotated[list[Path], typer.Argument(help="run directories to plot together")],
+           out: Annotated[Path | None, typer.Option(help="HTML file (default: report.html in the first run)")] = None) -> None:
+    """Plot one or more runs (loss, accuracy, masked fraction, tokens/s) into one HTML page."""
+    from posttrain.report import write_report
+
+    typer.echo(f"report: {write_report(runs, out or runs[0] / 'report.html')}")
+
+
+@bench_app.command("sft")
+def bench_sft(
+    vs: Annotated[str, typer.Option(help="peer library")] = "trl",
+    model: str = "smollm2-135m",
+    steps: int = 6,
+    batch_size: int = 8,
+    max_length: int = 256,
+    repeats: int = 2,
+    warmup_steps: int = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Same SFT steps in posttrain and in the peer, each in its own process, alternated over repeats."""
+    from posttrain.bench.sft import run_sft_benchmark
+
+    result = run_sft_benchmark(vs=vs, model=model, steps=steps, batch_size=batch_size, max_length=max_length,
+                               repeats=repeats, warmup_steps=warmup_steps)
+    typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except PosttrainError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as done:
+        sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)))
+    except Exception as error:  # click usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Run configuration: pydantic models, YAML recipes and ``key.sub=value`` overrides.
+
+A recipe is a YAML file whose keys mirror :class:`RunConfig`. Every section forbids unknown keys,
+so a typo is an error that names the key instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from posttrain.errors import ConfigError, location
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class ModelConfig(Section):
+    name: str = "smollm2-135m"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    lora: LoraConfig | None = None
+
+
+class DataSource(Section):
+    """Where records come from: a file/directory/hub name (``path``) or a synthetic ``task``."""
+
+    path: str | None = None
+    split: str = "train"
+    task: str | None = None
+    n: int = Field(1000, gt=0)
+    seed: int = 0
+    levels: list[int] | None = None
+    limit: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        if (self.path is None) == (self.task is None):
+            raise ValueError("give exactly one of `path` (a data file or directory) or `task` (a synthetic task name)")
+        return self
+
+
+class DataConfig(Section):
+    train: DataSource = DataSource(task="arithmetic", n=2000, seed=0)
+    eval: DataSource | None = None
+    max_length: int = Field(512, gt=1)
+    overlong: Literal["truncate", "drop"] = "truncate"
+    completion_only: bool = True
+    packing: bool = True
+    skip_invalid: bool = False
+
+
+class OptimConfig(Section):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    max_grad_norm: float | None = 1.0
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(8, gt=0, description="examples per process per micro-step")
+    grad_accum: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    log_every: int = Field(1, gt=0)
+    save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps; 0 = only at the end")
+    save_final: bool = True
+    keep_checkpoints: int = Field(2, gt=0)
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at start and end")
+    eval_at_start: bool = True
+    resume: str = Field("auto", description="auto (latest checkpoint of this run, if any), never, or a checkpoint path")
+    chunk_size: int = Field(1024, gt=0, description="rows of vocabulary-sized logits computed at once")
+
+
+class SFTConfig(Section):
+    loss: Literal["nll", "profit", "profit_lower", "dft"] = "nll"
+    tau: float = Field(0.1, ge=0, le=1)
+
+
+class EvalConfig(Section):
+    kind: Literal["math", "none"] = "math"
+    n: int | None = Field(None, gt=0, description="number of held-out prompts (all when unset)")
+    k: int = Field(1, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(32, gt=0)
+
+
+class RunConfig(Section):
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    method: Literal["sft"] = "sft"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    sft: SFTConfig = SFTConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.max_steps=20"`` → ``(["train", "max_steps"], 20)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value",
+                          fix="write e.g. train.max_steps=20 or sft.loss=profit")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set each ``key.sub=value`` in a nested dict, creating sections as needed."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"cannot set {'.'.join(keys)}: {key} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def _describe_validation_error(error: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{location(source, None, field)}: unknown key")
+        else:
+            lines.append(f"{location(source, None, field)}: {item['msg']} (got {item.get('input')!r})")
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines),
+                       fix="correct or remove the keys named above; `posttrain train --help` lists the sections")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML recipe (or start from defaults), apply overrides and validate."""
+    raw: dict = {}
+    source = str(path) if path else "<defaults>"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist", fix="pass the path of a YAML recipe, e.g. posttrain/recipes/quickstart.yaml")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = location(str(path), mark.line + 1 if mark else None)
+            raise ConfigError(f"recipe is not valid YAML: {exc}", where=where) from None
+        if not isinstance(raw, dict):
+            raise ConfigError("a recipe must be a mapping of sections", where=str(path))
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _describe_validation_error(exc, source) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved configuration as YAML (what ``config.yaml`` in a run directory holds)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

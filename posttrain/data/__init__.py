@@ -1,0 +1,33 @@
+"""Data: records in TRL's conventions, readers, validation, tokenization with loss masks, packing, tasks."""
+
+from .packing import PackedRow, collate, model_inputs, pack_examples
+from .readers import RecordSet, read_records, validate_records, write_jsonl
+from .records import KINDS, ROLES, is_conversational, normalize_record, reference_from_solution
+from .tasks import TASKS, make_splits, make_task, make_task_file
+from .tokenize import Example, TokenizedSet, encode_prompt, encode_prompts, tokenize_sft, trained_spans
+
+__all__ = [
+    "KINDS",
+    "ROLES",
+    "TASKS",
+    "Example",
+    "PackedRow",
+    "RecordSet",
+    "TokenizedSet",
+    "collate",
+    "encode_prompt",
+    "encode_prompts",
+    "is_conversational",
+    "make_splits",
+    "make_task",
+    "make_task_file",
+    "model_inputs",
+    "normalize_record",
+    "pack_examples",
+    "read_records",
+    "reference_from_solution",
+    "tokenize_sft",
+    "trained_spans",
+    "validate_records",
+    "write_jsonl",
+]

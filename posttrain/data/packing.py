@@ -1,0 +1,135 @@
+"""Packing several examples into one row, and collating rows into model inputs.
+
+Packed examples must not attend to each other. transformers (5.x) does this without an explicit mask:
+when a causal LM is called with ``attention_mask=None``, no cache and ``position_ids`` that restart at 0
+inside a row, ``masking_utils.find_packed_sequence_indices`` splits the row into sequences wherever a
+position does not follow the previous one by 1, and the sdpa and eager masks become block-diagonal causal
+(each token attends to earlier tokens of its own example only); flash attention takes the same position ids
+as variable-length sequences. Two conditions matter, and :func:`model_inputs` meets both:
+
+- no ``attention_mask`` may be passed (with one, the detection is skipped). Rows are right-padded, so under
+  causal attention no real token can see a pad token: the mask is not needed for correctness.
+- ``use_cache=False``: with the default ``use_cache=True`` the model creates an (empty) cache, and with a
+  cache the detection is skipped as well, so examples would attend across their boundaries.
+
+Position ids restart at 0 for every example. Padding positions continue the numbering of the row's last
+example, so padding never opens a new sequence. The first token of every example has loss mask 0: it must
+never be predicted from the end of the previous example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from posttrain.errors import DataError
+
+from .tokenize import Example
+
+
+@dataclass
+class PackedRow:
+    """Several examples laid end to end: ids, loss mask, per-example positions and the example lengths."""
+
+    input_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    position_ids: list[int] = field(default_factory=list)
+    seq_lengths: list[int] = field(default_factory=list)
+    wheres: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def boundaries(self) -> list[tuple[int, int]]:
+        """``(start, end)`` of each example inside the row."""
+        spans, start = [], 0
+        for length in self.seq_lengths:
+            spans.append((start, start + length))
+            start += length
+        return spans
+
+    def add(self, example: Example) -> None:
+        """Append an example: positions restart at 0 and its first token is not a target."""
+        self.input_ids.extend(example.input_ids)
+        self.loss_mask.extend([0, *example.loss_mask[1:]])
+        self.position_ids.extend(range(len(example)))
+        self.seq_lengths.append(len(example))
+        self.wheres.append(example.where)
+
+
+def pack_examples(examples: Sequence[Example], max_length: int) -> list[PackedRow]:
+    """Pack examples greedily, first fit: each example goes into the first row with room for it, in order.
+
+    Every row holds at most ``max_length`` tokens. An example longer than ``max_length`` is an error (tokenize
+    with the same ``max_length`` so that over-long examples are truncated or dropped first).
+    """
+    rows: list[PackedRow] = []
+    free: list[int] = []  # free[i] = room left in rows[i]
+    for example in examples:
+        if len(example) > max_length:
+            raise DataError(
+                f"example of {len(example)} tokens does not fit in a packed row of {max_length}",
+                where=example.where,
+                fix="tokenize with the same max_length as packing (over-long examples are then truncated or dropped)",
+            )
+        if len(example) == 0:
+            continue
+        target = next((i for i, room in enumerate(free) if room >= len(example)), None)
+        if target is None:
+            rows.append(PackedRow())
+            free.append(max_length)
+            target = len(rows) - 1
+        rows[target].add(example)
+        free[target] -= len(example)
+    return rows
+
+
+def collate(items: Sequence[PackedRow | Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad rows (or single examples) into a batch of ``[batch, longest]`` tensors.
+
+    Returns ``input_ids``, ``attention_mask`` (1 on real tokens, 0 on padding; for counting tokens — see
+    :func:`model_inputs` for why it is not given to the model), ``position_ids`` (restarting at 0 per example)
+    and ``loss_mask`` (0 on padding and on the first token of every example).
+    """
+    if not items:
+        raise ValueError("collate needs at least one row")
+    rows = [_as_row(item) for item in items]
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        length = len(row)
+        input_ids[index, :length] = torch.tensor(row.input_ids, dtype=torch.long)
+        attention_mask[index, :length] = 1
+        last_start = row.position_ids[-1] + 1 if length else 0
+        position_ids[index, :length] = torch.tensor(row.position_ids, dtype=torch.long)
+        position_ids[index, length:] = torch.arange(last_start, last_start + width - length)
+        loss_mask[index, :length] = torch.tensor(row.loss_mask, dtype=torch.long)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "loss_mask": loss_mask,
+    }
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict:
+    """The keyword arguments for a causal LM's forward on a collated batch.
+
+    ``input_ids`` and ``position_ids`` only, with ``use_cache=False`` (see the module docstring): this keeps
+    packed examples apart and is exact for right-padded rows.
+    """
+    return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+
+
+def _as_row(item: PackedRow | Example) -> PackedRow:
+    if isinstance(item, PackedRow):
+        return item
+    row = PackedRow()
+    row.add(item)
+    return row

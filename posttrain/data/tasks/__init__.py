@@ -1,0 +1,54 @@
+"""Synthetic verifiable tasks, registered by name.
+
+A task is a function ``(n, seed, **options) -> list[dict]`` returning GSM8K-style records
+(``question``, ``answer`` ending in ``#### N``, ``reference``). Every task takes a ``split`` option
+(``train`` or ``held_out``) whose questions never overlap.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from posttrain.errors import ConfigError
+
+from ..readers import write_jsonl
+from . import arithmetic
+
+TASKS: dict[str, Callable[..., list[dict]]] = {"arithmetic": arithmetic.make_records}
+
+
+def make_task(name: str, n: int, seed: int, **options) -> list[dict]:
+    """``n`` records of task ``name`` made with ``seed``; the same arguments give the same records."""
+    task = _task(name)
+    accepted = set(inspect.signature(task).parameters) - {"n", "seed"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"task {name!r} has no option {', '.join(map(repr, unknown))}",
+            fix=f"its options are: {', '.join(sorted(accepted))}",
+        )
+    return task(n, seed, **options)
+
+
+def make_splits(name: str, n_train: int, n_held_out: int, seed: int, **options) -> tuple[list[dict], list[dict]]:
+    """Train and held-out records of task ``name``; no question appears in both."""
+    train = make_task(name, n_train, seed, split="train", **options)
+    held_out = make_task(name, n_held_out, seed, split="held_out", **options)
+    return train, held_out
+
+
+def make_task_file(name: str, n: int, seed: int, out: str | os.PathLike, **options) -> Path:
+    """Write ``make_task(name, n, seed, **options)`` to ``out`` as JSON Lines and return its path."""
+    return write_jsonl(make_task(name, n, seed, **options), out)
+
+
+def _task(name: str) -> Callable[..., list[dict]]:
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}", fix=f"use one of: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+__all__ = ["TASKS", "make_splits", "make_task", "make_task_file", "write_jsonl"]

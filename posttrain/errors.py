@@ -1,0 +1,38 @@
+"""User-facing errors.
+
+Every problem a user can fix (bad data, bad config, a missing model) is raised as a
+:class:`PosttrainError`. Its message says what was wrong, where (``file:line:field`` when
+there is a place), and how to fix it. The CLI prints it without a traceback and exits with 2.
+"""
+
+from __future__ import annotations
+
+
+class PosttrainError(Exception):
+    """An error the user can act on; the message is complete on its own."""
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None):
+        self.what = what
+        self.where = where
+        self.fix = fix
+        parts = [f"{where}: {what}" if where else what]
+        if fix:
+            parts.append(f"How to fix: {fix}")
+        super().__init__("\n".join(parts))
+
+
+class ConfigError(PosttrainError):
+    """A recipe or command-line override is invalid."""
+
+
+class DataError(PosttrainError):
+    """A dataset file or record is invalid."""
+
+
+class ModelError(PosttrainError):
+    """A model or tokenizer cannot be loaded or does not fit the request."""
+
+
+def location(path: str | None = None, line: int | None = None, field: str | None = None) -> str:
+    """Format a place as ``path:line:field``, leaving out the parts that are unknown."""
+    return ":".join(str(part) for part in (path, line, field) if part is not None)

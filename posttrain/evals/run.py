@@ -1,0 +1,51 @@
+"""Command-level evaluation entry points: load a model and data, run an evaluation, return figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from posttrain.data import encode_prompt, make_task, read_records, validate_records
+from posttrain.errors import DataError
+from posttrain.evals.math import evaluate_math
+from posttrain.models import load_model, load_tokenizer
+from posttrain.rollout import HFEngine, SamplingParams
+
+TASK_PREFIX = "task:"
+
+
+def prompt_records(data: str, n: int | None, seed: int = 0) -> list[dict]:
+    """Prompt records with reference answers from a data file, or ``task:NAME`` (its held-out split)."""
+    if data.startswith(TASK_PREFIX):
+        task = data[len(TASK_PREFIX):]
+        raw = make_task(task, n or 100, seed, split="held_out")
+        records = validate_records(raw, kind="prompt", source=f"task:{task}:held_out").records
+    else:
+        records = read_records(data, kind="prompt").records
+    records = records[:n] if n else records
+    missing = [r.get("_where", "?") for r in records if r.get("reference") in (None, "")]
+    if missing:
+        raise DataError(f"{len(missing)} records have no reference answer (first: {missing[0]})",
+                        fix="give each record an `answer` (final answer after ####) or a `reference` field")
+    return records
+
+
+def run_math_eval(model: str, data: str, n: int | None = None, k: int = 1, temperature: float = 0.0,
+                  top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 32, seed: int = 0,
+                  out_dir: Path | None = None) -> dict:
+    tokenizer = load_tokenizer(model)
+    lm = load_model(model)
+    records = prompt_records(data, n, seed)
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=k, seed=seed)
+    engine = HFEngine(lm, tokenizer, batch_size=batch_size)
+    result = evaluate_math(engine, [encode_prompt(r, tokenizer) for r in records],
+                           [str(r["reference"]) for r in records], k=k, params=params, out_dir=out_dir)
+    return {"model": model, "data": data, **result.to_dict()}
+
+
+def generate_replies(model: str, prompt: str, max_new_tokens: int = 128, temperature: float = 0.0, n: int = 1,
+                     seed: int = 0) -> list[str]:
+    tokenizer = load_tokenizer(model)
+    engine = HFEngine(load_model(model), tokenizer, batch_size=n)
+    record = {"prompt": [{"role": "user", "content": prompt}]}
+    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, n=n, seed=seed)
+    return [g.text for g in engine.generate([encode_prompt(record, tokenizer)], params)]

@@ -1,0 +1,132 @@
+"""Reading run directories: the logged metrics and the resolved config of each run."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from posttrain.errors import DataError, location
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+STEP_KEY = "step"
+
+
+@dataclass
+class RunData:
+    """One run: ``series[metric]`` is a list of ``(step, value)`` in logging order.
+
+    ``skipped_lines`` counts lines of ``metrics.jsonl`` that were not JSON objects (for example a line
+    cut short when a run was killed); ``skipped_values`` counts logged values that were not finite
+    numbers (strings, lists, NaN). Both are shown in the report.
+    """
+
+    name: str
+    path: Path
+    config: dict
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    skipped_lines: int = 0
+    skipped_values: int = 0
+
+    def final(self, metric: str) -> float | None:
+        """The last logged value of ``metric``, or None when the run never logged it."""
+        points = self.series.get(metric)
+        return points[-1][1] if points else None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_metrics(path: Path) -> tuple[dict[str, list[tuple[float, float]]], int, int]:
+    """Parse ``metrics.jsonl`` into per-metric series.
+
+    The x value of a record is its ``step``; a record without a numeric ``step`` takes its 1-based
+    position among the records. Returns ``(series, skipped_lines, skipped_values)``.
+    """
+    series: dict[str, list[tuple[float, float]]] = {}
+    skipped_lines = skipped_values = 0
+    position = 0
+    with path.open(encoding="utf-8", errors="replace") as file:
+        for line in file:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict):
+                skipped_lines += 1
+                continue
+            position += 1
+            step = record.get(STEP_KEY)
+            x = float(step) if _is_number(step) else float(position)
+            for key, value in record.items():
+                if key == STEP_KEY:
+                    continue
+                if _is_number(value):
+                    series.setdefault(key, []).append((x, float(value)))
+                else:
+                    skipped_values += 1
+    return series, skipped_lines, skipped_values
+
+
+def read_config(path: Path) -> dict:
+    """The run's resolved config, or an empty dict when the run has no ``config.yaml``."""
+    if not path.exists():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise DataError(
+            f"config.yaml is not valid YAML: {error}", where=location(str(path)), fix="repair or remove the file"
+        ) from error
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise DataError(
+            "config.yaml does not hold a mapping of settings", where=location(str(path)), fix="repair or remove the file"
+        )
+    return config
+
+
+def read_run(run_dir: Path, name: str) -> RunData:
+    """Read one run directory; it must contain ``metrics.jsonl``."""
+    metrics_path = run_dir / METRICS_FILE
+    if not metrics_path.is_file():
+        raise DataError(
+            f"no {METRICS_FILE} in run directory {run_dir}",
+            where=location(str(run_dir)),
+            fix="pass the directory a training run wrote (it holds metrics.jsonl and config.yaml)",
+        )
+    series, skipped_lines, skipped_values = read_metrics(metrics_path)
+    return RunData(
+        name=name,
+        path=run_dir,
+        config=read_config(run_dir / CONFIG_FILE),
+        series=series,
+        skipped_lines=skipped_lines,
+        skipped_values=skipped_values,
+    )
+
+
+def run_names(run_dirs: list[Path]) -> list[str]:
+    """Directory names, or full paths where two runs share a directory name."""
+    names = [path.name or str(path) for path in run_dirs]
+    return [str(path) if names.count(name) > 1 else name for path, name in zip(run_dirs, names, strict=True)]
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict[str, str]:
+    """Nested settings as ``{"a.b.c": "value"}``, lists written inline."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, prefix=f"{dotted}."))
+        else:
+            flat[dotted] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return flat

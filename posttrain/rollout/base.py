@@ -1,0 +1,94 @@
+"""The rollout interface: prompts and sampling settings in; completions with their log-probs out.
+
+Trainers and evaluations only talk to :class:`RolloutEngine`. An engine turns a batch of tokenized
+prompts into ``n`` samples per prompt and reports, for every sampled token, its log-probability under
+the distribution it was actually drawn from. Any backend (HF ``generate``, continuous batching, vLLM)
+that honours this contract can replace another without changes to the callers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from posttrain.errors import ConfigError
+
+FinishReason = Literal["eos", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample completions.
+
+    The sampling distribution of each token is ``softmax(logits / temperature)`` restricted to the
+    ``top_k`` most likely tokens (``0`` = no restriction), then to the smallest set of most likely
+    tokens whose probability mass reaches ``top_p`` (``1.0`` = no restriction), renormalized.
+    ``temperature = 0`` means greedy decoding (argmax); then all ``n`` samples of a prompt are equal.
+    ``seed`` makes sampling reproducible: the same seed, prompts and settings give the same tokens.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    n: int = 1
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "a number >= 0 (0 = greedy)"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "a number in (0, 1] (1 = off)"),
+            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "an integer >= 0 (0 = off)"),
+            ("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "an integer >= 1"),
+            ("n", isinstance(self.n, int) and self.n >= 1, "an integer >= 1 (samples per prompt)"),
+            ("seed", self.seed is None or (isinstance(self.seed, int) and self.seed >= 0), "an integer >= 0 or null"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(
+                    f"sampling {name} = {getattr(self, name)!r} is invalid",
+                    where=name,
+                    fix=f"set {name} to {expected}",
+                )
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding takes the most likely token at every step."""
+        return self.temperature == 0
+
+
+@dataclass
+class Generation:
+    """One sampled completion of one prompt.
+
+    ``token_ids`` holds the completion only (no prompt, no padding), ending with the end-of-sequence
+    token when ``finish_reason == "eos"``; nothing after that token is kept. ``logprobs[i]`` is the
+    log-probability of ``token_ids[i]`` under the distribution it was sampled from (after temperature,
+    top-k and top-p); for greedy decoding it is the log-probability under the model's own distribution
+    (temperature 1). ``text`` is the decoded completion without the end-of-sequence token.
+    """
+
+    prompt_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: FinishReason
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """Anything that can sample completions for tokenized prompts.
+
+    ``generate`` returns ``len(prompt_ids) * params.n`` generations ordered by
+    ``(prompt_index, sample_index)``; ``prompt_index`` is the position of the prompt in ``prompt_ids``.
+    """
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Generation]:
+        """Sample ``params.n`` completions for each prompt."""
+        ...

@@ -1,0 +1,246 @@
+"""A rollout engine on Hugging Face ``model.generate`` (KV cache, left padding, batched).
+
+Prompts are sorted by length and packed into calls of at most ``batch_size`` sequences; the ``n``
+samples of one prompt travel in the same call (``num_return_sequences``), so a prompt is never split
+across calls unless ``n > batch_size``. Sampling is done by HF with only the processors that
+:class:`SamplingParams` describes (the model's own sampling defaults are overridden), and the log-prob
+of every drawn token is read from the final processed scores, so it is the log-prob under the
+distribution the token was actually drawn from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from posttrain.errors import DataError, ModelError, location
+from posttrain.rollout.base import Generation, RolloutEngine, SamplingParams
+
+CHATML_END = "<|im_end|>"
+
+
+class _SampledTokenLogprobs(LogitsProcessor):
+    """Records log p(token drawn at step t) = s_t[token] - logsumexp(s_t) for the processed scores s_t.
+
+    Placed last in the processor list, it sees exactly the scores the next token is drawn from. The
+    drawn token only becomes known at the next call (the last column of ``input_ids``), or from the
+    final sequences for the last step, so one step's scores are kept until then.
+    """
+
+    def __init__(self) -> None:
+        self.per_step: list[torch.Tensor] = []
+        self._pending_scores: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._record(input_ids[:, -1])
+        self._pending_scores = scores
+        return scores
+
+    def _record(self, drawn_tokens: torch.Tensor) -> None:
+        if self._pending_scores is None:
+            return
+        scores = self._pending_scores.float()
+        chosen = scores.gather(-1, drawn_tokens[:, None]).squeeze(-1)
+        self.per_step.append(chosen - torch.logsumexp(scores, dim=-1))
+        self._pending_scores = None
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """Return the [rows, steps] log-probs once generation has produced ``sequences``."""
+        self._record(sequences[:, -1])
+        return torch.stack(self.per_step, dim=1)
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The ids that end a completion: the generation config's eos ids, the tokenizer's eos, and
+    ``<|im_end|>`` when the chat template uses it."""
+    ids: list[int] = []
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if config_eos is not None:
+        ids.extend([config_eos] if isinstance(config_eos, int) else list(config_eos))
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and CHATML_END in template:
+        end_id = tokenizer.convert_tokens_to_ids(CHATML_END)
+        if isinstance(end_id, int) and end_id != tokenizer.unk_token_id:
+            ids.append(end_id)
+    unique = list(dict.fromkeys(ids))
+    if not unique:
+        raise ModelError(
+            "the model has no end-of-sequence token, so generation could never stop early",
+            fix="use a tokenizer with an eos token or set model.generation_config.eos_token_id",
+        )
+    return unique
+
+
+def _plan_calls(prompt_lengths: list[int], samples: int, batch_size: int) -> list[tuple[list[int], int, int]]:
+    """Group prompts into generate calls of at most ``batch_size`` rows.
+
+    Returns ``(prompt_indices, first_sample_index, samples_per_prompt)`` per call. Prompts go longest
+    first, so similar lengths share a call (little padding) and the largest call runs first.
+    """
+    order = sorted(range(len(prompt_lengths)), key=lambda i: -prompt_lengths[i])
+    if samples <= batch_size:
+        per_call = batch_size // samples
+        return [(order[start : start + per_call], 0, samples) for start in range(0, len(order), per_call)]
+    return [
+        ([index], first, min(batch_size, samples - first))
+        for index in order
+        for first in range(0, samples, batch_size)
+    ]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed sampling without disturbing the caller's random state (the RNG is forked and restored)."""
+    if seed is None:
+        yield
+        return
+    if device.type == "cpu":
+        forked = torch.random.fork_rng(devices=[])
+    else:
+        forked = torch.random.fork_rng(devices=[device], device_type=device.type)
+    with forked:
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    """Put the model in eval mode (no dropout) and restore its training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class HFEngine(RolloutEngine):
+    """Samples completions with ``model.generate``; see the module docstring for batching."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16):
+        if batch_size < 1:
+            raise ModelError(f"batch_size = {batch_size} is invalid", fix="use a batch_size >= 1")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Generation]:
+        """Sample ``params.n`` completions per prompt, ordered by (prompt_index, sample_index).
+
+        Greedy decoding (temperature 0) runs each prompt once and repeats the result ``n`` times.
+        """
+        for index, prompt in enumerate(prompt_ids):
+            if len(prompt) == 0:
+                raise DataError(
+                    f"prompt {index} has no tokens", where=location(field=f"prompts[{index}]"), fix="drop empty prompts"
+                )
+        distinct = 1 if params.greedy else params.n
+        results: dict[tuple[int, int], Generation] = {}
+        with _eval_mode(self.model), _seeded(params.seed, self.device):
+            for indices, first_sample, count in _plan_calls([len(p) for p in prompt_ids], distinct, self.batch_size):
+                rows = self._generate_call([prompt_ids[i] for i in indices], count, params)
+                for row, (tokens, logprobs) in enumerate(rows):
+                    prompt_index = indices[row // count]
+                    sample_index = first_sample + row % count
+                    results[(prompt_index, sample_index)] = self._to_generation(
+                        prompt_index, sample_index, prompt_ids[prompt_index], tokens, logprobs
+                    )
+        if params.greedy:
+            for prompt_index in range(len(prompt_ids)):
+                only = results[(prompt_index, 0)]
+                for sample_index in range(1, params.n):
+                    results[(prompt_index, sample_index)] = dataclasses.replace(
+                        only, sample_index=sample_index, token_ids=list(only.token_ids), logprobs=list(only.logprobs)
+                    )
+        return [results[key] for key in sorted(results)]
+
+    def _processors(self, params: SamplingParams) -> list[LogitsProcessor]:
+        """Temperature, top-k and top-p, in that order, as described by :class:`SamplingParams`."""
+        if params.greedy:
+            return []
+        processors: list[LogitsProcessor] = []
+        if params.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k > 0:
+            processors.append(TopKLogitsWarper(top_k=params.top_k))
+        if params.top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p=params.top_p))
+        return processors
+
+    def _generate_call(
+        self, prompts: list[list[int]], count: int, params: SamplingParams
+    ) -> list[tuple[list[int], list[float]]]:
+        """One ``model.generate`` call: left-pad ``prompts``, draw ``count`` samples of each.
+
+        Returns per row (prompt-major, ``count`` rows per prompt) the generated ids after the prompt,
+        padding included, and their log-probs.
+        """
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention_mask[row, width - len(prompt) :] = 1
+        # Neutral values are set explicitly: fields left unset would be filled from the model's own
+        # generation config (e.g. a default temperature), and the recorded log-probs would be wrong.
+        neutral_sampling = {} if params.greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        config = GenerationConfig(
+            do_sample=not params.greedy,
+            **neutral_sampling,
+            repetition_penalty=1.0,
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=count,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+        )
+        recorder = _SampledTokenLogprobs()
+        with torch.no_grad():
+            sequences = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([*self._processors(params), recorder]),
+            )
+        logprobs = recorder.finish(sequences).cpu()
+        completions = sequences[:, width:].cpu()
+        return list(zip(completions.tolist(), logprobs.tolist(), strict=True))
+
+    def _to_generation(
+        self, prompt_index: int, sample_index: int, prompt: list[int], tokens: list[int], logprobs: list[float]
+    ) -> Generation:
+        """Cut a padded completion after its first stop token and decode it."""
+        stops = set(self.stop_ids)
+        end = next((i for i, token in enumerate(tokens) if token in stops), None)
+        if end is None:
+            kept, finish_reason, text_tokens = tokens, "length", tokens
+        else:
+            kept, finish_reason, text_tokens = tokens[: end + 1], "eos", tokens[:end]
+        return Generation(
+            prompt_index=prompt_index,
+            sample_index=sample_index,
+            prompt_ids=list(prompt),
+            token_ids=kept,
+            logprobs=logprobs[: len(kept)],
+            text=self.tokenizer.decode(text_tokens, skip_special_tokens=False),
+            finish_reason=finish_reason,
+        )

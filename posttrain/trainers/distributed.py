@@ -1,0 +1,68 @@
+"""Processes of a run: rank, world size, device, and the two reductions the loop needs.
+
+The loop normalizes every loss by a count taken over the *global* batch (all micro-batches of
+all processes), so the gradient of the global loss is the plain **sum** of the processes'
+gradients. That is what :meth:`Processes.sum_gradients` does (one flat all-reduce), instead of
+wrapping the model in DDP, which averages and would need the loss pre-scaled by the world size.
+Launch several processes with ``accelerate launch`` (or ``torchrun``); one process needs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+class Processes:
+    def __init__(self, device: str = "auto"):
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not dist.is_initialized():
+            from accelerate import PartialState
+
+            PartialState(cpu=not torch.cuda.is_available())
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.is_main = self.rank == 0
+        self.device = self._pick_device(device)
+
+    def _pick_device(self, device: str) -> torch.device:
+        if device == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cpu")
+        return torch.device(device)
+
+    def autocast(self, model: torch.nn.Module):
+        """bf16 autocast on CUDA for float32 weights; nothing on CPU (fp32 there)."""
+        if self.device.type == "cuda" and next(model.parameters()).dtype == torch.float32:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def sum_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        if self.world_size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        for parameter, reduced in zip(parameters, _unflatten_dense_tensors(flat, grads), strict=True):
+            parameter.grad = reduced
+
+    def sum_values(self, values: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1:
+            return dict(values)
+        keys = sorted(values)
+        tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return dict(zip(keys, tensor.tolist(), strict=True))
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

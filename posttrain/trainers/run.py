@@ -1,0 +1,88 @@
+"""``posttrain train``: build the model, data, method and evaluation of a recipe and run the loop."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from posttrain.config import RunConfig
+from posttrain.data import encode_prompt, tokenize_sft
+from posttrain.errors import DataError
+from posttrain.evals import evaluate_math
+from posttrain.models import load_model, load_tokenizer
+from posttrain.rollout import HFEngine, SamplingParams
+from posttrain.trainers.distributed import Processes
+from posttrain.trainers.inputs import eval_source, load_source
+from posttrain.trainers.loop import Evaluate, Trainer, TrainResult
+from posttrain.trainers.sft import SFTMethod
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_dtype(config: RunConfig) -> str:
+    """Weights are kept in float32 unless the recipe asks otherwise; CUDA adds bf16 autocast on top."""
+    return "float32" if config.model.dtype == "auto" else config.model.dtype
+
+
+def math_evaluator(config: RunConfig, tokenizer, processes: Processes) -> Evaluate | None:
+    """The periodic evaluation hook: greedy (or sampled) math accuracy on held-out prompts."""
+    if config.eval.kind == "none":
+        return None
+    source, held_out = eval_source(config.data)
+    if source is None:
+        return None
+    records = load_source(source, kind="prompt", skip_invalid=config.data.skip_invalid, held_out=held_out).records
+    if config.eval.n:
+        records = records[: config.eval.n]
+    missing = [r.get("_where", "?") for r in records if r.get("reference") in (None, "")]
+    if missing:
+        raise DataError(f"{len(missing)} evaluation records have no reference answer (first: {missing[0]})",
+                        fix="give each eval record an `answer` (GSM8K style, final answer after ####) or `reference`")
+    prompts = [encode_prompt(record, tokenizer) for record in records]
+    references = [str(record["reference"]) for record in records]
+    ev = config.eval
+    params = SamplingParams(temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,
+                            n=ev.k, seed=config.seed)
+    run_dir = config.run_dir
+
+    def evaluate(model, step: int) -> dict[str, float]:
+        engine = HFEngine(model, tokenizer, batch_size=ev.batch_size)
+        out_dir = run_dir / "eval" / f"step-{step}"
+        return evaluate_math(engine, prompts, references, k=ev.k, params=params, out_dir=out_dir).to_dict()
+
+    return evaluate
+
+
+def train(config: RunConfig) -> TrainResult:
+    processes = Processes(config.model.device)
+    seed_everything(config.seed)
+    tokenizer = load_tokenizer(config.model.name)
+    model = load_model(config.model.name, dtype=training_dtype(config), device=str(processes.device),
+                       lora=config.model.lora)
+    data = config.data
+    records = load_source(data.train, kind="sft", skip_invalid=data.skip_invalid)
+    tokenized = tokenize_sft(records.records, tokenizer, data.max_length, overlong=data.overlong,
+                             completion_only=data.completion_only)
+    if not tokenized.examples:
+        raise DataError(f"no usable training examples in {records.source}",
+                        fix="check the data path and data.max_length (examples longer than it may all be dropped)")
+    method = SFTMethod(config, tokenized.examples, tokenizer.pad_token_id, processes.device)
+    trainer = Trainer(config, model, tokenizer, method, processes, math_evaluator(config, tokenizer, processes))
+    if processes.is_main:
+        trainer_note = (f"{len(tokenized.examples)} examples from {records.source} "
+                        f"(skipped {records.skipped}, truncated {tokenized.truncated}, dropped {tokenized.dropped}); "
+                        f"{trainer.total_steps} steps")
+        print(trainer_note, flush=True)
+    result = trainer.fit()
+    if processes.is_main:
+        from posttrain.report import write_report
+
+        write_report([config.run_dir], config.run_dir / "report.html")
+    processes.barrier()
+    return result

@@ -1,0 +1,52 @@
+"""Deterministic, resumable order of training examples.
+
+Epoch ``e`` visits the examples in ``randperm(n)`` drawn from a generator seeded with
+``seed + e``. Global batches are consecutive slices of that order that continue into the next
+epoch, so the position ``(epoch, cursor)`` is all a checkpoint needs to restore the data stream.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class EpochSampler:
+    def __init__(self, num_examples: int, seed: int, shuffle: bool = True):
+        if num_examples <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.num_examples = num_examples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.cursor = 0
+        self._order = self._epoch_order(0)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.num_examples))
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.num_examples, generator=generator).tolist()
+
+    def next_batch(self, size: int) -> list[int]:
+        """The next ``size`` example indices, crossing into the next epoch when this one runs out."""
+        batch: list[int] = []
+        while len(batch) < size:
+            if self.cursor == self.num_examples:
+                self.epoch += 1
+                self.cursor = 0
+                self._order = self._epoch_order(self.epoch)
+            take = min(size - len(batch), self.num_examples - self.cursor)
+            batch.extend(self._order[self.cursor : self.cursor + take])
+            self.cursor += take
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "num_examples": self.num_examples}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_examples"] != self.num_examples:
+            raise ValueError(f"checkpoint was written for {state['num_examples']} examples, the data now has {self.num_examples}")
+        self.seed = state["seed"]
+        self.epoch = state["epoch"]
+        self.cursor = state["cursor"]
+        self._order = self._epoch_order(self.epoch)

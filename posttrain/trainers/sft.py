@@ -1,0 +1,62 @@
+"""Supervised fine-tuning: ``nll``, ProFit, ProFit-lower and DFT on completion tokens.
+
+The loss of a global batch is ``−Σ_t w_t log p_θ(y_t) / N`` (:func:`posttrain.ops.sft_loss`),
+with ``N`` the number of completion tokens in the whole global batch, so gradient accumulation and
+several processes give exactly the gradient of one big batch. Examples are packed into rows of at
+most ``max_length`` tokens with positions restarting per example and no attention across examples
+(``data.packing``), or padded one per row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from posttrain.config import RunConfig
+from posttrain.data import Example, collate, pack_examples
+from posttrain.ops import completion_logprobs, sft_loss, sft_token_weights
+
+
+class SFTMethod:
+    """The SFT method for :class:`posttrain.trainers.loop.Trainer`."""
+
+    def __init__(self, config: RunConfig, examples: list[Example], pad_id: int, device: torch.device):
+        self.config = config
+        self.examples = examples
+        self.num_examples = len(examples)
+        self.pad_id = pad_id
+        self.device = device
+        # target tokens of an example: loss_mask[1:] (the first token is never predicted)
+        self._targets = [sum(example.loss_mask[1:]) for example in examples]
+
+    def normalizer(self, indices: list[int]) -> float:
+        return float(sum(self._targets[i] for i in indices))
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        examples = [self.examples[i] for i in indices]
+        rows = pack_examples(examples, self.config.data.max_length) if self.config.data.packing else examples
+        batch = collate(rows, self.pad_id)
+        return {key: value.to(self.device) for key, value in batch.items()}
+
+    def loss(self, model, batch: dict[str, torch.Tensor], normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+        # no attention mask: rows are right-padded and packed examples are kept apart by their positions
+        out = completion_logprobs(model, batch["input_ids"], batch["loss_mask"], position_ids=batch["position_ids"],
+                                  chunk_size=self.config.train.chunk_size)
+        sft = self.config.sft
+        loss = sft_loss(out.logprobs, out.mask, sft.loss, sft.tau, num_tokens=normalizer)
+        kept = sft_token_weights(out.logprobs, out.mask, "profit", sft.tau)
+        tokens = batch["attention_mask"].sum()
+        stats = {
+            "loss": float(loss.detach()),
+            "target_tokens": float(out.mask.sum()),
+            "kept_tokens": float(kept.sum()),
+            "nll_sum": float(-(out.logprobs.detach() * out.mask).sum()),
+            "tokens": float(tokens),
+        }
+        return loss, stats
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        targets = max(sums["target_tokens"], 1.0)
+        metrics = {"loss": sums["loss"], "nll": sums["nll_sum"] / targets, "tokens": sums["tokens"]}
+        # fraction of target tokens with sg p ≤ τ: what ProFit masks out (logged for every loss kind)
+        metrics["masked_fraction"] = 1.0 - sums["kept_tokens"] / targets
+        return metrics
