@@ -27,20 +27,40 @@ app.add_typer(bench_app, name="bench")
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
-    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. posttrain/recipes/quickstart.yaml")],
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. posttrain/recipes/quickstart.yaml; - for defaults")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides")] = None,
 ) -> None:
     """Train with a recipe; writes runs/<name>/ (config, metrics, checkpoints, report)."""
     from posttrain.config import load_config
     from posttrain.trainers.run import train as run_training
 
-    config = load_config(recipe, overrides or [])
+    config = load_config(None if str(recipe) == "-" else recipe, overrides or [])
     result = run_training(config)
     run_dir = result.run_dir
     typer.echo(f"\nrun:        {run_dir}\nmetrics:    {run_dir / 'metrics.jsonl'}\n"
                f"report:     {run_dir / 'report.html'}\ncheckpoint: {run_dir / 'checkpoints'}")
     if result.eval_metrics:
         typer.echo("final eval: " + "  ".join(f"{k}={v:.4g}" for k, v in result.eval_metrics.items()))
+
+
+@app.command()
+def sweep(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe")],
+    grid: Annotated[list[str], typer.Option(help="axis key=v1,v2 (repeat for a product)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides for every run")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Run a recipe over a grid of overrides (runs that already finished are kept) and summarize."""
+    from posttrain.trainers.sweep import run_sweep, summarize_runs
+
+    run_dirs = run_sweep(recipe, grid, overrides or [])
+    rows = summarize_runs(run_dirs)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        metrics = "  ".join(f"{k[:-5]}={row[k]:.3f}±{row[k[:-5] + '_std']:.3f}" for k in row if k.endswith("_mean"))
+        typer.echo(f"{', '.join(row['runs'])}\n    {metrics}")
 
 
 @eval_app.command("math")

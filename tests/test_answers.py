@@ -69,7 +69,13 @@ def test_normalize_answer(raw, expected):
 
 @pytest.mark.parametrize(
     "reference, expected",
-    [("Some steps.\n#### 72", "72"), (72, "72"), (0.5, "0.5"), (" 1,000 ", "1000"), ("\\frac{1}{3}", "\\frac{1}{3}")],
+    [
+        ("Some steps.\n#### 72", "72"),
+        (72, "72"),
+        (0.5, "0.5"),
+        (" 1,000 ", "1000"),
+        ("\\frac{1}{3}", "\\frac{1}{3}"),
+    ],
 )
 def test_reference_answer(reference, expected):
     assert reference_answer(reference) == expected
@@ -127,7 +133,9 @@ def test_different_or_unusable_answers_do_not_match(predicted, reference):
 
 def test_answers_match_works_outside_the_main_thread():
     results: list[bool] = []
-    worker = threading.Thread(target=lambda: results.extend([answers_match("\\frac{1}{2}", "0.5"), answers_match("x", "y")]))
+    worker = threading.Thread(
+        target=lambda: results.extend([answers_match("\\frac{1}{2}", "0.5"), answers_match("x", "y")])
+    )
     worker.start()
     worker.join()
     assert results == [True, False]

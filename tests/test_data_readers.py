@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,13 @@ def check_sft_records(result, source_name: str) -> None:
 
 def test_jsonl_records_get_line_numbers(tmp_path):
     path = tmp_path / "train.jsonl"
-    lines = [json.dumps(SFT_RECORDS[0]), "", json.dumps(SFT_RECORDS[1]), "   ", *map(json.dumps, SFT_RECORDS[2:])]
+    lines = [
+        json.dumps(SFT_RECORDS[0]),
+        "",
+        json.dumps(SFT_RECORDS[1]),
+        "   ",
+        *map(json.dumps, SFT_RECORDS[2:]),
+    ]
     write_lines(path, lines)
     result = read_records(path)
     check_sft_records(result, str(path))
@@ -107,7 +114,9 @@ def test_datasets_directory_with_splits(tmp_path):
     picked = read_records(tmp_path / "dd", split="test")
     assert picked.records[0]["prompt"] == "t" and "[test]" in picked.records[0]["_where"]
     assert len(read_records(tmp_path / "single", split="anything")) == 2
-    raises_at(lambda: read_records(tmp_path / "dd", split="validation"), "no split 'validation'", "train", "test")
+    raises_at(
+        lambda: read_records(tmp_path / "dd", split="validation"), "no split 'validation'", "train", "test"
+    )
 
 
 def test_directory_that_is_not_a_dataset(tmp_path):
@@ -126,7 +135,9 @@ def test_hub_name_without_network_is_a_data_error(monkeypatch):
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    error = raises_at(lambda: read_records("someone/not-here:main"), "someone/not-here:main", "hub could not provide it")
+    error = raises_at(
+        lambda: read_records("someone/not-here:main"), "someone/not-here:main", "hub could not provide it"
+    )
     assert "save_to_disk" in error.fix
 
 
@@ -149,7 +160,11 @@ def test_write_jsonl_round_trip(tmp_path):
 def test_preference_records():
     records = [
         {"prompt": "Q", "chosen": "good", "rejected": "bad"},
-        {"prompt": CHAT_PROMPT, "chosen": CHAT_COMPLETION, "rejected": [{"role": "assistant", "content": "5"}]},
+        {
+            "prompt": CHAT_PROMPT,
+            "chosen": CHAT_COMPLETION,
+            "rejected": [{"role": "assistant", "content": "5"}],
+        },
         # implicit prompt: both conversations start with the same user turn (as in UltraFeedback)
         {
             "prompt": "2+2?",
@@ -167,12 +182,23 @@ def test_preference_records():
 
 
 def test_preference_errors():
-    raises_at(lambda: validate_records([{"prompt": "Q", "chosen": "a"}], kind="preference", source="p.jsonl"),
-              "p.jsonl:[0]:rejected", "missing field 'rejected'")
-    raises_at(lambda: validate_records([{"prompt": "Q", "chosen": "a", "rejected": CHAT_COMPLETION}],
-                                       kind="preference"), ":rejected", "same form")
-    raises_at(lambda: validate_records([{"prompt": "Q", "chosen": "a", "rejected": " "}], kind="preference"),
-              ":rejected", "empty completion")
+    raises_at(
+        lambda: validate_records([{"prompt": "Q", "chosen": "a"}], kind="preference", source="p.jsonl"),
+        "p.jsonl:[0]:rejected",
+        "missing field 'rejected'",
+    )
+    raises_at(
+        lambda: validate_records(
+            [{"prompt": "Q", "chosen": "a", "rejected": CHAT_COMPLETION}], kind="preference"
+        ),
+        ":rejected",
+        "same form",
+    )
+    raises_at(
+        lambda: validate_records([{"prompt": "Q", "chosen": "a", "rejected": " "}], kind="preference"),
+        ":rejected",
+        "empty completion",
+    )
 
 
 def test_prompt_records_and_references():
@@ -202,17 +228,28 @@ def test_reference_from_solution():
     ("line", "field", "message"),
     [
         ('{"prompt": "p", "completion": ', None, "malformed JSON"),
-        ('[1, 2]', None, "must be a JSON object"),
+        ("[1, 2]", None, "must be a JSON object"),
         ('{"prompt": "p"}', "completion", "missing field 'completion'"),
-        ('{"prompt": 3, "completion": "c"}', "prompt", "wrong type: expected a string or a list of messages, got a number"),
+        (
+            '{"prompt": 3, "completion": "c"}',
+            "prompt",
+            "wrong type: expected a string or a list of messages, got a number",
+        ),
         ('{"prompt": "p", "completion": "  "}', "completion", "empty completion"),
-        ('{"prompt": [{"role": "user", "content": "p"}], "completion": "c"}', "completion", "both strings"),
+        (
+            '{"prompt": [{"role": "user", "content": "p"}], "completion": "c"}',
+            "completion",
+            "prompt is a list but completion is a string",
+        ),
         ('{"messages": [{"role": "robot", "content": "x"}]}', "messages[0].role", "unknown role 'robot'"),
         ('{"messages": [{"role": "user"}]}', "messages[0].content", "missing field 'messages[0].content'"),
         ('{"messages": [{"role": "user", "content": 1}]}', "messages[0].content", "wrong type"),
         ('{"messages": [{"role": "user", "content": "hi"}]}', "messages", "no assistant message"),
-        ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}',
-         "messages[1].content", "empty completion"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}',
+            "messages[1].content",
+            "empty completion",
+        ),
         ('{"messages": "hello"}', "messages", "wrong type"),
         ('{"question": "q"}', "answer", "missing field 'answer'"),
         ('{"text": "q"}', "messages", "missing field: the record has none of"),
@@ -228,8 +265,13 @@ def test_invalid_line_names_file_line_and_field(tmp_path, line, field, message):
 
 
 def test_non_utf8_byte_names_its_line(tmp_path):
-    path = write_lines(tmp_path / "latin1.jsonl", ['{"prompt": "a", "completion": "b"}', '{"prompt": "caf'.encode()
-                       + b"\xe9" + b'", "completion": "x"}'])
+    path = write_lines(
+        tmp_path / "latin1.jsonl",
+        [
+            '{"prompt": "a", "completion": "b"}',
+            b'{"prompt": "caf' + b"\xe9" + b'", "completion": "x"}',
+        ],
+    )
     raises_at(lambda: read_records(path), f"{path}:2", "not valid UTF-8", "0xe9")
 
 
@@ -282,19 +324,38 @@ def test_skip_invalid_counts_and_describes_every_skipped_record(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- fuzzing
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("POSTTRAIN_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 field_names = st.sampled_from(
-    ["prompt", "completion", "messages", "question", "answer", "chosen", "rejected", "reference", "role", "content"]
+    [
+        "prompt",
+        "completion",
+        "messages",
+        "question",
+        "answer",
+        "chosen",
+        "rejected",
+        "reference",
+        "role",
+        "content",
+    ]
 )
 messages = st.lists(
     st.fixed_dictionaries(
-        {"role": st.sampled_from(["user", "assistant", "system", "tool", "x"]) | json_values,
-         "content": st.text(max_size=8) | json_values},
+        {
+            "role": st.sampled_from(["user", "assistant", "system", "tool", "x"]) | json_values,
+            "content": st.text(max_size=8) | json_values,
+        },
     ),
     max_size=3,
 )
@@ -327,7 +388,10 @@ def test_fuzz_random_bytes(tmp_path, data, kind):
 
 
 @FUZZ
-@given(records=st.lists(record_like | json_values, max_size=6), kind=st.sampled_from(["sft", "preference", "prompt"]))
+@given(
+    records=st.lists(record_like | json_values, max_size=6),
+    kind=st.sampled_from(["sft", "preference", "prompt"]),
+)
 def test_fuzz_json_values(tmp_path, records, kind):
     path = tmp_path / "fuzz.jsonl"
     path.write_text("\n".join(json.dumps(record) for record in records) + "\n")

@@ -8,9 +8,11 @@ from fractions import Fraction
 
 import pytest
 
+from posttrain.data import encode_prompts
 from posttrain.errors import DataError
 from posttrain.evals import evaluate_math, pass_at_k, pass_k_values
-from posttrain.rollout import Generation, RolloutEngine, SamplingParams
+from posttrain.models import tiny_model, tiny_tokenizer
+from posttrain.rollout import Generation, HFEngine, RolloutEngine, SamplingParams
 
 
 class ScriptedEngine:
@@ -73,7 +75,12 @@ def test_pass_k_values():
 
 SCRIPT = [
     # prompt 0, reference 8: correct, correct ('#### 8.0'), wrong, unparseable
-    [("4+4 = 8", 5, "eos"), ("so\n#### 8.0", 7, "eos"), ("it is \\boxed{9}", 9, "eos"), ("no idea", 3, "length")],
+    [
+        ("4+4 = 8", 5, "eos"),
+        ("so\n#### 8.0", 7, "eos"),
+        ("it is \\boxed{9}", 9, "eos"),
+        ("no idea", 3, "length"),
+    ],
     # prompt 1, reference 1/2: boxed fraction right, decimal right, all others wrong
     [("\\boxed{\\frac{1}{2}}", 4, "eos"), ("0.5", 2, "eos"), ("1", 1, "eos"), ("2", 1, "length")],
     # prompt 2, reference 1,000 (a full solution): nothing correct
@@ -99,7 +106,9 @@ def test_metrics_are_exact(tmp_path):
     correct = [2, 2, 0]
     assert result.accuracy == pytest.approx(4 / 12)
     for k in (1, 2, 4):
-        assert result.pass_at_k[k] == pytest.approx(sum(float(brute_force_pass_at_k(4, c, k)) for c in correct) / 3)
+        assert result.pass_at_k[k] == pytest.approx(
+            sum(float(brute_force_pass_at_k(4, c, k)) for c in correct) / 3
+        )
     assert set(result.pass_at_k) == {1, 2, 4}
     assert result.pass_at_k[1] == pytest.approx(result.accuracy)
     assert result.parse_failure_rate == pytest.approx(3 / 12)  # 'no idea', '?', ''
@@ -160,3 +169,21 @@ def test_more_samples_than_k_estimate_pass_at_k_from_all_of_them():
 def test_bad_inputs_are_data_errors(prompts, references, kwargs, message):
     with pytest.raises(DataError, match=message):
         evaluate_math(ScriptedEngine(SCRIPT), prompts, references, params=SamplingParams(), **kwargs)
+
+
+def test_with_the_hf_engine_metrics_agree_with_the_written_samples(tmp_path):
+    tokenizer = tiny_tokenizer()
+    questions = ["1+1?", "2+5?", "10-3?"]
+    prompt_ids = encode_prompts([{"prompt": [{"role": "user", "content": q}]} for q in questions], tokenizer)
+    engine = HFEngine(tiny_model(), tokenizer, batch_size=4)
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=0)
+    result = evaluate_math(
+        engine, prompt_ids, ["2", "7", "7"], k=2, params=params, prompts_text=questions, out_dir=tmp_path
+    )
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert result.num_samples == len(rows) == 6
+    assert result.accuracy == pytest.approx(sum(row["correct"] for row in rows) / 6)
+    assert result.mean_length == pytest.approx(sum(row["length"] for row in rows) / 6)
+    assert result.parse_failure_rate == pytest.approx(sum(row["extracted"] is None for row in rows) / 6)
+    assert all(0 < row["length"] <= 12 for row in rows)
+    assert [row["prompt"] for row in rows] == [q for q in questions for _ in range(2)]

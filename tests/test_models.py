@@ -71,7 +71,12 @@ def test_tiny_tokenizer_maps_bytes_and_special_tokens_to_fixed_ids():
     tokenizer = tiny_tokenizer()
     assert len(tokenizer) == 260
     assert tokenizer("A", add_special_tokens=False)["input_ids"] == [4 + ord("A")]
-    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]) == [0, 1, 2, 3]
+    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]) == [
+        0,
+        1,
+        2,
+        3,
+    ]
     assert tokenizer("<|im_start|>x<|im_end|>", add_special_tokens=False)["input_ids"] == [1, 4 + ord("x"), 2]
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|pad|>"
     assert tokenizer.decode([1, 4 + ord("x"), 2], skip_special_tokens=True) == "x"
@@ -94,11 +99,11 @@ def test_tiny_model_is_deterministic_in_its_seed_and_leaves_global_rng_alone():
     assert torch.equal(torch.rand(3), expected_next_draw)
     second = tiny_model(hidden_size=32, seed=0)
     other = tiny_model(hidden_size=32, seed=1)
-    for (name, a), (_, b), (_, c) in zip(
-        first.state_dict().items(), second.state_dict().items(), other.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
-    assert not torch.equal(first.lm_head.weight, other.lm_head.weight)
+    other_state = other.state_dict()
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, second.state_dict()[name]), name
+        if name.endswith("proj.weight") or name.endswith("embed_tokens.weight"):
+            assert not torch.equal(tensor, other_state[name]), name
     assert first.dtype == torch.float32
     assert first.config._attn_implementation in ("sdpa", "eager")
 
@@ -230,7 +235,15 @@ def test_lora_settings_accept_mappings_dataclasses_and_pydantic_and_reject_bad_v
     with pytest.raises(ConfigError, match="LoRA could not be applied"):
         load_model("tiny-random", device="cpu", lora={"target_modules": ["no_such_proj"]})
     all_linear = load_model("tiny-random", device="cpu", lora={"r": 2, "target_modules": "all-linear"})
-    assert adapted_layer_names(all_linear) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapted_layer_names(all_linear) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
 
 
 def test_lora_adapter_saved_with_its_base_reference_loads_back_identically(tmp_path):
@@ -310,7 +323,12 @@ def test_model_info_describes_sizes_vocabulary_and_adapters(tmp_path):
     model = tiny_model()
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
     assert info["trainable_parameters"] == info["parameters"]
-    assert (info["vocab_size"], info["tokenizer_size"], info["layers"], info["hidden_size"]) == (260, 260, 2, 64)
+    assert (info["vocab_size"], info["tokenizer_size"], info["layers"], info["hidden_size"]) == (
+        260,
+        260,
+        2,
+        64,
+    )
     assert info["has_chat_template"] and info["architecture"] == "LlamaForCausalLM"
     assert info["dtype"] == "float32" and not info["lora"]
     lora_model = load_model("tiny-random", device="cpu", lora={"r": 4})
@@ -343,15 +361,19 @@ def fake_conversion(calls: list, fail: bool = False):
 def test_embedded_conversion_runs_once_under_a_lock_and_atomically(tmp_path, monkeypatch):
     monkeypatch.setenv("POSTTRAIN_HOME", str(tmp_path))
     monkeypatch.setattr(embedded, "find_embedded_gguf", lambda: tmp_path / "model.gguf")
-    monkeypatch.setattr(embedded, "convert_gguf_to_directory", fake_conversion(failing_calls := [], fail=True))
+    monkeypatch.setattr(
+        embedded, "convert_gguf_to_directory", fake_conversion(failing_calls := [], fail=True)
+    )
     with pytest.raises(RuntimeError):
         embedded.embedded_model_dir()
     assert len(failing_calls) == 1
-    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["smollm2-135m-instruct.lock"]
+    assert [path.name for path in (tmp_path / "models").iterdir() if path.suffix != ".lock"] == []
 
     monkeypatch.setattr(embedded, "convert_gguf_to_directory", fake_conversion(calls := []))
     results = []
-    threads = [threading.Thread(target=lambda: results.append(embedded.embedded_model_dir())) for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(embedded.embedded_model_dir())) for _ in range(3)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -46,8 +46,13 @@ def two_runs(tmp_path):
             {"step": 1, "loss": 2.2, "lr": 1e-4, "masked_fraction": 0.3},
             {"step": 2, "loss": 1.9, "lr": 2e-4, "masked_fraction": 0.35, "eval/accuracy": 0.4},
         ],
-        {"method": "sft", "seed": 0, "optim": {"lr": 2e-4, "warmup": 1}, "data": {"path": "train.jsonl"},
-         "loss": {"kind": "profit", "tau": 0.1}},
+        {
+            "method": "sft",
+            "seed": 0,
+            "optim": {"lr": 2e-4, "warmup": 1},
+            "data": {"path": "train.jsonl"},
+            "loss": {"kind": "profit", "tau": 0.1},
+        },
         tail='{"step": 3, "loss": 1.',  # a line cut short when the run was killed
     )
     return sft, profit

@@ -40,7 +40,9 @@ def greedy_by_hand(model, prompt: list[int], max_new_tokens: int, stop_ids: list
     return generated
 
 
-def completion_logprobs(model, generation: Generation, temperature: float = 1.0, top_k: int = 0) -> torch.Tensor:
+def completion_logprobs(
+    model, generation: Generation, temperature: float = 1.0, top_k: int = 0
+) -> torch.Tensor:
     """log softmax of (top-k filtered) logits / T at the generated tokens, from one forward pass."""
     ids = torch.tensor([generation.prompt_ids + generation.token_ids])
     with torch.no_grad():
@@ -68,7 +70,9 @@ def test_greedy_equals_hand_written_loop(model, tokenizer, prompts):
 
 
 def test_greedy_logprobs_are_the_model_distribution(model, tokenizer, prompts):
-    generations = HFEngine(model, tokenizer).generate(prompts, SamplingParams(temperature=0, max_new_tokens=8))
+    generations = HFEngine(model, tokenizer).generate(
+        prompts, SamplingParams(temperature=0, max_new_tokens=8)
+    )
     for generation in generations:
         expected = completion_logprobs(model, generation)
         assert torch.allclose(torch.tensor(generation.logprobs), expected, atol=1e-4)
@@ -130,12 +134,16 @@ def test_seed_reproducibility_and_caller_rng_untouched(model, tokenizer, prompts
 def test_more_samples_than_batch_size_are_split_and_ordered(model, tokenizer, prompts):
     engine = HFEngine(model, tokenizer, batch_size=2)
     generations = engine.generate(prompts[:2], SamplingParams(max_new_tokens=4, n=5, seed=0))
-    assert [(g.prompt_index, g.sample_index) for g in generations] == [(p, s) for p in range(2) for s in range(5)]
+    assert [(g.prompt_index, g.sample_index) for g in generations] == [
+        (p, s) for p in range(2) for s in range(5)
+    ]
     assert all(g.prompt_ids == prompts[g.prompt_index] for g in generations)
 
 
 def test_greedy_with_several_samples_repeats_the_one_answer(model, tokenizer, prompts):
-    generations = HFEngine(model, tokenizer).generate(prompts[:2], SamplingParams(temperature=0, max_new_tokens=6, n=3))
+    generations = HFEngine(model, tokenizer).generate(
+        prompts[:2], SamplingParams(temperature=0, max_new_tokens=6, n=3)
+    )
     assert len(generations) == 6
     for prompt_index in range(2):
         group = [g for g in generations if g.prompt_index == prompt_index]
@@ -208,8 +216,16 @@ def test_empty_prompt_is_a_data_error(model, tokenizer):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("temperature", -0.1), ("temperature", float("nan")), ("top_p", 0.0), ("top_p", 1.5), ("top_k", -1),
-     ("max_new_tokens", 0), ("n", 0), ("seed", -3)],
+    [
+        ("temperature", -0.1),
+        ("temperature", float("nan")),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("top_k", -1),
+        ("max_new_tokens", 0),
+        ("n", 0),
+        ("seed", -3),
+    ],
 )
 def test_sampling_params_validation(field, value):
     with pytest.raises(ConfigError, match=field):
@@ -229,7 +245,11 @@ def test_model_sampling_defaults_do_not_leak_in(tokenizer, prompts):
     model.generation_config.top_k = 3
     model.generation_config.repetition_penalty = 1.5
     engine = HFEngine(model, tokenizer)
-    for generation in engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=8, n=2, seed=0)):
-        assert torch.allclose(torch.tensor(generation.logprobs), completion_logprobs(model, generation), atol=1e-4)
+    for generation in engine.generate(
+        prompts, SamplingParams(temperature=1.0, max_new_tokens=8, n=2, seed=0)
+    ):
+        assert torch.allclose(
+            torch.tensor(generation.logprobs), completion_logprobs(model, generation), atol=1e-4
+        )
     for generation in engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=8)):
         assert generation.token_ids == greedy_by_hand(model, generation.prompt_ids, 8, engine.stop_ids)

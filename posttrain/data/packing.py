@@ -76,7 +76,7 @@ def pack_examples(examples: Sequence[Example], max_length: int) -> list[PackedRo
                 fix="tokenize with the same max_length as packing (over-long examples are then truncated or dropped)",
             )
         if len(example) == 0:
-            continue
+            raise DataError("empty example (no tokens)", where=example.where, fix="remove the example")
         target = next((i for i, room in enumerate(free) if room >= len(example)), None)
         if target is None:
             rows.append(PackedRow())

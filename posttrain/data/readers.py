@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from posttrain.errors import ConfigError, DataError, location
+from posttrain.errors import DataError, location
 
-from .records import KINDS, normalize_record
+from .records import check_kind, normalize_record
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 SUFFIXES = (*JSONL_SUFFIXES, ".json", ".parquet")
@@ -59,7 +59,7 @@ def read_records(
 
     ``split`` selects the split of a ``DatasetDict`` directory or of a hub dataset.
     """
-    _check_kind(kind)
+    check_kind(kind)
     path = Path(source)
     name = str(source)
     if path.is_dir():
@@ -85,7 +85,7 @@ def validate_records(
     source: str = "<records>",
 ) -> RecordSet:
     """Validate and normalize records already in memory; their places are ``source:[index]``."""
-    _check_kind(kind)
+    check_kind(kind)
     rows = ((location(source, f"[{index}]"), record) for index, record in enumerate(records))
     return _collect(rows, kind=kind, skip_invalid=skip_invalid, source=source)
 
@@ -135,10 +135,13 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as error:
-            yield where, DataError(
-                f"line is not valid UTF-8 (byte 0x{line[error.start]:02x} at column {error.start + 1})",
-                where=where,
-                fix="re-save the file as UTF-8",
+            yield (
+                where,
+                DataError(
+                    f"line is not valid UTF-8 (byte 0x{line[error.start]:02x} at column {error.start + 1})",
+                    where=where,
+                    fix="re-save the file as UTF-8",
+                ),
             )
             continue
         if number == 1:
@@ -267,11 +270,6 @@ def _collect(rows: Iterable[Row], *, kind: str, skip_invalid: bool, source: str)
             result.skipped += 1
             result.problems.append(f"{error.where or where}: {error.what}")
     return result
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ConfigError(f"unknown record kind {kind!r}", fix=f"use one of: {', '.join(KINDS)}")
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from posttrain.errors import DataError, location
+from posttrain.errors import ConfigError, DataError, location
 
 KINDS = ("sft", "preference", "prompt")
 ROLES = ("system", "user", "assistant", "tool")
@@ -50,8 +50,7 @@ def normalize_record(raw: Any, kind: str, where: str) -> dict:
 
     ``where`` is the record's place (``file:line``); it is stored under ``_where`` and prefixes every error.
     """
-    if kind not in KINDS:
-        raise DataError(f"unknown record kind {kind!r}", fix=f"use one of: {', '.join(KINDS)}")
+    check_kind(kind)
     if not isinstance(raw, dict):
         raise DataError(
             f"a record must be a JSON object, got {_type_name(raw)}",
@@ -66,6 +65,12 @@ def normalize_record(raw: Any, kind: str, where: str) -> dict:
         record["reference"] = reference
     record["_where"] = where
     return record
+
+
+def check_kind(kind: str) -> None:
+    """Raise a :class:`~posttrain.errors.ConfigError` unless ``kind`` is one of :data:`KINDS`."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown record kind {kind!r}", fix=f"use one of: {', '.join(KINDS)}")
 
 
 def is_conversational(value: Any) -> bool:

@@ -29,7 +29,7 @@ Both are counted in the returned :class:`TokenizedSet`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +68,7 @@ class TokenizedSet:
 
 
 def tokenize_sft(
-    records: Sequence[dict],
+    records: Iterable[dict],
     tokenizer: Any,
     max_length: int,
     overlong: str = "truncate",
@@ -79,6 +79,7 @@ def tokenize_sft(
         raise ConfigError(f"unknown over-long policy {overlong!r}", fix="use 'truncate' or 'drop'")
     if max_length < 2:
         raise ConfigError(f"max_length must be at least 2, got {max_length}", fix="raise max_length")
+    records = list(records)
     conversational = [i for i, record in enumerate(records) if _is_conversation(record)]
     plain = [i for i, record in enumerate(records) if not _is_conversation(record)]
     encoded: list[tuple[list[int], list[int]] | None] = [None] * len(records)
@@ -121,7 +122,9 @@ def encode_prompts(records: Sequence[dict], tokenizer: Any) -> list[list[int]]:
         if is_conversational(prompt):
             texts.append(_render(tokenizer, prompt, record.get("_where", ""), add_generation_prompt=True))
     chat_ids = iter(_token_ids(tokenizer, texts, special_tokens=False))
-    plain_ids = iter(_token_ids(tokenizer, [p for p in prompts if not is_conversational(p)], special_tokens=True))
+    plain_ids = iter(
+        _token_ids(tokenizer, [p for p in prompts if not is_conversational(p)], special_tokens=True)
+    )
     return [next(chat_ids) if is_conversational(prompt) else next(plain_ids) for prompt in prompts]
 
 
@@ -163,21 +166,21 @@ def _encode_conversations(records: list[dict], tokenizer: Any) -> list[tuple[lis
         for turn in range(first_trained, len(messages)):
             if messages[turn]["role"] != "assistant":
                 continue
-            before = _render(tokenizer, messages[:turn], where, add_generation_prompt=True)
-            texts.append(before)
+            before_index = len(texts)
+            texts.append(before := _render(tokenizer, messages[:turn], where, add_generation_prompt=True))
             through_index = full_index
             if turn < len(messages) - 1:
-                through = _render(tokenizer, messages[: turn + 1], where)
-                texts.append(through)
-                through_index = len(texts) - 1
-            if not (texts[through_index].startswith(before) and full.startswith(texts[through_index])):
+                through_index = len(texts)
+                texts.append(_render(tokenizer, messages[: turn + 1], where))
+            through = texts[through_index]
+            if not (through.startswith(before) and full.startswith(through)):
                 raise _prefix_error(
                     where,
                     turn,
                     "the chat template renders the conversation cut after this turn differently from the "
                     "beginning of the whole conversation",
                 )
-            turns.append((len(texts) - 1 if through_index == full_index else len(texts) - 2, through_index, turn))
+            turns.append((before_index, through_index, turn))
         layouts.append((full_index, turns, where))
 
     token_ids = _token_ids(tokenizer, texts, special_tokens=False)
@@ -189,7 +192,10 @@ def _encode_conversations(records: list[dict], tokenizer: Any) -> list[tuple[lis
         previous_end = 0
         for before_index, through_index, turn in turns:
             before, through = token_ids[before_index], token_ids[through_index]
-            if not (_starts_with(through, before) and _starts_with(input_ids, through)) or len(before) < previous_end:
+            if (
+                not (_starts_with(through, before) and _starts_with(input_ids, through))
+                or len(before) < previous_end
+            ):
                 raise _prefix_error(where, turn, "the tokenizer merges text across the boundary of this turn")
             end = _end_of_turn(through, len(before), special_ids)
             mask[len(before) : end] = [1] * (end - len(before))
@@ -215,7 +221,9 @@ def _end_of_turn(through: list[int], start: int, special_ids: set[int]) -> int:
 
 def _render(tokenizer: Any, messages: list[dict], where: str, *, add_generation_prompt: bool = False) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
     except Exception as error:  # templates are Jinja programs that may raise anything on unexpected input
         raise DataError(
             f"the chat template cannot render this conversation ({type(error).__name__}: {error})",

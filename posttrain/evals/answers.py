@@ -49,7 +49,9 @@ def _after_final_answer_mark(text: str) -> str | None:
 def _last_boxed(text: str) -> str | None:
     """The content of the last ``\\boxed{...}`` whose braces close, or None."""
     starts = sorted(
-        (match.start(), match.end()) for command in BOX_COMMANDS for match in re.finditer(re.escape(command), text)
+        (match.start(), match.end())
+        for command in BOX_COMMANDS
+        for match in re.finditer(re.escape(command), text)
     )
     for _, command_end in reversed(starts):
         position = command_end

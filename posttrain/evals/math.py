@@ -75,7 +75,9 @@ class MathEvalResult:
         return metrics
 
 
-def _check_inputs(prompt_ids: list[list[int]], references: list, prompts_text: list[str] | None, k: int) -> None:
+def _check_inputs(
+    prompt_ids: list[list[int]], references: list, prompts_text: list[str] | None, k: int
+) -> None:
     if not prompt_ids:
         raise DataError("no prompts to evaluate", fix="pass at least one prompt")
     if len(references) != len(prompt_ids):
@@ -160,7 +162,9 @@ def _score(generation: Generation, reference: str) -> dict:
     }
 
 
-def _write_samples(path: Path, generations: list[Generation], rows: list[dict], prompts_text: list[str] | None) -> None:
+def _write_samples(
+    path: Path, generations: list[Generation], rows: list[dict], prompts_text: list[str] | None
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as file:
         for generation, row in zip(generations, rows, strict=True):

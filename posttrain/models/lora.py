@@ -107,11 +107,18 @@ def apply_lora(model, lora: Any):
         ) from None
 
 
+def unwrap_distributed(model):
+    """The model inside a ``DistributedDataParallel``/``DataParallel`` wrapper, else ``model`` itself."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    return model.module if isinstance(model, DataParallel | DistributedDataParallel) else model
+
+
 def is_peft_model(model) -> bool:
     """True when ``model`` (or the module a distributed wrapper holds) is a peft model."""
     from peft import PeftModel
 
-    return isinstance(getattr(model, "module", model), PeftModel)
+    return isinstance(unwrap_distributed(model), PeftModel)
 
 
 @contextlib.contextmanager
@@ -123,7 +130,7 @@ def disabled_adapter(model) -> Iterator[Any]:
     reference must then keep its own copy).
     """
     if is_peft_model(model):
-        with getattr(model, "module", model).disable_adapter():
+        with unwrap_distributed(model).disable_adapter():
             yield model
     else:
         yield model

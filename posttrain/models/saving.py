@@ -1,7 +1,7 @@
 """Save models in Hugging Face format and export run checkpoints as merged, self-describing directories.
 
 A LoRA model is saved as its adapter plus a reference to the base model (``base_model_name_or_path``
-in ``adapter_config.json``): a model name such as ``smollm2-135m`` or an absolute directory. A base
+in ``adapter_config.json``): a model name such as ``smollm2-135m``, an absolute directory or a hub id. A base
 model with no such reference (built in code, for instance) is saved beside the adapter in
 ``base_model/`` so the directory always loads again with ``load_model``. ``merged=True`` instead saves
 one plain model with W + (alpha / r) * B @ A folded into each adapted weight.
@@ -21,8 +21,14 @@ import yaml
 
 from posttrain.errors import ModelError, location
 from posttrain.models.embedded import EMBEDDED_MODEL_NAME
-from posttrain.models.loader import ADAPTER_CONFIG_FILE, adapter_base_reference, load_model, load_tokenizer
-from posttrain.models.lora import is_peft_model
+from posttrain.models.loader import (
+    ADAPTER_CONFIG_FILE,
+    HUB_ID_PATTERN,
+    adapter_base_reference,
+    load_model,
+    load_tokenizer,
+)
+from posttrain.models.lora import is_peft_model, unwrap_distributed
 from posttrain.models.tiny import TINY_MODEL_NAME
 
 BASE_MODEL_SUBDIRECTORY = "base_model"
@@ -43,10 +49,16 @@ SUMMARY_KEYS = (
 
 
 def is_loadable_reference(reference: str | None) -> bool:
-    """True for a posttrain model name or an absolute path to an existing directory."""
+    """True for a posttrain model name, an absolute path to an existing directory, or a hub id.
+
+    ``load_model`` records one of these as a model's ``name_or_path``; a model built in code has none.
+    """
     if not reference:
         return False
-    return reference in NAMED_MODELS or (Path(reference).is_absolute() and Path(reference).is_dir())
+    path = Path(reference)
+    if reference in NAMED_MODELS or (path.is_absolute() and path.is_dir()):
+        return True
+    return not path.is_absolute() and not path.exists() and bool(HUB_ID_PATTERN.match(reference))
 
 
 def merged_copy(peft_model):
@@ -89,7 +101,7 @@ def save_model(model, tokenizer, out_dir: str | Path, *, merged: bool = False) -
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "module", model)
+    model = unwrap_distributed(model)
     if is_peft_model(model) and merged:
         merged_copy(model).save_pretrained(out_dir)
     elif is_peft_model(model):
@@ -132,7 +144,7 @@ def model_card(
             "- posttrain",
             "---",
             "",
-            f"# {run_dir.name} ({checkpoint_dir.name})",
+            f"# {config.get('name') or run_dir.name} ({checkpoint_dir.name})",
             "",
             f"Exported by posttrain from checkpoint `{checkpoint_dir.name}` of run `{run_dir.name}`, with any "
             f"LoRA adapter merged into the weights. Base model: `{base_model or 'not recorded'}`.",

@@ -104,7 +104,11 @@ def config_section(runs: list[RunData]) -> str:
 def final_metrics_section(runs: list[RunData], metrics: list[str]) -> str:
     """The last logged value of every metric in every run."""
     rows = [([metric, *(_format_value(run.final(metric)) for run in runs)], "") for metric in metrics]
-    return _table(["metric (last value)", *(run.name for run in runs)], rows) if rows else "<p>No metrics logged.</p>"
+    return (
+        _table(["metric (last value)", *(run.name for run in runs)], rows)
+        if rows
+        else "<p>No metrics logged.</p>"
+    )
 
 
 def skipped_notes(runs: list[RunData]) -> str:
@@ -112,7 +116,9 @@ def skipped_notes(runs: list[RunData]) -> str:
     notes = []
     for run in runs:
         if run.skipped_lines:
-            notes.append(f"{run.name}: {run.skipped_lines} line(s) of metrics.jsonl were not JSON objects and were skipped")
+            notes.append(
+                f"{run.name}: {run.skipped_lines} line(s) of metrics.jsonl were not JSON objects and were skipped"
+            )
         if run.skipped_values:
             notes.append(f"{run.name}: {run.skipped_values} non-numeric or non-finite value(s) not plotted")
     return "".join(f'<p class="note">{html.escape(note)}</p>' for note in notes)

@@ -83,13 +83,17 @@ def read_config(path: Path) -> dict:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise DataError(
-            f"config.yaml is not valid YAML: {error}", where=location(str(path)), fix="repair or remove the file"
+            f"config.yaml is not valid YAML: {error}",
+            where=location(str(path)),
+            fix="repair or remove the file",
         ) from error
     if config is None:
         return {}
     if not isinstance(config, dict):
         raise DataError(
-            "config.yaml does not hold a mapping of settings", where=location(str(path)), fix="repair or remove the file"
+            "config.yaml does not hold a mapping of settings",
+            where=location(str(path)),
+            fix="repair or remove the file",
         )
     return config
 

@@ -37,12 +37,24 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         checks = [
-            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "a number >= 0 (0 = greedy)"),
+            (
+                "temperature",
+                math.isfinite(self.temperature) and self.temperature >= 0,
+                "a number >= 0 (0 = greedy)",
+            ),
             ("top_p", 0.0 < self.top_p <= 1.0, "a number in (0, 1] (1 = off)"),
             ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "an integer >= 0 (0 = off)"),
-            ("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "an integer >= 1"),
+            (
+                "max_new_tokens",
+                isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+                "an integer >= 1",
+            ),
             ("n", isinstance(self.n, int) and self.n >= 1, "an integer >= 1 (samples per prompt)"),
-            ("seed", self.seed is None or (isinstance(self.seed, int) and self.seed >= 0), "an integer >= 0 or null"),
+            (
+                "seed",
+                self.seed is None or (isinstance(self.seed, int) and self.seed >= 0),
+                "an integer >= 0 or null",
+            ),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -152,12 +152,16 @@ class HFEngine(RolloutEngine):
         for index, prompt in enumerate(prompt_ids):
             if len(prompt) == 0:
                 raise DataError(
-                    f"prompt {index} has no tokens", where=location(field=f"prompts[{index}]"), fix="drop empty prompts"
+                    f"prompt {index} has no tokens",
+                    where=location(field=f"prompts[{index}]"),
+                    fix="drop empty prompts",
                 )
         distinct = 1 if params.greedy else params.n
         results: dict[tuple[int, int], Generation] = {}
         with _eval_mode(self.model), _seeded(params.seed, self.device):
-            for indices, first_sample, count in _plan_calls([len(p) for p in prompt_ids], distinct, self.batch_size):
+            for indices, first_sample, count in _plan_calls(
+                [len(p) for p in prompt_ids], distinct, self.batch_size
+            ):
                 rows = self._generate_call([prompt_ids[i] for i in indices], count, params)
                 for row, (tokens, logprobs) in enumerate(rows):
                     prompt_index = indices[row // count]
@@ -170,7 +174,10 @@ class HFEngine(RolloutEngine):
                 only = results[(prompt_index, 0)]
                 for sample_index in range(1, params.n):
                     results[(prompt_index, sample_index)] = dataclasses.replace(
-                        only, sample_index=sample_index, token_ids=list(only.token_ids), logprobs=list(only.logprobs)
+                        only,
+                        sample_index=sample_index,
+                        token_ids=list(only.token_ids),
+                        logprobs=list(only.logprobs),
                     )
         return [results[key] for key in sorted(results)]
 
@@ -226,7 +233,12 @@ class HFEngine(RolloutEngine):
         return list(zip(completions.tolist(), logprobs.tolist(), strict=True))
 
     def _to_generation(
-        self, prompt_index: int, sample_index: int, prompt: list[int], tokens: list[int], logprobs: list[float]
+        self,
+        prompt_index: int,
+        sample_index: int,
+        prompt: list[int],
+        tokens: list[int],
+        logprobs: list[float],
     ) -> Generation:
         """Cut a padded completion after its first stop token and decode it."""
         stops = set(self.stop_ids)

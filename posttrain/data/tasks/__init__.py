@@ -33,7 +33,9 @@ def make_task(name: str, n: int, seed: int, **options) -> list[dict]:
     return task(n, seed, **options)
 
 
-def make_splits(name: str, n_train: int, n_held_out: int, seed: int, **options) -> tuple[list[dict], list[dict]]:
+def make_splits(
+    name: str, n_train: int, n_held_out: int, seed: int, **options
+) -> tuple[list[dict], list[dict]]:
     """Train and held-out records of task ``name``; no question appears in both."""
     train = make_task(name, n_train, seed, split="train", **options)
     held_out = make_task(name, n_held_out, seed, split="held_out", **options)

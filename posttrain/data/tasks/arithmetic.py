@@ -33,6 +33,7 @@ LEVELS = (1, 2, 3)
 SPLITS = ("train", "held_out")
 HELD_OUT_SHARE = 26  # of 256 hash buckets: about 10% of all questions are held out
 
+# fmt: off
 NAMES = [
     ("Tom", "he"), ("Mia", "she"), ("Sam", "he"), ("Lena", "she"), ("Omar", "he"), ("Ava", "she"),
     ("Ben", "he"), ("Zoe", "she"), ("Leo", "he"), ("Nina", "she"), ("Raj", "he"), ("Emma", "she"),
@@ -50,6 +51,7 @@ CUTTABLE = [
     ("chocolate bar", "chocolate bars", "pieces"), ("pie", "pies", "slices"), ("loaf of bread", "loaves of bread", "slices"),
 ]
 STARTS = ["{Name} has {n} {things}.", "{Name} collects {n} {things}.", "There are {n} {things} in {Name}'s bag."]
+# fmt: on
 # (sentence in the question, phrase in the solution)
 ADDITIONS = [
     ("{Pron} buys {n} more {things}.", "buys {n} more"),
@@ -158,11 +160,15 @@ def parse_levels(levels: str | int | Iterable[int]) -> tuple[int, ...]:
     if isinstance(levels, str):
         parts = [part.strip() for part in levels.split(",") if part.strip()]
         if not all(part.isdigit() for part in parts):
-            raise ConfigError(f"levels must be comma-separated integers, got {levels!r}", fix="e.g. levels=1,2")
+            raise ConfigError(
+                f"levels must be comma-separated integers, got {levels!r}", fix="e.g. levels=1,2"
+            )
         levels = [int(part) for part in parts]
     parsed = tuple(levels)
     if not parsed or any(level not in LEVELS for level in parsed):
-        raise ConfigError(f"levels must be chosen from {list(LEVELS)}, got {list(parsed)}", fix="e.g. levels=1,2,3")
+        raise ConfigError(
+            f"levels must be chosen from {list(LEVELS)}, got {list(parsed)}", fix="e.g. levels=1,2,3"
+        )
     return parsed
 
 
@@ -220,7 +226,11 @@ class _Problem:
         self.sentences.append(sentence.format(n=n, **self.words))
         self.steps.append(
             "{Pron} {phrase}: {before} {operator} {n} = {after}.".format(
-                phrase=phrase.format(n=n, **self.words), before=self.value, operator=operator, n=n, after=after,
+                phrase=phrase.format(n=n, **self.words),
+                before=self.value,
+                operator=operator,
+                n=n,
+                after=after,
                 **self.words,
             )
         )

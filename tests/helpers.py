@@ -1,0 +1,42 @@
+"""Small shared builders for tests that train."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from posttrain.config import RunConfig, load_config
+
+
+def tiny_overrides(run_root: Path, name: str, **extra) -> list[str]:
+    """Overrides that make a quick run of the tiny random model on a small arithmetic set."""
+    values = {
+        "name": name, "output_dir": str(run_root), "model.name": "tiny-random",
+        "data.train": "{task: arithmetic, n: 64, seed: 0, levels: [1]}", "data.max_length": 320,
+        "train.batch_size": 4, "train.max_steps": 6, "train.save_every": 0, "train.eval_at_start": False,
+        "eval.kind": "none", "sft.loss": "nll", "optim.lr": 1e-3, "optim.warmup_ratio": 0.0,
+    }
+    values.update(extra)
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def tiny_config(run_root: Path, name: str, **extra) -> RunConfig:
+    return load_config(None, tiny_overrides(run_root, name, **extra))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def train_steps(run_dir: Path) -> dict[int, dict]:
+    return {m["step"]: m for m in read_jsonl(run_dir / "metrics.jsonl") if "loss" in m}
+
+
+def posttrain_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "posttrain.cli", *args]
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(posttrain_command(*args), capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,114 @@
+"""The training loop: learning, gradient accumulation, multi-process equality, exact resume after SIGKILL."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from posttrain.trainers.checkpoint import list_checkpoints
+from posttrain.trainers.run import train
+from tests.helpers import posttrain_command, read_jsonl, tiny_config, tiny_overrides, train_steps
+
+COMPARED = ("loss", "nll", "grad_norm", "lr", "tokens", "masked_fraction")
+
+
+def assert_same_steps(first: dict, second: dict, steps, rel=1e-5):
+    for step in steps:
+        for key in COMPARED:
+            assert second[step][key] == pytest.approx(first[step][key], rel=rel, abs=1e-7), (step, key)
+
+
+def test_sft_run_writes_the_run_directory_and_learns(tmp_path):
+    config = tiny_config(tmp_path, "learn", **{"train.max_steps": 12, "train.save_every": 6})
+    result = train(config)
+    run_dir = result.run_dir
+    steps = train_steps(run_dir)
+    assert sorted(steps) == list(range(1, 13))
+    assert steps[12]["loss"] < steps[1]["loss"] * 0.9
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "report.html").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step-6", "step-12"]
+    final = list_checkpoints(run_dir)[-1]
+    for name in ("model/config.json", "model/model.safetensors", "optimizer.pt", "scheduler.pt",
+                 "trainer_state.json", "rng-rank0.pt"):
+        assert (final / name).is_file(), name
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+
+
+def test_profit_logs_masked_fraction_and_masks_a_random_model_completely(tmp_path):
+    # a random model gives every target p ~ 1/vocab < tau, so ProFit keeps no token and the loss is 0
+    steps = train_steps(train(tiny_config(tmp_path, "profit", **{"sft.loss": "profit", "train.max_steps": 2})).run_dir)
+    assert steps[1]["masked_fraction"] == 1.0 and steps[1]["loss"] == 0.0 and steps[1]["nll"] > 4
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    big = train(tiny_config(tmp_path, "big", **{"train.batch_size": 4, "train.grad_accum": 1}))
+    accumulated = train(tiny_config(tmp_path, "acc", **{"train.batch_size": 2, "train.grad_accum": 2}))
+    assert_same_steps(train_steps(big.run_dir), train_steps(accumulated.run_dir), range(1, 7), rel=1e-4)
+
+
+def test_padded_rows_equal_packed_rows(tmp_path):
+    packed = train(tiny_config(tmp_path, "packed", **{"data.packing": True}))
+    padded = train(tiny_config(tmp_path, "padded", **{"data.packing": False}))
+    assert_same_steps(train_steps(packed.run_dir), train_steps(padded.run_dir), range(1, 7), rel=1e-4)
+
+
+def _wait_for(path, process, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.is_dir():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"run ended before {path} appeared: {process.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not appear in time")
+
+
+def test_resume_after_sigkill_continues_exactly(tmp_path):
+    steps, kill_after = 40, 10
+    extra = {"train.max_steps": steps, "train.save_every": 5, "train.keep_checkpoints": 3}
+    uninterrupted = subprocess.run(posttrain_command("train", "-", *tiny_overrides(tmp_path, "whole", **extra)),
+                                   capture_output=True, text=True, timeout=300)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+
+    args = posttrain_command("train", "-", *tiny_overrides(tmp_path, "killed", **extra))
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(tmp_path / "killed" / "checkpoints" / f"step-{kill_after}", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "killed"))
+    assert killed_at < steps, "the run finished before it could be killed"
+
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    whole, again = train_steps(tmp_path / "whole"), train_steps(tmp_path / "killed")
+    assert sorted(again) == list(range(1, steps + 1)), "each step is logged exactly once"
+    assert_same_steps(whole, again, range(killed_at + 1, steps + 1), rel=1e-6)
+
+
+def test_finished_run_is_not_repeated_and_resume_never_starts_over(tmp_path):
+    config = tiny_config(tmp_path, "done", **{"train.max_steps": 2})
+    train(config)
+    assert train(config).steps == 2  # resumes from the final checkpoint: nothing left to do
+    again = train(tiny_config(tmp_path, "done", **{"train.max_steps": 2, "train.resume": "never"}))
+    assert again.steps == 2 and len(read_jsonl(again.run_dir / "metrics.jsonl")) >= 2
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "accelerate")), reason="accelerate launcher not installed")
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    one = train(tiny_config(tmp_path, "one", **{"train.batch_size": 4, "train.max_steps": 3}))
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    # --multi_gpu selects accelerate's torchrun launcher; without CUDA the processes use gloo on the CPU
+    port = str(29500 + os.getpid() % 1000)
+    command = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", port,
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "posttrain.cli", "train", "-",
+               *tiny_overrides(tmp_path, "two", **{"train.batch_size": 2, "train.max_steps": 3})]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_steps(train_steps(one.run_dir), train_steps(tmp_path / "two"), range(1, 4), rel=1e-4)
