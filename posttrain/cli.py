@@ -117,8 +117,8 @@ def data_make(
     """Write a seeded synthetic task as JSONL (question, answer with #### final answer, reference)."""
     from posttrain.data import make_task_file
 
-    level_list = [int(x) for x in levels.split(",")] if levels else None
-    path = make_task_file(task, n=n, seed=seed, out=out, levels=level_list, held_out=held_out)
+    options = {"levels": levels} if levels else {}
+    path = make_task_file(task, n=n, seed=seed, out=out, split="held_out" if held_out else "train", **options)
     typer.echo(f"wrote {n} records to {path}")
 
 
