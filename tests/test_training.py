@@ -1,5 +1,6 @@
 """The training loop: learning, gradient accumulation, multi-process equality, exact resume after SIGKILL."""
 
+import json
 import os
 import shutil
 import signal
@@ -30,6 +31,8 @@ def test_sft_run_writes_the_run_directory_and_learns(tmp_path):
     assert sorted(steps) == list(range(1, 13))
     assert steps[12]["loss"] < steps[1]["loss"] * 0.9
     assert (run_dir / "config.yaml").is_file() and (run_dir / "report.html").is_file()
+    summary = json.loads((run_dir / "data_summary.json").read_text())
+    assert summary["examples"] + summary["dropped"] == 64 and summary["steps"] == 12
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert [p.name for p in list_checkpoints(run_dir)] == ["step-6", "step-12"]
     final = list_checkpoints(run_dir)[-1]
@@ -112,3 +115,15 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_steps(train_steps(one.run_dir), train_steps(tmp_path / "two"), range(1, 4), rel=1e-4)
+
+
+def test_skipped_invalid_records_are_counted_in_the_run(tmp_path):
+    data = tmp_path / "train.jsonl"
+    good = '{"prompt": "1+1=", "completion": "2"}\n'
+    data.write_text(good * 5 + '{"prompt": "x"}\n' + "not json\n")
+    config = tiny_config(tmp_path, "skip", **{"data.train": f"{{path: {data}}}", "data.skip_invalid": True,
+                                                "train.max_steps": 1})
+    summary = json.loads((train(config).run_dir / "data_summary.json").read_text())
+    assert summary["examples"] == 5 and summary["skipped"] == 2
+    assert any(":6" in line for line in summary["skipped_records"])
+    assert any(":7" in line for line in summary["skipped_records"])

@@ -55,7 +55,7 @@ def main(settings: dict) -> dict:
 
     trainer.data_collator = counting_collator
     trainer.train()
-    durations = [b - a for a, b in zip(step_ends, step_ends[1:])]
+    durations = [b - a for a, b in zip(step_ends, step_ends[1:], strict=False)]
     timed = durations[settings["warmup_steps"]:]
     tokens = real_tokens[settings["warmup_steps"]:total_steps]
     return {"tokens_per_s": sum(tokens) / sum(timed), "seconds_per_step": statistics.mean(timed),

@@ -22,11 +22,16 @@ def prompt_records(data: str, n: int | None, seed: int = 0) -> list[dict]:
     else:
         records = read_records(data, kind="prompt").records
     records = records[:n] if n else records
+    require_references(records)
+    return records
+
+
+def require_references(records: list[dict]) -> None:
+    """Every record scored by answer must carry a reference answer; name the first that does not."""
     missing = [r.get("_where", "?") for r in records if r.get("reference") in (None, "")]
     if missing:
         raise DataError(f"{len(missing)} records have no reference answer (first: {missing[0]})",
-                        fix="give each record an `answer` (final answer after ####) or a `reference` field")
-    return records
+                        fix="give each record an `answer` (GSM8K style, final answer after ####) or a `reference`")
 
 
 def run_math_eval(model: str, data: str, n: int | None = None, k: int = 1, temperature: float = 0.0,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
 import torch
+import transformers
 
 from posttrain.config import RunConfig
 from posttrain.data import encode_prompt, tokenize_sft
 from posttrain.errors import DataError
 from posttrain.evals import evaluate_math
+from posttrain.evals.run import require_references
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers.distributed import Processes
@@ -40,10 +43,7 @@ def math_evaluator(config: RunConfig, tokenizer, processes: Processes) -> Evalua
     records = load_source(source, kind="prompt", skip_invalid=config.data.skip_invalid, held_out=held_out).records
     if config.eval.n:
         records = records[: config.eval.n]
-    missing = [r.get("_where", "?") for r in records if r.get("reference") in (None, "")]
-    if missing:
-        raise DataError(f"{len(missing)} evaluation records have no reference answer (first: {missing[0]})",
-                        fix="give each eval record an `answer` (GSM8K style, final answer after ####) or `reference`")
+    require_references(records)
     prompts = [encode_prompt(record, tokenizer) for record in records]
     references = [str(record["reference"]) for record in records]
     ev = config.eval
@@ -60,6 +60,7 @@ def math_evaluator(config: RunConfig, tokenizer, processes: Processes) -> Evalua
 
 
 def train(config: RunConfig) -> TrainResult:
+    transformers.utils.logging.disable_progress_bar()
     processes = Processes(config.model.device)
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model.name)
@@ -75,10 +76,13 @@ def train(config: RunConfig) -> TrainResult:
     method = SFTMethod(config, tokenized.examples, tokenizer.pad_token_id, processes.device)
     trainer = Trainer(config, model, tokenizer, method, processes, math_evaluator(config, tokenizer, processes))
     if processes.is_main:
-        trainer_note = (f"{len(tokenized.examples)} examples from {records.source} "
-                        f"(skipped {records.skipped}, truncated {tokenized.truncated}, dropped {tokenized.dropped}); "
-                        f"{trainer.total_steps} steps")
-        print(trainer_note, flush=True)
+        summary = {"source": records.source, "examples": len(tokenized.examples), "skipped": records.skipped,
+                   "truncated": tokenized.truncated, "dropped": tokenized.dropped, "steps": trainer.total_steps,
+                   "skipped_records": records.problems}
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        (config.run_dir / "data_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        print(f"{summary['examples']} examples from {records.source} (skipped {records.skipped}, truncated "
+              f"{tokenized.truncated}, dropped {tokenized.dropped}); {trainer.total_steps} steps", flush=True)
     result = trainer.fit()
     if processes.is_main:
         from posttrain.report import write_report

@@ -1,0 +1,36 @@
+"""Benchmark posttrain's SFT against TRL's SFTTrainer (same as `posttrain bench sft --vs trl`).
+
+    python benchmarks/bench_sft.py --steps 6 --batch-size 8 --max-length 256 --repeats 2 --out sft.json
+
+Run it on a quiet machine: on 2 CPU cores a second busy process distorts both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from posttrain.bench.sft import run_sft_benchmark
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup-steps", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result = run_sft_benchmark(model=args.model, steps=args.steps, batch_size=args.batch_size,
+                               max_length=args.max_length, repeats=args.repeats, warmup_steps=args.warmup_steps)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

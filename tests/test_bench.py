@@ -1,0 +1,29 @@
+"""`posttrain bench sft` runs both sides in their own processes and reports per-side figures and ratios.
+
+Only the plumbing is tested here; benchmark figures come from `posttrain bench sft --vs trl`.
+"""
+
+import pytest
+
+from posttrain.bench.sft import run_sft_benchmark
+from posttrain.errors import PosttrainError
+from posttrain.models import save_model, tiny_model, tiny_tokenizer
+
+
+def test_sft_benchmark_reports_both_sides_and_ratios(tmp_path):
+    model_dir = save_model(tiny_model(), tiny_tokenizer(), tmp_path / "tiny")
+    result = run_sft_benchmark(model=str(model_dir), steps=2, batch_size=2, max_length=384, repeats=1,
+                               warmup_steps=1)
+    for side in ("posttrain", "trl"):
+        figures = result[side]
+        assert figures["tokens_per_s"] > 0 and figures["seconds_per_step"] > 0 and figures["peak_rss_mb"] > 0
+        assert figures["runs"][0]["steps"] == 3
+        assert figures["final_loss"] > 0
+    assert result["ratio_tokens_per_s"] == pytest.approx(result["posttrain"]["tokens_per_s"] / result["trl"]["tokens_per_s"])
+    assert result["ratio_peak_rss"] == pytest.approx(result["posttrain"]["peak_rss_mb"] / result["trl"]["peak_rss_mb"])
+    assert result["settings"]["batch_size"] == 2
+
+
+def test_unknown_peer_is_a_clear_error():
+    with pytest.raises(PosttrainError, match="unknown peer"):
+        run_sft_benchmark(vs="nemo")
