@@ -22,10 +22,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--gradient-checkpointing", choices=["default", "on", "off"], default="default",
+                        help="default: each side's own default (posttrain off, TRL on)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run_sft_benchmark(model=args.model, steps=args.steps, batch_size=args.batch_size,
-                               max_length=args.max_length, repeats=args.repeats, warmup_steps=args.warmup_steps)
+                               max_length=args.max_length, repeats=args.repeats, warmup_steps=args.warmup_steps,
+                               gradient_checkpointing={"default": None, "on": True, "off": False}[args.gradient_checkpointing])
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

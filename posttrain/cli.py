@@ -157,13 +157,16 @@ def bench_sft(
     max_length: int = 256,
     repeats: int = 2,
     warmup_steps: int = 1,
+    gradient_checkpointing: Annotated[bool | None, typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="set on both sides (default: each side's own default, posttrain off, TRL on)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Same SFT steps in posttrain and in the peer, each in its own process, alternated over repeats."""
     from posttrain.bench.sft import run_sft_benchmark
 
     result = run_sft_benchmark(vs=vs, model=model, steps=steps, batch_size=batch_size, max_length=max_length,
-                               repeats=repeats, warmup_steps=warmup_steps)
+                               repeats=repeats, warmup_steps=warmup_steps, gradient_checkpointing=gradient_checkpointing)
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 

@@ -57,7 +57,7 @@ class DataConfig(Section):
     max_length: int = Field(512, gt=1)
     overlong: Literal["truncate", "drop"] = "truncate"
     completion_only: bool = True
-    packing: bool = True
+    packing: bool = False
     skip_invalid: bool = False
 
 
@@ -84,6 +84,7 @@ class TrainConfig(Section):
     eval_at_start: bool = True
     resume: str = Field("auto", description="auto (latest checkpoint of this run, if any), never, or a checkpoint path")
     chunk_size: int = Field(1024, gt=0, description="rows of vocabulary-sized logits computed at once")
+    gradient_checkpointing: bool = Field(False, description="recompute layer activations in backward: less memory, ~1/3 more compute")
 
 
 class SFTConfig(Section):

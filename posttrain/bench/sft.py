@@ -27,7 +27,9 @@ def benchmark_records(n: int, seed: int = 0) -> list[dict]:
 
 
 def run_sft_benchmark(vs: str = "trl", model: str = "smollm2-135m", steps: int = 6, batch_size: int = 8,
-                      max_length: int = 256, repeats: int = 2, warmup_steps: int = 1, lr: float = 1e-5) -> dict:
+                      max_length: int = 256, repeats: int = 2, warmup_steps: int = 1, lr: float = 1e-5,
+                      gradient_checkpointing: bool | None = None) -> dict:
+    """``gradient_checkpointing=None`` runs each side at its own default (posttrain off, TRL on)."""
     if vs != "trl":
         raise PosttrainError(f"unknown peer {vs!r} for the SFT benchmark", fix="use --vs trl")
     from posttrain.models.loader import resolve_source
@@ -43,7 +45,7 @@ def run_sft_benchmark(vs: str = "trl", model: str = "smollm2-135m", steps: int =
     data_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     settings = {"model": model_dir, "data": str(data_path), "steps": steps, "warmup_steps": warmup_steps,
                 "batch_size": batch_size, "max_length": max_length, "lr": lr, "workdir": str(workdir),
-                "dtype": "float32", "device": "cpu"}
+                "dtype": "float32", "device": "cpu", "gradient_checkpointing": gradient_checkpointing}
     runs = alternate({"posttrain": ("posttrain.bench.sft_posttrain", settings),
                       "trl": ("posttrain.bench.sft_trl", settings)}, repeats)
     return summarize(runs, "posttrain", "trl", settings)

@@ -19,10 +19,11 @@ def main(settings: dict) -> dict:
     config = RunConfig.model_validate({
         "name": "bench", "output_dir": run_root, "seed": 0,
         "model": {"name": settings["model"], "dtype": settings["dtype"], "device": settings["device"]},
-        "data": {"train": {"path": settings["data"]}, "max_length": settings["max_length"], "packing": True},
+        "data": {"train": {"path": settings["data"]}, "max_length": settings["max_length"]},
         "optim": {"lr": settings["lr"], "schedule": "cosine", "warmup_ratio": 0.0},
         "train": {"batch_size": settings["batch_size"], "max_steps": settings["steps"] + settings["warmup_steps"],
-                  "save_final": False, "eval_at_start": False},
+                  "save_final": False, "eval_at_start": False,
+                  "gradient_checkpointing": bool(settings["gradient_checkpointing"])},
         "eval": {"kind": "none"},
     })
     train(config)

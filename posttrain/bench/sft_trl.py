@@ -25,7 +25,8 @@ def main(settings: dict) -> dict:
         gradient_accumulation_steps=1, max_steps=total_steps, learning_rate=settings["lr"],
         lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
         report_to=[], max_length=settings["max_length"], bf16=False, fp16=False, use_cpu=settings["device"] == "cpu",
-        dataloader_num_workers=0, seed=0, model_init_kwargs={"dtype": torch.float32}, disable_tqdm=True,
+        dataloader_num_workers=0, seed=0,
+        **({} if settings["gradient_checkpointing"] is None else {"gradient_checkpointing": settings["gradient_checkpointing"]}), model_init_kwargs={"dtype": torch.float32}, disable_tqdm=True,
     )
     step_ends: list[float] = []
     real_tokens: list[int] = []

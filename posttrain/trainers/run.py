@@ -66,6 +66,8 @@ def train(config: RunConfig) -> TrainResult:
     tokenizer = load_tokenizer(config.model.name)
     model = load_model(config.model.name, dtype=training_dtype(config), device=str(processes.device),
                        lora=config.model.lora)
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     data = config.data
     records = load_source(data.train, kind="sft", skip_invalid=data.skip_invalid)
     tokenized = tokenize_sft(records.records, tokenizer, data.max_length, overlong=data.overlong,
