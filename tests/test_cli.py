@@ -33,7 +33,8 @@ def test_data_make_eval_math_model_info_and_report(tmp_path):
     result = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert result["num_prompts"] == 6 and result["num_samples"] == 12
     assert 0.0 <= result["accuracy"] <= 1.0
-    assert len(read_jsonl(tmp_path / "ev" / "samples.jsonl")) == 12
+    samples = read_jsonl(tmp_path / "ev" / "samples.jsonl")
+    assert len(samples) == 12 and samples[0]["prompt"] == records[0]["question"]
 
     info = run_cli("model", "info", "tiny-random")
     assert info.returncode == 0 and "vocab" in info.stdout

@@ -26,6 +26,14 @@ def prompt_records(data: str, n: int | None, seed: int = 0) -> list[dict]:
     return records
 
 
+def prompt_text(record: dict) -> str:
+    """The text a person would read as the prompt: the last message of a conversation, or the string."""
+    prompt = record.get("prompt")
+    if isinstance(prompt, list) and prompt:
+        return str(prompt[-1].get("content", ""))
+    return str(prompt or record.get("question", ""))
+
+
 def require_references(records: list[dict]) -> None:
     """Every record scored by answer must carry a reference answer; name the first that does not."""
     missing = [r.get("_where", "?") for r in records if r.get("reference") in (None, "")]
@@ -43,7 +51,8 @@ def run_math_eval(model: str, data: str, n: int | None = None, k: int = 1, tempe
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=k, seed=seed)
     engine = HFEngine(lm, tokenizer, batch_size=batch_size)
     result = evaluate_math(engine, [encode_prompt(r, tokenizer) for r in records],
-                           [str(r["reference"]) for r in records], k=k, params=params, out_dir=out_dir)
+                           [str(r["reference"]) for r in records], k=k, params=params,
+                           prompts_text=[prompt_text(r) for r in records], out_dir=out_dir)
     return {"model": model, "data": data, **result.to_dict()}
 
 

@@ -13,7 +13,7 @@ from posttrain.config import RunConfig
 from posttrain.data import encode_prompt, tokenize_sft
 from posttrain.errors import DataError
 from posttrain.evals import evaluate_math
-from posttrain.evals.run import require_references
+from posttrain.evals.run import prompt_text, require_references
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers.distributed import Processes
@@ -46,6 +46,7 @@ def math_evaluator(config: RunConfig, tokenizer, processes: Processes) -> Evalua
     require_references(records)
     prompts = [encode_prompt(record, tokenizer) for record in records]
     references = [str(record["reference"]) for record in records]
+    texts = [prompt_text(record) for record in records]
     ev = config.eval
     params = SamplingParams(temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,
                             n=ev.k, seed=config.seed)
@@ -54,7 +55,8 @@ def math_evaluator(config: RunConfig, tokenizer, processes: Processes) -> Evalua
     def evaluate(model, step: int) -> dict[str, float]:
         engine = HFEngine(model, tokenizer, batch_size=ev.batch_size)
         out_dir = run_dir / "eval" / f"step-{step}"
-        return evaluate_math(engine, prompts, references, k=ev.k, params=params, out_dir=out_dir).to_dict()
+        return evaluate_math(engine, prompts, references, k=ev.k, params=params, prompts_text=texts,
+                             out_dir=out_dir).to_dict()
 
     return evaluate
 
