@@ -36,3 +36,9 @@ class ModelError(PosttrainError):
 def location(path: str | None = None, line: int | None = None, field: str | None = None) -> str:
     """Format a place as ``path:line:field``, leaving out the parts that are unknown."""
     return ":".join(str(part) for part in (path, line, field) if part is not None)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (library messages often run to a paragraph)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

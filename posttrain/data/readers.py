@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from posttrain.errors import DataError, location
+from posttrain.errors import DataError, first_line, location
 
 from .records import check_kind, normalize_record
 
@@ -194,7 +194,7 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
         rows = pyarrow.parquet.read_table(path).to_pylist()
     except (OSError, ValueError, pyarrow.ArrowException) as error:
         raise DataError(
-            f"cannot read Parquet file: {_first_line(error)}",
+            f"cannot read Parquet file: {first_line(error)}",
             where=str(path),
             fix="check that the file is a complete Parquet file",
         ) from None
@@ -214,7 +214,7 @@ def _dataset_directory_rows(path: Path, split: str) -> tuple[Iterator[Row], str]
         loaded = datasets.load_from_disk(str(path))
     except (OSError, ValueError, KeyError) as error:
         raise DataError(
-            f"cannot load datasets directory: {_first_line(error)}",
+            f"cannot load datasets directory: {first_line(error)}",
             where=str(path),
             fix="save the data again with save_to_disk",
         ) from None
@@ -235,7 +235,7 @@ def _hub_rows(name: str, split: str) -> tuple[Iterator[Row], str]:
     except Exception as error:  # the hub client raises many kinds of errors; each becomes one message
         raise DataError(
             f"no local file or directory has this name, and the Hugging Face hub could not provide it "
-            f"({type(error).__name__}: {_first_line(error)})",
+            f"({type(error).__name__}: {first_line(error)})",
             where=name,
             fix="check the path; for a hub dataset connect to the network, or download it elsewhere, "
             "save it with save_to_disk and pass that directory",
@@ -287,7 +287,7 @@ def _malformed_json(error: Exception, where: str) -> DataError:
     elif isinstance(error, RecursionError):
         what = "malformed JSON: nested too deeply"
     else:
-        what = f"malformed JSON: {_first_line(error)}"
+        what = f"malformed JSON: {first_line(error)}"
     return DataError(what, where=where, fix="write one complete JSON object on each line")
 
 
@@ -296,6 +296,3 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from posttrain.errors import ConfigError, ModelError, location
+from posttrain.errors import ConfigError, ModelError, first_line, location
 from posttrain.models.embedded import EMBEDDED_MODEL_NAME, embedded_model_dir
 from posttrain.models.lora import apply_lora
 from posttrain.models.tiny import TINY_MODEL_NAME, tiny_model, tiny_tokenizer
@@ -129,11 +129,6 @@ def adapter_base_reference(adapter_dir: Path) -> str:
         return str(adapter_dir / reference)
     return reference
 
-
-def first_line(error: Exception) -> str:
-    """The first line of an exception's message (library messages often run to a paragraph)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_hub_model(name: str, dtype: torch.dtype):
