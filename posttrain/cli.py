@@ -89,6 +89,85 @@ def eval_math(
             typer.echo(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
 
 
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+@eval_app.command("selfreward")
+def eval_selfreward(
+    model: Annotated[str, typer.Option(help="model name or directory")] = "smollm2-135m",
+    data: Annotated[str, typer.Option(help="data file (records with `completion` are scored as given), or task:NAME")] = "task:arithmetic",
+    n: Annotated[int | None, typer.Option(help="number of prompts (default: all)")] = None,
+    samples: Annotated[int, typer.Option(help="completions sampled per prompt when the data has none")] = 4,
+    c_ref: Annotated[float, typer.Option(help="LaSeR reference constant c_ref")] = -23.0,
+    beta_v: Annotated[float, typer.Option(help="LaSeR KL coefficient beta_v")] = 0.1,
+    threshold: Annotated[float, typer.Option(help="r_s above this counts as judged correct")] = 0.5,
+    reserved_token: Annotated[str | None, typer.Option(help="reserved token z_c (default: chosen per tokenizer)")] = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(help="directory for samples.jsonl")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """LaSeR self-reward r_s of given or sampled completions: accuracy on correct/incorrect, F1 and AUROC."""
+    from posttrain.evals.selfreward import run_selfreward_eval
+
+    result = run_selfreward_eval(model=model, data=data, n=n, samples=samples, c_ref=c_ref, beta_v=beta_v,
+                                 threshold=threshold, token=reserved_token, temperature=temperature, top_p=top_p,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, out_dir=out)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        for key, value in result.items():
+            typer.echo(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
+
+
+@eval_app.command("bon")
+def eval_bon(
+    model: Annotated[str, typer.Option(help="model name or directory")] = "smollm2-135m",
+    data: Annotated[str, typer.Option(help="data file/directory, or task:arithmetic for the synthetic task")] = "task:arithmetic",
+    n: Annotated[str, typer.Option(help="comma-separated N values")] = "1,2,4,8,16",
+    select: Annotated[str, typer.Option(help="comma-separated selectors: random, majority, self_certainty, laser, "
+                                             "laser_weighted_majority")] = "random,majority,self_certainty,laser,laser_weighted_majority",
+    prompts: Annotated[int | None, typer.Option(help="number of prompts (default: all)")] = None,
+    draws: Annotated[int, typer.Option(help="random reshuffles of each prompt's samples")] = 20,
+    c_ref: Annotated[float, typer.Option(help="LaSeR reference constant c_ref")] = -23.0,
+    beta_v: Annotated[float, typer.Option(help="LaSeR KL coefficient beta_v")] = 0.1,
+    reserved_token: Annotated[str | None, typer.Option(help="reserved token z_c (default: chosen per tokenizer)")] = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(help="directory for bon.json, bon.png and samples.jsonl")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Best-of-N accuracy against N per selector, from max(N) samples per prompt drawn once."""
+    from posttrain.errors import ConfigError
+    from posttrain.evals.bon import run_bon_eval
+
+    try:
+        ns = sorted({int(value) for value in _comma_list(n)})
+    except ValueError:
+        raise ConfigError(f"--n {n!r} is not a list of integers", where="--n", fix="write e.g. --n 1,2,4,8") from None
+    result = run_bon_eval(model=model, data=data, ns=ns, selectors=_comma_list(select), prompts=prompts,
+                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, draws=draws, seed=seed, c_ref=c_ref, beta_v=beta_v,
+                          token=reserved_token, out_dir=out)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    names = list(result["accuracy"])
+    typer.echo(f"{result['num_prompts']} prompts x {result['samples_per_prompt']} samples, "
+               f"mean accuracy {result['mean_accuracy']:.4g}")
+    typer.echo("N".rjust(4) + "".join(name.rjust(max(len(name), 8) + 2) for name in names))
+    for value in ns:
+        cells = "".join(f"{result['accuracy'][name][str(value)]:.4f}".rjust(max(len(name), 8) + 2) for name in names)
+        typer.echo(f"{value:>4}{cells}")
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Option(help="user message")],

@@ -47,7 +47,9 @@ class DataSource(Section):
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:
         if (self.path is None) == (self.task is None):
-            raise ValueError("give exactly one of `path` (a data file or directory) or `task` (a synthetic task name)")
+            raise ValueError(
+                "give exactly one of `path` (a data file or directory) or `task` (a synthetic task name)"
+            )
         return self
 
 
@@ -82,9 +84,13 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, gt=0)
     eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at start and end")
     eval_at_start: bool = True
-    resume: str = Field("auto", description="auto (latest checkpoint of this run, if any), never, or a checkpoint path")
+    resume: str = Field(
+        "auto", description="auto (latest checkpoint of this run, if any), never, or a checkpoint path"
+    )
     chunk_size: int = Field(1024, gt=0, description="rows of vocabulary-sized logits computed at once")
-    gradient_checkpointing: bool = Field(False, description="recompute layer activations in backward: less memory, ~1/3 more compute")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute layer activations in backward: less memory, ~1/3 more compute"
+    )
 
 
 class SFTConfig(Section):
@@ -102,16 +108,114 @@ class EvalConfig(Section):
     batch_size: int = Field(32, gt=0)
 
 
+PATH_FORM = "FILE.py:FUNCTION, e.g. my_rewards.py:score"
+
+
+def split_reward_path(path: str) -> tuple[str, str]:
+    """``"dir/my_rewards.py:score"`` → ``("dir/my_rewards.py", "score")``; a ValueError for other forms."""
+    file, sep, function = path.rpartition(":")
+    if not sep or not file.endswith(".py") or not function.isidentifier():
+        raise ValueError(f"a reward path must be {PATH_FORM} (got {path!r})")
+    return file, function
+
+
+class RewardSpec(Section):
+    """One reward of a recipe: a registered ``name`` or a user function ``path`` (``file.py:function``)."""
+
+    name: str | None = None
+    path: str | None = None
+    weight: float = Field(1.0, allow_inf_nan=False)
+    args: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _one_function(self) -> RewardSpec:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give exactly one of `name` (a registered reward) or `path` (file.py:function)")
+        if self.path is not None:
+            split_reward_path(self.path)  # a ValueError names the expected form
+        return self
+
+    @property
+    def label(self) -> str:
+        """The reward's name in logs: the registered name, or the function name of a ``path``."""
+        return self.name if self.name is not None else split_reward_path(self.path)[1]
+
+
+class RewardsConfig(Section):
+    """The rewards of an RL run and how failures of a reward function are treated."""
+
+    functions: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math")], min_length=1)
+    on_error: float = Field(
+        0.0, allow_inf_nan=False, description="score of a sample whose function raised or gave no number"
+    )
+    max_error_rate: float = Field(
+        0.1, ge=0, le=1, description="fraction of samples with errors in a batch above which the run stops"
+    )
+
+
+class LaserConfig(Section):
+    """LaSeR last-token self-rewarding (Yang et al. 2025, arXiv 2510.14943; defaults from its run scripts).
+
+    The score ``r_s = β_v·(log π(z_c | x, y, EOS) − c_ref)`` of a reserved token ``z_c`` appended after
+    EOS is regressed onto the verifier reward (loss weight ``alpha``) from step ``loss_warmup_steps``;
+    ``integration_warmup_steps`` steps later the group-normalized scores are mixed into the advantages
+    with weight ``tau`` (only in groups whose score std exceeds ``filter_threshold``).
+    """
+
+    enabled: bool = False
+    token: str | None = Field(None, description="the reserved token z_c; default: chosen per tokenizer")
+    c_ref: float = Field(-23.0, allow_inf_nan=False, description="log π_ref(z_c | x, y, EOS), measured per model")
+    beta_v: float = Field(0.1, gt=0)
+    alpha: float = Field(0.1, ge=0, description="weight of the self-reward MSE loss")
+    balanced: bool = Field(True, description="class-balanced weights over correct and incorrect rollouts")
+    verifier: str = Field("math", description="the reward (label) whose 0/1 value is the verifier reward r_v")
+    loss_warmup_steps: int = Field(0, ge=0)
+    integration_warmup_steps: int = Field(0, ge=0, description="steps after the loss starts")
+    integrate: bool = Field(True, description="mix self-reward advantages into the policy advantages")
+    tau: float = Field(0.1, ge=0, le=1)
+    filter_threshold: float = Field(0.1, ge=0)
+
+
+class RLConfig(Section):
+    """GRPO-family RL with verifiable rewards. Defaults follow TRL 1.16 ``GRPOConfig`` where it has one."""
+
+    prompts_per_step: int = Field(4, gt=0, description="prompts per step (all processes together)")
+    group_size: int = Field(8, gt=0, description="samples per prompt, G")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    max_new_tokens: int = Field(128, gt=0)
+    rollout_batch_size: int = Field(64, gt=0, description="sequences generated at once")
+    updates_per_step: int = Field(1, gt=0, description="optimizer updates per batch of rollouts, μ")
+    loss: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    eps_low: float = Field(0.2, ge=0)
+    eps_high: float = Field(0.2, ge=0, description="> eps_low is DAPO's clip-higher (e.g. 0.28)")
+    beta: float = Field(0.0, ge=0, description="weight of the k3 KL to the reference model")
+    scale: Literal["group", "batch", "none"] = "group"
+    baseline: Literal["mean", "rloo"] = "mean"
+    mask_truncated: bool = Field(False, description="drop completions that hit max_new_tokens from the loss")
+    rewards: RewardsConfig = RewardsConfig()
+    laser: LaserConfig = LaserConfig()
+
+    @model_validator(mode="after")
+    def _groups(self) -> RLConfig:
+        if self.group_size < 2 and (self.scale == "group" or self.baseline == "rloo"):
+            raise ValueError("group_size must be >= 2 with scale=group or baseline=rloo (a group of one has no "
+                             "spread); set rl.group_size >= 2 or rl.scale=none")
+        return self
+
+
 class RunConfig(Section):
     name: str = "run"
     output_dir: str = "runs"
     seed: int = 0
-    method: Literal["sft"] = "sft"
+    method: Literal["sft", "grpo"] = "sft"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     sft: SFTConfig = SFTConfig()
+    rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
 
     @property
@@ -123,8 +227,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.max_steps=20"`` → ``(["train", "max_steps"], 20)``; the value is parsed as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override {text!r} is not of the form key.sub=value",
-                          fix="write e.g. train.max_steps=20 or sft.loss=profit")
+        raise ConfigError(
+            f"override {text!r} is not of the form key.sub=value",
+            fix="write e.g. train.max_steps=20 or sft.loss=profit",
+        )
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
 
 
@@ -152,8 +258,10 @@ def _describe_validation_error(error: ValidationError, source: str) -> ConfigErr
             lines.append(f"{location(source, None, field)}: unknown key")
         else:
             lines.append(f"{location(source, None, field)}: {item['msg']} (got {item.get('input')!r})")
-    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines),
-                       fix="correct or remove the keys named above; `posttrain train --help` lists the sections")
+    return ConfigError(
+        "invalid configuration:\n  " + "\n  ".join(lines),
+        fix="correct or remove the keys named above; `posttrain train --help` lists the sections",
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -163,7 +271,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"recipe {path} does not exist", fix="pass the path of a YAML recipe, e.g. posttrain/recipes/quickstart.yaml")
+            raise ConfigError(
+                f"recipe {path} does not exist",
+                fix="pass the path of a YAML recipe, e.g. posttrain/recipes/quickstart.yaml",
+            )
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:

@@ -1,18 +1,35 @@
 """Pure tensor math: log-probabilities, entropies and losses. Each formula lives in one function here."""
 
+from posttrain.ops.advantages import ADVANTAGE_BASELINES, ADVANTAGE_SCALES, group_advantages
 from posttrain.ops.forward import TargetLogprobs, causal_lm_parts, completion_logprobs
+from posttrain.ops.laser import laser_class_weights, laser_loss, self_reward_advantages
 from posttrain.ops.logprobs import hidden_logprobs, token_entropy, token_logprobs
+from posttrain.ops.policy import POLICY_LOSS_KINDS, PolicyLoss, k3_kl, policy_loss
+from posttrain.ops.scores import laser_score, self_certainty, token_self_certainty
 from posttrain.ops.sft import SFT_KINDS, profit_keep_mask, sft_loss, sft_token_weights
 
 __all__ = [
+    "ADVANTAGE_BASELINES",
+    "ADVANTAGE_SCALES",
+    "POLICY_LOSS_KINDS",
+    "PolicyLoss",
     "SFT_KINDS",
     "TargetLogprobs",
     "causal_lm_parts",
     "completion_logprobs",
+    "group_advantages",
     "hidden_logprobs",
+    "k3_kl",
+    "laser_class_weights",
+    "laser_loss",
+    "laser_score",
+    "policy_loss",
     "profit_keep_mask",
+    "self_certainty",
+    "self_reward_advantages",
     "sft_loss",
     "sft_token_weights",
     "token_entropy",
     "token_logprobs",
+    "token_self_certainty",
 ]

@@ -110,10 +110,11 @@ def hidden_logprobs(
     ``hidden`` is ``[N, H]`` (the final hidden states of the positions that predict ``labels``),
     ``output_weight`` is the ``[V, H]`` output projection. For each chunk of rows it computes
     ``z = h Wᵀ`` (optionally soft-capped, ``c·tanh(z/c)``), then ``log softmax(z/T)[label]`` and
-    ``H = logsumexp(z/T) − Σ p·z/T``. When gradients are needed, each chunk is checkpointed: the
-    backward pass recomputes that chunk's logits instead of storing them, so peak memory holds one
-    ``[chunk, V]`` block rather than ``[N, V]``. Entropy is returned with gradient (callers detach
-    it when they only log it).
+    ``H = logsumexp(z/T) − Σ p·z/T``. When gradients are needed, every chunk but the last is
+    checkpointed: the backward pass recomputes that chunk's logits instead of storing them, so peak
+    memory holds one ``[chunk, V]`` block rather than ``[N, V]``. The last chunk keeps its logits for
+    backward, which needs them first: recomputing it would cost a projection and save no peak memory.
+    Entropy is returned with gradient (callers detach it when they only log it).
     """
     _check_temperature(temperature)
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or output_weight.requires_grad)
@@ -121,7 +122,7 @@ def hidden_logprobs(
     for start in range(0, hidden.shape[0], chunk_size):
         args = (hidden[start : start + chunk_size], output_weight, labels[start : start + chunk_size],
                 temperature, logit_softcap, with_entropy)
-        if needs_grad:
+        if needs_grad and start + chunk_size < hidden.shape[0]:
             picked, entropy = checkpoint(_project_chunk, *args, use_reentrant=False)
         else:
             picked, entropy = _project_chunk(*args)

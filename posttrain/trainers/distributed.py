@@ -59,6 +59,14 @@ class Processes:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return dict(zip(keys, tensor.tolist(), strict=True))
 
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """The processes' equally shaped tensors concatenated along dim 0, in rank order."""
+        if self.world_size == 1:
+            return values
+        parts = [torch.empty_like(values) for _ in range(self.world_size)]
+        dist.all_gather(parts, values.contiguous())
+        return torch.cat(parts)
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()

@@ -1,17 +1,19 @@
 """The one training loop every method runs through.
 
-A *method* (SFT, and later preference optimization, RL, distillation) supplies three things:
+A *method* (SFT, preference optimization, RL, distillation) supplies:
 
-* ``normalizer(indices)`` — the count its loss is divided by, taken over the whole global batch;
-* ``collate(indices)`` — one micro-batch of tensors on the right device;
-* ``loss(model, batch, normalizer)`` — the micro-batch's share of the global loss and a dict of
-  additive statistics (summed over micro-batches and processes), turned into logged metrics by
-  ``summarize(sums)``.
+* ``step_batches(model, indices, share, step)`` — the work of one step on this process: its
+  micro-batches (for RL: after sampling and scoring rollouts), the count the loss is divided by
+  (taken over the whole global batch), and step-level statistics;
+* ``loss(model, batch, normalizer)`` — one micro-batch's share of the global loss and a dict of
+  additive statistics (summed over micro-batches, passes and processes), turned into logged metrics
+  by ``summarize(sums)``;
+* ``updates_per_step`` — optimizer updates per step over the same micro-batches (RL's μ; 1 otherwise).
 
-Per optimizer step the loop draws ``batch_size × grad_accum × world_size`` examples, each process
-runs its ``grad_accum`` micro-batches forward and backward, gradients are summed across processes,
-clipped, and AdamW steps. Evaluation runs at the start, every ``eval_every`` steps and at the end;
-checkpoints every ``save_every`` steps and at the end (see :mod:`posttrain.trainers.checkpoint`).
+Per step the loop draws ``examples_per_step × world_size`` example indices, each process runs its
+micro-batches forward and backward, gradients are summed across processes, clipped, and AdamW steps;
+that is repeated ``updates_per_step`` times. Evaluation runs at the start, every ``eval_every`` steps and
+at the end; checkpoints every ``save_every`` steps and at the end (see :mod:`posttrain.trainers.checkpoint`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,12 +37,21 @@ from posttrain.trainers.sampler import EpochSampler
 from posttrain.trainers.schedule import build_scheduler
 
 
+@dataclass
+class StepBatches:
+    """One process's work for one step: micro-batches, the global loss normalizer, step statistics."""
+
+    micro_batches: list[Any]
+    normalizer: float
+    stats: dict[str, float] = field(default_factory=dict)
+
+
 class Method(Protocol):
     num_examples: int
+    examples_per_step: int
+    updates_per_step: int
 
-    def normalizer(self, indices: list[int]) -> float: ...
-
-    def collate(self, indices: list[int]) -> Any: ...
+    def step_batches(self, model: torch.nn.Module, indices: list[int], share: list[int], step: int) -> StepBatches: ...
 
     def loss(self, model: torch.nn.Module, batch: Any, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]: ...
 
@@ -58,11 +69,10 @@ class TrainResult:
     eval_metrics: dict[str, float]
 
 
-def total_steps(config: RunConfig, num_examples: int, world_size: int) -> int:
+def total_steps(config: RunConfig, num_examples: int, examples_per_step: int, world_size: int) -> int:
     if config.train.max_steps:
         return config.train.max_steps
-    global_batch = config.train.batch_size * config.train.grad_accum * world_size
-    return max(1, math.ceil(config.train.epochs * num_examples / global_batch))
+    return max(1, math.ceil(config.train.epochs * num_examples / (examples_per_step * world_size)))
 
 
 def _resume_point(config: RunConfig) -> Path | None:
@@ -94,8 +104,9 @@ class Trainer:
         optim = config.optim
         self.optimizer = torch.optim.AdamW(self.parameters, lr=optim.lr, betas=optim.betas, eps=optim.eps,
                                            weight_decay=optim.weight_decay)
-        self.total_steps = total_steps(config, method.num_examples, processes.world_size)
-        self.scheduler = build_scheduler(self.optimizer, self.total_steps, optim.warmup_ratio, optim.schedule)
+        self.total_steps = total_steps(config, method.num_examples, method.examples_per_step, processes.world_size)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps * method.updates_per_step,
+                                         optim.warmup_ratio, optim.schedule)
         self.sampler = EpochSampler(method.num_examples, config.seed)
         self.step = 0
 
@@ -118,24 +129,34 @@ class Trainer:
                                   self.config.train.keep_checkpoints)
         self.processes.barrier()
 
-    # -- one optimizer step --------------------------------------------------------------------
+    # -- one step ------------------------------------------------------------------------------
     def _train_step(self) -> dict[str, float]:
-        train = self.config.train
         world, rank = self.processes.world_size, self.processes.rank
-        per_process = train.batch_size * train.grad_accum
+        per_process = self.method.examples_per_step
         indices = self.sampler.next_batch(per_process * world)
-        normalizer = self.method.normalizer(indices)
         share = indices[rank * per_process : (rank + 1) * per_process]
         started = time.perf_counter()
+        work = self.method.step_batches(self.model, indices, share, self.step)
         self.model.train()
-        sums: dict[str, float] = defaultdict(float)
-        for start in range(0, len(share), train.batch_size):
-            batch = self.method.collate(share[start : start + train.batch_size])
-            with self.processes.autocast(self.model):
-                loss, stats = self.method.loss(self.model, batch, normalizer)
-            loss.backward()
-            for key, value in stats.items():
-                sums[key] += value
+        sums: dict[str, float] = defaultdict(float, work.stats)
+        for _ in range(self.method.updates_per_step):
+            for batch in work.micro_batches:
+                with self.processes.autocast(self.model):
+                    loss, stats = self.method.loss(self.model, batch, work.normalizer)
+                loss.backward()
+                for key, value in stats.items():
+                    sums[key] += value
+            grad_norm, lr = self._optimizer_step()
+        seconds = time.perf_counter() - started
+        totals = self.processes.sum_values(sums)
+        metrics = self.method.summarize(totals)
+        metrics.update(lr=lr, grad_norm=grad_norm, seconds_per_step=seconds, epoch=self.sampler.epoch)
+        if "tokens" in totals:
+            metrics["tokens_per_s"] = totals["tokens"] / seconds
+        return metrics
+
+    def _optimizer_step(self) -> tuple[float, float]:
+        """Sum gradients over processes, clip, step AdamW and the schedule; the norm before clipping and the lr."""
         self.processes.sum_gradients(self.parameters)
         grad_norm = float("nan")
         if self.config.optim.max_grad_norm:
@@ -144,13 +165,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - started
-        totals = self.processes.sum_values(sums)
-        metrics = self.method.summarize(totals)
-        metrics.update(lr=lr, grad_norm=grad_norm, seconds_per_step=seconds, epoch=self.sampler.epoch)
-        if "tokens" in totals:
-            metrics["tokens_per_s"] = totals["tokens"] / seconds
-        return metrics
+        return grad_norm, lr
 
     def _run_eval(self, log: RunLog) -> dict[str, float]:
         if self.evaluate is None:

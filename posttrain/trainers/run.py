@@ -18,7 +18,8 @@ from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import eval_source, load_source
-from posttrain.trainers.loop import Evaluate, Trainer, TrainResult
+from posttrain.trainers.loop import Evaluate, Method, Trainer, TrainResult
+from posttrain.trainers.rl import RLMethod
 from posttrain.trainers.sft import SFTMethod
 
 
@@ -61,6 +62,26 @@ def math_evaluator(config: RunConfig, tokenizer, processes: Processes) -> Evalua
     return evaluate
 
 
+def build_method(config: RunConfig, model, tokenizer, processes: Processes) -> tuple[Method, dict]:
+    """The recipe's method over its training data, and a summary of that data (written to the run)."""
+    data = config.data
+    kind = "sft" if config.method == "sft" else "prompt"
+    records = load_source(data.train, kind=kind, skip_invalid=data.skip_invalid)
+    summary = {"source": records.source, "examples": len(records.records), "skipped": records.skipped,
+               "truncated": 0, "dropped": 0, "skipped_records": records.problems}
+    if config.method == "grpo":
+        if not records.records:
+            raise DataError(f"no prompts in {records.source}", fix="check the data path")
+        return RLMethod(config, records.records, model, tokenizer, processes), summary
+    tokenized = tokenize_sft(records.records, tokenizer, data.max_length, overlong=data.overlong,
+                             completion_only=data.completion_only)
+    if not tokenized.examples:
+        raise DataError(f"no usable training examples in {records.source}",
+                        fix="check the data path and data.max_length (examples longer than it may all be dropped)")
+    summary.update(examples=len(tokenized.examples), truncated=tokenized.truncated, dropped=tokenized.dropped)
+    return SFTMethod(config, tokenized.examples, tokenizer.pad_token_id, processes.device), summary
+
+
 def train(config: RunConfig) -> TrainResult:
     transformers.utils.logging.disable_progress_bar()
     processes = Processes(config.model.device)
@@ -70,23 +91,14 @@ def train(config: RunConfig) -> TrainResult:
                        lora=config.model.lora)
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    data = config.data
-    records = load_source(data.train, kind="sft", skip_invalid=data.skip_invalid)
-    tokenized = tokenize_sft(records.records, tokenizer, data.max_length, overlong=data.overlong,
-                             completion_only=data.completion_only)
-    if not tokenized.examples:
-        raise DataError(f"no usable training examples in {records.source}",
-                        fix="check the data path and data.max_length (examples longer than it may all be dropped)")
-    method = SFTMethod(config, tokenized.examples, tokenizer.pad_token_id, processes.device)
+    method, summary = build_method(config, model, tokenizer, processes)
     trainer = Trainer(config, model, tokenizer, method, processes, math_evaluator(config, tokenizer, processes))
     if processes.is_main:
-        summary = {"source": records.source, "examples": len(tokenized.examples), "skipped": records.skipped,
-                   "truncated": tokenized.truncated, "dropped": tokenized.dropped, "steps": trainer.total_steps,
-                   "skipped_records": records.problems}
+        summary["steps"] = trainer.total_steps
         config.run_dir.mkdir(parents=True, exist_ok=True)
         (config.run_dir / "data_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        print(f"{summary['examples']} examples from {records.source} (skipped {records.skipped}, truncated "
-              f"{tokenized.truncated}, dropped {tokenized.dropped}); {trainer.total_steps} steps", flush=True)
+        print(f"{summary['examples']} examples from {summary['source']} (skipped {summary['skipped']}, truncated "
+              f"{summary['truncated']}, dropped {summary['dropped']}); {trainer.total_steps} steps", flush=True)
     result = trainer.fit()
     if processes.is_main:
         from posttrain.report import write_report

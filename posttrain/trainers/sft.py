@@ -14,22 +14,28 @@ import torch
 from posttrain.config import RunConfig
 from posttrain.data import Example, collate, pack_examples
 from posttrain.ops import completion_logprobs, sft_loss, sft_token_weights
+from posttrain.trainers.loop import StepBatches
 
 
 class SFTMethod:
     """The SFT method for :class:`posttrain.trainers.loop.Trainer`."""
 
+    updates_per_step = 1
+
     def __init__(self, config: RunConfig, examples: list[Example], pad_id: int, device: torch.device):
         self.config = config
         self.examples = examples
         self.num_examples = len(examples)
+        self.examples_per_step = config.train.batch_size * config.train.grad_accum
         self.pad_id = pad_id
         self.device = device
         # target tokens of an example: loss_mask[1:] (the first token is never predicted)
         self._targets = [sum(example.loss_mask[1:]) for example in examples]
 
-    def normalizer(self, indices: list[int]) -> float:
-        return float(sum(self._targets[i] for i in indices))
+    def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
+        size = self.config.train.batch_size
+        batches = [self.collate(share[start : start + size]) for start in range(0, len(share), size)]
+        return StepBatches(batches, normalizer=float(sum(self._targets[i] for i in indices)))
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         examples = [self.examples[i] for i in indices]

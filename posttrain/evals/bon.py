@@ -1,0 +1,278 @@
+"""Best-of-N: accuracy as a function of N for several ways of picking one of N sampled solutions.
+
+Selectors take one prompt's candidates (final answer, verifier verdict, self-certainty ``SC`` and LaSeR
+score ``r_s``) and return the index of the chosen one:
+
+``random``
+    a uniformly random candidate (the expected accuracy of a single sample).
+``majority``
+    self-consistency (Wang et al., 2023): the most frequent extracted answer.
+``self_certainty``
+    Borda voting over self-certainty (Kang, Zhao & Song, NeurIPS 2025, ``voting_from_list.py``): candidates
+    ranked by ``SC`` (rank 1 = most certain) get ``(N − r + 1)^p`` votes (``p = 0.5``), pooled per answer.
+``laser``
+    the candidate with the highest ``r_s`` (LaSeR, arXiv 2510.14943, best-of-N), whatever its answer.
+``laser_weighted_majority``
+    LaSeR's self-rewarding-weighted majority voting: each candidate votes for its answer with weight
+    ``clip(r_s, 0, 1)``, the same transform LaSeR applies to ``r_s`` before using it as a reward (the paper
+    gives no code for this vote; raw ``r_s`` could be negative and would then count against an answer).
+
+Voting rules shared by the voting selectors: candidates without an extracted answer cast no vote; answers
+are compared as extracted (normalized) strings; a tie in total votes goes to the answer with more
+candidates, then to the answer seen first in candidate order; with no answer at all the first candidate is
+chosen. The chosen answer is represented by its first candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from posttrain.data import encode_prompts
+from posttrain.errors import ConfigError, DataError
+from posttrain.evals.run import prompt_records
+from posttrain.evals.selfreward import completion_scores, reserved_token, verdict
+from posttrain.models import load_model, load_tokenizer
+from posttrain.ops import laser_score
+from posttrain.rollout import HFEngine, SamplingParams, stop_token_ids
+
+BORDA_POWER = 0.5
+LASER_SELECTORS = ("laser", "laser_weighted_majority")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled solution: its extracted answer (None when none was found), the verifier's verdict,
+    its self-certainty and its LaSeR score."""
+
+    answer: str | None
+    correct: bool
+    self_certainty: float = 0.0
+    laser_score: float = 0.0
+
+
+Selector = Callable[[Sequence[Candidate], random.Random], int]
+
+
+def _vote(candidates: Sequence[Candidate], weights: Sequence[float]) -> int:
+    """Index of the first candidate of the answer with the largest (total weight, count, earliness)."""
+    tally: dict[str, list] = {}
+    for index, (candidate, weight) in enumerate(zip(candidates, weights, strict=True)):
+        if candidate.answer is None:
+            continue
+        entry = tally.setdefault(candidate.answer, [0.0, 0, index])
+        entry[0] += weight
+        entry[1] += 1
+    if not tally:
+        return 0
+    return max(tally.values(), key=lambda entry: (entry[0], entry[1], -entry[2]))[2]
+
+
+def select_random(candidates: Sequence[Candidate], rng: random.Random) -> int:
+    """A uniformly random candidate."""
+    return rng.randrange(len(candidates))
+
+
+def select_majority(candidates: Sequence[Candidate], rng: random.Random) -> int:
+    """The most frequent answer (module docstring for ties)."""
+    return _vote(candidates, [1.0] * len(candidates))
+
+
+def select_self_certainty(
+    candidates: Sequence[Candidate], rng: random.Random, power: float = BORDA_POWER
+) -> int:
+    """Borda voting on self-certainty: the r-th most certain of N candidates casts ``(N − r + 1)^power``
+    votes for its answer (equal certainties keep candidate order)."""
+    count = len(candidates)
+    order = sorted(range(count), key=lambda i: -candidates[i].self_certainty)
+    weights = [0.0] * count
+    for rank, index in enumerate(order, start=1):
+        weights[index] = (count - rank + 1) ** power
+    return _vote(candidates, weights)
+
+
+def select_laser(candidates: Sequence[Candidate], rng: random.Random) -> int:
+    """The candidate with the highest LaSeR score (the first one on ties)."""
+    return max(range(len(candidates)), key=lambda i: (candidates[i].laser_score, -i))
+
+
+def select_laser_weighted_majority(candidates: Sequence[Candidate], rng: random.Random) -> int:
+    """Majority voting where each candidate's vote weighs ``clip(r_s, 0, 1)``."""
+    return _vote(candidates, [min(max(c.laser_score, 0.0), 1.0) for c in candidates])
+
+
+SELECTORS: dict[str, Selector] = {
+    "random": select_random,
+    "majority": select_majority,
+    "self_certainty": select_self_certainty,
+    "laser": select_laser,
+    "laser_weighted_majority": select_laser_weighted_majority,
+}
+
+
+def _check_request(ns: Sequence[int], selectors: Sequence[str], draws: int) -> None:
+    unknown = [name for name in selectors if name not in SELECTORS]
+    if unknown or not selectors:
+        raise ConfigError(
+            f"unknown best-of-N selector(s): {', '.join(unknown) or '(none given)'}",
+            where="select",
+            fix=f"choose among: {', '.join(SELECTORS)}",
+        )
+    if not ns or min(ns) < 1 or draws < 1:
+        raise ConfigError(
+            f"N values {list(ns)} with {draws} draws", where="n", fix="give N values >= 1 and draws >= 1"
+        )
+
+
+def best_of_n_curve(
+    pool: Sequence[Sequence[Candidate]],
+    ns: Sequence[int],
+    selectors: Sequence[str],
+    draws: int = 20,
+    seed: int = 0,
+) -> dict[str, dict[int, float]]:
+    """Expected best-of-N accuracy per selector and N from a pool of ``M ≥ max(ns)`` candidates per prompt.
+
+    Each draw shuffles every prompt's pool and cuts it into ``⌊M/N⌋`` disjoint subsets of N; each subset is
+    one best-of-N trial. The accuracy at N is the mean over prompts of the share of trials whose chosen
+    candidate is correct, over ``draws`` draws. Every sample is used once per draw, so N = 1 gives exactly
+    the pool's mean accuracy, and all selectors see the same subsets.
+    """
+    _check_request(ns, selectors, draws)
+    if not pool:
+        raise DataError("no prompts to evaluate", fix="pass at least one prompt")
+    smallest = min(len(candidates) for candidates in pool)
+    if smallest < max(ns):
+        raise DataError(
+            f"a prompt has only {smallest} samples, fewer than N = {max(ns)}",
+            fix="sample at least max(N) solutions for every prompt",
+        )
+    rng = random.Random(seed)
+    totals = {name: dict.fromkeys(ns, 0.0) for name in selectors}
+    for _ in range(draws):
+        for candidates in pool:
+            order = rng.sample(range(len(candidates)), len(candidates))
+            for n in ns:
+                trials = len(candidates) // n
+                for trial in range(trials):
+                    subset = [candidates[i] for i in order[trial * n : (trial + 1) * n]]
+                    for name in selectors:
+                        chosen = subset[SELECTORS[name](subset, rng)]
+                        totals[name][n] += chosen.correct / trials
+    return {
+        name: {n: total / (draws * len(pool)) for n, total in per_n.items()} for name, per_n in totals.items()
+    }
+
+
+def run_bon_eval(
+    model: str,
+    data: str,
+    ns: Sequence[int],
+    selectors: Sequence[str],
+    prompts: int | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    draws: int = 20,
+    seed: int = 0,
+    c_ref: float = -23.0,
+    beta_v: float = 0.1,
+    token: str | None = None,
+    out_dir: Path | None = None,
+) -> dict:
+    """``posttrain eval bon``: sample ``max(ns)`` solutions per prompt once, score them (one forward pass
+    per batch gives both self-certainty and ``r_s``), and compute :func:`best_of_n_curve`.
+
+    With ``out_dir``: ``bon.json`` (this result), ``bon.png`` (accuracy against N per selector) and
+    ``samples.jsonl`` (every solution with its answer, verdict and scores).
+    """
+    _check_request(ns, selectors, draws)
+    tokenizer = load_tokenizer(model)
+    lm = load_model(model)
+    records = prompt_records(data, prompts, seed)
+    samples = max(ns)
+    params = SamplingParams(
+        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=samples, seed=seed
+    )
+    prompt_ids = encode_prompts(records, tokenizer)
+    generations = HFEngine(lm, tokenizer, batch_size=batch_size).generate(prompt_ids, params)
+    certainty = laser = [0.0] * len(generations)
+    needs_laser = any(name in LASER_SELECTORS for name in selectors)
+    needs_certainty = "self_certainty" in selectors
+    reserved_id = reserved_token(tokenizer, token) if needs_laser else None
+    if needs_laser or needs_certainty:
+        scores = completion_scores(
+            lm,
+            [g.prompt_ids for g in generations],
+            [g.token_ids for g in generations],
+            stop_token_ids(lm, tokenizer)[0],
+            reserved_id,
+            with_self_certainty=needs_certainty,
+            batch_size=batch_size,
+        )
+        if needs_certainty:
+            certainty = scores.self_certainty.tolist()
+        if needs_laser:
+            laser = laser_score(scores.reserved_logprobs, c_ref, beta_v).tolist()
+    rows, pool = [], [[] for _ in records]
+    for generation, sc, r_s in zip(generations, certainty, laser, strict=True):
+        answer, correct = verdict(generation.text, records[generation.prompt_index]["reference"])
+        pool[generation.prompt_index].append(Candidate(answer, correct, sc, r_s))
+        rows.append(
+            {
+                "prompt_index": generation.prompt_index,
+                "sample_index": generation.sample_index,
+                "completion": generation.text,
+                "extracted": answer,
+                "correct": correct,
+                "finish_reason": generation.finish_reason,
+                "self_certainty": sc,
+                "laser_score": r_s,
+            }
+        )
+    curve = best_of_n_curve(pool, ns, selectors, draws=draws, seed=seed)
+    result = {
+        "model": model,
+        "data": data,
+        "num_prompts": len(records),
+        "samples_per_prompt": samples,
+        "draws": draws,
+        "temperature": temperature,
+        "mean_accuracy": sum(row["correct"] for row in rows) / len(rows),
+        "reserved_token": tokenizer.convert_ids_to_tokens(reserved_id) if needs_laser else None,
+        "c_ref": c_ref,
+        "beta_v": beta_v,
+        "ns": list(ns),
+        "accuracy": {name: {str(n): value for n, value in per_n.items()} for name, per_n in curve.items()},
+    }
+    if out_dir is not None:
+        _write_outputs(Path(out_dir), result, rows)
+    return result
+
+
+def _write_outputs(out_dir: Path, result: dict, rows: list[dict]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bon.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    with (out_dir / "samples.jsonl").open("w", encoding="utf-8") as file:
+        for row in rows:
+            file.write(json.dumps(row, ensure_ascii=False) + "\n")
+    figure = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for name, per_n in result["accuracy"].items():
+        axes.plot([int(n) for n in per_n], list(per_n.values()), marker="o", label=name)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("N (samples per prompt)")
+    axes.set_ylabel("accuracy")
+    axes.set_title(f"best-of-N: {result['model']} on {result['data']}")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(out_dir / "bon.png")

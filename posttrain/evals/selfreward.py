@@ -1,0 +1,388 @@
+"""LaSeR self-reward evaluation: how well ``r_s`` tells correct completions from incorrect ones.
+
+LaSeR (Yang et al., 2025, arXiv 2510.14943) scores a finished completion ``y`` of a prompt ``x`` by one
+forward pass over ``x, y, EOS, z_c``: ``r_s = β_v·(log π_θ(z_c | x, y, EOS) − c_ref)``
+(:func:`posttrain.ops.laser_score`), where ``z_c`` is a reserved token the model never emits. Before
+training, ``log π(z_c | x, y, EOS)`` should be nearly the same for every input (methods.md §6.5.1:
+:func:`measure_reserved_token`); its mean is the natural ``c_ref``.
+
+Metrics (as the official ``src/calculate_self_rewarding_scores.py``): a completion is judged correct when
+``r_s > threshold`` (0.5); accuracy on correct completions, accuracy on incorrect completions, F1 = the
+harmonic mean of those two accuracies, and the rank-based AUROC of ``r_s`` against the verifier.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from posttrain.data import encode_prompts
+from posttrain.errors import DataError, ModelError, location
+from posttrain.evals.answers import answers_match, extract_answer, reference_answer
+from posttrain.evals.run import prompt_records
+from posttrain.models import load_model, load_tokenizer
+from posttrain.ops import causal_lm_parts, hidden_logprobs, laser_score, self_certainty
+from posttrain.rollout import HFEngine, SamplingParams, stop_token_ids
+
+# Reserved tokens the LaSeR authors used: Qwen2.5 vocabularies (id 151652) and Llama 3 vocabularies (128002).
+PREFERRED_RESERVED_TOKENS = ("<|vision_start|>", "<|reserved_special_token_0|>")
+RESERVED_TOKEN_FIX = (
+    "pass a token the model never writes (one of its unused special tokens) as the reserved token"
+)
+
+
+def reserved_token(tokenizer, token: str | None = None) -> int:
+    """The id of the reserved token ``z_c``: ``token`` when given, else a default for this tokenizer.
+
+    The default is the first of :data:`PREFERRED_RESERVED_TOKENS` in the vocabulary, else the added special
+    token with the highest id that is none of BOS, EOS, PAD and UNK and does not occur in the chat template
+    (for SmolLM2 that is ``<empty_output>``, id 16, a code-data marker that never appears in chat text; on
+    the embedded SmolLM2-135M-Instruct, ``log π(z_c | x, y, <|im_end|>)`` over 24 arithmetic solutions is
+    −19.32 ± 0.84, so its ``c_ref`` is about −19.3). The unknown token is the last resort (byte-level
+    vocabularies never produce it).
+    Raises :class:`ModelError` when ``token`` is not in the vocabulary, is a token the model writes (BOS,
+    EOS, PAD), or when no candidate exists.
+    """
+    vocabulary = tokenizer.get_vocab()
+    emitted = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    if token is not None:
+        if token not in vocabulary:
+            raise ModelError(
+                f"the reserved token {token!r} is not in the tokenizer's vocabulary",
+                where="reserved_token",
+                fix=f"{RESERVED_TOKEN_FIX}, e.g. one of {_special_tokens(tokenizer)}",
+            )
+        if vocabulary[token] in emitted:
+            raise ModelError(
+                f"the reserved token {token!r} is the model's BOS, EOS or PAD token, which it writes itself",
+                where="reserved_token",
+                fix=RESERVED_TOKEN_FIX,
+            )
+        return vocabulary[token]
+    for preferred in PREFERRED_RESERVED_TOKENS:
+        if preferred in vocabulary:
+            return vocabulary[preferred]
+    template = str(getattr(tokenizer, "chat_template", None) or "")
+    unknown = tokenizer.unk_token_id
+    candidates = [
+        token_id
+        for token_id, added in tokenizer.added_tokens_decoder.items()
+        if added.special and token_id not in emitted and added.content not in template
+    ]
+    unused = [token_id for token_id in candidates if token_id != unknown]
+    if unused or unknown in candidates:
+        return max(unused) if unused else unknown
+    raise ModelError(
+        "the tokenizer has no special token that the model never writes, so no default reserved token",
+        where="reserved_token",
+        fix=RESERVED_TOKEN_FIX,
+    )
+
+
+def _special_tokens(tokenizer) -> list[str]:
+    return [added.content for added in tokenizer.added_tokens_decoder.values() if added.special]
+
+
+@dataclass
+class CompletionScores:
+    """Per completion: ``log π(z_c | x, y, EOS)`` and self-certainty, each ``[B]`` or None if not asked for."""
+
+    reserved_logprobs: torch.Tensor | None
+    self_certainty: torch.Tensor | None
+
+
+def completion_scores(
+    model,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    eos_id: int,
+    reserved_id: int | None = None,
+    with_self_certainty: bool = False,
+    batch_size: int = 8,
+) -> CompletionScores:
+    """Score completions with one forward pass per batch of ``batch_size`` sequences.
+
+    Each sequence is ``prompt + completion (+ EOS unless the completion already ends with it) (+ z_c)``,
+    right-padded. With ``reserved_id``, the log-probability of ``z_c`` is read at the EOS position (only
+    that position is projected onto the vocabulary). With ``with_self_certainty``, each completion's
+    :func:`posttrain.ops.self_certainty` is taken over the positions that predict its own tokens (an EOS
+    appended here is not one of them). The model runs in eval mode without gradients.
+    """
+    if not prompt_ids or len(prompt_ids) != len(completion_ids):
+        raise DataError(
+            f"{len(prompt_ids)} prompts and {len(completion_ids)} completions to score",
+            fix="give one prompt per completion, and at least one",
+        )
+    if any(len(prompt) == 0 for prompt in prompt_ids):
+        raise DataError("a prompt has no tokens", fix="drop empty prompts")
+    body, head, softcap = causal_lm_parts(model)
+    device = head.weight.device
+    ended = [list(c) if c and c[-1] == eos_id else [*c, eos_id] for c in completion_ids]
+    tail = [] if reserved_id is None else [reserved_id]
+    sequences = [[*p, *c, *tail] for p, c in zip(prompt_ids, ended, strict=True)]
+    reserved, certainty = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(sequences), batch_size):
+                rows = range(start, min(start + batch_size, len(sequences)))
+                width = max(len(sequences[i]) for i in rows)
+                input_ids = torch.full((len(rows), width), eos_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for row, index in enumerate(rows):
+                    input_ids[row, : len(sequences[index])] = torch.tensor(sequences[index])
+                    attention_mask[row, : len(sequences[index])] = 1
+                hidden = body(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
+                ).last_hidden_state
+                if reserved_id is not None:
+                    eos_positions = torch.tensor([len(prompt_ids[i]) + len(ended[i]) - 1 for i in rows])
+                    labels = torch.full((len(rows),), reserved_id, dtype=torch.long, device=device)
+                    at_eos = hidden[torch.arange(len(rows)), eos_positions.to(device)]
+                    reserved.append(
+                        hidden_logprobs(at_eos, head.weight, labels, logit_softcap=softcap)[0].cpu()
+                    )
+                if with_self_certainty:
+                    for row, index in enumerate(rows):
+                        first = len(prompt_ids[index]) - 1
+                        states = hidden[row, first : first + len(completion_ids[index])]
+                        logits = states @ head.weight.t()
+                        if softcap:
+                            logits = torch.tanh(logits / softcap) * softcap
+                        mask = torch.ones(1, logits.shape[0], device=device)
+                        certainty.append(self_certainty(logits[None], mask).cpu())
+    finally:
+        model.train(was_training)
+    return CompletionScores(
+        torch.cat(reserved) if reserved_id is not None else None,
+        torch.cat(certainty) if with_self_certainty else None,
+    )
+
+
+def reserved_logprobs(
+    model,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    eos_id: int,
+    reserved_id: int,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """``log π(z_c | x, y, EOS)`` for every (prompt, completion) pair → ``[B]`` (see :func:`completion_scores`)."""
+    return completion_scores(
+        model, prompt_ids, completion_ids, eos_id, reserved_id, batch_size=batch_size
+    ).reserved_logprobs
+
+
+def given_completions(records: list[dict], tokenizer) -> tuple[list[str], list[list[int]]]:
+    """The text and token ids of each record's ``completion`` (a string, or messages ending with the
+    assistant's turn); encoded without special tokens, as the model wrote it after the prompt."""
+    texts = []
+    for record in records:
+        completion = record.get("completion")
+        if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+            completion = completion[-1].get("content")
+        if not isinstance(completion, str) or not completion.strip():
+            raise DataError(
+                "the record has no completion to score",
+                where=location(record.get("_where"), field="completion"),
+                fix="give every record a non-empty `completion` (text or assistant message), or none to sample",
+            )
+        texts.append(completion)
+    return texts, [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+
+
+def measure_reserved_token(
+    model, tokenizer, records: list[dict], token: str | None = None, batch_size: int = 8
+) -> dict:
+    """Mean and standard deviation of ``log π(z_c | x, y, EOS)`` over the records' prompts and completions.
+
+    The sanity check of methods.md §6.5.1: a usable ``z_c`` has a tiny standard deviation (LaSeR reports
+    −23.11 ± 0.04 for Qwen2.5), and the mean is the ``c_ref`` to use.
+    """
+    reserved_id = reserved_token(tokenizer, token)
+    _, completions = given_completions(records, tokenizer)
+    logprobs = reserved_logprobs(
+        model,
+        encode_prompts(records, tokenizer),
+        completions,
+        stop_token_ids(model, tokenizer)[0],
+        reserved_id,
+        batch_size=batch_size,
+    )
+    return {
+        "reserved_token": tokenizer.convert_ids_to_tokens(reserved_id),
+        "reserved_token_id": reserved_id,
+        "count": logprobs.numel(),
+        "mean": logprobs.mean().item(),
+        "std": logprobs.std().item() if logprobs.numel() > 1 else 0.0,
+    }
+
+
+def auroc(scores: list[float], labels: list[bool]) -> float | None:
+    """Area under the ROC curve: the probability that a random positive outscores a random negative, ties
+    counting half (the Mann–Whitney statistic from mid-ranks). None when either class is empty."""
+    positives = sum(bool(label) for label in labels)
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    positive_rank_sum = sum(rank for rank, label in zip(ranks, labels, strict=True) if label)
+    return (positive_rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def selfreward_metrics(scores: list[float], correct: list[bool], threshold: float = 0.5) -> dict:
+    """Self-verification of ``scores`` (``r_s``) against the verifier's ``correct``.
+
+    ``accuracy_on_correct`` = share of correct completions with ``r_s > threshold``; ``accuracy_on_incorrect``
+    = share of incorrect ones with ``r_s ≤ threshold``; ``f1`` = their harmonic mean; ``auroc`` as
+    :func:`auroc`. A value that needs an empty class is None.
+    """
+    if len(scores) != len(correct):
+        raise DataError(f"{len(scores)} scores but {len(correct)} verdicts", fix="give one verdict per score")
+    on_correct = [s > threshold for s, c in zip(scores, correct, strict=True) if c]
+    on_incorrect = [s <= threshold for s, c in zip(scores, correct, strict=True) if not c]
+    accuracy_correct = sum(on_correct) / len(on_correct) if on_correct else None
+    accuracy_incorrect = sum(on_incorrect) / len(on_incorrect) if on_incorrect else None
+    f1 = None
+    if accuracy_correct is not None and accuracy_incorrect is not None:
+        total = accuracy_correct + accuracy_incorrect
+        f1 = 2 * accuracy_correct * accuracy_incorrect / total if total else 0.0
+    return {
+        "accuracy_on_correct": accuracy_correct,
+        "accuracy_on_incorrect": accuracy_incorrect,
+        "f1": f1,
+        "auroc": auroc(scores, correct),
+        "num_correct": len(on_correct),
+        "num_incorrect": len(on_incorrect),
+    }
+
+
+def verdict(text: str, reference) -> tuple[str | None, bool]:
+    """The final answer extracted from ``text`` and whether it matches the reference answer."""
+    extracted = extract_answer(text)
+    return extracted, extracted is not None and answers_match(extracted, reference_answer(reference))
+
+
+def evaluate_selfreward(
+    model,
+    tokenizer,
+    records: list[dict],
+    c_ref: float = -23.0,
+    beta_v: float = 0.1,
+    threshold: float = 0.5,
+    token: str | None = None,
+    params: SamplingParams | None = None,
+    batch_size: int = 16,
+    out_dir: Path | None = None,
+) -> dict:
+    """Score completions with ``r_s`` and compare with the verifier (module docstring).
+
+    When the records have a ``completion``, those are scored (every record needs one); otherwise
+    ``params.n`` completions per prompt are sampled with :class:`~posttrain.rollout.HFEngine` under
+    ``params`` (default: :class:`~posttrain.rollout.SamplingParams`). With ``out_dir``, every scored
+    completion is written to ``out_dir/samples.jsonl``.
+    """
+    reserved_id = reserved_token(tokenizer, token)
+    eos_id = stop_token_ids(model, tokenizer)[0]
+    prompt_ids = encode_prompts(records, tokenizer)
+    given = any("completion" in record for record in records)
+    if given:
+        texts, completions = given_completions(records, tokenizer)
+        rows = [{"prompt_index": i, "sample_index": 0, "completion": text} for i, text in enumerate(texts)]
+    else:
+        params = params or SamplingParams()
+        generations = HFEngine(model, tokenizer, batch_size=batch_size).generate(prompt_ids, params)
+        completions = [g.token_ids for g in generations]
+        rows = [
+            {
+                "prompt_index": g.prompt_index,
+                "sample_index": g.sample_index,
+                "completion": g.text,
+                "finish_reason": g.finish_reason,
+            }
+            for g in generations
+        ]
+    owners = [prompt_ids[row["prompt_index"]] for row in rows]
+    logprobs = reserved_logprobs(model, owners, completions, eos_id, reserved_id, batch_size=batch_size)
+    scores = laser_score(logprobs, c_ref, beta_v)
+    for row, logprob, score in zip(rows, logprobs.tolist(), scores.tolist(), strict=True):
+        reference = records[row["prompt_index"]]["reference"]
+        row["extracted"], row["correct"] = verdict(row["completion"], reference)
+        row.update(reference=str(reference), reserved_logprob=logprob, laser_score=score)
+    if out_dir is not None:
+        _write_rows(Path(out_dir) / "samples.jsonl", rows)
+    correct = [row["correct"] for row in rows]
+    return {
+        "reserved_token": tokenizer.convert_ids_to_tokens(reserved_id),
+        "reserved_token_id": reserved_id,
+        "c_ref": c_ref,
+        "beta_v": beta_v,
+        "threshold": threshold,
+        "completions": "given" if given else "sampled",
+        "num_prompts": len(records),
+        "num_completions": len(rows),
+        "verifier_accuracy": sum(correct) / len(correct),
+        "reserved_logprob_mean": logprobs.mean().item(),
+        "reserved_logprob_std": logprobs.std().item() if logprobs.numel() > 1 else 0.0,
+        "reserved_prob_mean": logprobs.exp().mean().item(),
+        **selfreward_metrics(scores.tolist(), correct, threshold),
+    }
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file:
+        for row in rows:
+            file.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def run_selfreward_eval(
+    model: str,
+    data: str,
+    n: int | None = None,
+    samples: int = 4,
+    c_ref: float = -23.0,
+    beta_v: float = 0.1,
+    threshold: float = 0.5,
+    token: str | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    seed: int = 0,
+    out_dir: Path | None = None,
+) -> dict:
+    """``posttrain eval selfreward``: load ``model`` and ``data`` (a file or ``task:NAME``), run
+    :func:`evaluate_selfreward` on its first ``n`` records."""
+    tokenizer = load_tokenizer(model)
+    lm = load_model(model)
+    records = prompt_records(data, n, seed)
+    params = SamplingParams(
+        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=samples, seed=seed
+    )
+    result = evaluate_selfreward(
+        lm,
+        tokenizer,
+        records,
+        c_ref=c_ref,
+        beta_v=beta_v,
+        threshold=threshold,
+        token=token,
+        params=params,
+        batch_size=batch_size,
+        out_dir=out_dir,
+    )
+    return {"model": model, "data": data, **result}

@@ -1,0 +1,106 @@
+"""Group-relative advantages for the GRPO family.
+
+Rewards are one value per completion; a group is ``group_size`` consecutive rows (the G samples of
+one prompt). With ``b_i`` the baseline and ``s_i`` the scale,
+
+    A_i = (r_i − b_i) / (s_i + eps)        (``A_i = r_i − b_i`` when ``scale="none"``)
+
+* ``baseline="mean"`` — ``b_i`` = mean of the group (GRPO, Shao et al. 2024, arXiv 2402.03300, §4.1.2).
+* ``baseline="rloo"`` — ``b_i`` = mean of the *other* G − 1 rewards of the group (RLOO, Ahmadian et al.
+  2024, arXiv 2402.14740, Eq. 5), which equals ``G/(G−1)·(r_i − mean_g)``.
+* ``scale="group"`` — ``s_i`` = standard deviation of the rewards of i's group (GRPO).
+* ``scale="batch"`` — ``s_i`` = standard deviation of all rewards in the batch (Hu et al. 2025,
+  REINFORCE++ / "batch" scaling in TRL).
+* ``scale="none"`` — no division (Dr. GRPO, Liu et al. 2025, arXiv 2503.20783, §3.1).
+
+The standard deviation is the unbiased one (Bessel's correction, ÷ (n − 1)) and ``eps = 1e-4`` is added
+to it, both as TRL 1.16 ``GRPOTrainer._generate_and_score_completions`` (``trl.trainer.utils.nanstd``).
+With ``baseline="mean"`` the result equals TRL's advantages for every scale.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from posttrain.errors import ConfigError, DataError
+
+ADVANTAGE_SCALES = ("group", "batch", "none")
+ADVANTAGE_BASELINES = ("mean", "rloo")
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_size: int,
+    scale: str = "group",
+    baseline: str = "mean",
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """Advantages ``(r_i − b_i) / (s_i + eps)`` for rewards ``[N]`` in consecutive groups of ``group_size``.
+
+    Returns a tensor of shape ``[N]`` with the dtype of ``rewards`` (integer rewards become float32).
+    Raises :class:`ConfigError` for an unknown ``scale``/``baseline``, for ``group_size < 2`` with
+    ``scale="group"`` or ``baseline="rloo"`` (a group of one has no spread and no "others"), and for
+    ``N`` not a multiple of ``group_size``; :class:`DataError` for non-finite rewards.
+    """
+    _check_arguments(rewards, group_size, scale, baseline)
+    rewards = rewards.float() if not rewards.is_floating_point() else rewards
+    grouped = rewards.view(-1, group_size)
+    group_mean = grouped.mean(dim=1, keepdim=True)
+    if baseline == "mean":
+        centered = grouped - group_mean
+    else:
+        leave_one_out_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+        centered = grouped - leave_one_out_mean
+    centered = centered.reshape(-1)
+    if scale == "none":
+        return centered
+    if scale == "group":
+        spread = grouped.std(dim=1, correction=1).repeat_interleave(group_size)
+    else:
+        spread = rewards.std(correction=1) if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
+    return centered / (spread + eps)
+
+
+def _check_arguments(rewards: torch.Tensor, group_size: int, scale: str, baseline: str) -> None:
+    where = "group_advantages"
+    if scale not in ADVANTAGE_SCALES:
+        raise ConfigError(
+            f"unknown advantage scale {scale!r}",
+            where=where,
+            fix=f"use one of: {', '.join(ADVANTAGE_SCALES)}",
+        )
+    if baseline not in ADVANTAGE_BASELINES:
+        raise ConfigError(
+            f"unknown advantage baseline {baseline!r}",
+            where=where,
+            fix=f"use one of: {', '.join(ADVANTAGE_BASELINES)}",
+        )
+    if rewards.dim() != 1:
+        raise ValueError(
+            f"rewards must be a 1-D tensor (one reward per completion), got shape {tuple(rewards.shape)}"
+        )
+    if group_size < 1:
+        raise ConfigError(
+            f"group size must be at least 1, got {group_size}",
+            where=where,
+            fix="set the number of samples per prompt (G) to 2 or more",
+        )
+    if group_size < 2 and (scale == "group" or baseline == "rloo"):
+        need = "group-std scaling" if scale == "group" else "the RLOO baseline"
+        raise ConfigError(
+            f"{need} needs at least 2 samples per prompt, got G = {group_size}",
+            where=where,
+            fix="use 2 or more samples per prompt (G), or scale 'batch'/'none' with the mean baseline",
+        )
+    if rewards.numel() % group_size != 0:
+        raise ConfigError(
+            f"{rewards.numel()} rewards do not split into groups of {group_size}",
+            where=where,
+            fix="pass G consecutive rewards for every prompt (the batch size must be a multiple of G)",
+        )
+    if not torch.isfinite(rewards).all():
+        raise DataError(
+            "rewards contain NaN or infinite values",
+            where=where,
+            fix="make every reward function return a finite number (the reward registry scores failures)",
+        )

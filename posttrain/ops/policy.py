@@ -1,0 +1,168 @@
+"""Clipped policy-gradient loss of the GRPO family, aggregated as TRL 1.16 ``GRPOTrainer._compute_loss``.
+
+Per response token t of row i, with ``ρ = exp(log π_θ − log π_old)`` and the row's advantage ``A_i``:
+
+    ℓ_t = −min(ρ·A_i, clip(ρ, 1 − ε_low, 1 + ε_high)·A_i) + β·KL_t
+    KL_t = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1          (k3 estimator, Schulman 2020)
+
+ε_high > ε_low is DAPO's clip-higher (Yu et al. 2025, arXiv 2503.14476, §3.1). The kinds differ only in
+how ``ℓ`` is reduced over the masked tokens ``m``:
+
+* ``grpo``    — ``mean_i (Σ_t m ℓ / Σ_t m)``: each row's token mean, averaged over rows (Shao et al. 2024).
+* ``bnpo``    — ``Σ m ℓ / Σ m``: token mean over this batch.
+* ``dr_grpo`` — ``Σ m ℓ / (rows × L)`` with L the maximum completion length (Liu et al. 2025,
+  arXiv 2503.20783). TRL divides by its ``max_completion_length`` setting; it defaults here to
+  ``mask.shape[1]``, which is the same when completions are padded to the maximum length.
+* ``dapo``    — ``Σ m ℓ / N`` with N the number of response tokens of the whole generation batch (DAPO's
+  token-level loss), so micro-batches of one generation batch sum to its token mean. N defaults to
+  ``Σ m`` (then equal to ``bnpo``).
+
+The returned loss is that of one micro-batch before gradient-accumulation scaling: TRL further divides
+``grpo``/``bnpo``/``dr_grpo`` by the number of accumulation steps, while ``dapo``'s N already spans the
+generation batch (TRL's ``num_items_in_batch`` with ``steps_per_generation`` equal to the accumulation steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from posttrain.errors import ConfigError
+
+POLICY_LOSS_KINDS = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    """A policy loss and its detached statistics (token means over the response tokens of the batch).
+
+    ``clip_low``: fraction of tokens with ``ρ < 1 − ε_low`` and ``A < 0`` (clipped from below);
+    ``clip_high``: ``ρ > 1 + ε_high`` and ``A > 0``; ``clip_region``: either. ``kl`` is the mean k3 KL to
+    the reference (``None`` without ``ref_logprobs``); ``ratio`` is the mean importance ratio ρ.
+    """
+
+    loss: torch.Tensor
+    clip_low: torch.Tensor
+    clip_high: torch.Tensor
+    clip_region: torch.Tensor
+    ratio: torch.Tensor
+    kl: torch.Tensor | None = None
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π_θ ‖ π_ref): ``exp(r) − r − 1`` with ``r = log π_ref − log π_θ``."""
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    kind: str = "dapo",
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    ref_logprobs: torch.Tensor | None = None,
+    beta: float = 0.0,
+    num_active_tokens: float | torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+) -> PolicyLoss:
+    """Clipped surrogate loss (plus ``β``·k3 KL) reduced per ``kind`` (see the module docstring).
+
+    ``logprobs``, ``old_logprobs``, ``ref_logprobs`` and ``mask`` are ``[B, T]``; ``advantages`` is ``[B]``
+    (one per row) or ``[B, T]``. Only ``logprobs`` carries a gradient: ``old_logprobs``,
+    ``ref_logprobs`` and ``advantages`` are detached. ``num_active_tokens`` is ``dapo``'s N and
+    ``max_completion_length`` is ``dr_grpo``'s L. The KL enters the loss only when ``beta > 0``; with
+    ``ref_logprobs`` and ``beta = 0`` it is still reported in the statistics.
+    """
+    _check_arguments(logprobs, old_logprobs, advantages, mask, kind, ref_logprobs, beta)
+    mask = mask.to(logprobs.dtype)
+    advantages = advantages.detach()
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    ratio = torch.exp(logprobs - old_logprobs.detach())
+    clipped_ratio = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    per_token = -torch.min(ratio * advantages, clipped_ratio * advantages)
+    kl = None
+    if ref_logprobs is not None:
+        kl = k3_kl(logprobs, ref_logprobs.detach())
+        if beta > 0:
+            per_token = per_token + beta * kl
+    loss = _aggregate(per_token * mask, mask, kind, num_active_tokens, max_completion_length)
+
+    clip_low = (ratio < 1 - eps_low) & (advantages < 0)
+    clip_high = (ratio > 1 + eps_high) & (advantages > 0)
+    return PolicyLoss(
+        loss=loss,
+        clip_low=_token_mean(clip_low, mask),
+        clip_high=_token_mean(clip_high, mask),
+        clip_region=_token_mean(clip_low | clip_high, mask),
+        ratio=_token_mean(ratio, mask),
+        kl=None if kl is None else _token_mean(kl, mask),
+    )
+
+
+def _aggregate(
+    masked_loss: torch.Tensor,
+    mask: torch.Tensor,
+    kind: str,
+    num_active_tokens: float | torch.Tensor | None,
+    max_completion_length: int | None,
+) -> torch.Tensor:
+    if kind == "grpo":
+        return (masked_loss.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    if kind == "bnpo":
+        return masked_loss.sum() / mask.sum().clamp(min=1.0)
+    if kind == "dr_grpo":
+        length = mask.shape[1] if max_completion_length is None else max_completion_length
+        return masked_loss.sum() / (mask.shape[0] * length)
+    tokens = mask.sum() if num_active_tokens is None else num_active_tokens
+    return masked_loss.sum() / torch.as_tensor(tokens, dtype=masked_loss.dtype).clamp(min=1.0)
+
+
+def _token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    values = values.detach().to(mask.dtype).expand_as(mask)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _check_arguments(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    kind: str,
+    ref_logprobs: torch.Tensor | None,
+    beta: float,
+) -> None:
+    where = "policy_loss"
+    if kind not in POLICY_LOSS_KINDS:
+        raise ConfigError(
+            f"unknown policy loss kind {kind!r}",
+            where=where,
+            fix=f"use one of: {', '.join(POLICY_LOSS_KINDS)}",
+        )
+    if beta > 0 and ref_logprobs is None:
+        raise ConfigError(
+            f"a KL coefficient beta = {beta} needs reference log-probs",
+            where=where,
+            fix="pass ref_logprobs (a reference model's per-token log-probs) or set beta to 0",
+        )
+    if beta < 0:
+        raise ConfigError(
+            f"beta must be >= 0, got {beta}", where=where, fix="set the KL coefficient to 0 or more"
+        )
+    shapes = {"old_logprobs": old_logprobs.shape, "mask": mask.shape}
+    if ref_logprobs is not None:
+        shapes["ref_logprobs"] = ref_logprobs.shape
+    for name, shape in shapes.items():
+        if shape != logprobs.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(shape)}, expected {tuple(logprobs.shape)} like logprobs"
+            )
+    if advantages.shape not in (logprobs.shape[:1], logprobs.shape):
+        raise ValueError(
+            f"advantages have shape {tuple(advantages.shape)}, "
+            f"expected [{logprobs.shape[0]}] or {tuple(logprobs.shape)}"
+        )
