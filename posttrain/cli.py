@@ -249,6 +249,30 @@ def bench_sft(
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
+@bench_app.command("grpo")
+def bench_grpo(
+    vs: Annotated[str, typer.Option(help="peer library")] = "trl",
+    model: str = "smollm2-135m",
+    steps: Annotated[int, typer.Option(help="timed steps")] = 4,
+    warmup_steps: Annotated[int, typer.Option(help="steps run before the timed ones")] = 1,
+    prompts: Annotated[int, typer.Option(help="prompts per step")] = 1,
+    num_generations: Annotated[int, typer.Option(help="completions per prompt, G")] = 8,
+    max_completion_length: Annotated[int, typer.Option(help="most tokens generated per completion")] = 64,
+    repeats: int = 2,
+    gradient_checkpointing: Annotated[bool | None, typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="set on both sides (default: each side's own default, posttrain off, TRL on)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Same GRPO steps (prompts, G, sampling, reward, loss) in posttrain and in the peer, alternated over repeats."""
+    from posttrain.bench.grpo import run_grpo_benchmark
+
+    result = run_grpo_benchmark(vs=vs, model=model, steps=steps, prompts=prompts, num_generations=num_generations,
+                                max_completion_length=max_completion_length, repeats=repeats,
+                                warmup_steps=warmup_steps, gradient_checkpointing=gradient_checkpointing)
+    typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

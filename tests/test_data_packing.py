@@ -12,6 +12,7 @@ from posttrain.data import (
     make_task,
     model_inputs,
     pack_examples,
+    token_budget_groups,
     tokenize_sft,
     validate_records,
 )
@@ -116,3 +117,17 @@ def test_padded_batch_of_single_examples_equals_the_examples_alone(tokenized_exa
             alone = per_token_logprobs(model(input_ids=ids[None]).logits[0], ids)
             batched = per_token_logprobs(batched_logits[index, : len(item)], ids)
             torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
+def test_token_budget_groups_bound_padded_tokens_and_keep_every_item():
+    lengths = [50, 120, 80, 75, 300, 10, 60]
+    groups = token_budget_groups(lengths, max_tokens=200)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    for group in groups:
+        longest = max(lengths[i] for i in group)
+        assert len(group) == 1 or len(group) * longest <= 200
+    assert [4] in groups  # longer than the budget: alone
+    assert groups[0] == [4] and groups[1] == [1]  # longest first; 2 x 120 > 200
+    assert groups[2] == [2, 3]  # 2 x 80 <= 200 < 3 x 80
+    with pytest.raises(ValueError):
+        token_budget_groups(lengths, 0)

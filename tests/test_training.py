@@ -54,6 +54,12 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     assert_same_steps(train_steps(big.run_dir), train_steps(accumulated.run_dir), range(1, 7), rel=1e-4)
 
 
+def test_token_budget_micro_batches_equal_one_batch(tmp_path):
+    whole = train(tiny_config(tmp_path, "whole"))
+    split = train(tiny_config(tmp_path, "split", **{"train.micro_batch_tokens": 150}))
+    assert_same_steps(train_steps(whole.run_dir), train_steps(split.run_dir), range(1, 7), rel=1e-4)
+
+
 def test_padded_rows_equal_packed_rows(tmp_path):
     packed = train(tiny_config(tmp_path, "packed", **{"data.packing": True}))
     padded = train(tiny_config(tmp_path, "padded", **{"data.packing": False}))

@@ -1,6 +1,6 @@
 """Data: records in TRL's conventions, readers, validation, tokenization with loss masks, packing, tasks."""
 
-from .packing import PackedRow, collate, model_inputs, pack_examples
+from .packing import PackedRow, collate, model_inputs, pack_examples, token_budget_groups
 from .readers import RecordSet, read_records, validate_records, write_jsonl
 from .records import KINDS, ROLES, is_conversational, normalize_record, reference_from_solution
 from .tasks import TASKS, make_splits, make_task, make_task_file
@@ -24,6 +24,7 @@ __all__ = [
     "model_inputs",
     "normalize_record",
     "pack_examples",
+    "token_budget_groups",
     "read_records",
     "reference_from_solution",
     "tokenize_sft",

@@ -133,3 +133,22 @@ def _as_row(item: PackedRow | Example) -> PackedRow:
     row = PackedRow()
     row.add(item)
     return row
+
+
+def token_budget_groups(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Split items into micro-batches whose padded size ``rows × longest`` stays within ``max_tokens``.
+
+    Items are taken longest first, so each micro-batch holds rows of similar length and little padding;
+    an item longer than the budget gets a micro-batch of its own. Returns lists of indices into ``lengths``.
+    With a loss normalized over the whole batch, the summed gradient does not depend on this split.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    for index in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups

@@ -18,13 +18,14 @@ the completion ends with EOS; the forward pass that gives the policy log-probabi
 at the cost of one extra token. The loss adds ``α·mean_i[w_i·(r_s,i − r_v,i)²]`` over non-truncated rows
 with class-balanced ``w`` (:func:`posttrain.ops.laser_loss`); after the warm-ups the advantages become
 ``(1 − τ)·A + τ·Â_s`` (:func:`posttrain.ops.self_reward_advantages`) with ``r_s`` from that same forward,
-which is why micro-batches hold whole groups.
+which is why micro-batches then hold whole groups.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import time
 from dataclasses import dataclass
 
 import torch
@@ -48,11 +49,12 @@ from posttrain.rewards import build_rewards, check_rewards_for_records
 from posttrain.rollout import Generation, HFEngine, SamplingParams
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.loop import StepBatches
+from posttrain.trainers.run_log import truncate_metrics
 
 
 @dataclass
 class RolloutBatch:
-    """One micro-batch of whole groups of rollouts, as right-padded rows ``prompt, completion[, z_c]``.
+    """One micro-batch of rollouts, as right-padded rows ``prompt, completion[, z_c]``.
 
     Per-token tensors are ``[B, T-1]``, aligned with the targets ``input_ids[:, 1:]``; ``completion_mask``
     marks the completion tokens trained on, ``reserved_index`` the target index of ``z_c`` (LaSeR).
@@ -73,6 +75,7 @@ class RolloutBatch:
     global_tokens: float
     integrate: bool
     laser_loss_on: bool
+    sequence_tokens: float  # prompt + completion (+ z_c) tokens of all rows; a sampled pad token counts
     scores: torch.Tensor | None = None  # r_s from the first update's forward (reused for μ > 1)
 
 
@@ -106,7 +109,7 @@ class RLMethod:
         self.reference = None
         if rl.beta > 0 and not is_peft_model(model):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        self.groups_per_micro = max(1, config.train.batch_size // rl.group_size)
+        self._samples_checked = False
         self.samples_path = config.run_dir / ("samples.jsonl" if processes.is_main else f"samples-rank{processes.rank}.jsonl")
 
     # -- rollouts ---------------------------------------------------------------------------------
@@ -126,7 +129,12 @@ class RLMethod:
 
     def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
         rl = self.rl
+        if not self._samples_checked:  # a resumed run drops the samples a killed run wrote past its checkpoint
+            truncate_metrics(self.samples_path, step)
+            self._samples_checked = True
+        started = time.perf_counter()
         generations = self.engine.generate([self.prompts[i] for i in share], self._sampling(step))
+        rollout_seconds = time.perf_counter() - started
         records = [self.records[share[g.prompt_index]] for g in generations]
         scored = self.rewards.score([self.prompt_texts[share[g.prompt_index]] for g in generations],
                                     [g.text for g in generations],
@@ -141,16 +149,16 @@ class RLMethod:
         advantages = group_advantages(all_rewards, rl.group_size, scale=rl.scale, baseline=rl.baseline)
         local = slice(self.processes.rank * len(generations), (self.processes.rank + 1) * len(generations))
         advantages = advantages[local].float()
-        valid_all = self.processes.gather(finished)
+        valid_all = self.processes.gather(finished.float()).bool()  # gloo has no bool all_gather
         weights = laser_class_weights(self.processes.gather(verifier), valid_all)[local] \
             if rl.laser.enabled else torch.zeros(len(generations))
         trained = [not (rl.mask_truncated and g.finish_reason == "length") for g in generations]
         local_tokens = sum(len(g) for g, keep in zip(generations, trained, strict=True) if keep)
         totals = self.processes.sum_values({"rows": len(generations), "tokens": local_tokens})
-        self._write_samples(step, generations, scored, advantages)
+        self._write_samples(step, share, generations, scored, advantages)
 
         loss_on, integrate = self._laser_phase(step)
-        per_micro = self.groups_per_micro * rl.group_size
+        per_micro = self._rows_per_micro_batch(integrate)
         micro_batches = []
         for start in range(0, len(generations), per_micro):
             rows = slice(start, start + per_micro)
@@ -158,13 +166,22 @@ class RLMethod:
                 model, generations[rows], trained[rows], advantages[rows], verifier[rows], finished[rows],
                 weights[rows], totals, integrate, loss_on))
         stats = {
-            "reward_sum": float(rewards.sum()), "reward_sq_sum": float((rewards**2).sum()),
+            "reward_sum": float(rewards.sum()), "reward_squares": float((rewards**2).sum()),
             "rollouts": float(len(generations)), "completion_tokens": float(sum(len(g) for g in generations)),
             "truncated": float((~finished).sum()), "reward_errors": float(sum(scored.errors.values())),
+            "rollout_seconds": rollout_seconds,
         }
         for label, values in scored.components.items():
-            stats[f"reward_{label}_sum"] = float(torch.as_tensor(values, dtype=torch.float64).sum())
+            stats[f"component/{label}"] = float(torch.as_tensor(values, dtype=torch.float64).sum())
         return StepBatches(micro_batches, normalizer=totals["tokens"], stats=stats)
+
+    def _rows_per_micro_batch(self, integrate: bool) -> int:
+        """``train.batch_size`` rows, rounded down to whole groups (at least one) when LaSeR integrates
+        self-rewards into the advantages: that needs every group's scores from one forward."""
+        size = self.config.train.batch_size
+        if not integrate:
+            return size
+        return max(1, size // self.rl.group_size) * self.rl.group_size
 
     def _micro_batch(self, model, generations: list[Generation], trained: list[bool], advantages, verifier,
                      finished, weights, totals: dict, integrate: bool, loss_on: bool) -> RolloutBatch:
@@ -191,7 +208,8 @@ class RLMethod:
             completion_mask=completion_mask.to(device), old_logprobs=sampled.to(device), ref_logprobs=None,
             advantages=advantages.to(device), verifier=verifier.to(device), valid=finished.to(device),
             class_weights=weights.to(device), reserved_index=reserved_index.to(device) if tail else None,
-            global_rows=totals["rows"], global_tokens=totals["tokens"], integrate=integrate, laser_loss_on=loss_on)
+            global_rows=totals["rows"], global_tokens=totals["tokens"], integrate=integrate, laser_loss_on=loss_on,
+            sequence_tokens=float(sum(len(s) for s in sequences)))
         rl = self.rl
         if rl.top_p < 1 or rl.top_k > 0:  # sampling log-probs are of the truncated distribution
             batch.old_logprobs = self._logprobs(model, batch)
@@ -243,7 +261,7 @@ class RLMethod:
             "clip_low_sum": float(result.clip_low) * tokens, "clip_high_sum": float(result.clip_high) * tokens,
             "clip_region_sum": float(result.clip_region) * tokens,
             "entropy_sum": float((out.entropy.detach() * mask).sum()),
-            "tokens": float((batch.input_ids != self.pad_id).sum()),
+            "tokens": batch.sequence_tokens,
         }
         if result.kl is not None:
             stats["kl_sum"] = float(result.kl) * tokens
@@ -277,16 +295,16 @@ class RLMethod:
         mean = sums["reward_sum"] / rollouts
         metrics = {
             "loss": sums["loss"] / passes, "policy_loss": sums["policy_loss"] / passes,
-            "reward": mean, "reward_std": max(sums["reward_sq_sum"] / rollouts - mean**2, 0.0) ** 0.5,
+            "reward": mean, "reward_std": max(sums["reward_squares"] / rollouts - mean**2, 0.0) ** 0.5,
             "completion_length": sums["completion_tokens"] / rollouts,
             "truncated_fraction": sums["truncated"] / rollouts, "reward_errors": sums["reward_errors"],
             "entropy": sums["entropy_sum"] / tokens, "clip_fraction": sums["clip_region_sum"] / tokens,
             "clip_low": sums["clip_low_sum"] / tokens, "clip_high": sums["clip_high_sum"] / tokens,
-            "tokens": sums["tokens"] / passes,
+            "tokens": sums["tokens"] / passes, "rollout_seconds": sums["rollout_seconds"] / self.processes.world_size,
         }
         for key, value in sums.items():
-            if key.startswith("reward_") and key.endswith("_sum") and key != "reward_sq_sum":
-                metrics[key.removesuffix("_sum")] = value / rollouts
+            if key.startswith("component/"):  # summed values of each reward function
+                metrics["reward_" + key.removeprefix("component/")] = value / rollouts
         if "math" in self.rewards.labels:
             metrics["accuracy"] = metrics["reward_math"]
         if "kl_sum" in sums:
@@ -297,11 +315,12 @@ class RLMethod:
                 metrics["self_reward_loss"] = sums["self_reward_loss"] / passes
         return metrics
 
-    def _write_samples(self, step: int, generations: list[Generation], scored, advantages: torch.Tensor) -> None:
+    def _write_samples(self, step: int, share: list[int], generations: list[Generation], scored,
+                       advantages: torch.Tensor) -> None:
         self.samples_path.parent.mkdir(parents=True, exist_ok=True)
         with self.samples_path.open("a", encoding="utf-8") as out:
             for index, g in enumerate(generations):
-                row = {"step": step, "prompt_index": g.prompt_index, "sample": g.sample_index,
+                row = {"step": step + 1, "record": share[g.prompt_index], "sample": g.sample_index,
                        "completion": g.text, "finish_reason": g.finish_reason, "tokens": len(g),
                        "reward": float(scored.total[index]), "advantage": float(advantages[index]),
                        **{f"reward_{k}": float(v[index]) for k, v in scored.components.items()}}

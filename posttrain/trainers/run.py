@@ -19,6 +19,7 @@ from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import eval_source, load_source
 from posttrain.trainers.loop import Evaluate, Method, Trainer, TrainResult
+from posttrain.trainers.memory import release_freed_tensors
 from posttrain.trainers.rl import RLMethod
 from posttrain.trainers.sft import SFTMethod
 
@@ -84,6 +85,7 @@ def build_method(config: RunConfig, model, tokenizer, processes: Processes) -> t
 
 def train(config: RunConfig) -> TrainResult:
     transformers.utils.logging.disable_progress_bar()
+    release_freed_tensors()
     processes = Processes(config.model.device)
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model.name)

@@ -47,7 +47,8 @@ class RunLog:
         self._progress = None
         if not enabled:
             return
-        truncate_metrics(self.path, start_step)
+        # a fresh start (no checkpoint) replaces whatever an earlier attempt logged, step-0 evaluation included
+        truncate_metrics(self.path, start_step if start_step else -1)
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import Example, collate, pack_examples
+from posttrain.data import Example, collate, pack_examples, token_budget_groups
 from posttrain.ops import completion_logprobs, sft_loss, sft_token_weights
 from posttrain.trainers.loop import StepBatches
 
@@ -33,9 +33,14 @@ class SFTMethod:
         self._targets = [sum(example.loss_mask[1:]) for example in examples]
 
     def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
-        size = self.config.train.batch_size
-        batches = [self.collate(share[start : start + size]) for start in range(0, len(share), size)]
-        return StepBatches(batches, normalizer=float(sum(self._targets[i] for i in indices)))
+        train = self.config.train
+        micro = [share[start : start + train.batch_size] for start in range(0, len(share), train.batch_size)]
+        if train.micro_batch_tokens and not self.config.data.packing:
+            # padded rows: regroup each batch by length into forward passes of at most that many tokens
+            micro = [[part[i] for i in group] for part in micro
+                     for group in token_budget_groups([len(self.examples[i]) for i in part], train.micro_batch_tokens)]
+        return StepBatches([self.collate(part) for part in micro],
+                           normalizer=float(sum(self._targets[i] for i in indices)))
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         examples = [self.examples[i] for i in indices]

@@ -1,0 +1,120 @@
+"""Benchmark worker: TRL 1.16's ``GRPOTrainer`` on the benchmark settings (one JSON line out).
+
+One step is one generation batch: ``per_device_train_batch_size = prompts × G``, ``steps_per_generation = 1``,
+``gradient_accumulation_steps = 1`` and ``num_iterations = 1``, so every step samples, scores and takes
+one optimizer update, as posttrain does.
+
+* Prompts: posttrain's trainer visits the data in the order of
+  :class:`~posttrain.trainers.sampler.EpochSampler` with the run's seed; the dataset is handed to TRL in
+  that order with ``shuffle_dataset=False``, so step ``k`` of both sides samples the same prompts.
+* Reward: TRL calls the reward function once per generation batch with every completion; the function
+  scores each with posttrain's :func:`~posttrain.rewards.builtin.math_reward`.
+* Generated tokens: the same call receives ``completion_ids``, the token ids TRL kept for each completion
+  (through the first end-of-sequence token; ``GRPOTrainer._generate_single_turn`` masks what follows).
+  Their lengths are the ones TRL averages into its logged ``completions/mean_length``; summing them
+  counts exactly, without going through a logged mean.
+* Step duration: from ``on_step_begin`` to ``on_step_end`` of the trainer callbacks, which spans
+  generation, rewards, loss, backward and the optimizer step (logging runs after ``on_step_end``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from posttrain.bench.grpo import step_figures
+from posttrain.bench.harness import peak_rss_mb
+
+
+def main(settings: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from posttrain.rewards.builtin import math_reward
+    from posttrain.trainers.sampler import EpochSampler
+
+    torch.manual_seed(settings["seed"])
+    records = [json.loads(line) for line in open(settings["data"], encoding="utf-8")]
+    order = EpochSampler(len(records), settings["seed"]).next_batch(len(records))
+    group = settings["num_generations"]
+    total_steps = settings["steps"] + settings["warmup_steps"]
+    gradient_checkpointing = settings["gradient_checkpointing"]
+    args = GRPOConfig(
+        output_dir=settings["workdir"] + "/trl",
+        per_device_train_batch_size=settings["prompts"] * group,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_iterations=1,
+        num_generations=group,
+        max_completion_length=settings["max_completion_length"],
+        temperature=settings["temperature"],
+        top_p=settings["top_p"],
+        top_k=0,
+        loss_type=settings["loss"],
+        beta=settings["beta"],
+        shuffle_dataset=False,
+        max_steps=total_steps,
+        learning_rate=settings["lr"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        fp16=False,
+        use_cpu=settings["device"] == "cpu",
+        dataloader_num_workers=0,
+        seed=settings["seed"],
+        model_init_kwargs={"dtype": torch.float32},
+        disable_tqdm=True,
+        **({} if gradient_checkpointing is None else {"gradient_checkpointing": gradient_checkpointing}),
+    )
+    completion_lengths: list[list[int]] = []  # per generation batch, the token count of each completion
+    questions: list[list[str]] = []  # per generation batch, the prompts it sampled (one per group)
+    step_begins: list[float] = []
+    durations: list[float] = []
+    losses: list[float] = []
+
+    def math(prompts, completions, completion_ids, reference, **_) -> list[float]:
+        completion_lengths.append([len(ids) for ids in completion_ids])
+        questions.append([prompt[-1]["content"] for prompt in prompts[::group]])
+        return [
+            math_reward(prompt[-1]["content"], completion[-1]["content"], {"reference": answer})
+            for prompt, completion, answer in zip(prompts, completions, reference, strict=True)
+        ]
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            step_begins.append(time.perf_counter())
+
+        def on_step_end(self, *_, **__):
+            durations.append(time.perf_counter() - step_begins[-1])
+
+        def on_log(self, _args, _state, _control, logs=None, **__):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    trainer = GRPOTrainer(
+        model=settings["model"],
+        reward_funcs=[math],
+        args=args,
+        train_dataset=Dataset.from_list([records[i] for i in order]),
+        processing_class=AutoTokenizer.from_pretrained(settings["model"]),
+        callbacks=[Timer()],
+    )
+    trainer.train()
+    figures = step_figures(durations, completion_lengths, settings["warmup_steps"])
+    return {
+        **figures,
+        "peak_rss_mb": peak_rss_mb(),
+        "final_loss": losses[-1] if losses else None,
+        "prompts_per_step": questions,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(json.loads(sys.argv[1]))))
