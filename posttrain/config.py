@@ -88,7 +88,7 @@ class TrainConfig(Section):
         "auto", description="auto (latest checkpoint of this run, if any), never, or a checkpoint path"
     )
     chunk_size: int = Field(1024, gt=0, description="rows of vocabulary-sized logits computed at once")
-    micro_batch_tokens: int = Field(0, ge=0, description="SFT with padded rows: split each batch, longest first, "
+    micro_batch_tokens: int = Field(600, ge=0, description="SFT with padded rows: split each batch, longest first, "
                                     "into forward passes of at most this many padded tokens (0 = no split); "
                                     "same gradient, less padding and activation memory")
     gradient_checkpointing: bool = Field(

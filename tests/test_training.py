@@ -55,7 +55,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
 
 
 def test_token_budget_micro_batches_equal_one_batch(tmp_path):
-    whole = train(tiny_config(tmp_path, "whole"))
+    whole = train(tiny_config(tmp_path, "whole", **{"train.micro_batch_tokens": 0}))
     split = train(tiny_config(tmp_path, "split", **{"train.micro_batch_tokens": 150}))
     assert_same_steps(train_steps(whole.run_dir), train_steps(split.run_dir), range(1, 7), rel=1e-4)
 
