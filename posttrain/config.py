@@ -190,6 +190,9 @@ class RLConfig(Section):
     max_new_tokens: int = Field(128, gt=0)
     rollout_batch_size: int = Field(64, gt=0, description="sequences generated at once")
     updates_per_step: int = Field(1, gt=0, description="optimizer updates per batch of rollouts, μ")
+    micro_batch_tokens: int = Field(0, ge=0, description="split each train.batch_size chunk of rollouts, longest "
+                                    "first, into passes of at most this many padded tokens (0 = no split): "
+                                    "same gradient, less activation memory, slower on short rollouts")
     loss: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     eps_low: float = Field(0.2, ge=0)
     eps_high: float = Field(0.2, ge=0, description="> eps_low is DAPO's clip-higher (e.g. 0.28)")

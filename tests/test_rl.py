@@ -211,6 +211,23 @@ def test_micro_batches_of_one_group_give_the_gradient_of_one_big_batch(tmp_path,
     assert max(float(g.abs().max()) for g in grads_whole) > 1e-4
 
 
+@pytest.mark.parametrize("kind", ["grpo", "bnpo", "dapo"])
+def test_token_budget_passes_give_the_gradient_of_one_pass(tmp_path, kind):
+    model = eos_prone_model()
+    settings = [f"rl.loss={kind}", f"train.batch_size={G * len(VARIED_PROMPTS)}"]
+    budget, split = direct_method(tmp_path, model, *settings, "rl.micro_batch_tokens=40")
+    one, whole = direct_method(tmp_path, model, *settings, "rl.micro_batch_tokens=0")
+    assert len(whole.micro_batches) == 1 and len(split.micro_batches) > 2
+    for batch in split.micro_batches:  # rows grouped by length: each pass stays within the budget
+        rows, width = batch.input_ids.shape
+        assert rows == 1 or rows * width <= 40
+    loss_split, grads_split = gradients(model, budget, split.micro_batches)
+    loss_whole, grads_whole = gradients(model, one, whole.micro_batches)
+    assert loss_split == pytest.approx(loss_whole, rel=1e-5, abs=1e-7)
+    for a, b in zip(grads_split, grads_whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
 def manual_logprobs(model, generation, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``log softmax(logits / T)`` of each completion token from the full logits of its unpadded row,
     and those tempered logits."""

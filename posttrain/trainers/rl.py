@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import encode_prompts
+from posttrain.data import encode_prompts, token_budget_groups
 from posttrain.errors import ConfigError
 from posttrain.evals.run import prompt_text
 from posttrain.evals.selfreward import reserved_token
@@ -158,13 +158,12 @@ class RLMethod:
         self._write_samples(step, share, generations, scored, advantages)
 
         loss_on, integrate = self._laser_phase(step)
-        per_micro = self._rows_per_micro_batch(integrate)
         micro_batches = []
-        for start in range(0, len(generations), per_micro):
-            rows = slice(start, start + per_micro)
+        for part in self._micro_batch_rows(generations, integrate):
+            index = torch.tensor(part)
             micro_batches.append(self._micro_batch(
-                model, generations[rows], trained[rows], advantages[rows], verifier[rows], finished[rows],
-                weights[rows], totals, integrate, loss_on))
+                model, [generations[i] for i in part], [trained[i] for i in part], advantages[index],
+                verifier[index], finished[index], weights[index], totals, integrate, loss_on))
         stats = {
             "reward_sum": float(rewards.sum()), "reward_squares": float((rewards**2).sum()),
             "rollouts": float(len(generations)), "completion_tokens": float(sum(len(g) for g in generations)),
@@ -175,13 +174,22 @@ class RLMethod:
             stats[f"component/{label}"] = float(torch.as_tensor(values, dtype=torch.float64).sum())
         return StepBatches(micro_batches, normalizer=totals["tokens"], stats=stats)
 
-    def _rows_per_micro_batch(self, integrate: bool) -> int:
-        """``train.batch_size`` rows, rounded down to whole groups (at least one) when LaSeR integrates
-        self-rewards into the advantages: that needs every group's scores from one forward."""
-        size = self.config.train.batch_size
-        if not integrate:
-            return size
-        return max(1, size // self.rl.group_size) * self.rl.group_size
+    def _micro_batch_rows(self, generations: list[Generation], integrate: bool) -> list[list[int]]:
+        """Rows of each forward pass: ``train.batch_size`` rows, each chunk split longest first into passes of
+        at most ``rl.micro_batch_tokens`` padded tokens (when set). When LaSeR integrates self-rewards into the
+        advantages, passes are whole groups instead (every group's scores must come from one forward)."""
+        size, count, group = self.config.train.batch_size, len(generations), self.rl.group_size
+        if integrate:
+            size = max(1, size // group) * group
+            return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+        chunks = [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+        budget = self.rl.micro_batch_tokens
+        if not budget:
+            return chunks
+        extra = 0 if self.reserved_id is None else 1
+        lengths = [len(g.prompt_ids) + len(g) + extra for g in generations]
+        return [[chunk[i] for i in rows] for chunk in chunks
+                for rows in token_budget_groups([lengths[i] for i in chunk], budget)]
 
     def _micro_batch(self, model, generations: list[Generation], trained: list[bool], advantages, verifier,
                      finished, weights, totals: dict, integrate: bool, loss_on: bool) -> RolloutBatch:
