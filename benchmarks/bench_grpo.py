@@ -9,10 +9,10 @@ Run it on a quiet machine: on 2 CPU cores a second busy process distorts both si
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from posttrain.bench.grpo import run_grpo_benchmark
+from posttrain.bench.harness import print_and_save
 
 
 def main() -> None:
@@ -46,10 +46,7 @@ def main() -> None:
         lr=args.lr,
         gradient_checkpointing={"default": None, "on": True, "off": False}[args.gradient_checkpointing],
     )
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print_and_save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ Run it on a quiet machine: on 2 CPU cores a second busy process distorts both si
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from posttrain.bench.harness import print_and_save
 from posttrain.bench.sft import run_sft_benchmark
 
 
@@ -29,10 +29,7 @@ def main() -> None:
     result = run_sft_benchmark(model=args.model, steps=args.steps, batch_size=args.batch_size,
                                max_length=args.max_length, repeats=args.repeats, warmup_steps=args.warmup_steps,
                                gradient_checkpointing={"default": None, "on": True, "off": False}[args.gradient_checkpointing])
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print_and_save(result, args.out)
 
 
 if __name__ == "__main__":

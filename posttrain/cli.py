@@ -82,6 +82,11 @@ def eval_math(
 
     result = run_math_eval(model=model, data=data, n=n, k=k, temperature=temperature, top_p=top_p,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, out_dir=out)
+    _print_result(result, as_json)
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    """One JSON object, or one aligned ``key: value`` line per entry."""
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -117,11 +122,7 @@ def eval_selfreward(
     result = run_selfreward_eval(model=model, data=data, n=n, samples=samples, c_ref=c_ref, beta_v=beta_v,
                                  threshold=threshold, token=reserved_token, temperature=temperature, top_p=top_p,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, out_dir=out)
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        for key, value in result.items():
-            typer.echo(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
+    _print_result(result, as_json)
 
 
 @eval_app.command("bon")

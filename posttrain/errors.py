@@ -38,6 +38,12 @@ def location(path: str | None = None, line: int | None = None, field: str | None
     return ":".join(str(part) for part in (path, line, field) if part is not None)
 
 
+def check_choice(value: str, choices, what: str, where: str | None = None) -> None:
+    """Raise :class:`ConfigError` ``unknown <what> <value>`` naming the valid ``choices`` unless ``value`` is one."""
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}", where=where, fix=f"use one of: {', '.join(choices)}")
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (library messages often run to a paragraph)."""
     text = str(error).strip()

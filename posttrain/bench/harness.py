@@ -14,6 +14,7 @@ import resource
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 from posttrain.errors import PosttrainError
 
@@ -62,3 +63,11 @@ def summarize(runs: dict[str, list[dict]], ours: str, peer: str, settings: dict)
     summary["ratio_tokens_per_s"] = summary[ours]["tokens_per_s"] / summary[peer]["tokens_per_s"]
     summary["ratio_peak_rss"] = summary[ours]["peak_rss_mb"] / summary[peer]["peak_rss_mb"]
     return summary
+
+
+def print_and_save(result: dict, out: Path | None) -> None:
+    """Print a benchmark result as indented JSON and, with ``out``, write the same text there."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out is not None:
+        Path(out).write_text(text + "\n", encoding="utf-8")

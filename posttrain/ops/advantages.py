@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.errors import ConfigError, DataError
+from posttrain.errors import ConfigError, DataError, check_choice
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 ADVANTAGE_BASELINES = ("mean", "rloo")
@@ -63,18 +63,8 @@ def group_advantages(
 
 def _check_arguments(rewards: torch.Tensor, group_size: int, scale: str, baseline: str) -> None:
     where = "group_advantages"
-    if scale not in ADVANTAGE_SCALES:
-        raise ConfigError(
-            f"unknown advantage scale {scale!r}",
-            where=where,
-            fix=f"use one of: {', '.join(ADVANTAGE_SCALES)}",
-        )
-    if baseline not in ADVANTAGE_BASELINES:
-        raise ConfigError(
-            f"unknown advantage baseline {baseline!r}",
-            where=where,
-            fix=f"use one of: {', '.join(ADVANTAGE_BASELINES)}",
-        )
+    check_choice(scale, ADVANTAGE_SCALES, "advantage scale", where)
+    check_choice(baseline, ADVANTAGE_BASELINES, "advantage baseline", where)
     if rewards.dim() != 1:
         raise ValueError(
             f"rewards must be a 1-D tensor (one reward per completion), got shape {tuple(rewards.shape)}"

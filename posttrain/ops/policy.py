@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, check_choice
 
 POLICY_LOSS_KINDS = ("grpo", "bnpo", "dr_grpo", "dapo")
 
@@ -137,12 +137,7 @@ def _check_arguments(
     beta: float,
 ) -> None:
     where = "policy_loss"
-    if kind not in POLICY_LOSS_KINDS:
-        raise ConfigError(
-            f"unknown policy loss kind {kind!r}",
-            where=where,
-            fix=f"use one of: {', '.join(POLICY_LOSS_KINDS)}",
-        )
+    check_choice(kind, POLICY_LOSS_KINDS, "policy loss kind", where)
     if beta > 0 and ref_logprobs is None:
         raise ConfigError(
             f"a KL coefficient beta = {beta} needs reference log-probs",
