@@ -3,6 +3,7 @@ judged wrong, on scripted judgments; and `posttrain judge synthesize` end to end
 
 import json
 
+from posttrain.data.records import normalize_record
 from posttrain.judges.synthesis import synthesize_judgments
 from posttrain.rollout import SamplingParams
 from tests.helpers import read_jsonl, run_cli
@@ -22,7 +23,7 @@ def test_sft_from_pairs_right_in_both_orders_and_dpo_from_the_rest():
     engine = ScriptedEngine(respond)
     sft, dpo, summary = synthesize_judgments(engine, pairs, "rise", SamplingParams(temperature=1.0, n=2))
     assert [(row["pair_index"], row["order"]) for row in sft] == [(0, "first"), (0, "swapped")]
-    assert all(row["completion"] == picks(row["prompt"][0]["content"], "right 0") for row in sft)
+    assert all(row["completion"][0]["content"] == picks(row["prompt"][0]["content"], "right 0") for row in sft)
     # Q1: in its first order both samples are right (no rejected), in the swapped order both are wrong (no chosen)
     assert dpo == []
     assert summary["admitted_pairs"] == 1 and summary["sft_records"] == 2 and summary["dpo_records"] == 0
@@ -46,7 +47,8 @@ def test_sft_from_pairs_right_in_both_orders_and_dpo_from_the_rest():
     sft, dpo, _ = synthesize_judgments(ScriptedEngine(half), pairs[:1], "rise", SamplingParams(n=2))
     assert sft == [] and len(dpo) == 1
     assert dpo[0]["order"] == "first" and dpo[0]["chosen"] != dpo[0]["rejected"]
-    assert dpo[0]["chosen"].endswith("[[A]]") and dpo[0]["rejected"].endswith("[[B]]")
+    assert dpo[0]["chosen"][0]["content"].endswith("[[A]]") and dpo[0]["rejected"][0]["content"].endswith("[[B]]")
+    assert normalize_record(dpo[0], "preference", "dpo.jsonl:1")["chosen"] == dpo[0]["chosen"]
 
 
 def test_cli_synthesize_writes_the_sets(tmp_path):
@@ -70,5 +72,8 @@ def test_critique_judge_writes_right_verdicts_from_the_pairs_critiques():
                                              SamplingParams(n=1))
     assert summary["correct_rate"] == 1.0 and summary["admitted_pairs"] == 4 and dpo == []
     for row in sft:
-        assert pairs[row["pair_index"]]["critique"] in row["completion"]
-        assert row["completion"].endswith("[[A]]" if row["order"] == "first" else "[[B]]")
+        judgment = row["completion"][0]["content"]
+        assert pairs[row["pair_index"]]["critique"] in judgment
+        assert judgment.endswith("[[A]]" if row["order"] == "first" else "[[B]]")
+        # the SFT trainer reads the record as written (conversational prompt and completion)
+        assert normalize_record(row, "sft", "sft.jsonl:1")["completion"] == row["completion"]

@@ -6,7 +6,7 @@ For labelled preference pairs, a judge model (a stronger one, or the model itsel
 
 * **SFT set** (stage 1, "judge style adaptation"): a pair is admitted when the judge is right at least once in
   *both* orders (the swap-consistency check); its first correct judgment of each order becomes an SFT record
-  ``{prompt: judge prompt, completion: judgment}``;
+  ``{prompt: [user turn], completion: [assistant turn]}``;
 * **DPO set** (stage 2, "judgment accuracy"): a pair that is not admitted — the judge still gets it wrong in at
   least one order — gives, for each order that has both a correct judgment and one with the wrong verdict, a
   preference record ``{prompt, chosen: first correct judgment, rejected: first wrong one}``. Judgments without a
@@ -44,15 +44,15 @@ def synthesize_judgments(engine: RolloutEngine, pairs: Sequence[dict], template:
         if all(any(row["correct"] for row in group) for group in groups):
             for group in groups:
                 first = next(row for row in group if row["correct"])
-                sft.append({"prompt": _messages(first), "completion": first["output"], "pair_index": index,
+                sft.append({"prompt": _messages(first), "completion": _reply(first["output"]), "pair_index": index,
                             "order": first["order"]})
             continue
         for group in groups:
             right = [row for row in group if row["correct"]]
             wrong = [row for row in group if not row["correct"] and row["verdict"] is not None]
             if right and wrong:
-                dpo.append({"prompt": _messages(right[0]), "chosen": right[0]["output"],
-                            "rejected": wrong[0]["output"], "pair_index": index, "order": right[0]["order"]})
+                dpo.append({"prompt": _messages(right[0]), "chosen": _reply(right[0]["output"]),
+                            "rejected": _reply(wrong[0]["output"]), "pair_index": index, "order": right[0]["order"]})
     judgments = len(result.rows)
     summary = {
         "pairs": len(pairs), "samples_per_order": params.n, "judgments": judgments,
@@ -99,6 +99,11 @@ class CritiqueJudge:
 
 def _messages(row: dict) -> list[dict]:
     return [{"role": "user", "content": row["prompt"]}]
+
+
+def _reply(text: str) -> list[dict]:
+    """A judgment as the assistant turn (TRL's conversational format: prompt and completion both messages)."""
+    return [{"role": "assistant", "content": text}]
 
 
 def write_synthesis(out_dir: Path, sft: list[dict], dpo: list[dict], summary: dict) -> None:
