@@ -192,6 +192,37 @@ def eval_masterkey(
     typer.echo(json.dumps(result) if as_json else format_masterkey_table(result))
 
 
+@eval_app.command("gap")
+def eval_gap(
+    judge: Annotated[str, typer.Option(help="the generative judge (model name or directory)")] = "smollm2-135m",
+    data: Annotated[str, typer.Option(help="pairs of objective questions with a reference answer, or "
+                                           "task:arithmetic for held-out synthetic pairs")] = "task:arithmetic",
+    n: Annotated[int | None, typer.Option(help="number of pairs (default: all)")] = 40,
+    k: Annotated[int, typer.Option(help="solve-only samples per question")] = 4,
+    m: Annotated[int | None, typer.Option(help="a question is solvable with at least m of k right (default k)")] = None,
+    template: Annotated[str, typer.Option(help="judge template: s2j, grm, rise, j1 or a template file")] = "s2j",
+    solve_temperature: float = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens per solve-only answer")] = 256,
+    judge_max_new_tokens: Annotated[int, typer.Option(help="tokens per judgment")] = 384,
+    similarity: Annotated[str, typer.Option(help="critique similarity backend for spurious successes: lexical, "
+                                                 "embedding, llm, or none")] = "lexical",
+    threshold: Annotated[float | None, typer.Option(help="similarity threshold (default: the backend's)")] = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(help="directory for gap.json and samples.jsonl")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Solve-to-judge gap: judge accuracy on questions the model solves itself, and spurious successes."""
+    from posttrain.evals.gap import format_gap_table, run_gap_eval
+
+    result = run_gap_eval(model=judge, data=data, n=n, k=k, m=m, template=template,
+                          solve_temperature=solve_temperature, max_new_tokens=max_new_tokens,
+                          judge_max_new_tokens=judge_max_new_tokens,
+                          similarity=None if similarity == "none" else similarity, threshold=threshold,
+                          batch_size=batch_size, seed=seed, out_dir=out)
+    typer.echo(json.dumps(result) if as_json else format_gap_table(result))
+
+
 @eval_app.command("sharpness")
 def eval_sharpness(
     model: Annotated[str, typer.Option(help="model M (e.g. the reheated checkpoint): name or directory")],
@@ -345,6 +376,30 @@ def judge_synthesize(
     summary = run_synthesis(judge, pairs, k=k, out_dir=out, template=template, temperature=temperature,
                             max_new_tokens=max_new_tokens, n=n, seed=seed, batch_size=batch_size)
     typer.echo(json.dumps({key: value for key, value in summary.items() if key != "judge_metrics"}, indent=2))
+
+
+@judge_app.command("metarm-data")
+def judge_metarm_data(
+    judge: Annotated[str, typer.Option(help="the base generative judge (model name or directory)")],
+    pairs: Annotated[str, typer.Option(help="preference file with critiques, or task:arithmetic")] = "task:arithmetic",
+    k: Annotated[int, typer.Option(help="sampled judgments per pair and order")] = 4,
+    out: Annotated[Path, typer.Option(help="directory for metarm.jsonl and summary.json")] = Path("runs/metarm-data"),
+    template: Annotated[str, typer.Option(help="GRM template: grm or s2j")] = "grm",
+    backend: Annotated[str, typer.Option(help="critique similarity: lexical, embedding or llm")] = "lexical",
+    threshold: Annotated[float | None, typer.Option(help="similarity threshold (default: the backend's)")] = None,
+    temperature: float = 1.0,
+    max_new_tokens: int = 256,
+    n: Annotated[int | None, typer.Option(help="number of pairs (default: all; 100 for the task)")] = None,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> None:
+    """MetaRM cold-start data: the judge's critiques of critique-bearing pairs, labelled with their rule reward."""
+    from posttrain.judges.metarm_data import run_metarm_data
+
+    summary = run_metarm_data(judge, pairs, out, n=n, k=k, template=template, backend=backend, threshold=threshold,
+                              temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              seed=seed)
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @bench_app.command("sft")

@@ -181,6 +181,16 @@ class LaserConfig(Section):
     filter_threshold: float = Field(0.1, ge=0)
 
 
+class JudgeTaskConfig(Section):
+    """Train a generative judge with RL (:mod:`posttrain.judges.tasks`): ``data.train`` holds labelled pairs
+    (``prompt``/``chosen``/``rejected`` or ``question``/``response_a``/``response_b``/``winner``, e.g.
+    ``task: judge_arithmetic``), each rendered with ``template`` in both A/B orders, kept in the same batch."""
+
+    template: str = Field("grm", description="pairwise judge template: grm, s2j, rise, j1")
+    hide_critiques: float = Field(0.0, ge=0, le=1, description="fraction of tasks whose critique is dropped "
+                                  "(seeded by the run's seed): RM-NLHF's data with and without human critiques")
+
+
 class RLConfig(Section):
     """GRPO-family RL with verifiable rewards. Defaults follow TRL 1.16 ``GRPOConfig`` where it has one."""
 
@@ -204,6 +214,7 @@ class RLConfig(Section):
     mask_truncated: bool = Field(False, description="drop completions that hit max_new_tokens from the loss")
     rewards: RewardsConfig = RewardsConfig()
     laser: LaserConfig = LaserConfig()
+    judge: JudgeTaskConfig | None = Field(None, description="train a generative judge on judge tasks")
 
     @model_validator(mode="after")
     def _groups(self) -> RLConfig:

@@ -153,9 +153,10 @@ def length_side(chosen: str, rejected: str) -> str:
     return "chosen_longer" if len(chosen) > len(rejected) else "chosen_shorter"
 
 
-def preference_pairs(data: str, n: int | None = None, seed: int = 0) -> list[dict]:
+def preference_pairs(data: str, n: int | None = None, seed: int = 0, split: str = "held_out") -> list[dict]:
     """Preference records from a file (any format :func:`posttrain.data.read_records` reads) or
-    ``task:arithmetic`` (held-out synthetic pairs, :func:`posttrain.judges.make_preference_pairs`)."""
+    ``task:arithmetic`` (synthetic pairs of ``split``, :func:`posttrain.judges.make_preference_pairs`: held-out
+    ones for evaluation, training ones for making training data)."""
     if data.startswith(TASK_PREFIX):
         task = data[len(TASK_PREFIX) :]
         if task != "arithmetic":
@@ -164,8 +165,8 @@ def preference_pairs(data: str, n: int | None = None, seed: int = 0) -> list[dic
                 where="--data",
                 fix="use task:arithmetic, or a preference file (prompt, chosen, rejected)",
             )
-        raw = make_preference_pairs(n or 100, seed, split="held_out")
-        records = validate_records(raw, kind="preference", source="task:arithmetic:held_out").records
+        raw = make_preference_pairs(n or 100, seed, split=split)
+        records = validate_records(raw, kind="preference", source=f"task:arithmetic:{split}").records
     else:
         records = read_records(data, kind="preference").records
     records = records[:n] if n else records

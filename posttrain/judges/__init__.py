@@ -1,4 +1,4 @@
-"""LLM-as-a-judge: prompt formats, verdict parsing, both-order scoring and synthetic labelled pairs."""
+"""LLM-as-a-judge: prompt formats (pairwise, pointwise, verifier, GRM), verdict parsing, both-order scoring and synthetic labelled pairs."""
 
 from posttrain.judges.formats import (
     KINDS,
@@ -15,6 +15,7 @@ from posttrain.judges.formats import (
     score_both_orders,
     template_from_text,
 )
+from posttrain.judges.grm import GRMOutput, parse_grm
 from posttrain.judges.pairs import ERROR_KINDS, corrupt_solution, make_preference_pairs
 
 __all__ = [
@@ -23,12 +24,14 @@ __all__ = [
     "PLACEHOLDERS",
     "TEMPLATES",
     "BothOrders",
+    "GRMOutput",
     "JudgeTemplate",
     "aggregate",
     "corrupt_solution",
     "get_template",
     "make_preference_pairs",
     "pairwise_prompts",
+    "parse_grm",
     "parse_pairwise",
     "parse_pointwise",
     "parse_verifier",

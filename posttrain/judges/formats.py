@@ -14,7 +14,8 @@ A :class:`JudgeTemplate` is one user turn with placeholders, of one of three kin
 Built-ins (:data:`TEMPLATES`): ``rise`` (step-by-step analysis, then ``[[A]]``/``[[B]]``; our English
 wording of the structure of RISE-Judge's public Chinese prompt, Yu et al. 2025, arXiv 2502.11689),
 ``j1`` (reasoning inside ``<think>...</think>``, then the verdict; Whitehouse et al. 2025, arXiv
-2505.10320, Fig. 9), ``pointwise`` (a 1-10 score) and ``verifier``.
+2505.10320, Fig. 9), ``pointwise`` (a 1-10 score) and ``verifier``; :mod:`posttrain.judges.grm` adds the
+generative-reward-model formats ``grm`` (critique, then choice) and ``s2j`` (solve, critique, choice).
 
 Parsing rule, the same for every kind: the **last** verdict token in the text is the verdict, so an
 analysis that mentions ``[[A]]`` before concluding ``[[B]]`` gives B. The line that holds that last token

@@ -67,12 +67,15 @@ def synthesize_judgments(engine: RolloutEngine, pairs: Sequence[dict], template:
 class CritiqueJudge:
     """A reference judge for stage 1 when no stronger model is at hand: for pairs that carry a ``critique`` of
     the rejected answer (the synthetic arithmetic pairs do), it writes that critique out as a judgment with the
-    right verdict. Honours the :class:`~posttrain.rollout.RolloutEngine` protocol; every sample is the same."""
+    right verdict, in the output format of ``style``: ``rise``/``j1`` (an analysis ending in the verdict),
+    ``grm`` (``<critics>`` + ``<choice>``) or ``s2j`` (the chosen solution as its own ``<solve>`` section first).
+    Honours the :class:`~posttrain.rollout.RolloutEngine` protocol; every sample is the same."""
 
-    def __init__(self, pairs: Sequence[dict], tokenizer):
+    def __init__(self, pairs: Sequence[dict], tokenizer, style: str = "rise"):
         from posttrain.evals.judge import pair_texts
 
         self.tokenizer = tokenizer
+        self.style = style
         self.pairs = []
         for index, pair in enumerate(pairs):
             if not str(pair.get("critique") or "").strip():
@@ -90,11 +93,20 @@ class CritiqueJudge:
             text = self.tokenizer.decode(ids)
             chosen, rejected, critique = next((c, r, k) for c, r, k in self.pairs if c in text and r in text)
             right, wrong = ("A", "B") if text.index(chosen) < text.index(rejected) else ("B", "A")
-            judgment = (f"Checking both answers step by step. Answer {wrong} has an error. {critique} "
-                        f"Answer {right} computes every step correctly and reaches the right result, so "
-                        f"Answer {right} is better.\n\n[[{right}]]")
+            judgment = critique_judgment(self.style, right, wrong, critique, chosen)
             generations += [Generation(index, sample, list(ids), [], [], judgment, "eos") for sample in range(params.n)]
         return generations
+
+
+def critique_judgment(style: str, right: str, wrong: str, critique: str, solution: str) -> str:
+    """A judgment that states ``critique`` of answer ``wrong`` and picks ``right``, in the format of ``style``."""
+    if style in ("grm", "s2j"):
+        critics = f"<critics>Response {wrong} has an error. {critique}\nResponse {right} is correct.</critics>\n"
+        solve = f"<solve>{solution}</solve>\n" if style == "s2j" else ""
+        return f"{solve}{critics}<choice>[[{right}]]</choice>"
+    return (f"Checking both answers step by step. Answer {wrong} has an error. {critique} "
+            f"Answer {right} computes every step correctly and reaches the right result, so "
+            f"Answer {right} is better.\n\n[[{right}]]")
 
 
 def _messages(row: dict) -> list[dict]:
@@ -121,19 +133,13 @@ def run_synthesis(judge: str, pairs: str, k: int = 4, out_dir: Path = Path("runs
                   seed: int = 0, batch_size: int = 16) -> dict:
     """``posttrain judge synthesize``: load the judge (or ``critique``: :class:`CritiqueJudge`) and the pairs (a preference file, or ``task:arithmetic`` for
     synthetic training-split pairs), synthesize, write the sets; returns the summary."""
-    from posttrain.data import validate_records
     from posttrain.evals.judge import preference_pairs
-    from posttrain.judges.pairs import make_preference_pairs
     from posttrain.models import load_model, load_tokenizer
     from posttrain.rollout import HFEngine
 
-    if pairs == "task:arithmetic":
-        raw = make_preference_pairs(n or 100, seed, split="train")
-        records = validate_records(raw, kind="preference", source="task:arithmetic:train").records
-    else:
-        records = preference_pairs(pairs, n, seed)
+    records = preference_pairs(pairs, n, seed, split="train")
     if judge == "critique":  # the reference judge; prompts are templated with the embedded model's tokenizer
-        engine = CritiqueJudge(records, load_tokenizer("smollm2-135m"))
+        engine = CritiqueJudge(records, load_tokenizer("smollm2-135m"), style=getattr(template, "name", template))
     else:
         engine = HFEngine(load_model(judge).eval(), load_tokenizer(judge), batch_size=batch_size)
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, n=k, seed=seed)

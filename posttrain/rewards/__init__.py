@@ -1,10 +1,11 @@
 """Rewards: functions (prompt, completion, record) -> float, registered by name and combined with weights.
 
-Importing this package registers the built-in rewards ``math``, ``format``, ``length`` and ``judge``.
+Importing this package registers the built-in rewards ``math``, ``format``, ``length``, ``judge`` and the
+generative-reward-model rewards ``verdict``, ``s2j``, ``critique_similarity`` and ``metarm``.
 """
 
 from posttrain.config import RewardsConfig, RewardSpec
-from posttrain.rewards import builtin, judge  # noqa: F401  (registers the built-in rewards)
+from posttrain.rewards import builtin, grm, judge  # noqa: F401  (registers the built-in rewards)
 from posttrain.rewards.custom import load_reward_function
 from posttrain.rewards.registry import (
     REWARDS,

@@ -11,6 +11,11 @@ A function that raises, or returns anything but a finite real number (``bool`` c
 for that sample alone: it is counted, its first message kept, and its value replaced by
 ``rewards.on_error``. Scoring stops with a :class:`RewardError` only when the fraction of samples with any
 such error in one batch exceeds ``rewards.max_error_rate``.
+
+A registered reward may also keep state across batches (a learned reward such as the online MetaRM of
+:mod:`posttrain.rewards.grm`): ``after_batch(prompts, completions, records, values, **args)`` runs after each
+batch is scored and returns metrics; ``prepare(tokenizer, **args)`` checks it against the policy before
+training; ``save_state(dir, **args)`` / ``load_state(dir, **args)`` put it into and take it out of checkpoints.
 """
 
 from __future__ import annotations
@@ -52,19 +57,28 @@ class RegisteredReward:
     fn: RewardFn
     requires: tuple[str, ...] = ()
     check: ArgsCheck | None = None
+    after_batch: Callable[..., dict[str, float]] | None = None
+    prepare: Callable[..., None] | None = None
+    save_state: Callable[..., None] | None = None
+    load_state: Callable[..., None] | None = None
 
 
 REWARDS: dict[str, RegisteredReward] = {}
 
 
 def register_reward(
-    name: str, *, requires: Sequence[str] = (), check: ArgsCheck | None = None
+    name: str, *, requires: Sequence[str] = (), check: ArgsCheck | None = None, **hooks: Callable
 ) -> Callable[[RewardFn], RewardFn]:
     """Decorator registering ``fn(prompt, completion, record, **args) -> float`` under ``name``.
 
     ``requires`` names record fields every record must carry (checked before training by
-    :func:`check_rewards_for_records`); ``check(args)`` raises a ConfigError for bad arguments.
+    :func:`check_rewards_for_records`); ``check(args)`` raises a ConfigError for bad arguments; ``hooks`` are
+    the optional ``after_batch``, ``prepare``, ``save_state`` and ``load_state`` of a stateful reward (module
+    docstring).
     """
+    unknown = sorted(set(hooks) - {"after_batch", "prepare", "save_state", "load_state"})
+    if unknown:
+        raise TypeError(f"unknown reward hooks {unknown}")
 
     def decorator(fn: RewardFn) -> RewardFn:
         if name in REWARDS:
@@ -72,7 +86,7 @@ def register_reward(
                 f"a reward named {name!r} is already registered ({REWARDS[name].fn.__qualname__})",
                 fix="register the new function under another name",
             )
-        REWARDS[name] = RegisteredReward(name, fn, tuple(requires), check)
+        REWARDS[name] = RegisteredReward(name, fn, tuple(requires), check, **hooks)
         return fn
 
     return decorator
@@ -89,6 +103,7 @@ class BoundReward:
     weight: float
     fn: RewardFn
     requires: tuple[str, ...] = ()
+    hooks: dict[str, Callable] = field(default_factory=dict)  # after_batch, prepare, ... with the args bound
 
 
 @dataclass
@@ -105,10 +120,12 @@ class RewardBatch:
     errors: dict[str, int]
     error_examples: dict[str, str] = field(default_factory=dict)
     error_rate: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)  # metrics of the after_batch hooks
 
     def metrics(self) -> dict[str, float]:
-        """Per function: the mean raw value (``reward/<label>``) and the error count (``.../errors``)."""
-        values: dict[str, float] = {}
+        """Per function: the mean raw value (``reward/<label>``) and the error count (``.../errors``); and the
+        metrics of the stateful rewards' ``after_batch`` hooks."""
+        values: dict[str, float] = dict(self.extra)
         for label, scores in self.components.items():
             values[f"reward/{label}"] = sum(scores) / len(scores) if scores else 0.0
             values[f"reward/{label}/errors"] = float(self.errors[label])
@@ -164,7 +181,31 @@ class RewardSet:
         )
         if batch.error_rate > self.max_error_rate:
             raise _too_many_errors(batch, size, self.max_error_rate, self.on_error)
+        for reward in self.rewards:
+            if "after_batch" in reward.hooks:
+                hook_metrics = reward.hooks["after_batch"](prompts, completions, records, components[reward.label])
+                batch.extra.update({f"{reward.label}/{k}": float(v) for k, v in hook_metrics.items()})
         return batch
+
+    def prepare(self, tokenizer) -> None:
+        """Check every stateful reward against the policy's tokenizer before training."""
+        for reward in self.rewards:
+            if "prepare" in reward.hooks:
+                reward.hooks["prepare"](tokenizer)
+
+    def save_state(self, directory: str | Path) -> None:
+        """Write every stateful reward's state into ``directory/rewards/<label>``."""
+        for reward in self.rewards:
+            if "save_state" in reward.hooks:
+                target = Path(directory) / "rewards" / reward.label
+                target.mkdir(parents=True, exist_ok=True)
+                reward.hooks["save_state"](target)
+
+    def load_state(self, directory: str | Path) -> None:
+        """Restore what :meth:`save_state` wrote (rewards with no saved state keep their current one)."""
+        for reward in self.rewards:
+            if "load_state" in reward.hooks:
+                reward.hooks["load_state"](Path(directory) / "rewards" / reward.label)
 
 
 def _call(fn: RewardFn, prompt: str, completion: str, record: dict) -> tuple[float | None, str | None]:
@@ -214,9 +255,12 @@ def build_rewards(config: RewardsConfig, base_dir: str | Path | None = None) -> 
         if spec.name is not None:
             registered = _registered(spec.name, where)
             fn, requires, check = registered.fn, registered.requires, registered.check
+            hooks = {name: hook for name in ("after_batch", "prepare", "save_state", "load_state")
+                     if (hook := getattr(registered, name)) is not None}
             describe = f"reward {spec.name!r}"
         else:
             fn, requires, check = load_reward_function(spec.path, base_dir, where), (), None
+            hooks = {}
             describe = f"reward function {spec.path}"
         _check_signature(fn, spec.args, describe, where)
         if check is not None:
@@ -226,7 +270,8 @@ def build_rewards(config: RewardsConfig, base_dir: str | Path | None = None) -> 
                 raise ConfigError(error.what, where=f"{where}.args", fix=error.fix) from None
         seen[spec.label] = seen.get(spec.label, 0) + 1
         label = spec.label if seen[spec.label] == 1 else f"{spec.label}_{seen[spec.label]}"
-        bound.append(BoundReward(label, spec.weight, functools.partial(fn, **spec.args), requires))
+        bound.append(BoundReward(label, spec.weight, functools.partial(fn, **spec.args), requires,
+                                 {name: functools.partial(hook, **spec.args) for name, hook in hooks.items()}))
     return RewardSet(bound, on_error=config.on_error, max_error_rate=config.max_error_rate)
 
 

@@ -10,7 +10,10 @@ A *method* (SFT, preference optimization, RL, distillation) supplies:
   by ``summarize(sums)``;
 * ``updates_per_step`` — optimizer updates per step over the same micro-batches (RL's μ; 1 otherwise);
 * optionally ``after_step(model, step)`` — extra metrics after a step, and whether to end the run there
-  (distillation's target-entropy stop); a run that ended so stays ended on resume.
+  (distillation's target-entropy stop); a run that ended so stays ended on resume;
+* optionally ``sample_block`` — examples drawn together (blocks of consecutive indices), and
+  ``save_state(dir)`` / ``load_state(dir)`` — state of its own (an online-trained reward model) that goes
+  into every checkpoint.
 
 Per step the loop draws ``examples_per_step × world_size`` example indices, each process runs its
 micro-batches forward and backward, gradients are summed across processes, clipped, and AdamW steps;
@@ -109,7 +112,11 @@ class Trainer:
         self.total_steps = total_steps(config, method.num_examples, method.examples_per_step, processes.world_size)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps * method.updates_per_step,
                                          optim.warmup_ratio, optim.schedule)
-        self.sampler = EpochSampler(method.num_examples, config.seed)
+        block = getattr(method, "sample_block", 1)
+        if method.examples_per_step % block:
+            raise ConfigError(f"this method draws its examples in blocks of {block}, but a step takes "
+                              f"{method.examples_per_step} per process", fix=f"use a multiple of {block}")
+        self.sampler = EpochSampler(method.num_examples, config.seed, block=block)
         self.step = 0
         self.stopped = False
 
@@ -120,12 +127,17 @@ class Trainer:
             return
         state = ckpt.read_checkpoint(path, self.model, self.optimizer, self.scheduler, self.processes.rank)
         self.sampler.load_state_dict(state.data)
+        if hasattr(self.method, "load_state"):
+            self.method.load_state(path)
         self.step = state.step
         self.stopped = state.stopped
 
     def _save(self) -> None:
         run_dir = self.config.run_dir
         ckpt.write_process_state(run_dir, self.step, self.processes.rank)
+        self.processes.barrier()
+        if hasattr(self.method, "save_state"):  # every process: its own state
+            self.method.save_state(ckpt.temporary_dir(run_dir, self.step))
         self.processes.barrier()
         if self.processes.is_main:
             state = ckpt.TrainerState(self.step, self.sampler.state_dict(), self.config.seed, self.stopped)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -100,6 +101,9 @@ class RLMethod:
         self.updates_per_step = rl.updates_per_step
         self.rewards = build_rewards(rl.rewards)
         check_rewards_for_records(self.rewards, records, config.data.train.path or f"task:{config.data.train.task}")
+        self.rewards.prepare(tokenizer)
+        if rl.judge is not None:  # both A/B orders of a judge task in the same step
+            self.sample_block = 2
         self.engine = HFEngine(model, tokenizer, batch_size=rl.rollout_batch_size)
         self.pad_id = self.engine.pad_id
         self.reserved_id = None
@@ -175,6 +179,8 @@ class RLMethod:
         }
         for label, values in scored.components.items():
             stats[f"component/{label}"] = float(torch.as_tensor(values, dtype=torch.float64).sum())
+        for key, value in scored.extra.items():  # stateful rewards' metrics, averaged over processes
+            stats[f"extra/{key}"] = value
         return StepBatches(micro_batches, normalizer=totals["tokens"], stats=stats)
 
     def _micro_batch_rows(self, generations: list[Generation], integrate: bool) -> list[list[int]]:
@@ -297,6 +303,8 @@ class RLMethod:
         for key, value in sums.items():
             if key.startswith("component/"):  # summed values of each reward function
                 metrics["reward_" + key.removeprefix("component/")] = value / rollouts
+            elif key.startswith("extra/"):
+                metrics[key.removeprefix("extra/")] = value / self.processes.world_size
         if "math" in self.rewards.labels:
             metrics["accuracy"] = metrics["reward_math"]
         if "kl_sum" in sums:
@@ -306,6 +314,14 @@ class RLMethod:
             if "self_reward_loss" in sums:
                 metrics["self_reward_loss"] = sums["self_reward_loss"] / passes
         return metrics
+
+    def save_state(self, directory) -> None:
+        """Stateful rewards (the online MetaRM, which each process trains on its own rollouts) into the
+        checkpoint being written, one directory per process."""
+        self.rewards.save_state(Path(directory) / f"rank{self.processes.rank}")
+
+    def load_state(self, directory) -> None:
+        self.rewards.load_state(Path(directory) / f"rank{self.processes.rank}")
 
     def _write_samples(self, step: int, share: list[int], generations: list[Generation], scored,
                        advantages: torch.Tensor) -> None:

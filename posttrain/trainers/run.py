@@ -70,9 +70,16 @@ def build_method(config: RunConfig, model, tokenizer, processes: Processes) -> t
     """The recipe's method over its training data, and a summary of that data (written to the run)."""
     data = config.data
     kind = {"sft": "sft", "dpo": "preference", "reward_model": "preference"}.get(config.method, "prompt")
-    records = load_source(data.train, kind=kind, skip_invalid=data.skip_invalid)
+    judge_tasks = config.method == "grpo" and config.rl.judge is not None
+    records = load_source(data.train, kind="prompt" if judge_tasks else kind, skip_invalid=data.skip_invalid)
     summary = {"source": records.source, "examples": len(records.records), "skipped": records.skipped,
                "truncated": 0, "dropped": 0, "skipped_records": records.problems}
+    if judge_tasks:  # each labelled pair becomes two judge prompts, one per A/B order
+        from posttrain.judges.tasks import judge_task_prompts
+
+        records.records = judge_task_prompts(records.records, config.rl.judge.template,
+                                             hide_critiques=config.rl.judge.hide_critiques, seed=config.seed)
+        summary.update(tasks=summary["examples"], examples=len(records.records))
     if config.method in ("grpo", "distill"):
         if not records.records:
             raise DataError(f"no prompts in {records.source}", fix="check the data path")

@@ -1,7 +1,8 @@
 """Deterministic, resumable order of training examples.
 
 Epoch ``e`` visits the examples in ``randperm(n)`` drawn from a generator seeded with
-``seed + e``. Global batches are consecutive slices of that order that continue into the next
+``seed + e``; with ``block = b > 1`` it permutes the ``n / b`` consecutive blocks instead, so examples
+``b·i … b·i + b − 1`` stay together (the two A/B orders of a judge task). Global batches are consecutive slices of that order that continue into the next
 epoch, so the position ``(epoch, cursor)`` is all a checkpoint needs to restore the data stream.
 """
 
@@ -11,12 +12,15 @@ import torch
 
 
 class EpochSampler:
-    def __init__(self, num_examples: int, seed: int, shuffle: bool = True):
+    def __init__(self, num_examples: int, seed: int, shuffle: bool = True, block: int = 1):
         if num_examples <= 0:
             raise ValueError("cannot sample from an empty dataset")
+        if num_examples % block:
+            raise ValueError(f"{num_examples} examples do not divide into blocks of {block}")
         self.num_examples = num_examples
         self.seed = seed
         self.shuffle = shuffle
+        self.block = block
         self.epoch = 0
         self.cursor = 0
         self._order = self._epoch_order(0)
@@ -25,7 +29,8 @@ class EpochSampler:
         if not self.shuffle:
             return list(range(self.num_examples))
         generator = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(self.num_examples, generator=generator).tolist()
+        blocks = torch.randperm(self.num_examples // self.block, generator=generator).tolist()
+        return [b * self.block + offset for b in blocks for offset in range(self.block)]
 
     def next_batch(self, size: int) -> list[int]:
         """The next ``size`` example indices, crossing into the next epoch when this one runs out."""

@@ -2,7 +2,9 @@
 
 A task is a function ``(n, seed, **options) -> list[dict]`` returning GSM8K-style records
 (``question``, ``answer`` ending in ``#### N``, ``reference``). Every task takes a ``split`` option
-(``train`` or ``held_out``) whose questions never overlap.
+(``train`` or ``held_out``) whose questions never overlap. ``judge_arithmetic`` gives labelled preference
+pairs instead (a correct solution against one with an injected error, with a critique naming it:
+:func:`posttrain.judges.make_preference_pairs`), the judge tasks of generative-reward-model training.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from posttrain.errors import ConfigError
 from ..readers import write_jsonl
 from . import arithmetic
 
-TASKS: dict[str, Callable[..., list[dict]]] = {"arithmetic": arithmetic.make_records}
+
+def judge_arithmetic(n: int, seed: int, levels=(1, 2), split: str = "train") -> list[dict]:
+    """Labelled arithmetic preference pairs with critiques (:func:`posttrain.judges.make_preference_pairs`)."""
+    from posttrain.judges.pairs import make_preference_pairs
+
+    return make_preference_pairs(n, seed, levels, split)
+
+
+TASKS: dict[str, Callable[..., list[dict]]] = {"arithmetic": arithmetic.make_records,
+                                               "judge_arithmetic": judge_arithmetic}
 
 
 def make_task(name: str, n: int, seed: int, **options) -> list[dict]:

@@ -1,0 +1,73 @@
+"""MetaRM cold-start data (RM-NLHF, Wang et al. 2026, arXiv 2601.07349; methods.md §4.5).
+
+The base GRM judges each critique-bearing pair ``k`` times in each order (sampled); every well-formed judgment
+becomes one regression record ``{"text": metarm_text(question, A, B, generated critique), "label": R}`` with
+``R = o + w·q`` its rule reward (:func:`posttrain.rewards.grm.rule_reward`: ``q`` from a critique-similarity
+backend, counted only when the verdict is right), so ``R ∈ {0, 1, 1 + w}``. Format failures are left out, as
+in the paper's cold start (4 base-policy rollouts per prompt there). Train the MetaRM on the file with
+``method: reward_model`` and ``reward_model.objective: regression``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from posttrain.data import write_jsonl
+from posttrain.errors import DataError
+from posttrain.judges.grm import parse_grm
+from posttrain.judges.tasks import judge_task_prompts
+from posttrain.rollout import RolloutEngine, SamplingParams
+
+
+def metarm_records(engine: RolloutEngine, pairs: Sequence[dict], params: SamplingParams, template: str = "grm",
+                   backend: str = "lexical", threshold: float | None = None, weight: float = 0.5,
+                   backend_args: dict | None = None) -> tuple[list[dict], dict]:
+    """Regression records and counts from ``params.n`` judgments of every pair in each order."""
+    from posttrain.data import encode_prompts
+    from posttrain.judges.metarm import metarm_text
+    from posttrain.rewards.grm import outcome, rule_reward
+
+    prompts = [prompt for prompt in judge_task_prompts(pairs, template) if prompt["critique"]]
+    if not prompts:
+        raise DataError("MetaRM cold-start data needs pairs with a `critique`", fix="give critique-bearing pairs "
+                        "(task:arithmetic pairs carry one)")
+    records, failures = [], 0
+    for generation in engine.generate(encode_prompts(prompts, engine.tokenizer), params):
+        task = prompts[generation.prompt_index]
+        output = parse_grm(generation.text, require_solve=template == "s2j")
+        if not output.valid:
+            failures += 1
+            continue
+        label = rule_reward(output, task, backend, threshold, backend_args, weight)
+        records.append({"text": metarm_text(task["question"], task["response_a"], task["response_b"],
+                                            output.critique or ""),
+                        "label": label, "outcome": outcome(output, task), "task_index": task["task_index"],
+                        "order": task["order"]})
+    labels = Counter(record["label"] for record in records)
+    summary = {"pairs": len(pairs), "judgments": len(prompts) * params.n, "records": len(records),
+               "format_failures": failures, "labels": {str(k): v for k, v in sorted(labels.items())},
+               "template": template, "backend": backend}
+    return records, summary
+
+
+def run_metarm_data(judge: str, pairs: str, out: Path, n: int | None = None, k: int = 4, template: str = "grm",
+                    backend: str = "lexical", threshold: float | None = None, temperature: float = 1.0,
+                    max_new_tokens: int = 256, batch_size: int = 16, seed: int = 0) -> dict:
+    """``posttrain judge metarm-data``: write ``metarm.jsonl`` and ``summary.json`` into ``out``."""
+    from posttrain.evals.judge import preference_pairs
+    from posttrain.models import load_model, load_tokenizer
+    from posttrain.rollout import HFEngine
+
+    records = preference_pairs(pairs, n, seed, split="train")
+    engine = HFEngine(load_model(judge), load_tokenizer(judge), batch_size=batch_size)
+    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, n=k, seed=seed)
+    rows, summary = metarm_records(engine, records, params, template, backend, threshold)
+    out = Path(out)
+    write_jsonl(rows, out / "metarm.jsonl")
+    summary.update(judge=judge, source=pairs, k=k)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+

@@ -1,0 +1,281 @@
+"""Rewards for generative reward models trained with RL on judge tasks (:mod:`posttrain.judges.tasks`).
+
+Each prompt record carries ``gold`` (the right verdict for its order), ``response_a``/``response_b``, and
+optionally ``reference`` and ``critique``. An output is parsed by :func:`posttrain.judges.grm.parse_grm` (the
+``s2j`` template also needs its ``<solve>`` section); ``o = 1[choice == gold]``.
+
+``verdict`` — the outcome-only reward: ``o``, or ``format_penalty`` (−1) for a format error (RM-NLHF's
+baseline, Wang et al. 2026, arXiv 2601.07349; methods.md §4.3).
+
+``s2j`` — solve-and-judge (Sun et al. 2025, arXiv 2509.22099; methods.md §5.2)::
+
+    sum:    R = w_j·o + w_s·s          gated:  R = w_j·o·(1 + w_s·s)
+
+with ``s`` = 1 when the ``<solve>`` section's final answer matches the record's ``reference``
+(:func:`posttrain.evals.answers.answers_match`, exact rationals or math-verify), and on subjective records
+(no reference) ``s = 1[RM(q, solve) ≥ RM(q, winning response)]`` under a scalar ``reward_model``. ``w_j = 0``
+is the solve-only ablation.
+
+``critique_similarity`` — RM-NLHF's process reward (methods.md §4.3)::
+
+    R = o + w·q,   q = 1[sim(generated critique, record critique) ≥ threshold]  (only when o = 1)
+
+on records with a critique, ``R = o`` on the others; ``sim`` is a :mod:`posttrain.judges.similarity` backend
+(``lexical``, ``embedding`` or ``llm``), ``w = 0.5`` as the paper's run script.
+
+``metarm`` — the same rule on records with a critique; on records without one, the MetaRM's prediction of that
+rule reward stands in for the similarity (methods.md §4.3, §4.5)::
+
+    R = o·(1 + w·max(0, s_MetaRM − 1))
+
+With ``online: true`` the MetaRM takes one MSE pass after every batch over that batch's format-valid rollouts of
+critique-bearing records and their rule rewards (logged first: its Pearson correlation with those rule rewards,
+which it has not yet trained on), and its weights and optimizer are saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from posttrain.errors import ConfigError, DataError, check_choice
+from posttrain.evals.answers import answers_match, extract_answer, reference_answer
+from posttrain.judges.grm import GRMOutput, parse_grm
+from posttrain.rewards.registry import register_reward
+
+GRM_TEMPLATES = ("grm", "s2j")
+COMBINE = ("sum", "gated")
+JUDGE_FIELDS = ("gold",)
+
+
+def parsed(completion: str, template: str) -> GRMOutput:
+    """The GRM output under ``template``'s rules (``s2j`` requires the solve section)."""
+    return parse_grm(completion, require_solve=template == "s2j")
+
+
+def outcome(output: GRMOutput, record: dict) -> float:
+    """``o = 1[choice == gold]`` for a well-formed output."""
+    gold = record.get("gold")
+    if gold not in ("A", "B"):
+        raise DataError(f"the judge task record has gold {gold!r}, not 'A' or 'B'", where=record.get("_where"),
+                        fix="build GRM training prompts with rl.judge (posttrain.judges.tasks), which sets gold")
+    return 1.0 if output.choice == gold else 0.0
+
+
+def _check_template(args: dict[str, Any]) -> None:
+    check_choice(args.get("template", "grm"), GRM_TEMPLATES, "GRM reward template", "rewards.functions[].args")
+
+
+# ---------------------------------------------------------------------------------------------- verdict
+
+
+@register_reward("verdict", requires=JUDGE_FIELDS, check=_check_template)
+def verdict_reward(prompt: str, completion: str, record: dict, template: str = "grm",
+                   format_penalty: float = -1.0) -> float:
+    """Outcome-only: ``o``, or ``format_penalty`` for a format error (module docstring)."""
+    output = parsed(completion, template)
+    return outcome(output, record) if output.valid else format_penalty
+
+
+# ------------------------------------------------------------------------------------------------- s2j
+
+
+def _check_s2j(args: dict[str, Any]) -> None:
+    _check_template({"template": args.get("template", "s2j")})
+    check_choice(args.get("combine", "sum"), COMBINE, "s2j combine", "rewards.functions[s2j].args.combine")
+    for name in ("judge_weight", "solve_weight"):
+        value = args.get(name, 1.0)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"s2j {name} must be a finite number >= 0, got {value!r}",
+                              where=f"rewards.functions[s2j].args.{name}", fix="give e.g. 1.0")
+
+
+@register_reward("s2j", requires=JUDGE_FIELDS, check=_check_s2j)
+def s2j_reward(prompt: str, completion: str, record: dict, template: str = "s2j", judge_weight: float = 1.0,
+               solve_weight: float = 1.0, combine: str = "sum", reward_model: str | None = None,
+               format_penalty: float = -1.0) -> float:
+    """Solve-and-judge reward (module docstring)."""
+    output = parsed(completion, template)
+    if not output.valid:
+        return format_penalty
+    judged = outcome(output, record)
+    solved = solve_score(output.solve or "", record, reward_model)
+    if combine == "gated":
+        return judge_weight * judged * (1.0 + solve_weight * solved)
+    return judge_weight * judged + solve_weight * solved
+
+
+def solve_score(solution: str, record: dict, reward_model: str | None = None) -> float:
+    """``s``: the solution's final answer against the record's reference; without a reference, whether the
+    scalar ``reward_model`` scores the solution at least as high as the winning response."""
+    reference = record.get("reference")
+    if reference is not None and str(reference).strip():
+        predicted = extract_answer(solution)
+        return 1.0 if predicted is not None and answers_match(predicted, reference_answer(reference)) else 0.0
+    if reward_model is None:
+        raise DataError("the s2j reward needs a `reference` answer on objective tasks, or a scalar reward model "
+                        "for subjective ones", where=record.get("_where"),
+                        fix="give the record a reference, or set args.reward_model to a trained reward model")
+    winner = record["response_a"] if record["gold"] == "A" else record["response_b"]
+    own, best = _scalar_scores(reward_model, record["question"], [solution, winner])
+    return 1.0 if own >= best else 0.0
+
+
+_SCORERS: dict[str, Any] = {}
+
+
+def _scalar_scores(name: str, question: str, responses: Sequence[str]) -> list[float]:
+    from posttrain.models import load_tokenizer
+    from posttrain.models.reward import load_reward_model, score_sequences
+
+    if name not in _SCORERS:
+        _SCORERS[name] = (load_reward_model(name, require_head=True).eval(), load_tokenizer(name))
+    model, tokenizer = _SCORERS[name]
+    records = [{"prompt": [{"role": "user", "content": question}],
+                "completion": [{"role": "assistant", "content": text}]} for text in responses]
+    return [float(score) for score in score_sequences(model, tokenizer, records)]
+
+
+# --------------------------------------------------------------------------------- critique similarity
+
+_BACKENDS: dict[tuple, Any] = {}
+
+
+def similarity_backend(backend: str, options: dict[str, Any] | None = None):
+    """A :mod:`posttrain.judges.similarity` backend, built once per (name, options) and process."""
+    from posttrain.judges.similarity import build_similarity
+
+    options = dict(options or {})
+    key = (backend, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    if key not in _BACKENDS:
+        _BACKENDS[key] = build_similarity(backend, **options)
+    return _BACKENDS[key]
+
+
+def _check_similarity(args: dict[str, Any]) -> None:
+    _check_template(args)
+    similarity_backend(args.get("backend", "lexical"), args.get("backend_args"))  # fails early if it cannot load
+
+
+def rule_reward(output: GRMOutput, record: dict, backend: str, threshold: float | None,
+                backend_args: dict | None, weight: float) -> float:
+    """``o + w·q`` on a well-formed output of a critique-bearing record (module docstring)."""
+    judged = outcome(output, record)
+    if judged == 0.0:
+        return 0.0
+    scorer = similarity_backend(backend, backend_args)
+    similarity = scorer.scores([output.critique or ""], [record["critique"]])[0]
+    limit = scorer.default_threshold if threshold is None else threshold
+    return judged + weight * (1.0 if similarity >= limit else 0.0)
+
+
+@register_reward("critique_similarity", requires=JUDGE_FIELDS, check=_check_similarity)
+def critique_similarity_reward(prompt: str, completion: str, record: dict, template: str = "grm",
+                               backend: str = "lexical", threshold: float | None = None,
+                               weight: float = 0.5, backend_args: dict | None = None,
+                               format_penalty: float = -1.0) -> float:
+    """``o + w·q`` with a critique, ``o`` without one, ``format_penalty`` on a format error."""
+    output = parsed(completion, template)
+    if not output.valid:
+        return format_penalty
+    if not record.get("critique"):
+        return outcome(output, record)
+    return rule_reward(output, record, backend, threshold, backend_args, weight)
+
+
+# ---------------------------------------------------------------------------------------------- MetaRM
+
+_METARMS: dict[str, Any] = {}
+
+
+def metarm_model(path: str, online_lr: float = 5e-6):
+    """The MetaRM at ``path``, loaded once per process (its online updates persist between batches)."""
+    from posttrain.judges.metarm import MetaRM
+
+    if path not in _METARMS:
+        _METARMS[path] = MetaRM.load(path, online_lr=online_lr)
+    return _METARMS[path]
+
+
+def _metarm_text(output: GRMOutput, record: dict) -> str:
+    from posttrain.judges.metarm import metarm_text
+
+    return metarm_text(record["question"], record["response_a"], record["response_b"], output.critique or "")
+
+
+def _check_metarm(args: dict[str, Any]) -> None:
+    _check_similarity(args)
+    if not args.get("model"):
+        raise ConfigError("the metarm reward needs args.model: the directory of a trained MetaRM",
+                          where="rewards.functions[metarm].args.model",
+                          fix="cold-start one with `posttrain judge metarm-data` and `posttrain train` "
+                          "(method: reward_model, reward_model.objective: regression)")
+
+
+def metarm_reward(prompt: str, completion: str, record: dict, model: str, template: str = "grm",
+                  backend: str = "lexical", threshold: float | None = None, weight: float = 0.5,
+                  backend_args: dict | None = None, online: bool = True, lr: float = 5e-6,
+                  format_penalty: float = -1.0) -> float:
+    """The rule reward with a critique; ``o·(1 + w·max(0, s − 1))`` without one (module docstring)."""
+    from posttrain.judges.metarm import metarm_bonus
+
+    output = parsed(completion, template)
+    if not output.valid:
+        return format_penalty
+    if record.get("critique"):
+        return rule_reward(output, record, backend, threshold, backend_args, weight)
+    judged = outcome(output, record)
+    if judged == 0.0:
+        return 0.0
+    score = metarm_model(model, lr).score([_metarm_text(output, record)])[0]
+    return judged * (1.0 + weight * metarm_bonus(score))
+
+
+def metarm_after_batch(prompts: Sequence[str], completions: Sequence[str], records: Sequence[dict],
+                       values: Sequence[float], *, model: str, template: str = "grm", online: bool = True,
+                       lr: float = 5e-6, **_: Any) -> dict[str, float]:
+    """Log the MetaRM's calibration on this batch's critique-bearing rollouts, then (``online``) train on them."""
+    from posttrain.judges.metarm import pearson
+
+    texts, labels = [], []
+    for completion, record, value in zip(completions, records, values, strict=True):
+        output = parsed(completion, template)
+        if record.get("critique") and output.valid:
+            texts.append(_metarm_text(output, record))
+            labels.append(float(value))
+    if not texts:
+        return {}
+    meta = metarm_model(model, lr)
+    scores = meta.score(texts)
+    metrics = {"metarm/rollouts": float(len(texts)),
+               "metarm/mse": sum((s - y) ** 2 for s, y in zip(scores, labels, strict=True)) / len(texts)}
+    if len(set(labels)) > 1:
+        metrics["metarm/pearson"] = pearson(scores, labels)
+    if online:
+        metrics.update(meta.update(texts, labels))
+    return metrics
+
+
+def metarm_prepare(tokenizer, *, model: str, lr: float = 5e-6, **_: Any) -> None:
+    """Load the MetaRM once, refusing one built on another base model than the policy's."""
+    from posttrain.judges.metarm import MetaRM
+
+    _METARMS[model] = MetaRM.load(model, policy_tokenizer=tokenizer, online_lr=lr)
+
+
+def metarm_save(directory: Path, *, model: str, lr: float = 5e-6, online: bool = True, **_: Any) -> None:
+    """Save the online MetaRM's weights and optimizer into a checkpoint directory."""
+    if online:
+        metarm_model(model, lr).save(Path(directory))
+
+
+def metarm_load(directory: Path, *, model: str, lr: float = 5e-6, online: bool = True, **_: Any) -> None:
+    """Restore the online MetaRM from a checkpoint directory (a resumed run continues exactly)."""
+    if online and Path(directory).is_dir():
+        metarm_model(model, lr).restore(Path(directory))
+
+
+register_reward("metarm", requires=JUDGE_FIELDS, check=_check_metarm, after_batch=metarm_after_batch,
+                prepare=metarm_prepare, save_state=metarm_save, load_state=metarm_load)(metarm_reward)
