@@ -378,6 +378,27 @@ def judge_synthesize(
     typer.echo(json.dumps({key: value for key, value in summary.items() if key != "judge_metrics"}, indent=2))
 
 
+@judge_app.command("label")
+def judge_label(
+    judge: Annotated[str, typer.Option(help="judge model name or directory")],
+    pairs: Annotated[str, typer.Option(help="preference file, or task:arithmetic (synthetic training pairs)")],
+    out: Annotated[Path, typer.Option(help="directory for pairs.jsonl, gold.jsonl and summary.json")] = Path("runs/judge-labels"),
+    template: Annotated[str, typer.Option(help="pairwise template: rise, j1, grm, s2j, or a file")] = "rise",
+    keep: Annotated[str, typer.Option(help="consistent: drop pairs judged differently in the two orders; "
+                                           "first: the first order decides")] = "consistent",
+    n: Annotated[int | None, typer.Option(help="number of pairs (default: all; 100 for the task)")] = None,
+    max_new_tokens: int = 384,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> None:
+    """Relabel preference pairs with a judge (both orders) for downstream DPO; report agreement with gold."""
+    from posttrain.judges.labeling import run_labeling
+
+    summary = run_labeling(judge, pairs, out_dir=out, template=template, keep=keep, n=n,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    typer.echo(json.dumps(summary, indent=2))
+
+
 @judge_app.command("metarm-data")
 def judge_metarm_data(
     judge: Annotated[str, typer.Option(help="the base generative judge (model name or directory)")],
@@ -396,7 +417,7 @@ def judge_metarm_data(
     """MetaRM cold-start data: the judge's critiques of critique-bearing pairs, labelled with their rule reward."""
     from posttrain.judges.metarm_data import run_metarm_data
 
-    summary = run_metarm_data(judge, pairs, out, n=n, k=k, template=template, backend=backend, threshold=threshold,
+    summary = run_metarm_data(judge, pairs, out_dir=out, n=n, k=k, template=template, backend=backend, threshold=threshold,
                               temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
                               seed=seed)
     typer.echo(json.dumps(summary, indent=2))

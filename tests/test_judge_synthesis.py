@@ -77,3 +77,27 @@ def test_critique_judge_writes_right_verdicts_from_the_pairs_critiques():
         assert judgment.endswith("[[A]]" if row["order"] == "first" else "[[B]]")
         # the SFT trainer reads the record as written (conversational prompt and completion)
         assert normalize_record(row, "sft", "sft.jsonl:1")["completion"] == row["completion"]
+
+
+def test_judge_labels_keep_consistent_preferences_and_swap_the_ones_against_gold():
+    from posttrain.judges.labeling import judge_labels
+
+    pairs = [pair(f"Q{i}?", f"right {i}", f"wrong {i}") for i in range(4)]
+
+    def respond(prompt, sample):
+        if "Q0?" in prompt:
+            return picks(prompt, "right 0")  # agrees with gold in both orders
+        if "Q1?" in prompt:
+            return picks(prompt, "wrong 1")  # prefers the gold rejected one in both orders: swapped
+        if "Q2?" in prompt:
+            return "Hmm. [[A]]"  # position A both times: a flip, dropped
+        return "no verdict"  # format failure, dropped
+
+    labelled, summary = judge_labels(ScriptedEngine(respond), pairs, "rise")
+    assert [row["prompt"] for row in labelled] == ["Q0?", "Q1?"]
+    assert labelled[0]["chosen"] == "right 0" and labelled[1]["chosen"] == "wrong 1"
+    assert labelled[1]["rejected"] == "right 1" and normalize_record(labelled[1], "preference", "x")
+    assert summary == {"pairs": 4, "labelled": 2, "agree_with_gold": 1, "agreement": 0.5, "position_flips": 1,
+                       "format_failures": 1, "keep": "consistent"}
+    labelled, summary = judge_labels(ScriptedEngine(respond), pairs, "rise", keep="first")
+    assert [row["prompt"] for row in labelled] == ["Q0?", "Q1?", "Q2?"] and labelled[2]["chosen"] == "right 2"

@@ -80,12 +80,17 @@ def test_synthesize_and_judge_eval_stages(tmp_path):
         pipeline["stages"][0],
         {"name": "judged", "kind": "judge_eval", "from": "first",
          "args": {"data": "task:arithmetic", "n": 2, "max_new_tokens": 4}},
+        {"name": "gap", "kind": "gap_eval",  # "final:<stage>" names that stage's final weights
+         "args": {"model": "final:first", "n": 2, "k": 2, "template": "grm", "max_new_tokens": 4,
+                  "judge_max_new_tokens": 4}},
     ]
     path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
     root = run_pipeline(path)
     assert json.loads((root / "synth" / "summary.json").read_text())["judgments"] == 4
     judged = json.loads((root / "judged" / "judge.json").read_text())
     assert judged["model"] == str(final_weights(root / "first")) and judged["pairs"] == 2
+    gap = json.loads((root / "gap" / "gap.json").read_text())
+    assert gap["model"] == str(final_weights(root / "first")) and gap["judgments"] == 4
 
 
 @pytest.mark.parametrize(("stage", "match"), [
@@ -97,15 +102,16 @@ def test_bad_tool_stages(tmp_path, stage, match):
         load_pipeline(write_pipeline(tmp_path, stages=[stage], sharpness=[], figures=[]))
 
 
-@pytest.mark.parametrize("name", ["ts_opsd", "rise_judge"])
+@pytest.mark.parametrize("name", ["ts_opsd/pipeline", "rise_judge/pipeline", "grm/pipeline", "grm/pipeline_nlhf"])
 def test_shipped_pipelines_and_their_recipes_load(name):
     from pathlib import Path
 
     from posttrain.config import load_config
 
-    folder = Path(__file__).parent.parent / "posttrain" / "recipes" / name
-    pipeline = load_pipeline(folder / "pipeline.yaml")
+    path = Path(__file__).parent.parent / "posttrain" / "recipes" / f"{name}.yaml"
+    pipeline = load_pipeline(path)
     for stage in pipeline.stages:
         if stage.kind == "train":
-            config = load_config(folder / stage.recipe, [f"{k}={v}" for k, v in stage.set.items()])
+            overrides = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in stage.set.items()]
+            config = load_config(path.parent / stage.recipe, overrides)
             assert config.model.name == "smollm2-135m"

@@ -53,10 +53,10 @@ def metarm_records(engine: RolloutEngine, pairs: Sequence[dict], params: Samplin
     return records, summary
 
 
-def run_metarm_data(judge: str, pairs: str, out: Path, n: int | None = None, k: int = 4, template: str = "grm",
+def run_metarm_data(judge: str, pairs: str, out_dir: Path, n: int | None = None, k: int = 4, template: str = "grm",
                     backend: str = "lexical", threshold: float | None = None, temperature: float = 1.0,
                     max_new_tokens: int = 256, batch_size: int = 16, seed: int = 0) -> dict:
-    """``posttrain judge metarm-data``: write ``metarm.jsonl`` and ``summary.json`` into ``out``."""
+    """``posttrain judge metarm-data``: write ``metarm.jsonl`` and ``summary.json`` into ``out_dir``."""
     from posttrain.evals.judge import preference_pairs
     from posttrain.models import load_model, load_tokenizer
     from posttrain.rollout import HFEngine
@@ -65,7 +65,7 @@ def run_metarm_data(judge: str, pairs: str, out: Path, n: int | None = None, k: 
     engine = HFEngine(load_model(judge), load_tokenizer(judge), batch_size=batch_size)
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, n=k, seed=seed)
     rows, summary = metarm_records(engine, records, params, template, backend, threshold)
-    out = Path(out)
+    out = Path(out_dir)
     write_jsonl(rows, out / "metarm.jsonl")
     summary.update(judge=judge, source=pairs, k=k)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

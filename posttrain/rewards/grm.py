@@ -249,13 +249,13 @@ def metarm_after_batch(prompts: Sequence[str], completions: Sequence[str], recor
         return {}
     meta = metarm_model(model, lr)
     scores = meta.score(texts)
-    metrics = {"metarm/rollouts": float(len(texts)),
-               "metarm/mse": sum((s - y) ** 2 for s, y in zip(scores, labels, strict=True)) / len(texts)}
+    metrics = {"rollouts": float(len(texts)),
+               "mse": sum((s - y) ** 2 for s, y in zip(scores, labels, strict=True)) / len(texts)}
     if len(set(labels)) > 1:
-        metrics["metarm/pearson"] = pearson(scores, labels)
+        metrics["pearson"] = pearson(scores, labels)
     if online:
-        metrics.update(meta.update(texts, labels))
-    return metrics
+        metrics.update({key.removeprefix("metarm/"): value for key, value in meta.update(texts, labels).items()})
+    return metrics  # logged as <label>/<key>, e.g. metarm/pearson
 
 
 def metarm_prepare(tokenizer, *, model: str, lr: float = 5e-6, **_: Any) -> None:

@@ -33,13 +33,26 @@ from posttrain.config import Section, load_config
 from posttrain.errors import ConfigError
 from posttrain.trainers import checkpoint as ckpt
 
-STAGE_KINDS = ("train", "synthesize", "judge_eval")
+# tool stages: kind -> (module, function, the argument naming the model, the file that marks the stage done)
+TOOL_STAGES = {
+    "synthesize": ("posttrain.judges.synthesis", "run_synthesis", "judge", "summary.json"),
+    "judge_eval": ("posttrain.evals.judge", "run_judge_eval", "model", "judge.json"),
+    "gap_eval": ("posttrain.evals.gap", "run_gap_eval", "model", "gap.json"),
+    "metarm_data": ("posttrain.judges.metarm_data", "run_metarm_data", "judge", "summary.json"),
+    "label": ("posttrain.judges.labeling", "run_labeling", "judge", "summary.json"),
+    "masterkey": ("posttrain.evals.masterkey", "run_masterkey_eval", "model", "masterkey.json"),
+}
+STAGE_KINDS = ("train", *TOOL_STAGES)
 
 
 class Stage(Section):
-    """``train`` runs a recipe; ``synthesize`` (:func:`posttrain.judges.synthesis.run_synthesis`) and
-    ``judge_eval`` (:func:`posttrain.evals.judge.run_judge_eval`) run with ``args``, their model being the ``from``
-    stage's final weights (or ``args.judge`` / ``args.model``), writing into ``output_dir/<name>``."""
+    """``train`` runs a recipe; the tool stages run with ``args``, their model being the ``from`` stage's final
+    weights (or the model argument in ``args``), writing into ``output_dir/<name>``: ``synthesize``
+    (:func:`posttrain.judges.synthesis.run_synthesis`), ``judge_eval`` (:func:`posttrain.evals.judge.run_judge_eval`),
+    ``gap_eval`` (:func:`posttrain.evals.gap.run_gap_eval`), ``metarm_data``
+    (:func:`posttrain.judges.metarm_data.run_metarm_data`), ``label``
+    (:func:`posttrain.judges.labeling.run_labeling`) and ``masterkey``
+    (:func:`posttrain.evals.masterkey.run_masterkey_eval`)."""
 
     name: str
     kind: str = "train"
@@ -116,8 +129,24 @@ def final_weights(run_dir: Path) -> Path:
     return found[-1] / "model"
 
 
+FINAL_PREFIX = "final:"
+
+
+def resolve_finals(value: Any, root: Path) -> Any:
+    """``"final:<stage>"`` anywhere in ``value`` (nested dicts and lists too) becomes that stage's final
+    weights, e.g. a MetaRM trained in an earlier stage as a reward's ``model``."""
+    if isinstance(value, str) and value.startswith(FINAL_PREFIX):
+        return str(final_weights(root / value[len(FINAL_PREFIX):]))
+    if isinstance(value, dict):
+        return {key: resolve_finals(item, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [resolve_finals(item, root) for item in value]
+    return value
+
+
 def stage_overrides(pipeline: PipelineConfig, stage: Stage) -> list[str]:
-    values = {**pipeline.overrides, **stage.set, "name": stage.name, "output_dir": pipeline.output_dir}
+    values = {**pipeline.overrides, **resolve_finals(stage.set, Path(pipeline.output_dir)), "name": stage.name,
+              "output_dir": pipeline.output_dir}
     if stage.from_ is not None:
         values["model.name"] = str(final_weights(Path(pipeline.output_dir) / stage.from_))
     return [f"{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in values.items()]
@@ -145,26 +174,20 @@ def run_pipeline(path: Path, only: list[str] | None = None) -> Path:
 
 
 def run_tool_stage(root: Path, stage: Stage) -> None:
-    """A ``synthesize`` or ``judge_eval`` stage; skipped when its output already exists."""
+    """A tool stage (see :data:`TOOL_STAGES`); skipped when its output already exists."""
+    import importlib
+
+    module, function, model_key, done_file = TOOL_STAGES[stage.kind]
     out_dir = root / stage.name
-    done = out_dir / ("summary.json" if stage.kind == "synthesize" else "judge.json")
-    if done.is_file():
+    if (out_dir / done_file).is_file():
         return
-    args = dict(stage.args)
-    model_key = "judge" if stage.kind == "synthesize" else "model"
+    args = resolve_finals(dict(stage.args), root)
     if stage.from_ is not None:
         args[model_key] = str(final_weights(root / stage.from_))
     if model_key not in args:
         raise ConfigError(f"stage {stage.name!r} has no model", where=f"stages.{stage.name}",
                           fix=f"give it `from: <train stage>` or args.{model_key}")
-    if stage.kind == "synthesize":
-        from posttrain.judges.synthesis import run_synthesis
-
-        run_synthesis(out_dir=out_dir, **args)
-    else:
-        from posttrain.evals.judge import run_judge_eval
-
-        run_judge_eval(out_dir=out_dir, **args)
+    getattr(importlib.import_module(module), function)(out_dir=out_dir, **args)
 
 
 def run_sharpness(root: Path, spec: SharpnessSpec) -> dict:
