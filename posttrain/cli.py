@@ -204,8 +204,8 @@ def eval_gap(
     solve_temperature: float = 1.0,
     max_new_tokens: Annotated[int, typer.Option(help="tokens per solve-only answer")] = 256,
     judge_max_new_tokens: Annotated[int, typer.Option(help="tokens per judgment")] = 384,
-    similarity: Annotated[str, typer.Option(help="critique similarity backend for spurious successes: lexical, "
-                                                 "embedding, llm, or none")] = "lexical",
+    similarity: Annotated[str, typer.Option(help="critique similarity backend for spurious successes: numbers "
+                                                 "(arithmetic critiques), lexical, embedding, llm, or none")] = "numbers",
     threshold: Annotated[float | None, typer.Option(help="similarity threshold (default: the backend's)")] = None,
     batch_size: int = 16,
     seed: int = 0,
@@ -221,6 +221,23 @@ def eval_gap(
                           similarity=None if similarity == "none" else similarity, threshold=threshold,
                           batch_size=batch_size, seed=seed, out_dir=out)
     typer.echo(json.dumps(result) if as_json else format_gap_table(result))
+
+
+@eval_app.command("critique-agreement")
+def eval_critique_agreement(
+    data: Annotated[Path, typer.Option(help="jsonl with `generated` and `reference` critiques")],
+    backends: Annotated[str, typer.Option(help="comma-separated: lexical, numbers, embedding, llm")] = "lexical,numbers,embedding",
+    judge_model: Annotated[str | None, typer.Option(help="the llm backend's judge model")] = None,
+    threshold: Annotated[list[str] | None, typer.Option(help="NAME=VALUE, a backend's threshold (repeatable)")] = None,
+    out: Annotated[Path | None, typer.Option(help="directory for agreement.json and scores.jsonl")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Score critique pairs with several similarity backends; report each one's rate and their agreement."""
+    from posttrain.judges.similarity import format_agreement, run_agreement
+
+    result = run_agreement(data, _comma_list(backends), judge_model=judge_model, thresholds=threshold or [],
+                           out_dir=out)
+    typer.echo(json.dumps(result) if as_json else format_agreement(result))
 
 
 @eval_app.command("sharpness")

@@ -124,7 +124,7 @@ def judge_rows(engine: RolloutEngine, pairs: Sequence[dict], template_name: str,
 
 def run_gap_eval(model: str, data: str = "task:arithmetic", n: int | None = 40, k: int = 4, m: int | None = None,
                  template: str = "s2j", solve_temperature: float = 1.0, max_new_tokens: int = 256,
-                 judge_max_new_tokens: int = 384, similarity: str | None = "lexical", threshold: float | None = None,
+                 judge_max_new_tokens: int = 384, similarity: str | None = "numbers", threshold: float | None = None,
                  batch_size: int = 16, seed: int = 0, out_dir: Path | None = None, engine=None) -> dict:
     """``posttrain eval gap`` (module docstring); with ``out_dir`` writes ``gap.json`` and ``samples.jsonl``."""
     from posttrain.rewards.grm import similarity_backend
