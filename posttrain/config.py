@@ -323,8 +323,12 @@ class PreferenceConfig(Section):
 
 
 class RewardModelConfig(Section):
-    """Bradley–Terry scalar reward model (``method: reward_model``): a one-label sequence-classification head
-    on the LM, loss :func:`posttrain.ops.bradley_terry_loss`, as TRL 1.16 ``RewardTrainer``."""
+    """Scalar reward model (``method: reward_model``): a one-label sequence-classification head on the LM.
+    ``bradley_terry``: preference pairs, loss :func:`posttrain.ops.bradley_terry_loss`, as TRL 1.16
+    ``RewardTrainer``; ``regression``: ``text`` + ``label`` records, MSE (:func:`posttrain.ops.regression_loss`,
+    the MetaRM of RM-NLHF)."""
+
+    objective: Literal["bradley_terry", "regression"] = "bradley_terry"
 
     margin_field: str | None = Field(None, description="record field holding a per-pair margin m (Llama 2): "
                                      "loss −log σ(r_c − r_r − m)")

@@ -15,6 +15,9 @@ Three kinds of records are recognised:
 ``prompt``
     a prompt for generation, RL or evaluation, from ``prompt``, ``question`` or ``messages`` (the messages
     before the final assistant turn).
+``regression``
+    a text and its target value for a scalar regression head (MetaRM): ``text`` + ``label`` (a finite
+    number), or an SFT-form conversation (``prompt`` + ``completion``, ``messages``) + ``label``.
 
 Every kind keeps an optional ``reference`` (the exact final answer used by verifiable rewards) taken from a
 ``reference`` or ``final_answer`` field, else from the ``####`` part of a GSM8K-style answer (for ``prompt``
@@ -30,7 +33,7 @@ from typing import Any
 
 from posttrain.errors import ConfigError, DataError, location
 
-KINDS = ("sft", "preference", "prompt")
+KINDS = ("sft", "preference", "prompt", "regression")
 ROLES = ("system", "user", "assistant", "tool")
 ANSWER_MARKER = "####"
 
@@ -58,7 +61,8 @@ def normalize_record(raw: Any, kind: str, where: str) -> dict:
             where=where,
             fix='write each record as an object, e.g. {"prompt": "...", "completion": "..."}',
         )
-    normalizers = {"sft": _normalize_sft, "preference": _normalize_preference, "prompt": _normalize_prompt}
+    normalizers = {"sft": _normalize_sft, "preference": _normalize_preference, "prompt": _normalize_prompt,
+                   "regression": _normalize_regression}
     record = dict(raw)
     record.update(normalizers[kind](raw, where))
     reference = _reference(raw, where, kind)
@@ -99,6 +103,16 @@ def _normalize_sft(raw: dict, where: str) -> dict:
             "completion": [{"role": "assistant", "content": answer}],
         }
     raise _no_format(raw, where, "messages, prompt + completion, or question + answer")
+
+
+def _normalize_regression(raw: dict, where: str) -> dict:
+    label = _required(raw, "label", where)
+    if isinstance(label, bool) or not isinstance(label, int | float) or label != label or abs(label) == float("inf"):
+        raise DataError(f"label must be a finite number, got {label!r}", where=location(where, field="label"),
+                        fix="give every record its target value as a number, e.g. \"label\": 1.5")
+    if "text" in raw:
+        return {"text": _text(raw["text"], where, "text"), "label": float(label)}
+    return {**_normalize_sft(raw, where), "label": float(label)}
 
 
 def _prompt_completion(prompt: Any, completion: Any, where: str) -> dict:

@@ -18,6 +18,7 @@ from posttrain.ops.preference import (
     PreferenceLoss,
     bradley_terry_loss,
     dpo_loss,
+    regression_loss,
     rpo_term,
 )
 from posttrain.ops.scores import laser_score, self_certainty, token_self_certainty
@@ -35,6 +36,7 @@ __all__ = [
     "TargetLogprobs",
     "TokenDistill",
     "bradley_terry_loss",
+    "regression_loss",
     "causal_lm_parts",
     "completion_logprobs",
     "distill_divergence",

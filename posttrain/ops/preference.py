@@ -151,6 +151,14 @@ def bradley_terry_loss(
     return loss
 
 
+def regression_loss(scores: torch.Tensor, labels: torch.Tensor, normalizer: float | None = None) -> torch.Tensor:
+    """Squared error of a scalar head, ``Σ_i (s_i − y_i)² / N`` with ``N = normalizer`` (default: the rows
+    here, i.e. the MSE; give the global batch's row count to get this micro-batch's share of its mean). RM-NLHF's
+    MetaRM regresses the rule reward this way (Wang et al. 2026, arXiv 2601.07349; methods.md §4.5)."""
+    errors = (scores - labels.to(scores.dtype)) ** 2
+    return errors.sum() / (len(errors) if normalizer is None else normalizer)
+
+
 def _smoothed_logistic(logits: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     """``−(1−ε)·log σ(z) − ε·log σ(−z)``: the logistic loss with conservative label smoothing ε."""
     return -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)

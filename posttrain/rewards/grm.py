@@ -126,7 +126,9 @@ def solve_score(solution: str, record: dict, reward_model: str | None = None) ->
 _SCORERS: dict[str, Any] = {}
 
 
-def _scalar_scores(name: str, question: str, responses: Sequence[str]) -> list[float]:
+def _scalar_scores(name: str, question: str, responses: Sequence[str], max_length: int = 4096) -> list[float]:
+    """A scalar reward model's scores of ``responses`` to ``question`` (chat-templated as in SFT)."""
+    from posttrain.data import tokenize_sft
     from posttrain.models import load_tokenizer
     from posttrain.models.reward import load_reward_model, score_sequences
 
@@ -134,8 +136,9 @@ def _scalar_scores(name: str, question: str, responses: Sequence[str]) -> list[f
         _SCORERS[name] = (load_reward_model(name, require_head=True).eval(), load_tokenizer(name))
     model, tokenizer = _SCORERS[name]
     records = [{"prompt": [{"role": "user", "content": question}],
-                "completion": [{"role": "assistant", "content": text}]} for text in responses]
-    return [float(score) for score in score_sequences(model, tokenizer, records)]
+                "completion": [{"role": "assistant", "content": text}], "_where": "s2j solve"} for text in responses]
+    tokenized = tokenize_sft(records, tokenizer, max_length)
+    return score_sequences(model, [example.input_ids for example in tokenized])
 
 
 # --------------------------------------------------------------------------------- critique similarity

@@ -70,6 +70,9 @@ def build_method(config: RunConfig, model, tokenizer, processes: Processes) -> t
     """The recipe's method over its training data, and a summary of that data (written to the run)."""
     data = config.data
     kind = {"sft": "sft", "dpo": "preference", "reward_model": "preference"}.get(config.method, "prompt")
+    regression = config.method == "reward_model" and config.reward_model.objective == "regression"
+    if regression:
+        kind = "regression"
     judge_tasks = config.method == "grpo" and config.rl.judge is not None
     records = load_source(data.train, kind="prompt" if judge_tasks else kind, skip_invalid=data.skip_invalid)
     summary = {"source": records.source, "examples": len(records.records), "skipped": records.skipped,
@@ -85,6 +88,12 @@ def build_method(config: RunConfig, model, tokenizer, processes: Processes) -> t
             raise DataError(f"no prompts in {records.source}", fix="check the data path")
         method = RLMethod if config.method == "grpo" else DistillMethod
         return method(config, records.records, model, tokenizer, processes), summary
+    if regression:
+        from posttrain.trainers.regression import RegressionMethod
+
+        method = RegressionMethod(config, records.records, tokenizer, processes)
+        summary.update(truncated=method.truncated)
+        return method, summary
     if config.method in ("dpo", "reward_model"):
         method, pairs = build_pair_method(config, records.records, model, tokenizer, processes)
         summary.update(examples=len(pairs), truncated=pairs.truncated, dropped=pairs.dropped)

@@ -1,0 +1,74 @@
+"""Scalar regression heads (``method: reward_model`` with ``reward_model.objective: regression``): the MetaRM.
+
+A one-label sequence-classification head on the LM (:func:`posttrain.models.reward.load_reward_model`) scores
+each text at its last token (:func:`posttrain.models.reward.sequence_scores`); the loss is the mean squared error
+against the records' ``label`` over the global batch (:func:`posttrain.ops.regression_loss`; RM-NLHF's MetaRM,
+Wang et al. 2026, arXiv 2601.07349, methods.md §4.5), so any split into micro-batches, token budgets or
+processes gives the gradient of one big batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from posttrain.config import RunConfig
+from posttrain.data import token_budget_groups
+from posttrain.data.regression import encode_texts, regression_text
+from posttrain.errors import DataError
+from posttrain.models.reward import sequence_scores
+from posttrain.ops import regression_loss
+from posttrain.trainers.distributed import Processes
+from posttrain.trainers.loop import StepBatches
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``position_ids`` of token rows."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.tensor(row)
+        attention_mask[index, : len(row)] = 1
+    position_ids = torch.arange(width).expand(len(rows), width)
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+            "position_ids": position_ids.to(device)}
+
+
+class RegressionMethod:
+    """MSE regression of a scalar head for :class:`posttrain.trainers.loop.Trainer`."""
+
+    updates_per_step = 1
+
+    def __init__(self, config: RunConfig, records: list[dict], tokenizer, processes: Processes):
+        self.config, self.processes, self.pad_id = config, processes, tokenizer.pad_token_id
+        texts = [regression_text(record, tokenizer) for record in records]
+        self.rows, self.truncated = encode_texts(texts, tokenizer, config.data.max_length)
+        self.labels = torch.tensor([record["label"] for record in records], dtype=torch.float32)
+        if not self.rows:
+            raise DataError("no regression records", fix="give records with `text` and `label`")
+        self.num_examples = len(self.rows)
+        self.examples_per_step = config.train.batch_size * config.train.grad_accum
+
+    def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
+        train = self.config.train
+        groups = [share[start : start + train.batch_size] for start in range(0, len(share), train.batch_size)]
+        if train.micro_batch_tokens:
+            groups = [[part[i] for i in group] for part in groups for group in
+                      token_budget_groups([len(self.rows[i]) for i in part], train.micro_batch_tokens)]
+        batches = [(pad_rows([self.rows[i] for i in group], self.pad_id, self.processes.device),
+                    self.labels[group].to(self.processes.device)) for group in groups]
+        return StepBatches(batches, normalizer=float(len(indices)))
+
+    def loss(self, model, batch, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs, labels = batch
+        scores = sequence_scores(model, inputs)
+        loss = regression_loss(scores, labels, normalizer)
+        errors = (scores.detach() - labels).float()
+        return loss, {"loss": float(loss.detach()), "rows": float(len(labels)),
+                      "squared_error": float((errors**2).sum()), "absolute_error": float(errors.abs().sum()),
+                      "score_sum": float(scores.detach().sum()), "tokens": float(inputs["attention_mask"].sum())}
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        rows = max(sums["rows"], 1.0)
+        return {"loss": sums["loss"], "mse": sums["squared_error"] / rows, "mae": sums["absolute_error"] / rows,
+                "mean_score": sums["score_sum"] / rows, "tokens": sums["tokens"]}
