@@ -24,13 +24,13 @@ other pairwise templates use their verdict parser.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from posttrain.data import encode_prompts, write_jsonl
+from posttrain.data import encode_prompts
 from posttrain.errors import DataError
 from posttrain.evals.judge import RIGHT_VERDICT, judge_pairs, pair_texts, preference_pairs, resolve_template
+from posttrain.evals.run import write_eval
 from posttrain.judges.grm import parse_grm
 from posttrain.rewards.builtin import math_reward
 from posttrain.rollout import RolloutEngine, SamplingParams
@@ -147,10 +147,7 @@ def run_gap_eval(model: str, data: str = "task:arithmetic", n: int | None = 40, 
         row["solve_right"], row["solve_k"] = solved[row["pair_index"]]
     summary = {"model": model, "data": data, "template": template, "k": k, "m": m,
                "similarity": similarity, **gap_metrics(rows, solved, m)}
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_jsonl(rows, out_dir / "samples.jsonl")
-        (out_dir / "gap.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_eval(out_dir, "gap", summary, rows)
     return summary
 
 

@@ -35,14 +35,14 @@ much as the six code subsets together), and ``score``, the mean of the four sect
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posttrain.data import encode_prompts, read_records, tokenize_sft, validate_records, write_jsonl
+from posttrain.data import encode_prompts, read_records, tokenize_sft, validate_records
 from posttrain.errors import ConfigError, DataError, location
+from posttrain.evals.run import write_eval
 from posttrain.judges import (
     TEMPLATES,
     JudgeTemplate,
@@ -372,10 +372,7 @@ def run_judge_eval(
         result = reward_model_pairs(load_reward_model(model, require_head=True), tokenizer, pairs, batch_size=batch_size)
         setup = {}
     summary = {"model": model, "data": data, "scorer": scorer, **setup, **result.metrics}
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_jsonl(result.rows, out_dir / "samples.jsonl")
-        (out_dir / "judge.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_eval(out_dir, "judge", summary, result.rows)
     return summary
 
 

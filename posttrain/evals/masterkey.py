@@ -28,15 +28,14 @@ judgments, so this is also the pooled rate) and the worst key, as the paper repo
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from posttrain.data import encode_prompts, write_jsonl
+from posttrain.data import encode_prompts
 from posttrain.errors import ConfigError, DataError
 from posttrain.evals.judge import resolve_template
-from posttrain.evals.run import prompt_records, prompt_text, require_references
+from posttrain.evals.run import prompt_records, prompt_text, require_references, write_eval
 from posttrain.judges import JudgeTemplate, corrupt_solution
 from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
 
@@ -258,10 +257,7 @@ def run_masterkey_eval(
         "pairwise_template": resolve_template(template, "pairwise").name,
         **summary,
     }
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_jsonl(rows, out_dir / "samples.jsonl")
-        (out_dir / "masterkey.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_eval(out_dir, "masterkey", result, rows)
     return result
 
 

@@ -63,3 +63,16 @@ def generate_replies(model: str, prompt: str, max_new_tokens: int = 128, tempera
     record = {"prompt": [{"role": "user", "content": prompt}]}
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, n=n, seed=seed)
     return [g.text for g in engine.generate([encode_prompt(record, tokenizer)], params)]
+
+
+def write_eval(out_dir: str | Path | None, name: str, summary: dict, rows: list[dict]) -> None:
+    """With ``out_dir``: ``<name>.json`` (the summary, indented) and ``samples.jsonl`` (one row a sample)."""
+    if out_dir is None:
+        return
+    import json
+
+    from posttrain.data import write_jsonl
+
+    out_dir = Path(out_dir)
+    write_jsonl(rows, out_dir / "samples.jsonl")
+    (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

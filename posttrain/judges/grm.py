@@ -26,11 +26,7 @@ from dataclasses import dataclass
 
 from posttrain.judges.formats import parse_pairwise
 
-GRM_TEXT = """\
-Please act as an impartial judge and compare two responses to the client's question below. Decide which \
-response is better: check first whether each one is correct, then how well it follows the question. Do \
-not let the order, the length or the style of the responses sway you.
-
+RESPONSES = """
 [Client Question]
 {question}
 
@@ -41,7 +37,13 @@ not let the order, the length or the style of the responses sway you.
 [The Start of Response B]
 {answer_b}
 [The End of Response B]
+"""
 
+GRM_TEXT = """\
+Please act as an impartial judge and compare two responses to the client's question below. Decide which \
+response is better: check first whether each one is correct, then how well it follows the question. Do \
+not let the order, the length or the style of the responses sway you.
+""" + RESPONSES + """
 Write a brief critique inside <critics> and </critics> (at most four lines: the decisive strengths and \
 weaknesses of each response), then give your choice inside <choice> and </choice>: [[A]] if response A is \
 better, [[B]] if response B is better. For example:
@@ -54,18 +56,7 @@ question yourself inside <solve> and </solve>, ending your solution with a line 
 Then compare both responses with your own solution: write a brief critique inside <critics> and </critics> \
 (at most four lines, naming the first wrong step of a wrong response), and give your choice inside <choice> \
 and </choice>: [[A]] if response A is better, [[B]] if response B is better.
-
-[Client Question]
-{question}
-
-[The Start of Response A]
-{answer_a}
-[The End of Response A]
-
-[The Start of Response B]
-{answer_b}
-[The End of Response B]
-
+""" + RESPONSES + """
 Answer in this form:
 <solve>...
 #### <final answer></solve>
