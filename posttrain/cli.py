@@ -462,6 +462,26 @@ def bench_sft(
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
+@bench_app.command("dpo")
+def bench_dpo(
+    vs: Annotated[str, typer.Option(help="peer library")] = "trl",
+    model: str = "smollm2-135m",
+    steps: int = 4,
+    batch_size: Annotated[int, typer.Option(help="pairs per step")] = 4,
+    max_length: int = 256,
+    repeats: int = 2,
+    warmup_steps: int = 1,
+    beta: float = 0.1,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Same DPO steps (reference log-probs precomputed) in posttrain and in the peer, alternated over repeats."""
+    from posttrain.bench.dpo import run_dpo_benchmark
+
+    result = run_dpo_benchmark(vs=vs, model=model, steps=steps, batch_size=batch_size, max_length=max_length,
+                               repeats=repeats, warmup_steps=warmup_steps, beta=beta)
+    typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+
 @bench_app.command("distill")
 def bench_distill(
     vs: Annotated[str, typer.Option(help="peer library")] = "trl",

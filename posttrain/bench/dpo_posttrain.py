@@ -1,0 +1,39 @@
+"""Benchmark worker: posttrain's DPO on the benchmark settings (one JSON line out)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+
+from posttrain.bench.harness import peak_rss_mb
+
+
+def main(settings: dict) -> dict:
+    from posttrain.config import RunConfig
+    from posttrain.trainers.run import train
+    from posttrain.trainers.run_log import read_metrics
+
+    run_root = tempfile.mkdtemp(dir=settings["workdir"], prefix="posttrain-")
+    config = RunConfig.model_validate({
+        "name": "bench", "output_dir": run_root, "seed": 0, "method": "dpo",
+        "model": {"name": settings["model"], "dtype": settings["dtype"], "device": settings["device"]},
+        "data": {"train": {"path": settings["data"]}, "max_length": settings["max_length"]},
+        "optim": {"lr": settings["lr"], "schedule": "constant", "warmup_ratio": 0.0},
+        "train": {"batch_size": settings["batch_size"], "max_steps": settings["steps"] + settings["warmup_steps"],
+                  "save_final": False, "eval_at_start": False},
+        "preference": {"kind": "sigmoid", "beta": settings["beta"], "reference": "precompute"},
+        "eval": {"kind": "none"},
+    })
+    train(config)  # the reference log-probs are computed before step 1; step times exclude them
+    steps = [m for m in read_metrics(config.run_dir / "metrics.jsonl") if "loss" in m]
+    timed = steps[settings["warmup_steps"]:]
+    seconds = sum(m["seconds_per_step"] for m in timed)
+    return {"tokens_per_s": sum(m["tokens"] for m in timed) / seconds,
+            "seconds_per_step": statistics.mean(m["seconds_per_step"] for m in timed),
+            "peak_rss_mb": peak_rss_mb(), "final_loss": steps[-1]["loss"], "steps": len(steps)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(json.loads(sys.argv[1]))))
