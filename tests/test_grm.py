@@ -210,3 +210,18 @@ def test_the_critique_judge_writes_well_formed_grm_and_s2j_judgments():
             assert pairs[row["pair_index"]]["critique"] in output.critique
             if style == "s2j":
                 assert solve_score(output.solve, pairs[row["pair_index"]]) == 1.0
+
+
+def test_cli_eval_gap_and_judge_label_on_the_tiny_model(tmp_path):
+    done = run_cli("eval", "gap", "--judge", "tiny-random", "--n", "2", "--k", "2", "--template", "grm",
+                   "--max-new-tokens", "4", "--judge-max-new-tokens", "4", "--json", "--out", str(tmp_path / "gap"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["pairs"] == 2 and result["judgments"] == 4 and result["k"] == 2 and result["similarity"] == "numbers"
+    assert len(read_jsonl(tmp_path / "gap" / "samples.jsonl")) == 4
+    labelled = run_cli("judge", "label", "--judge", "tiny-random", "--pairs", "task:arithmetic", "--n", "2",
+                       "--max-new-tokens", "4", "--out", str(tmp_path / "labels"))
+    assert labelled.returncode == 0, labelled.stderr[-2000:]
+    summary = json.loads((tmp_path / "labels" / "summary.json").read_text())
+    assert summary["pairs"] == 2 and len(read_jsonl(tmp_path / "labels" / "gold.jsonl")) == 2
+    assert len(read_jsonl(tmp_path / "labels" / "pairs.jsonl")) == summary["labelled"]

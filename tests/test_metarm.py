@@ -150,3 +150,31 @@ def test_s2j_on_a_subjective_task_compares_its_solution_with_the_winner_under_a_
     direct = score_sequences(load_reward_model(path, require_head=True), [ids])[0]
     assert winner == pytest.approx(direct, abs=1e-4)
     assert s2j_reward("", output, record, reward_model=path) == 1.0 + (1.0 if own >= winner else 0.0)
+
+
+def test_metarm_cold_start_records_carry_the_rule_reward_of_each_well_formed_critique():
+    from posttrain.judges import make_preference_pairs
+    from posttrain.judges.metarm_data import metarm_records
+    from posttrain.rollout import SamplingParams
+    from tests.test_eval_judge import ScriptedEngine
+
+    pairs = make_preference_pairs(3, seed=0)
+
+    def respond(prompt, sample):
+        pair = next(p for p in pairs if p["question"] in prompt)
+        shown_a = prompt.split("[The Start of Response A]\n", 1)[1].split("\n[The End", 1)[0]
+        right = "A" if shown_a == pair["chosen"][0]["content"] else "B"
+        if sample == 0:  # right verdict, the pair's own critique: o = 1, q = 1
+            return f"<critics>{pair['critique']}</critics><choice>[[{right}]]</choice>"
+        if sample == 1:  # right verdict, a critique naming no numbers: o = 1, q = 0
+            return f"<critics>One response is wrong.</critics><choice>[[{right}]]</choice>"
+        if sample == 2:  # wrong verdict: 0
+            return f"<critics>{pair['critique']}</critics><choice>[[{'B' if right == 'A' else 'A'}]]</choice>"
+        return "no tags at all"  # a format failure: left out
+
+    records, summary = metarm_records(ScriptedEngine(respond), pairs, SamplingParams(n=4), backend="numbers")
+    assert summary["judgments"] == 24 and summary["format_failures"] == 6 and len(records) == 18
+    assert summary["labels"] == {"0.0": 6, "1.0": 6, "1.5": 6}
+    first = records[0]
+    assert first["text"].startswith("<conv_his>[Question]") and first["label"] == 1.5
+    assert normalize_record({"text": first["text"], "label": first["label"]}, "regression", "x")["label"] == 1.5
