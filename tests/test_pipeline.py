@@ -91,6 +91,11 @@ def test_synthesize_and_judge_eval_stages(tmp_path):
     assert judged["model"] == str(final_weights(root / "first")) and judged["pairs"] == 2
     gap = json.loads((root / "gap" / "gap.json").read_text())
     assert gap["model"] == str(final_weights(root / "first")) and gap["judgments"] == 4
+    from posttrain.trainers.pipeline import FigureSpec, draw_figure
+
+    bars = draw_figure(root, FigureSpec(name="judges", stages=["judged", "gap"],
+                                        metrics=["format_failure_rate", "judge_accuracy"]))
+    assert bars.stat().st_size > 1000
 
 
 @pytest.mark.parametrize(("stage", "match"), [

@@ -201,13 +201,26 @@ def run_sharpness(root: Path, spec: SharpnessSpec) -> dict:
                               spec.data, n=spec.n, k=spec.k, max_new_tokens=spec.max_new_tokens, out_dir=out_dir)
 
 
+def tool_result(stage_dir: Path) -> dict | None:
+    """The summary a tool stage wrote (``judge.json``, ``gap.json``, ``masterkey.json`` or ``summary.json``)."""
+    for name in ("judge.json", "gap.json", "masterkey.json", "summary.json"):
+        if (stage_dir / name).is_file():
+            return json.loads((stage_dir / name).read_text())
+    return None
+
+
 def draw_figure(root: Path, figure: FigureSpec) -> Path:
-    """One panel per metric, one line per stage (its logged values against the step)."""
+    """One panel per metric: for training stages one line per stage (its logged values against the step), for
+    evaluation stages one bar per stage (a top-level number of its summary, ``overall.<probe>.<key>`` style
+    paths allowed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from posttrain.report.runs import read_run
 
+    results = [tool_result(root / stage) for stage in figure.stages]
+    if all(result is not None for result in results):
+        return _draw_bars(root, figure, results)
     runs = [read_run(root / stage, stage) for stage in figure.stages]
     canvas = Figure(figsize=(4.2 * len(figure.metrics), 3.4))
     FigureCanvasAgg(canvas)
@@ -222,6 +235,35 @@ def draw_figure(root: Path, figure: FigureSpec) -> Path:
         axes.set_xlabel("step")
         axes.grid(alpha=0.3)
     canvas.axes[0].legend(fontsize=7)
+    canvas.tight_layout()
+    out = root / f"{figure.name}.png"
+    canvas.savefig(out, dpi=110)
+    return out
+
+
+def _lookup(result: dict, path: str) -> float | None:
+    value: object = result
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _draw_bars(root: Path, figure: FigureSpec, results: list[dict]) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    canvas = Figure(figsize=(max(3.2, 1.1 * len(figure.stages)) * len(figure.metrics) / 1.5, 3.4))
+    FigureCanvasAgg(canvas)
+    for index, metric in enumerate(figure.metrics):
+        axes = canvas.add_subplot(1, len(figure.metrics), index + 1)
+        values = [_lookup(result, metric) for result in results]
+        axes.bar(range(len(values)), [v if v is not None else 0.0 for v in values], color="tab:blue")
+        for position, value in enumerate(values):
+            axes.text(position, value or 0.0, "-" if value is None else f"{value:.2f}", ha="center", va="bottom",
+                      fontsize=7)
+        axes.set_xticks(range(len(values)), figure.stages, rotation=30, ha="right", fontsize=7)
+        axes.set_title(metric, fontsize=9)
+        axes.grid(alpha=0.3, axis="y")
     canvas.tight_layout()
     out = root / f"{figure.name}.png"
     canvas.savefig(out, dpi=110)
