@@ -2,6 +2,9 @@
 
     python benchmarks/bench_dpo.py --steps 4 --batch-size 4 --max-length 256 --repeats 2 --out dpo.json
 
+Reference log-probs are precomputed on both sides before training and are not timed; see
+posttrain/bench/dpo.py for what each figure counts.
+
 Run it on a quiet machine: on 2 CPU cores a second busy process distorts both sides.
 """
 
@@ -23,11 +26,14 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--micro-batch-tokens", type=int, default=None,
+                        help="posttrain's train.micro_batch_tokens (default: its own; 0 = one pass per step, as TRL)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run_dpo_benchmark(model=args.model, steps=args.steps, batch_size=args.batch_size,
                                max_length=args.max_length, repeats=args.repeats, warmup_steps=args.warmup_steps,
-                               beta=args.beta)
+                               beta=args.beta, lr=args.lr, micro_batch_tokens=args.micro_batch_tokens)
     print_and_save(result, args.out)
 
 

@@ -423,7 +423,7 @@ def judge_metarm_data(
     k: Annotated[int, typer.Option(help="sampled judgments per pair and order")] = 4,
     out: Annotated[Path, typer.Option(help="directory for metarm.jsonl and summary.json")] = Path("runs/metarm-data"),
     template: Annotated[str, typer.Option(help="GRM template: grm or s2j")] = "grm",
-    backend: Annotated[str, typer.Option(help="critique similarity: lexical, embedding or llm")] = "lexical",
+    backend: Annotated[str, typer.Option(help="critique similarity: numbers, lexical, embedding or llm")] = "lexical",
     threshold: Annotated[float | None, typer.Option(help="similarity threshold (default: the backend's)")] = None,
     temperature: float = 1.0,
     max_new_tokens: int = 256,
@@ -471,14 +471,18 @@ def bench_dpo(
     max_length: int = 256,
     repeats: int = 2,
     warmup_steps: int = 1,
-    beta: float = 0.1,
+    beta: Annotated[float, typer.Option(help="β of the sigmoid DPO loss")] = 0.1,
+    lr: Annotated[float, typer.Option(help="constant learning rate")] = 1e-6,
+    micro_batch_tokens: Annotated[int | None, typer.Option(
+        help="posttrain's train.micro_batch_tokens (default: its own; 0 = one pass per step, as TRL)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Same DPO steps (reference log-probs precomputed) in posttrain and in the peer, alternated over repeats."""
+    """Same DPO steps (reference log-probs precomputed, not timed) in posttrain and in the peer, alternated."""
     from posttrain.bench.dpo import run_dpo_benchmark
 
     result = run_dpo_benchmark(vs=vs, model=model, steps=steps, batch_size=batch_size, max_length=max_length,
-                               repeats=repeats, warmup_steps=warmup_steps, beta=beta)
+                               repeats=repeats, warmup_steps=warmup_steps, beta=beta, lr=lr,
+                               micro_batch_tokens=micro_batch_tokens)
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 

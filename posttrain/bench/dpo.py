@@ -1,15 +1,39 @@
-"""``posttrain bench dpo --vs trl``: the same DPO steps in posttrain and in TRL's ``DPOTrainer``.
+"""``posttrain bench dpo --vs trl``: the same DPO steps in posttrain and in TRL 1.16's ``DPOTrainer``.
 
-Both sides train the same model directory in float32 on the CPU on the same synthetic preference pairs (a
-correct arithmetic solution against the same solution with one injected error,
-:func:`posttrain.judges.make_preference_pairs`), ``(steps + warmup_steps) × batch_size`` of them, so one epoch
-covers every pair once on each side (the order within it is each library's own shuffle). Same per-device batch,
-maximum length, optimizer steps, learning rate (constant), sigmoid DPO with the same β, and reference
-log-probs precomputed before training on both sides (posttrain: cached before the first step; TRL:
-``precompute_ref_log_probs=True``, done in the trainer's constructor). Only training steps are timed: posttrain's
-per-step clock starts after the precompute, TRL's timer starts at its first ``on_step_begin``. Throughput counts
-real (non-padding) tokens of the chosen and rejected rows per second over the timed steps (the first
-``warmup_steps`` are run but not timed).
+Both sides train the same model directory in float32 on the CPU with:
+
+* the same pairs — :func:`benchmark_pairs`, ``(steps + warmup_steps) × batch_size`` conversational pairs (a
+  correct arithmetic solution against the same solution with one injected error), one epoch in all;
+* the same order — posttrain visits them in :class:`~posttrain.trainers.sampler.EpochSampler` order with the
+  run's seed; TRL gets the dataset in that order with ``train_sampling_strategy="sequential"``, so step ``k``
+  of both sides trains on the same pairs;
+* the same per-step work — ``batch_size`` pairs (``2 × batch_size`` right-padded rows, chosen then rejected)
+  per optimizer step, no gradient accumulation, ``max_length`` tokens per row at most, AdamW at a constant
+  ``lr``, gradients clipped at norm 1. TRL runs a step's rows in one forward pass; posttrain splits them by
+  its ``train.micro_batch_tokens`` budget (its default unless ``micro_batch_tokens`` is given; 0 = one pass),
+  which gives the same gradient with less padding and activation memory;
+* the same loss — sigmoid DPO (Rafailov et al. 2023, "Direct Preference Optimization")
+  ``−log σ(β[(π_c − π_ref,c) − (π_r − π_ref,r)])`` with β = ``beta``;
+* reference log-probs precomputed before training on both sides (posttrain ``preference.reference:
+  precompute``, TRL ``precompute_ref_log_probs=True``).
+
+Precompute and timing are kept apart on both sides: the reference pass runs before the first training step
+(posttrain: while the DPO method is built, before its trainer loop; TRL: inside the ``DPOTrainer``
+constructor), and only training steps are timed — posttrain's per-step clock (``seconds_per_step`` in
+``metrics.jsonl``, batch collation through the optimizer step), TRL's from ``on_step_begin`` to
+``on_step_end`` of each step (forward, backward, optimizer; its batch is collated just before
+``on_step_begin``). The first ``warmup_steps`` are run but not timed.
+
+Per side, over the timed steps::
+
+    tokens_per_s     = Σ real tokens of the chosen and rejected rows (prompt + completion, no padding)
+                       / Σ step durations
+    seconds_per_step = mean step duration
+
+plus the peak RSS of the worker process and the last step's loss; ``ratio_tokens_per_s`` and
+``ratio_peak_rss`` are posttrain ÷ TRL (:func:`~posttrain.bench.harness.summarize`).
+``same_tokens_per_step`` says whether both sides fed the model the same number of real tokens at every step
+(same pairs, same order, same truncation).
 """
 
 from __future__ import annotations
@@ -19,11 +43,12 @@ import tempfile
 from pathlib import Path
 
 from posttrain.bench.harness import alternate, summarize
-from posttrain.errors import PosttrainError
+from posttrain.bench.on_policy import check_counts
+from posttrain.errors import ConfigError, PosttrainError
 
 
 def benchmark_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Conversational preference pairs (levels 2–3: multi-step solutions)."""
+    """``n`` conversational preference pairs (levels 2–3: multi-step solutions), ``prompt``/``chosen``/``rejected``."""
     from posttrain.judges.pairs import make_preference_pairs
 
     return [{key: pair[key] for key in ("prompt", "chosen", "rejected")}
@@ -32,9 +57,18 @@ def benchmark_pairs(n: int, seed: int = 0) -> list[dict]:
 
 def run_dpo_benchmark(vs: str = "trl", model: str = "smollm2-135m", steps: int = 4, batch_size: int = 4,
                       max_length: int = 256, repeats: int = 2, warmup_steps: int = 1, lr: float = 1e-6,
-                      beta: float = 0.1) -> dict:
+                      beta: float = 0.1, micro_batch_tokens: int | None = None) -> dict:
+    """Run both sides ``repeats`` times, alternated, and summarize (medians over repeats, ratios).
+
+    ``micro_batch_tokens`` is posttrain's ``train.micro_batch_tokens`` (None: its default; 0: one forward pass
+    per step as TRL); it changes how a step's pairs are split into passes, not the gradient."""
     if vs != "trl":
         raise PosttrainError(f"unknown peer {vs!r} for the DPO benchmark", fix="use --vs trl")
+    check_counts(steps=(steps, 1), batch_size=(batch_size, 1), max_length=(max_length, 2), repeats=(repeats, 1),
+                 warmup_steps=(warmup_steps, 0), micro_batch_tokens=(micro_batch_tokens or 0, 0))
+    if not beta > 0:
+        raise ConfigError(f"must be > 0, got {beta}", where="--beta", fix="pass a β > 0 (TRL's default is 0.1)")
+    from posttrain.config import TrainConfig
     from posttrain.models.loader import resolve_source
 
     source = resolve_source(model)
@@ -46,8 +80,27 @@ def run_dpo_benchmark(vs: str = "trl", model: str = "smollm2-135m", steps: int =
     pairs = benchmark_pairs((steps + warmup_steps) * batch_size)
     data_path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs), encoding="utf-8")
     settings = {"model": source.location, "data": str(data_path), "steps": steps, "warmup_steps": warmup_steps,
-                "batch_size": batch_size, "max_length": max_length, "lr": lr, "beta": beta, "workdir": str(workdir),
-                "dtype": "float32", "device": "cpu"}
+                "batch_size": batch_size, "max_length": max_length, "lr": lr, "schedule": "constant",
+                "loss": "sigmoid", "beta": beta, "reference": "precomputed", "seed": 0, "workdir": str(workdir),
+                "dtype": "float32", "device": "cpu", "micro_batch_tokens": (
+                    TrainConfig.model_fields["micro_batch_tokens"].default if micro_batch_tokens is None
+                    else micro_batch_tokens)}
     runs = alternate({"posttrain": ("posttrain.bench.dpo_posttrain", settings),
                       "trl": ("posttrain.bench.dpo_trl", settings)}, repeats)
-    return summarize(runs, "posttrain", "trl", settings)
+    summary = summarize(runs, "posttrain", "trl", settings)
+    summary["same_tokens_per_step"] = all(
+        ours["tokens_per_step"] == theirs["tokens_per_step"] for ours in runs["posttrain"] for theirs in runs["trl"]
+    )
+    return summary
+
+
+def step_figures(durations: list[float], tokens: list[int], losses: list[float], warmup_steps: int) -> dict:
+    """A worker's figures from every step's duration, real token count and loss (the first ``warmup_steps``
+    untimed)."""
+    if len(durations) != len(tokens) or len(durations) <= warmup_steps:
+        raise PosttrainError(f"{len(durations)} step durations for {len(tokens)} batches and {warmup_steps} warm-up "
+                             "steps", fix="run more steps than warm-up steps; report this if it persists")
+    seconds = durations[warmup_steps:]
+    return {"tokens_per_s": sum(tokens[warmup_steps:]) / sum(seconds), "seconds_per_step": sum(seconds) / len(seconds),
+            "final_loss": losses[-1] if losses else None, "steps": len(durations), "tokens_per_step": tokens,
+            "losses": losses}

@@ -24,12 +24,14 @@ One input format for cold start and online updates (:func:`metarm_text`)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from posttrain.data.regression import encode_texts
+from posttrain.errors import DataError
 from posttrain.judges.similarity import pearson
 from posttrain.ops import regression_loss
 
@@ -45,6 +47,18 @@ def metarm_text(question: str, response_a: str, response_b: str, critique: str) 
 def metarm_bonus(score: float) -> float:
     """``max(0, s − 1)``: the predicted process bonus above a right outcome's reward of 1 (methods.md §4.3)."""
     return max(0.0, score - 1.0)
+
+
+def _check_labels(texts: Sequence[str], labels: Sequence[float]) -> None:
+    """One finite label per text, or a :class:`~posttrain.errors.DataError` (a silent broadcast would train on
+    the wrong targets)."""
+    if len(texts) != len(labels):
+        raise DataError(f"{len(texts)} texts but {len(labels)} labels", where="MetaRM.update",
+                        fix="give one rule reward per MetaRM input")
+    bad = next((i for i, y in enumerate(labels) if not math.isfinite(float(y))), None)
+    if bad is not None:
+        raise DataError(f"label {bad} is {labels[bad]!r}, not a finite number", where="MetaRM.update",
+                        fix="give each input its rule reward o + 0.5·q (0, 1 or 1.5)")
 
 
 class MetaRM:
@@ -96,9 +110,11 @@ class MetaRM:
 
     def update(self, texts: Sequence[str], labels: Sequence[float]) -> dict[str, float]:
         """One epoch of MSE over ``(texts, labels)`` in mini-batches of ``batch_size`` (AdamW at ``online_lr``,
-        gradient norm clipped); returns the epoch's mean squared error and the number of examples."""
+        gradient norm clipped); returns the epoch's mean squared error (each mini-batch's error measured just before
+        its own step: the MSE before the update when one mini-batch holds all) and the number of examples."""
         from posttrain.models.reward import sequence_scores
 
+        _check_labels(texts, labels)
         if self.optimizer is None:
             self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
                                                lr=self.online_lr)
