@@ -210,11 +210,17 @@ def eval_gap(
     batch_size: int = 16,
     seed: int = 0,
     out: Annotated[Path | None, typer.Option(help="directory for gap.json and samples.jsonl")] = None,
+    samples: Annotated[Path | None, typer.Option(help="recompute the metrics (at --m) from the samples.jsonl of an "
+                                                     "earlier run instead of generating")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Solve-to-judge gap: judge accuracy on questions the model solves itself, and spurious successes."""
-    from posttrain.evals.gap import format_gap_table, run_gap_eval
+    from posttrain.evals.gap import format_gap_table, gap_from_samples, run_gap_eval
 
+    if samples is not None:
+        result = gap_from_samples(samples, m)
+        typer.echo(json.dumps(result) if as_json else format_gap_table(result))
+        return
     result = run_gap_eval(model=judge, data=data, n=n, k=k, m=m, template=template,
                           solve_temperature=solve_temperature, max_new_tokens=max_new_tokens,
                           judge_max_new_tokens=judge_max_new_tokens,

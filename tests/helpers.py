@@ -53,3 +53,18 @@ def step_gradients(model, method, work) -> tuple[float, list]:
         loss.backward()
         total += float(loss.detach())
     return total, [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+def assert_same_step_gradients(model, reference: tuple[float, list], methods, works) -> None:
+    """Each (method, work) gives the reference step's summed loss and gradients (float64 tolerances), and the
+    reference gradient is not trivially zero."""
+    import pytest
+    import torch
+
+    loss_whole, grads_whole = reference
+    for method, work in zip(methods, works, strict=True):
+        loss, grads = step_gradients(model, method, work)
+        assert loss == pytest.approx(loss_whole, rel=1e-10)
+        for a, b in zip(grads, grads_whole, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
+    assert max(float(g.abs().max()) for g in grads_whole) > 1e-4

@@ -225,3 +225,33 @@ def test_cli_eval_gap_and_judge_label_on_the_tiny_model(tmp_path):
     summary = json.loads((tmp_path / "labels" / "summary.json").read_text())
     assert summary["pairs"] == 2 and len(read_jsonl(tmp_path / "labels" / "gold.jsonl")) == 2
     assert len(read_jsonl(tmp_path / "labels" / "pairs.jsonl")) == summary["labelled"]
+
+
+def test_gap_recomputed_from_samples_at_another_m(tmp_path):
+    from posttrain.evals.gap import gap_from_samples
+
+    pairs = make_preference_pairs(3, seed=0, split="held_out")
+    answers = {pair["question"]: pair["reference"] for pair in pairs}
+    solve_right = {pairs[0]["question"]: 0, pairs[1]["question"]: 1, pairs[2]["question"]: 2}  # of k = 2
+
+    def respond(prompt: str, sample: int) -> str:
+        question = next(q for q in answers if q in prompt)
+        if "[Client Question]" not in prompt:
+            return f"#### {answers[question]}" if sample < solve_right[question] else "#### -1"
+        return grm("an error", "[[B]]", solve=f"#### {answers[question]}")  # right in one order of each pair
+
+    result = run_gap_eval("scripted", n=3, k=2, template="s2j", out_dir=tmp_path, engine=ScriptedEngine(respond))
+    samples = tmp_path / "samples.jsonl"
+    again = gap_from_samples(samples)
+    assert again["m"] == 2 and {key: again[key] for key in result if key in again and key != "samples"} == {
+        key: result[key] for key in again if key in result}
+    assert result["solvable_fraction"] == pytest.approx(1 / 3)
+    assert gap_from_samples(samples, m=1)["solvable_fraction"] == pytest.approx(2 / 3)
+    assert gap_from_samples(samples, m=1)["judge_accuracy_solvable"] == 0.5
+    with pytest.raises(DataError, match="must lie in"):
+        gap_from_samples(samples, m=3)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"pair_index": 0, "correct": True}) + "\n")
+    with pytest.raises(DataError, match="missing verdict, solve_right, solve_k") as caught:
+        gap_from_samples(broken)
+    assert "broken.jsonl:1" in str(caught.value)

@@ -17,7 +17,7 @@ from posttrain.models import tiny_tokenizer
 from posttrain.ops import regression_loss
 from posttrain.trainers.pipeline import final_weights
 from posttrain.trainers.run import train
-from tests.helpers import read_jsonl, step_gradients, tiny_overrides, train_steps
+from tests.helpers import assert_same_step_gradients, read_jsonl, step_gradients, tiny_overrides, train_steps
 
 
 def test_regression_loss_and_gradient_by_hand():
@@ -75,12 +75,7 @@ def test_regression_micro_batches_and_token_budgets_give_the_gradient_of_one_big
                               dtype=torch.float64)
     labels = torch.tensor([row["label"] for row in VARIED], dtype=torch.float64)
     assert loss_whole == pytest.approx(float(((scores - labels) ** 2).mean()), rel=1e-8)
-    for method, work in zip(methods[1:], works[1:], strict=True):
-        loss, grads = step_gradients(model, method, work)
-        assert loss == pytest.approx(loss_whole, rel=1e-10)
-        for a, b in zip(grads, grads_whole, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
-    assert max(float(g.abs().max()) for g in grads_whole) > 1e-4
+    assert_same_step_gradients(model, (loss_whole, grads_whole), methods[1:], works[1:])
 
 
 def test_regression_records_from_a_file_are_checked_counted_and_rendered(tmp_path):

@@ -24,7 +24,7 @@ from posttrain.trainers import preference as preference_module
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.preference import REFERENCE_FILE, build_pair_method
 from posttrain.trainers.run import train
-from tests.helpers import step_gradients, tiny_overrides, train_steps
+from tests.helpers import assert_same_step_gradients, step_gradients, tiny_overrides, train_steps
 
 # a learnable preference: chosen answers repeat "yes", rejected ones "no!"; lengths vary within and across pairs
 PAIRS = [{"prompt": f"Q{i}: pick one", "chosen": "yes" * (1 + i % 3), "rejected": "no!" * (1 + (i + 1) % 4),
@@ -146,13 +146,7 @@ def test_micro_batches_and_token_budgets_give_the_gradient_of_one_big_batch(tmp_
     for batch in works[2].micro_batches:  # each pass: 2n rows × longest within the budget (or a single pair)
         rows, width = batch.inputs["input_ids"].shape
         assert rows * width <= 120 or rows == 2
-    loss_whole, grads_whole = step_gradients(model, whole, works[0])
-    for method, work in zip((split, budget), works[1:], strict=True):
-        loss, grads = step_gradients(model, method, work)
-        assert loss == pytest.approx(loss_whole, rel=1e-10)
-        for a, b in zip(grads, grads_whole, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
-    assert max(float(g.abs().max()) for g in grads_whole) > 1e-4
+    assert_same_step_gradients(model, step_gradients(model, whole, works[0]), (split, budget), works[1:])
 
 
 def test_reward_model_loss_is_bradley_terry_on_the_scores_of_its_head(tmp_path):

@@ -126,6 +126,23 @@ def _file_rows(path: Path) -> Iterator[Row]:
     )
 
 
+def read_jsonl_objects(path: str | os.PathLike) -> list[tuple[str, dict]]:
+    """Every line of a JSONL file as ``(file:line, object)``; the first unreadable line or non-object raises its
+    :class:`~posttrain.errors.DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", where=str(path), fix="check the path")
+    objects = []
+    for where, value in _jsonl_rows(path):
+        if isinstance(value, DataError):
+            raise value
+        if not isinstance(value, dict):
+            raise DataError(f"expected a JSON object, got {type(value).__name__}", where=where,
+                            fix="write one JSON object per line")
+        objects.append((where, value))
+    return objects
+
+
 def _jsonl_rows(path: Path) -> Iterator[Row]:
     data = _read_bytes(path)
     for number, line in enumerate(data.split(b"\n"), start=1):

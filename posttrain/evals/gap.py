@@ -151,11 +151,36 @@ def run_gap_eval(model: str, data: str = "task:arithmetic", n: int | None = 40, 
     return summary
 
 
+def gap_from_samples(path: Path, m: int | None = None) -> dict:
+    """The metrics recomputed from the ``samples.jsonl`` of an earlier ``posttrain eval gap`` (its judged rows
+    with each pair's solve counts) at another ``m``: no generation. ``m`` defaults to the run's ``k``."""
+    from posttrain.data.readers import read_jsonl_objects
+
+    needed = ("pair_index", "correct", "verdict", "solve_right", "solve_k")
+    rows, solved = [], {}
+    for where, row in read_jsonl_objects(path):
+        missing = [key for key in needed if key not in row]
+        if missing:
+            raise DataError(f"missing {', '.join(missing)}", where=where,
+                            fix="pass the samples.jsonl that posttrain eval gap --out wrote")
+        rows.append(row)
+        solved[row["pair_index"]] = (row["solve_right"], row["solve_k"])
+    if not rows or sorted(solved) != list(range(len(solved))):
+        raise DataError("no judged rows, or pair indices with holes", where=str(path),
+                        fix="pass the samples.jsonl that posttrain eval gap --out wrote")
+    k = min(count for _, count in solved.values())
+    m = k if m is None else m
+    if not 1 <= m <= k:
+        raise DataError(f"m = {m} must lie in [1, k = {k}]", where="--m", fix="give 1 <= m <= k")
+    return {"samples": str(path), "k": k, "m": m, **gap_metrics(rows, [solved[i] for i in range(len(solved))], m)}
+
+
 def format_gap_table(result: dict) -> str:
     """The metrics as aligned ``name  value`` lines (``-`` where undefined)."""
-    keys = [key for key in result if key not in ("model", "data", "template", "similarity")]
+    keys = [key for key in result if key not in ("model", "data", "template", "similarity", "samples")]
     width = max(len(key) for key in keys)
-    lines = [f"{result['model']} on {result['data']} ({result['template']} template)"]
+    lines = ([f"{result['model']} on {result['data']} ({result['template']} template)"] if "model" in result
+             else [f"recomputed from {result['samples']}"])
     for key in keys:
         value = result[key]
         shown = "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
