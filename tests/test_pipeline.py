@@ -59,6 +59,20 @@ def test_a_pipeline_chains_weights_and_writes_comparisons_and_figures(tmp_path):
     assert (first / "metrics.jsonl").read_text() == before
 
 
+def test_only_runs_the_named_stages_and_leaves_unfinished_figures_for_later(tmp_path, capsys):
+    path = write_pipeline(tmp_path)
+    root = run_pipeline(path, only=["first"])
+    assert sorted(train_steps(root / "first")) == [1, 2] and not (root / "second").exists()
+    assert not (root / "both.png").exists() and not (root / "sharpness").exists()
+    printed = capsys.readouterr().out
+    assert "skipped figure both: stage(s) second have not run yet" in printed
+    assert "skipped sharpness second vs first" in printed
+    run_pipeline(path, only=["second"])  # the last stage: now the comparison and the figure are drawn
+    assert sorted(train_steps(root / "second")) == [1]
+    assert (root / "both.png").stat().st_size > 1000
+    assert (root / "sharpness" / "second-vs-first" / "sharpness.json").is_file()
+
+
 @pytest.mark.parametrize(("extra", "match"), [
     ({"stages": [{"name": "a", "recipe": "rl.yaml", "from": "b"}, {"name": "b", "recipe": "rl.yaml"}]},
      "not an earlier train stage"),

@@ -167,10 +167,27 @@ def run_pipeline(path: Path, only: list[str] | None = None) -> Path:
         else:
             run_tool_stage(root, stage)
     for spec in pipeline.sharpness:
-        run_sharpness(root, spec)
+        if _ready(root, [spec.model, spec.reference], f"sharpness {spec.model} vs {spec.reference}", only):
+            run_sharpness(root, spec)
     for figure in pipeline.figures:
-        draw_figure(root, figure)
+        if _ready(root, figure.stages, f"figure {figure.name}", only):
+            draw_figure(root, figure)
     return root
+
+
+def stage_ran(stage_dir: Path) -> bool:
+    """Whether a stage has written its results: a tool stage's summary, or a training run's metrics."""
+    return tool_result(stage_dir) is not None or (stage_dir / "metrics.jsonl").is_file()
+
+
+def _ready(root: Path, stages: list[str], what: str, only: list[str] | None) -> bool:
+    """With ``--only``, a comparison or figure over stages that have not run yet is skipped (said, not an
+    error); a full run has run them all, so there it always proceeds (and a missing stage is an error)."""
+    missing = [stage for stage in stages if not stage_ran(root / stage)]
+    if only and missing:
+        print(f"skipped {what}: stage(s) {', '.join(missing)} have not run yet", flush=True)
+        return False
+    return True
 
 
 def run_tool_stage(root: Path, stage: Stage) -> None:
