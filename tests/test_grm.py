@@ -155,16 +155,16 @@ def test_posttrain_train_runs_grpo_on_judge_tasks_with_both_orders_in_every_step
 
 def test_gap_metrics_by_hand():
     solved = [(4, 4), (4, 4), (0, 4)]  # pairs 0 and 1 solvable, pair 2 unsolved
-    rows = [
-        {"pair_index": 0, "correct": True, "verdict": "A", "own_correct": True, "spurious": False},
-        {"pair_index": 0, "correct": False, "verdict": "A", "own_correct": False, "spurious": None},
-        {"pair_index": 1, "correct": True, "verdict": "A", "own_correct": True, "spurious": True},
-        {"pair_index": 1, "correct": True, "verdict": "B", "own_correct": True, "spurious": False},
-        {"pair_index": 2, "correct": True, "verdict": "A", "own_correct": False, "spurious": None},
-        {"pair_index": 2, "correct": False, "verdict": None, "own_correct": None, "spurious": None},
-    ]
+    rows = [{"pair_index": pair, "sample_index": 0, "order": order, "correct": correct, "verdict": verdict,
+             "own_correct": own, "spurious": spurious}
+            for pair, order, correct, verdict, own, spurious in [
+                (0, "first", True, "A", True, False), (0, "swapped", False, "A", False, None),
+                (1, "first", True, "A", True, True), (1, "swapped", True, "B", True, False),
+                (2, "first", True, "A", False, None), (2, "swapped", False, None, None, None)]]
     metrics = gap_metrics(rows, solved, m=4)
     assert metrics["judge_accuracy"] == 4 / 6 and metrics["consistent_accuracy"] == 1 / 3
+    assert metrics["accuracy_first"] == 1 and metrics["accuracy_swapped"] == 1 / 3
+    assert metrics["position_flip_rate"] == 1 / 3  # pair 0: A in both orders; pair 2's second has no verdict
     assert metrics["gap"] == 1 / 4 and metrics["judge_accuracy_solvable"] == 3 / 4
     assert metrics["judge_accuracy_unsolved"] == 1 / 2 and metrics["solvable_fraction"] == 2 / 3
     assert metrics["solve_accuracy"] == 8 / 12 and metrics["format_failure_rate"] == 1 / 6

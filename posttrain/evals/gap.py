@@ -8,7 +8,9 @@ For labelled pairs of objective questions (each with a ``reference`` answer), th
 
 Reported (S2J, Sun et al. 2025, arXiv 2509.22099; methods.md §5.2), over the ``2n`` judgments:
 
-* ``judge_accuracy``, ``consistent_accuracy`` (both orders right), ``format_failure_rate``;
+* ``judge_accuracy``, ``accuracy_first`` / ``accuracy_swapped`` (per A/B order), ``consistent_accuracy``
+  (both orders right), ``position_flip_rate`` (the same letter in both orders) and ``format_failure_rate``,
+  as :func:`posttrain.evals.judge.group_metrics` defines them;
 * ``solve_accuracy`` (over all ``n·k`` answers) and ``solvable_fraction``;
 * ``judge_accuracy_solvable`` and the **gap** ``P(judgment wrong | solvable)``;
 * ``judge_accuracy_unsolved``: ``P(judgment right | none of the k answers right)``;
@@ -29,7 +31,8 @@ from pathlib import Path
 
 from posttrain.data import encode_prompts
 from posttrain.errors import DataError
-from posttrain.evals.judge import RIGHT_VERDICT, judge_pairs, pair_texts, preference_pairs, resolve_template
+from posttrain.evals.judge import (RIGHT_VERDICT, group_metrics, judge_pairs, pair_texts, preference_pairs,
+                                   resolve_template)
 from posttrain.evals.run import write_eval
 from posttrain.judges.grm import parse_grm
 from posttrain.rewards.builtin import math_reward
@@ -60,21 +63,18 @@ def solve_counts(engine: RolloutEngine, pairs: Sequence[dict], params: SamplingP
 
 
 def gap_metrics(rows: Sequence[dict], solved: Sequence[tuple[int, int]], m: int) -> dict:
-    """The metrics of the module docstring from judged rows (``pair_index``, ``correct``, ``verdict``,
-    ``own_correct``, ``spurious``) and per-pair solve counts."""
+    """The metrics of the module docstring from judged rows (``pair_index``, ``sample_index``, ``order``,
+    ``correct``, ``verdict``, ``own_correct``, ``spurious``) and per-pair solve counts."""
     solvable = [right >= m for right, _ in solved]
     unsolved = [right == 0 for right, _ in solved]
-    total = len(rows)
     on_solvable = [row for row in rows if solvable[row["pair_index"]]]
     on_unsolved = [row for row in rows if unsolved[row["pair_index"]]]
-    by_pair: dict[int, list[bool]] = {}
-    for row in rows:
-        by_pair.setdefault(row["pair_index"], []).append(row["correct"])
+    judged = group_metrics(rows)
     metrics = {
-        "pairs": len(solved), "judgments": total,
-        "judge_accuracy": _rate(sum(row["correct"] for row in rows), total),
-        "consistent_accuracy": _rate(sum(all(v) for v in by_pair.values()), len(by_pair)),
-        "format_failure_rate": _rate(sum(row["verdict"] is None for row in rows), total),
+        "pairs": len(solved), "judgments": len(rows),
+        "judge_accuracy": judged["accuracy"],
+        **{key: judged[key] for key in ("accuracy_first", "accuracy_swapped", "consistent_accuracy",
+                                        "position_flip_rate", "format_failure_rate")},
         "solve_accuracy": _rate(sum(right for right, _ in solved), sum(k for _, k in solved)),
         "solvable_fraction": _rate(sum(solvable), len(solved)),
         "judge_accuracy_solvable": _rate(sum(row["correct"] for row in on_solvable), len(on_solvable)),
