@@ -31,8 +31,14 @@ from pathlib import Path
 
 from posttrain.data import encode_prompts
 from posttrain.errors import DataError
-from posttrain.evals.judge import (RIGHT_VERDICT, group_metrics, judge_pairs, pair_texts, preference_pairs,
-                                   resolve_template)
+from posttrain.evals.judge import (
+    RIGHT_VERDICT,
+    group_metrics,
+    judge_pairs,
+    pair_texts,
+    preference_pairs,
+    resolve_template,
+)
 from posttrain.evals.run import write_eval
 from posttrain.judges.grm import parse_grm
 from posttrain.rewards.builtin import math_reward
