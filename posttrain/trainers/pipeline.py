@@ -243,15 +243,16 @@ def draw_figure(root: Path, figure: FigureSpec) -> Path:
     FigureCanvasAgg(canvas)
     for index, metric in enumerate(figure.metrics):
         axes = canvas.add_subplot(1, len(figure.metrics), index + 1)
-        for run in runs:
+        for position, run in enumerate(runs):  # a stage keeps its colour in every panel
             points = run.series.get(metric, [])
             if points:
                 axes.plot([s for s, _ in points], [v for _, v in points], marker="o" if len(points) < 8 else None,
-                          markersize=3, label=run.name)
+                          markersize=3, label=run.name, color=f"C{position % 10}")
         axes.set_title(metric)
         axes.set_xlabel("step")
         axes.grid(alpha=0.3)
-    canvas.axes[0].legend(fontsize=7)
+        if axes.lines:  # each panel names its own lines: a metric may be logged by some stages only
+            axes.legend(fontsize=7)
     canvas.tight_layout()
     out = root / f"{figure.name}.png"
     canvas.savefig(out, dpi=110)
