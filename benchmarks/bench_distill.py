@@ -24,12 +24,14 @@ def main() -> None:
     parser.add_argument("--max-completion-length", type=int, default=64)
     parser.add_argument("--teacher-temperature", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--set", dest="posttrain_set", action="append", default=[], metavar="KEY=VALUE",
+                        help="posttrain's run config only (repeatable), e.g. distill.rollout_dtype=bfloat16")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run_distill_benchmark(model=args.model, steps=args.steps, prompts=args.prompts,
                                    max_completion_length=args.max_completion_length,
                                    teacher_temperature=args.teacher_temperature, repeats=args.repeats,
-                                   warmup_steps=args.warmup_steps)
+                                   warmup_steps=args.warmup_steps, posttrain_set=args.posttrain_set)
     print_and_save(result, args.out)
 
 

@@ -33,6 +33,8 @@ def main() -> None:
         default="default",
         help="default: each side's own default (posttrain off, TRL on)",
     )
+    parser.add_argument("--set", dest="posttrain_set", action="append", default=[], metavar="KEY=VALUE",
+                        help="posttrain's run config only (repeatable), e.g. rl.rollout_dtype=bfloat16")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run_grpo_benchmark(
@@ -44,6 +46,7 @@ def main() -> None:
         repeats=args.repeats,
         warmup_steps=args.warmup_steps,
         lr=args.lr,
+        posttrain_set=args.posttrain_set,
         gradient_checkpointing={"default": None, "on": True, "off": False}[args.gradient_checkpointing],
     )
     print_and_save(result, args.out)

@@ -502,6 +502,8 @@ def bench_distill(
     max_completion_length: int = 64,
     teacher_temperature: Annotated[float, typer.Option(help="T of the self-teacher")] = 2.0,
     repeats: int = 2,
+    posttrain_set: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. distill.rollout_dtype=bfloat16")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """TS-OPSD steps (live self-teacher) against TRL's DistillationTrainer with the model as its own teacher."""
@@ -509,7 +511,8 @@ def bench_distill(
 
     result = run_distill_benchmark(vs=vs, model=model, steps=steps, prompts=prompts,
                                    max_completion_length=max_completion_length,
-                                   teacher_temperature=teacher_temperature, repeats=repeats, warmup_steps=warmup_steps)
+                                   teacher_temperature=teacher_temperature, repeats=repeats, warmup_steps=warmup_steps,
+                                   posttrain_set=posttrain_set or [])
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
@@ -526,6 +529,8 @@ def bench_grpo(
     gradient_checkpointing: Annotated[bool | None, typer.Option(
         "--gradient-checkpointing/--no-gradient-checkpointing",
         help="set on both sides (default: each side's own default, posttrain off, TRL on)")] = None,
+    posttrain_set: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. rl.rollout_dtype=bfloat16")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Same GRPO steps (prompts, G, sampling, reward, loss) in posttrain and in the peer, alternated over repeats."""
@@ -533,7 +538,8 @@ def bench_grpo(
 
     result = run_grpo_benchmark(vs=vs, model=model, steps=steps, prompts=prompts, num_generations=num_generations,
                                 max_completion_length=max_completion_length, repeats=repeats,
-                                warmup_steps=warmup_steps, gradient_checkpointing=gradient_checkpointing)
+                                warmup_steps=warmup_steps, gradient_checkpointing=gradient_checkpointing,
+                                posttrain_set=posttrain_set or [])
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 

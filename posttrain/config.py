@@ -73,6 +73,9 @@ class OptimConfig(Section):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float | None = 1.0
+    state_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="precision of AdamW's two moments: float32 (torch.optim.AdamW) or bfloat16 with "
+        "stochastic rounding, which halves the optimizer's memory (posttrain.trainers.optimizer)")
 
 
 class TrainConfig(Section):
@@ -191,7 +194,25 @@ class JudgeTaskConfig(Section):
                                   "(seeded by the run's seed): RM-NLHF's data with and without human critiques")
 
 
-class RLConfig(Section):
+class OnPolicySection(Section):
+    """What every trainer that samples its own completions shares: how the rollout engine runs."""
+
+    rollout_batch_size: int = Field(64, gt=0, description="sequences generated at once")
+    rollout_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="sample with the weights cast to this type (null = the model's own); the learner keeps "
+        "its weights, and the importance ratio is taken against the cast model's sampling log-probs. bfloat16 "
+        "is faster than float32 where bf16 matrix products are (GPUs, CPUs with AVX512-BF16 or AMX); see "
+        "docs/benchmarks.md")
+
+    @property
+    def rollout_torch_dtype(self):
+        """``rollout_dtype`` as a ``torch.dtype`` (``None`` = the model's own)."""
+        import torch
+
+        return None if self.rollout_dtype is None else getattr(torch, self.rollout_dtype)
+
+
+class RLConfig(OnPolicySection):
     """GRPO-family RL with verifiable rewards. Defaults follow TRL 1.16 ``GRPOConfig`` where it has one."""
 
     prompts_per_step: int = Field(4, gt=0, description="prompts per step (all processes together)")
@@ -200,7 +221,6 @@ class RLConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     max_new_tokens: int = Field(128, gt=0)
-    rollout_batch_size: int = Field(64, gt=0, description="sequences generated at once")
     updates_per_step: int = Field(1, gt=0, description="optimizer updates per batch of rollouts, μ")
     micro_batch_tokens: int = Field(0, ge=0, description="split each train.batch_size chunk of rollouts, longest "
                                     "first, into passes of at most this many padded tokens (0 = no split): "
@@ -224,7 +244,7 @@ class RLConfig(Section):
         return self
 
 
-class DistillConfig(Section):
+class DistillConfig(OnPolicySection):
     """On-policy distillation: completions sampled from the student, then a token-level divergence against a
     teacher distribution on those tokens (:mod:`posttrain.trainers.distill`). TS-OPSD policy reheating is
     ``teacher: snapshot`` or ``self`` with ``teacher_temperature`` > 1."""
@@ -235,7 +255,6 @@ class DistillConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="rollout top-k (0 = off)")
     max_new_tokens: int = Field(128, gt=0)
-    rollout_batch_size: int = Field(64, gt=0, description="sequences generated at once")
     micro_batch_tokens: int = Field(0, ge=0, description="split each train.batch_size chunk of rollouts into passes "
                                     "of at most this many padded tokens (0 = no split); same gradient")
     teacher: Literal["self", "snapshot", "model", "self_context"] = "self"

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from posttrain.bench.grpo import run_grpo_benchmark
-from posttrain.bench.on_policy import benchmark_prompts, step_figures
+from posttrain.bench.on_policy import benchmark_prompts, posttrain_config, step_figures
 from posttrain.data import encode_prompts
 from posttrain.errors import ConfigError, PosttrainError
 from posttrain.models import save_model, tiny_model, tiny_tokenizer
@@ -97,3 +97,14 @@ def test_group_of_one_is_a_config_error():
 def test_model_both_libraries_cannot_load_is_a_clear_error():
     with pytest.raises(PosttrainError, match="needs a model directory"):
         run_grpo_benchmark(model="tiny-random")
+
+
+def test_posttrain_set_changes_posttrain_side_only_and_bad_form_is_an_error(tmp_path):
+    settings = {"workdir": str(tmp_path), "seed": 0, "model": "m", "dtype": "float32", "device": "cpu",
+                "data": "d.jsonl", "lr": 1e-6, "steps": 2, "warmup_steps": 1,
+                "posttrain_set": ["rl.rollout_dtype=bfloat16", "train.gradient_checkpointing=true"]}
+    config = posttrain_config(settings, "grpo", 8, {"group_size": 8})
+    assert config["rl"] == {"group_size": 8, "rollout_dtype": "bfloat16"}
+    assert config["train"]["gradient_checkpointing"] is True and config["train"]["batch_size"] == 8
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        run_grpo_benchmark(model="tiny-random", posttrain_set=["rl.rollout_dtype"])

@@ -186,3 +186,27 @@ def test_a_laser_run_logs_self_verification_after_the_loss_warm_up(tmp_path, mon
 
 
 # --------------------------------------------------------------------------------------------- resume
+
+
+def test_bf16_rollouts_make_the_cast_model_the_behaviour_policy(tmp_path):
+    """``rl.rollout_dtype=bfloat16``: the importance ratio's denominator is the log-prob under the bf16-weight
+    model that drew the tokens, not the fp32 policy's; the policy itself stays fp32."""
+    import copy
+
+    model = eos_prone_model()
+    bf16_model = copy.deepcopy(model)
+    for parameter in bf16_model.parameters():
+        parameter.data = parameter.data.to(torch.bfloat16)
+    method, work = direct_method(tmp_path, model, "rl.rollout_dtype=bfloat16", "train.batch_size=64")
+    (batch,) = work.micro_batches
+    generations = method.engine.generations
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    gaps = []
+    with torch.no_grad():
+        for g in generations:
+            recorded = torch.tensor(g.logprobs)
+            torch.testing.assert_close(manual_logprobs(bf16_model, g, 1.0)[0].float(), recorded, atol=0.05, rtol=0)
+            gaps.append((manual_logprobs(model, g, 1.0)[0] - recorded).abs().max())
+    assert max(gaps) > 1e-3  # the fp32 policy is a different distribution: ratios are not all 1
+    recorded = torch.cat([torch.tensor(g.logprobs) for g in generations])
+    torch.testing.assert_close(batch.old_logprobs[batch.completion_mask.bool()], recorded)

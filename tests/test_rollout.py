@@ -253,3 +253,34 @@ def test_model_sampling_defaults_do_not_leak_in(tokenizer, prompts):
         )
     for generation in engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=8)):
         assert generation.token_ids == greedy_by_hand(model, generation.prompt_ids, 8, engine.stop_ids)
+
+
+def test_rollout_dtype_samples_from_the_cast_model_and_restores_the_weights(model, tokenizer, prompts):
+    """With ``dtype`` the engine draws the same tokens, with the same log-probs, as an engine over a copy of the
+    model whose parameters are bf16 (buffers such as the rotary frequencies stay fp32); afterwards every parameter
+    is the same object with the same fp32 values as before."""
+    import copy
+
+    bf16_copy = copy.deepcopy(model)
+    for parameter in bf16_copy.parameters():
+        parameter.data = parameter.data.to(torch.bfloat16)
+    before = {name: (parameter, parameter.detach().clone()) for name, parameter in model.named_parameters()}
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, n=3, seed=11)
+    cast = HFEngine(model, tokenizer, batch_size=6, dtype=torch.bfloat16).generate(prompts, params)
+    copied = HFEngine(bf16_copy, tokenizer, batch_size=6).generate(prompts, params)
+    assert [g.token_ids for g in cast] == [g.token_ids for g in copied]
+    assert [g.logprobs for g in cast] == [g.logprobs for g in copied]
+    fp32 = HFEngine(model, tokenizer, batch_size=6).generate(prompts, params)
+    fp32_logprobs = torch.tensor([lp for g in fp32 for lp in g.logprobs])
+    assert fp32_logprobs.numel() and [g.logprobs for g in fp32] != [g.logprobs for g in cast]
+    for name, parameter in model.named_parameters():
+        same_object, values = before[name]
+        assert parameter is same_object and parameter.dtype == torch.float32
+        assert torch.equal(parameter, values)
+
+
+def test_rollout_dtype_must_be_floating_point(model, tokenizer):
+    from posttrain.errors import ModelError
+
+    with pytest.raises(ModelError, match="not a floating-point type"):
+        HFEngine(model, tokenizer, dtype=torch.int8)

@@ -133,3 +133,18 @@ def test_skipped_invalid_records_are_counted_in_the_run(tmp_path):
     assert summary["examples"] == 5 and summary["skipped"] == 2
     assert any(":6" in line for line in summary["skipped_records"])
     assert any(":7" in line for line in summary["skipped_records"])
+
+
+def test_bf16_optimizer_state_learns_and_a_resumed_run_continues_exactly(tmp_path):
+    import torch
+
+    settings = {"optim.state_dtype": "bfloat16", "optim.schedule": "constant", "optim.warmup_ratio": 0.0,
+                "train.save_every": 3}
+    whole = train_steps(train(tiny_config(tmp_path, "whole", **settings, **{"train.max_steps": 8})).run_dir)
+    assert whole[8]["loss"] < whole[1]["loss"] * 0.9
+    train(tiny_config(tmp_path, "cut", **settings, **{"train.max_steps": 3}))
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "step-3" / "optimizer.pt", weights_only=False)["state"]
+    assert {moment.dtype for s in state.values() for moment in (s["exp_avg"], s["exp_avg_sq"])} == {torch.bfloat16}
+    resumed = train_steps(train(tiny_config(tmp_path, "cut", **settings, **{"train.max_steps": 8})).run_dir)
+    assert sorted(resumed) == list(range(1, 9))
+    assert_same_steps(whole, resumed, range(4, 9), rel=1e-6)

@@ -17,7 +17,12 @@ libraries; each side's ``mean_completion_length`` is reported with the timings t
 from __future__ import annotations
 
 from posttrain.bench.harness import alternate
-from posttrain.bench.on_policy import check_counts, prepare_benchmark, summarize_on_policy
+from posttrain.bench.on_policy import (
+    check_counts,
+    check_posttrain_set,
+    prepare_benchmark,
+    summarize_on_policy,
+)
 from posttrain.errors import ConfigError, PosttrainError
 
 # Sampling settings shared by both sides (TRL 1.16's GRPOConfig defaults; posttrain's rl defaults).
@@ -36,10 +41,12 @@ def run_grpo_benchmark(
     warmup_steps: int = 1,
     lr: float = 1e-6,
     gradient_checkpointing: bool | None = None,
+    posttrain_set: list[str] = (),
 ) -> dict:
     """Run both sides ``repeats`` times, alternated, and summarize (medians over repeats, ratios).
 
     ``gradient_checkpointing=None`` runs each side at its own default (posttrain off, TRL on).
+    ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only, e.g. ``rl.rollout_dtype=bfloat16``.
     """
     if vs != "trl":
         raise PosttrainError(f"unknown peer {vs!r} for the GRPO benchmark", fix="use --vs trl")
@@ -52,6 +59,7 @@ def run_grpo_benchmark(
             where="--num-generations",
             fix="pass --num-generations 2 or more (the reference setting is 8)",
         )
+    overrides = check_posttrain_set(posttrain_set)
     model_dir, workdir, data_path = prepare_benchmark(model, "grpo", (steps + warmup_steps) * prompts)
     settings = {
         "model": model_dir,
@@ -71,6 +79,7 @@ def run_grpo_benchmark(
         "dtype": "float32",
         "device": "cpu",
         "gradient_checkpointing": gradient_checkpointing,
+        "posttrain_set": overrides,
     }
     runs = alternate(
         {

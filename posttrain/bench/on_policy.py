@@ -72,10 +72,22 @@ def step_figures(durations: list[float], completion_lengths: list[list[int]], wa
     }
 
 
+def check_posttrain_set(overrides: list[str]) -> list[str]:
+    """``--set key.sub=value`` options for posttrain's side, checked for form before any worker starts."""
+    from posttrain.config import parse_override
+
+    for text in overrides:
+        parse_override(text)
+    return list(overrides)
+
+
 def posttrain_config(settings: dict, method: str, batch_size: int, section: dict, **train: object) -> dict:
     """A run of ``method`` (``section`` is its config section) over the benchmark's model, data and steps, with
-    a constant lr, ``batch_size`` rows per forward pass, no evaluation and no final checkpoint."""
-    return {
+    a constant lr, ``batch_size`` rows per forward pass, no evaluation and no final checkpoint; then the
+    ``posttrain_set`` overrides of the settings (posttrain's options the peer has no counterpart for)."""
+    from posttrain.config import apply_overrides
+
+    config = {
         "name": "bench",
         "output_dir": tempfile.mkdtemp(dir=settings["workdir"], prefix="posttrain-"),
         "seed": settings["seed"],
@@ -88,6 +100,7 @@ def posttrain_config(settings: dict, method: str, batch_size: int, section: dict
         {"grpo": "rl"}.get(method, method): section,
         "eval": {"kind": "none"},
     }
+    return apply_overrides(config, settings.get("posttrain_set", []))
 
 
 def posttrain_worker(config: dict, warmup_steps: int) -> dict:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import random
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,14 +300,18 @@ def _write_outputs(out_dir: Path, result: dict, rows: list[dict]) -> None:
             file.write(json.dumps(row, ensure_ascii=False) + "\n")
     figure = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    plot_bon_curves(figure.add_subplot(), result, f"best-of-N: {result['model']} on {result['data']}")
+    figure.tight_layout()
+    figure.savefig(out_dir / "bon.png")
+
+
+def plot_bon_curves(axes, result: dict, title: str) -> None:
+    """Accuracy against N (log scale) for every selector of a ``bon.json`` result, on ``axes``."""
     for name, per_n in result["accuracy"].items():
         axes.plot([int(n) for n in per_n], list(per_n.values()), marker="o", label=name)
     axes.set_xscale("log", base=2)
     axes.set_xlabel("N (samples per prompt)")
     axes.set_ylabel("accuracy")
-    axes.set_title(f"best-of-N: {result['model']} on {result['data']}")
+    axes.set_title(textwrap.fill(title, 60), fontsize=9)
     axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(out_dir / "bon.png")
+    axes.legend(fontsize=8)

@@ -6,6 +6,12 @@ across calls unless ``n > batch_size``. Sampling is done by HF with only the pro
 :class:`SamplingParams` describes (the model's own sampling defaults are overridden), and the log-prob
 of every drawn token is read from the final processed scores, so it is the log-prob under the
 distribution the token was actually drawn from.
+
+With ``dtype`` set (e.g. ``torch.bfloat16``) the engine samples from the model with its floating-point
+weights cast to that type for the duration of the call, the way RL systems roll out in bf16 while the
+learner keeps fp32 weights. The recorded log-probs are then those of the cast model, the behaviour
+policy, so an importance ratio against them corrects for the difference. The cast copy exists only
+during the call; the model's own weights are untouched.
 """
 
 from __future__ import annotations
@@ -117,6 +123,26 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def weights_cast_to(model, dtype: torch.dtype | None) -> Iterator[None]:
+    """Run with every floating-point parameter of ``model`` cast to ``dtype``; restore the originals after.
+
+    The parameters stay the same objects (optimizers and hooks keep their references); only their data is
+    swapped for a cast copy, which is freed on exit. ``dtype=None`` changes nothing.
+    """
+    originals = []
+    if dtype is not None:
+        for parameter in model.parameters():
+            if parameter.is_floating_point() and parameter.dtype != dtype:
+                originals.append((parameter, parameter.data))
+                parameter.data = parameter.data.to(dtype)
+    try:
+        yield
+    finally:
+        for parameter, data in originals:
+            parameter.data = data
+
+
+@contextlib.contextmanager
 def _eval_mode(model) -> Iterator[None]:
     """Put the model in eval mode (no dropout) and restore its training flag afterwards."""
     was_training = model.training
@@ -130,12 +156,16 @@ def _eval_mode(model) -> Iterator[None]:
 class HFEngine(RolloutEngine):
     """Samples completions with ``model.generate``; see the module docstring for batching."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16):
+    def __init__(self, model, tokenizer, batch_size: int = 16, dtype: torch.dtype | None = None):
         if batch_size < 1:
             raise ModelError(f"batch_size = {batch_size} is invalid", fix="use a batch_size >= 1")
+        if dtype is not None and not dtype.is_floating_point:
+            raise ModelError(f"rollout dtype {dtype} is not a floating-point type",
+                             fix="use bfloat16, float16, float32 or null (the model's own)")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.dtype = dtype
         self.stop_ids = stop_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]
@@ -158,7 +188,7 @@ class HFEngine(RolloutEngine):
                 )
         distinct = 1 if params.greedy else params.n
         results: dict[tuple[int, int], Generation] = {}
-        with _eval_mode(self.model), _seeded(params.seed, self.device):
+        with _eval_mode(self.model), _seeded(params.seed, self.device), weights_cast_to(self.model, self.dtype):
             for indices, first_sample, count in _plan_calls(
                 [len(p) for p in prompt_ids], distinct, self.batch_size
             ):

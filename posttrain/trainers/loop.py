@@ -37,6 +37,7 @@ from posttrain.config import RunConfig, dump_config
 from posttrain.errors import ConfigError
 from posttrain.trainers import checkpoint as ckpt
 from posttrain.trainers.distributed import Processes
+from posttrain.trainers.optimizer import build_optimizer
 from posttrain.trainers.run_log import RunLog
 from posttrain.trainers.sampler import EpochSampler
 from posttrain.trainers.schedule import build_scheduler
@@ -107,8 +108,7 @@ class Trainer:
         self.evaluate = evaluate
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         optim = config.optim
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=optim.lr, betas=optim.betas, eps=optim.eps,
-                                           weight_decay=optim.weight_decay)
+        self.optimizer = build_optimizer(self.parameters, optim, seed=config.seed)
         self.total_steps = total_steps(config, method.num_examples, method.examples_per_step, processes.world_size)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps * method.updates_per_step,
                                          optim.warmup_ratio, optim.schedule)
@@ -172,7 +172,7 @@ class Trainer:
         return metrics
 
     def _optimizer_step(self) -> tuple[float, float]:
-        """Sum gradients over processes, clip, step AdamW and the schedule; the norm before clipping and the lr."""
+        """Sum gradients over processes, clip, step the optimizer and the schedule; the norm before clipping and the lr."""
         self.processes.sum_gradients(self.parameters)
         grad_norm = float("nan")
         if self.config.optim.max_grad_norm:
