@@ -204,13 +204,6 @@ class OnPolicySection(Section):
         "is faster than float32 where bf16 matrix products are (GPUs, CPUs with AVX512-BF16 or AMX); see "
         "docs/benchmarks.md")
 
-    @property
-    def rollout_torch_dtype(self):
-        """``rollout_dtype`` as a ``torch.dtype`` (``None`` = the model's own)."""
-        import torch
-
-        return None if self.rollout_dtype is None else getattr(torch, self.rollout_dtype)
-
 
 class RLConfig(OnPolicySection):
     """GRPO-family RL with verifiable rewards. Defaults follow TRL 1.16 ``GRPOConfig`` where it has one."""

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from posttrain.config import OptimConfig
-from posttrain.trainers.optimizer import AdamWBF16State, build_optimizer, round_to_bf16_stochastic
+from posttrain.trainers.optimizer import AdamWBF16State, build_optimizer, round_bits_stochastic_
+
+
+def round_to_bf16_stochastic(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``values`` rounded by the optimizer's rounding with fresh uniform 16-bit noise per element."""
+    noise = torch.randint(0, 1 << 16, values.shape, dtype=torch.int32, generator=generator)
+    return round_bits_stochastic_(values.clone(), noise).to(torch.bfloat16)
 
 
 def test_stochastic_rounding_is_unbiased_and_lands_on_a_neighbour():

@@ -7,7 +7,7 @@ across calls unless ``n > batch_size``. Sampling is done by HF with only the pro
 of every drawn token is read from the final processed scores, so it is the log-prob under the
 distribution the token was actually drawn from.
 
-With ``dtype`` set (e.g. ``torch.bfloat16``) the engine samples from the model with its floating-point
+With ``dtype`` set (``torch.bfloat16`` or its name, ``"bfloat16"``) the engine samples from the model with its floating-point
 weights cast to that type for the duration of the call, the way RL systems roll out in bf16 while the
 learner keeps fp32 weights. The recorded log-probs are then those of the cast model, the behaviour
 policy, so an importance ratio against them corrects for the difference. The cast copy exists only
@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from posttrain.errors import DataError, ModelError, location
+from posttrain.models import resolve_dtype
 from posttrain.rollout.base import Generation, RolloutEngine, SamplingParams
 
 CHATML_END = "<|im_end|>"
@@ -156,9 +157,10 @@ def _eval_mode(model) -> Iterator[None]:
 class HFEngine(RolloutEngine):
     """Samples completions with ``model.generate``; see the module docstring for batching."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, dtype: torch.dtype | None = None):
+    def __init__(self, model, tokenizer, batch_size: int = 16, dtype: str | torch.dtype | None = None):
         if batch_size < 1:
             raise ModelError(f"batch_size = {batch_size} is invalid", fix="use a batch_size >= 1")
+        dtype = None if dtype is None else resolve_dtype(dtype)
         if dtype is not None and not dtype.is_floating_point:
             raise ModelError(f"rollout dtype {dtype} is not a floating-point type",
                              fix="use bfloat16, float16, float32 or null (the model's own)")

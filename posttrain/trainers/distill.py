@@ -100,7 +100,7 @@ class DistillMethod:
         if cfg.rewards is not None:
             self.rewards = build_rewards(cfg.rewards)
             check_rewards_for_records(self.rewards, records, config.data.train.path or f"task:{config.data.train.task}")
-        self.engine = HFEngine(model, tokenizer, batch_size=cfg.rollout_batch_size, dtype=cfg.rollout_torch_dtype)
+        self.engine = HFEngine(model, tokenizer, batch_size=cfg.rollout_batch_size, dtype=cfg.rollout_dtype)
         self.pad_id = self.engine.pad_id
         self.context_prompts = None
         if cfg.teacher == "self_context":

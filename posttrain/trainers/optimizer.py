@@ -35,12 +35,6 @@ def build_optimizer(parameters: list[torch.nn.Parameter], optim: OptimConfig, se
     return AdamWBF16State(parameters, seed=seed, **settings)
 
 
-def round_to_bf16_stochastic(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """fp32 ``values`` rounded to bf16 unbiasedly (see :func:`round_bits_stochastic_`); ``values`` is kept."""
-    noise = torch.randint(0, 1 << 16, values.shape, dtype=torch.int32, generator=generator, device=values.device)
-    return round_bits_stochastic_(values.clone(), noise).to(torch.bfloat16)
-
-
 def round_bits_stochastic_(values: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """In place: add ``noise`` (uniform integers in [0, 2^16)) to the fp32 bit patterns of ``values`` and cut the
     low 16 bits, leaving bf16-representable fp32. The magnitude rounds up with probability

@@ -104,7 +104,7 @@ class RLMethod:
         self.rewards.prepare(tokenizer)
         if rl.judge is not None:  # both A/B orders of a judge task in the same step
             self.sample_block = 2
-        self.engine = HFEngine(model, tokenizer, batch_size=rl.rollout_batch_size, dtype=rl.rollout_torch_dtype)
+        self.engine = HFEngine(model, tokenizer, batch_size=rl.rollout_batch_size, dtype=rl.rollout_dtype)
         self.pad_id = self.engine.pad_id
         self.reserved_id = None
         if rl.laser.enabled:
