@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from posttrain.cli_eval import eval_app
+from posttrain.cli_eval import AsJson, eval_app
 from posttrain.errors import PosttrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Post-training for language models.")
@@ -216,7 +216,7 @@ def bench_sft(
     gradient_checkpointing: Annotated[bool | None, typer.Option(
         "--gradient-checkpointing/--no-gradient-checkpointing",
         help="set on both sides (default: each side's own default, posttrain off, TRL on)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Same SFT steps in posttrain and in the peer, each in its own process, alternated over repeats."""
     from posttrain.bench.sft import run_sft_benchmark
@@ -239,7 +239,7 @@ def bench_dpo(
     lr: Annotated[float, typer.Option(help="constant learning rate")] = 1e-6,
     micro_batch_tokens: Annotated[int | None, typer.Option(
         help="posttrain's train.micro_batch_tokens (default: its own; 0 = one pass per step, as TRL)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Same DPO steps (reference log-probs precomputed, not timed) in posttrain and in the peer, alternated."""
     from posttrain.bench.dpo import run_dpo_benchmark
@@ -262,7 +262,7 @@ def bench_distill(
     repeats: int = 2,
     posttrain_set: Annotated[list[str] | None, typer.Option(
         "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. distill.rollout_dtype=bfloat16")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """TS-OPSD steps (live self-teacher) against TRL's DistillationTrainer with the model as its own teacher."""
     from posttrain.bench.distill import run_distill_benchmark
@@ -289,7 +289,7 @@ def bench_grpo(
         help="set on both sides (default: each side's own default, posttrain off, TRL on)")] = None,
     posttrain_set: Annotated[list[str] | None, typer.Option(
         "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. rl.rollout_dtype=bfloat16")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Same GRPO steps (prompts, G, sampling, reward, loss) in posttrain and in the peer, alternated over repeats."""
     from posttrain.bench.grpo import run_grpo_benchmark

@@ -11,20 +11,25 @@ import typer
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models.")
 
+# options several commands share
+AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+ModelName = Annotated[str, typer.Option(help="model name or directory")]
+Temperature = Annotated[float, typer.Option(help="0 = greedy")]
+
 
 @eval_app.command("math")
 def eval_math(
-    model: Annotated[str, typer.Option(help="model name or directory")] = "smollm2-135m",
+    model: ModelName = "smollm2-135m",
     data: Annotated[str, typer.Option(help="data file/directory, or task:arithmetic for the synthetic task")] = "task:arithmetic",
     n: Annotated[int | None, typer.Option(help="number of prompts (default: all)")] = None,
     k: Annotated[int, typer.Option(help="samples per prompt (pass@k)")] = 1,
-    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    temperature: Temperature = 0.0,
     top_p: float = 1.0,
     max_new_tokens: int = 256,
     batch_size: int = 32,
     seed: int = 0,
     out: Annotated[Path | None, typer.Option(help="directory for samples.jsonl")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Math accuracy, pass@k, parse failures and mean length of a model on prompts with reference answers."""
     from posttrain.evals.run import run_math_eval
@@ -49,7 +54,7 @@ def _comma_list(text: str) -> list[str]:
 
 @eval_app.command("selfreward")
 def eval_selfreward(
-    model: Annotated[str, typer.Option(help="model name or directory")] = "smollm2-135m",
+    model: ModelName = "smollm2-135m",
     data: Annotated[str, typer.Option(help="data file (records with `completion` are scored as given), or task:NAME")] = "task:arithmetic",
     n: Annotated[int | None, typer.Option(help="number of prompts (default: all)")] = None,
     samples: Annotated[int, typer.Option(help="completions sampled per prompt when the data has none")] = 4,
@@ -63,7 +68,7 @@ def eval_selfreward(
     batch_size: int = 16,
     seed: int = 0,
     out: Annotated[Path | None, typer.Option(help="directory for samples.jsonl")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """LaSeR self-reward r_s of given or sampled completions: accuracy on correct/incorrect, F1 and AUROC."""
     from posttrain.evals.selfreward import run_selfreward_eval
@@ -83,13 +88,13 @@ def eval_judge(
     scorer: Annotated[str, typer.Option(help="judge (generative, both orders) or reward_model (scalar score)")] = "judge",
     n: Annotated[int | None, typer.Option(help="number of pairs (default: all)")] = None,
     samples: Annotated[int, typer.Option(help="judgments per pair and order")] = 1,
-    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    temperature: Temperature = 0.0,
     top_p: float = 1.0,
     max_new_tokens: int = 512,
     batch_size: int = 16,
     seed: int = 0,
     out: Annotated[Path | None, typer.Option(help="directory for judge.json and samples.jsonl")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Judge accuracy per order, both-order consistency, flips, format failures; by subset, category, length."""
     from posttrain.evals.judge import format_judge_table, run_judge_eval
@@ -110,12 +115,12 @@ def eval_masterkey(
     template: Annotated[str, typer.Option(help="pairwise template: rise, j1, or a template file")] = "rise",
     verifier_template: Annotated[str, typer.Option(help="verifier template: verifier, or a template file")] = "verifier",
     samples: Annotated[int, typer.Option(help="judgments per prompt")] = 1,
-    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    temperature: Temperature = 0.0,
     max_new_tokens: int = 512,
     batch_size: int = 16,
     seed: int = 0,
     out: Annotated[Path | None, typer.Option(help="directory for masterkey.json and samples.jsonl")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """False-positive rate of a judge on master-key responses, per key and overall, verifier and pairwise."""
     from posttrain.evals.masterkey import format_masterkey_table, run_masterkey_eval
@@ -147,7 +152,7 @@ def eval_gap(
     out: Annotated[Path | None, typer.Option(help="directory for gap.json and samples.jsonl")] = None,
     samples: Annotated[Path | None, typer.Option(help="recompute the metrics (at --m) from the samples.jsonl of an "
                                                      "earlier run instead of generating")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Solve-to-judge gap: judge accuracy on questions the model solves itself, and spurious successes."""
     from posttrain.evals.gap import format_gap_table, gap_from_samples, run_gap_eval
@@ -171,7 +176,7 @@ def eval_critique_agreement(
     judge_model: Annotated[str | None, typer.Option(help="the llm backend's judge model")] = None,
     threshold: Annotated[list[str] | None, typer.Option(help="NAME=VALUE, a backend's threshold (repeatable)")] = None,
     out: Annotated[Path | None, typer.Option(help="directory for agreement.json and scores.jsonl")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Score critique pairs with several similarity backends; report each one's rate and their agreement."""
     from posttrain.judges.similarity import format_agreement, run_agreement
@@ -195,7 +200,7 @@ def eval_sharpness(
     seed: int = 0,
     out: Annotated[Path | None, typer.Option(help="directory for sharpness.json (default: <M>/eval/sharpness "
                                                   "for a directory M, else runs/sharpness)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Sharpness of M against R on the same contexts: entropy, max-prob, top-k overlap, layer cosines, T-hat, pass@k."""
     from posttrain.evals.sharpness import run_sharpness_eval
@@ -211,7 +216,7 @@ def eval_sharpness(
 
 @eval_app.command("bon")
 def eval_bon(
-    model: Annotated[str, typer.Option(help="model name or directory")] = "smollm2-135m",
+    model: ModelName = "smollm2-135m",
     data: Annotated[str, typer.Option(help="data file/directory, or task:arithmetic for the synthetic task")] = "task:arithmetic",
     n: Annotated[str, typer.Option(help="comma-separated N values")] = "1,2,4,8,16",
     select: Annotated[str, typer.Option(help="comma-separated selectors: random, majority, self_certainty, laser, "
@@ -229,7 +234,7 @@ def eval_bon(
     judge: Annotated[str | None, typer.Option(help="judge model for the judge selector (pointwise scores)")] = None,
     judge_template: Annotated[str, typer.Option(help="pointwise judge template")] = "pointwise",
     out: Annotated[Path | None, typer.Option(help="directory for bon.json, bon.png and samples.jsonl")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Best-of-N accuracy against N per selector, from max(N) samples per prompt drawn once."""
     from posttrain.errors import ConfigError
