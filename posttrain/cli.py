@@ -1,7 +1,8 @@
 """The ``posttrain`` command. Each sub-command parses its arguments and calls one function; the ``eval``
 sub-commands are in :mod:`posttrain.cli_eval`.
 
-A :class:`posttrain.errors.PosttrainError` is printed without a traceback and exits with status 2.
+A :class:`posttrain.errors.PosttrainError` or a usage mistake (an unknown option or command, a missing or
+malformed value) is printed in a line or two without a traceback and exits with status 2.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def generate(
 def data_make(
     task: Annotated[str, typer.Argument(help="synthetic task name, e.g. arithmetic")],
     out: Annotated[Path, typer.Option(help="output .jsonl")],
-    n: int = 2000,
+    n: Annotated[int, typer.Option(help="number of records, at least 1")] = 2000,
     seed: int = 0,
     levels: Annotated[str | None, typer.Option(help="comma-separated difficulty levels, e.g. 1,2")] = None,
     held_out: Annotated[bool, typer.Option(help="write the held-out split instead of the training split")] = False,
@@ -301,21 +302,42 @@ def bench_grpo(
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
-def main() -> None:
+def _click_exceptions():
+    """The module of the click exceptions typer raises: its vendored copy (``typer._click``) or click itself."""
     try:
-        app(standalone_mode=False)
+        from typer._click import exceptions
+    except ImportError:  # typer releases that still depend on click
+        from click import exceptions
+    return exceptions
+
+
+def _show_usage_error(error: Exception) -> None:
+    """Print a click usage error as ``error: ...`` and a hint, like a :class:`PosttrainError` (no usage block)."""
+    context = getattr(error, "ctx", None)
+    command = context.command_path if context is not None else "posttrain"
+    typer.echo(f"error: {error.format_message()}\nHow to fix: see `{command} --help`", err=True)
+
+
+def main() -> None:
+    """Run the ``posttrain`` command. A :class:`PosttrainError` or a usage mistake (unknown option or command,
+    missing or malformed value) prints a short message without a traceback and exits with status 2; a command
+    group called without a sub-command prints its help and exits with 2; ``--help`` exits with 0."""
+    exceptions = _click_exceptions()
+    try:
+        code = app(standalone_mode=False)
     except PosttrainError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
-    except (typer.Exit, SystemExit) as done:
-        sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)))
-    except Exception as error:  # click usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(2)
-        raise
+    except getattr(exceptions, "NoArgsIsHelpError", ()) as error:
+        error.show()
+        sys.exit(2)
+    except exceptions.ClickException as error:
+        _show_usage_error(error)
+        sys.exit(2)
+    except typer.Abort:  # Ctrl-D at a prompt
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -28,14 +28,21 @@ def eval_math(
     max_new_tokens: int = 256,
     batch_size: int = 32,
     seed: int = 0,
-    out: Annotated[Path | None, typer.Option(help="directory for samples.jsonl")] = None,
+    out: Annotated[Path | None, typer.Option(help="directory for samples.jsonl and the summary math.json")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Math accuracy, pass@k, parse failures and mean length of a model on prompts with reference answers."""
+    """Math accuracy, pass@k, parse failures and mean length of a model on prompts with reference answers.
+
+    References that are not a number or math expression are counted (``unparsed_references``) and warned
+    about on stderr; when none is one, the command stops with an error before sampling."""
     from posttrain.evals.run import run_math_eval
 
     result = run_math_eval(model=model, data=data, n=n, k=k, temperature=temperature, top_p=top_p,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, out_dir=out)
+    if result["unparsed_references"]:
+        typer.echo(f"warning: {result['unparsed_references']} of {result['num_prompts']} reference answers in "
+                   f"{data} are not a number or math expression, so their samples may be scored wrong; "
+                   "give final answers such as `42` or `\\frac{1}{2}`", err=True)
     _print_result(result, as_json)
 
 

@@ -2,6 +2,13 @@
 
 A recipe is a YAML file whose keys mirror :class:`RunConfig`. Every section forbids unknown keys,
 so a typo is an error that names the key instead of a silently ignored setting.
+
+Paths (:mod:`posttrain.recipe_paths` has the details): a relative path written in a recipe is relative to
+the recipe's folder, one given as a command-line override to the working directory; ``output_dir`` is
+always relative to the working directory, and ``${output_dir}`` in any value stands for it (how a recipe
+names a file an earlier run wrote, e.g. ``${output_dir}/grm-s2j/synth/sft.jsonl``). A model, teacher or
+template name stays a name unless it is an existing path. :func:`load_config` resolves every path once,
+so the ``config.yaml`` a run writes holds absolute paths and loads the same from any directory.
 """
 
 from __future__ import annotations
@@ -12,13 +19,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from posttrain.errors import ConfigError, location
+from posttrain.recipe_paths import resolve_recipe_paths, substitute_output_dir
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A config section: unknown keys are errors, and no number may be infinite or NaN."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraConfig(Section):
@@ -99,6 +109,9 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="recompute layer activations in backward: less memory, ~1/3 more compute"
     )
+    max_nonfinite_steps: int = Field(3, gt=0, description="optimizer updates whose loss or gradient norm is "
+                                     "infinite or NaN are skipped (the weights stay as they were); this many in a "
+                                     "row stop the run with an error")
 
 
 class SFTConfig(Section):
@@ -158,6 +171,11 @@ class RewardsConfig(Section):
     )
     max_error_rate: float = Field(
         0.1, ge=0, le=1, description="fraction of samples with errors in a batch above which the run stops"
+    )
+    timeout: float | None = Field(
+        30.0, ge=0, allow_inf_nan=False,
+        description="seconds a reward function call may run before it counts as an error; 0 or null: no limit. "
+        "Rewards that run a model of their own (judge, s2j, critique_similarity, metarm) are not limited",
     )
 
 
@@ -349,8 +367,12 @@ class RewardModelConfig(Section):
                                              "use 0.01)")
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
 class RunConfig(Section):
-    name: str = "run"
+    name: str = Field("run", description="the run's directory under output_dir: one path component of letters, "
+                      "digits and . _ + - (not starting with . or -)")
     output_dir: str = "runs"
     seed: int = 0
     method: Literal["sft", "grpo", "distill", "dpo", "reward_model"] = "sft"
@@ -364,6 +386,14 @@ class RunConfig(Section):
     preference: PreferenceConfig = PreferenceConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
     eval: EvalConfig = EvalConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _one_safe_component(cls, name: str) -> str:
+        if not RUN_NAME.fullmatch(name) or len(name) > 200:
+            raise ValueError(f"a run name is one folder name of letters, digits and . _ + - (got {name!r}); put "
+                             "other folders in output_dir, e.g. output_dir=runs/experiments name=first")
+        return name
 
     @property
     def run_dir(self) -> Path:
@@ -381,10 +411,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Set each ``key.sub=value`` in a nested dict, creating sections as needed."""
+def apply_overrides(raw: dict, overrides: list[str], base: Path | None = None) -> dict:
+    """Set each ``key.sub=value`` in a nested dict, creating sections as needed. With ``base``, the path
+    fields in the values are resolved against that folder (see :mod:`posttrain.recipe_paths`)."""
     for text in overrides:
         keys, value = parse_override(text)
+        if base is not None:
+            value = _resolved_override(keys, value, base)
         node = raw
         for key in keys[:-1]:
             child = node.get(key)
@@ -395,6 +428,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = child
         node[keys[-1]] = value
     return raw
+
+
+def _resolved_override(keys: list[str], value: Any, base: Path) -> Any:
+    """An override's value with its path fields resolved against ``base``, as if it stood in a recipe there."""
+    nested = value
+    for key in reversed(keys):
+        nested = {key: nested}
+    nested = resolve_recipe_paths(nested, base)
+    for key in keys:
+        nested = nested[key]
+    return nested
 
 
 def _describe_validation_error(error: ValidationError, source: str) -> ConfigError:
@@ -411,30 +455,44 @@ def _describe_validation_error(error: ValidationError, source: str) -> ConfigErr
     )
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML recipe (or start from defaults), apply overrides and validate."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, overrides_dir: str | Path | None = None
+) -> RunConfig:
+    """Read a YAML recipe (or start from defaults), apply overrides and validate.
+
+    Paths are resolved as the module docstring says: those in the recipe against its folder, those in
+    ``overrides`` against ``overrides_dir`` (default: the working directory; a pipeline passes its own
+    folder for the overrides written in it), then ``${output_dir}`` is replaced everywhere.
+    """
     raw: dict = {}
     source = str(path) if path else "<defaults>"
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"recipe {path} does not exist",
-                fix="pass the path of a YAML recipe, e.g. posttrain/recipes/quickstart.yaml",
-            )
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = location(str(path), mark.line + 1 if mark else None)
-            raise ConfigError(f"recipe is not valid YAML: {exc}", where=where) from None
-        if not isinstance(raw, dict):
-            raise ConfigError("a recipe must be a mapping of sections", where=str(path))
-    raw = apply_overrides(raw, overrides or [])
+        raw = resolve_recipe_paths(_read_recipe(path), path.resolve().parent)
+    raw = apply_overrides(raw, overrides or [], base=Path(overrides_dir or Path.cwd()).resolve())
+    raw = substitute_output_dir(raw, str(raw.get("output_dir", RunConfig.model_fields["output_dir"].default)))
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise _describe_validation_error(exc, source) from None
+
+
+def _read_recipe(path: Path) -> dict:
+    """The mapping a recipe file holds; a ConfigError when it is missing, not YAML, or not a mapping."""
+    if not path.is_file():
+        raise ConfigError(
+            f"recipe {path} does not exist",
+            fix="pass the path of a YAML recipe, e.g. posttrain/recipes/quickstart.yaml",
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = location(str(path), mark.line + 1 if mark else None)
+        raise ConfigError(f"recipe is not valid YAML: {exc}", where=where) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("a recipe must be a mapping of sections", where=str(path))
+    return raw
 
 
 def dump_config(config: RunConfig) -> str:

@@ -7,6 +7,9 @@ there is a place), and how to fix it. The CLI prints it without a traceback and 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+
 
 class PosttrainError(Exception):
     """An error the user can act on; the message is complete on its own."""
@@ -48,3 +51,28 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message (library messages often run to a paragraph)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+class CheckpointError(PosttrainError):
+    """A checkpoint is incomplete, corrupt, or was written by a run with other settings."""
+
+
+class RunStateError(PosttrainError):
+    """A run cannot go on: its directory is in use, its training diverged, or its disk is full."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_space_checked(directory, writing: str):
+    """Turn a full disk (``ENOSPC``/``EDQUOT``) while ``writing`` into ``directory`` into a :class:`RunStateError`
+    that names the directory; every other ``OSError`` passes through unchanged."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise RunStateError(f"no space left on {directory} while writing {writing}",
+                            fix="free disk space (or point output_dir at a larger disk) and run the same command "
+                                "again: it resumes from the last complete checkpoint") from error

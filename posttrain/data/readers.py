@@ -2,7 +2,9 @@
 
 :func:`read_records` reads ``.jsonl`` (one JSON object a line), ``.json`` (a list of objects, or an object
 whose ``data`` field is that list), ``.parquet``, a local Hugging Face ``datasets`` directory (written by
-``save_to_disk``), or a hub dataset name (``owner/name`` or ``owner/name:config``, where the network allows).
+``save_to_disk``), or a hub dataset name (``owner/name`` or ``owner/name:config``; from the hub, or from the
+local hub cache when offline or the hub does not answer — an unavailable one fails at once, see
+:mod:`posttrain.hub`).
 Each record is validated and normalized by :func:`posttrain.data.records.normalize_record` and gets
 ``_where``: ``file:line`` for JSON Lines, ``file:[index]`` for the other formats.
 
@@ -22,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.errors import DataError, first_line, location
+from posttrain.hub import locate_hub_repo, looks_like_path
 
 from .records import check_kind, normalize_record
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 SUFFIXES = (*JSONL_SUFFIXES, ".json", ".parquet")
+LOCAL_DATA_ALTERNATIVE = "a local .jsonl, .json or .parquet file, or a directory written by datasets' save_to_disk"
 
 
 @dataclass
@@ -66,7 +70,7 @@ def read_records(
         rows, name = _dataset_directory_rows(path, split)
     elif path.is_file():
         rows = _file_rows(path)
-    elif path.suffix.lower() in SUFFIXES or _looks_like_path(name):
+    elif looks_like_path(name):
         raise DataError(
             "file not found",
             where=name,
@@ -243,19 +247,22 @@ def _dataset_directory_rows(path: Path, split: str) -> tuple[Iterator[Row], str]
 
 
 def _hub_rows(name: str, split: str) -> tuple[Iterator[Row], str]:
-    """Rows of hub dataset ``owner/name`` or ``owner/name:config`` (needs the network or a local cache)."""
+    """Rows of hub dataset ``owner/name`` or ``owner/name:config``: fetched from the hub, or read from its
+    snapshot in the local hub cache when offline mode is set or the hub does not answer (see
+    :func:`posttrain.hub.locate_hub_repo`, which raises at once when neither can provide it)."""
     import datasets
 
     repository, _, config = name.partition(":")
+    where_from = locate_hub_repo(repository, repo_type="dataset", error_type=DataError, where=name,
+                                 local_alternative=LOCAL_DATA_ALTERNATIVE, offline=datasets.config.HF_HUB_OFFLINE)
     try:
-        loaded = datasets.load_dataset(repository, config or None, split=split)
+        loaded = datasets.load_dataset(where_from, config or None, split=split)
     except Exception as error:  # the hub client raises many kinds of errors; each becomes one message
         raise DataError(
             f"no local file or directory has this name, and the Hugging Face hub could not provide it "
             f"({type(error).__name__}: {first_line(error)})",
             where=name,
-            fix="check the path; for a hub dataset connect to the network, or download it elsewhere, "
-            "save it with save_to_disk and pass that directory",
+            fix=f"check the path, or pass {LOCAL_DATA_ALTERNATIVE}",
         ) from None
     source = f"{name}[{split}]"
     return ((location(source, f"[{index}]"), record) for index, record in enumerate(loaded.to_list())), source
@@ -306,10 +313,3 @@ def _malformed_json(error: Exception, where: str) -> DataError:
     else:
         what = f"malformed JSON: {first_line(error)}"
     return DataError(what, where=where, fix="write one complete JSON object on each line")
-
-
-def _looks_like_path(name: str) -> bool:
-    """Names that are clearly file paths rather than hub names (``owner/name``)."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-
-

@@ -106,17 +106,43 @@ def _as_rational(answer: str) -> Fraction | None:
     return Fraction(answer.replace(",", ""))
 
 
-def _symbolic(answer: str, timeout: int | None) -> list:
-    """Parse with math-verify. An answer is read as a math expression (inside ``$...$``: bare LaTeX and
-    expressions such as ``1+x`` are not recognized otherwise), unless it contains a word of prose
-    (``18 dollars``), which is parsed as text so the number is found. The other form is the fallback."""
+def _forms(answer: str) -> tuple[str, str]:
+    """The texts math-verify is given for an answer, in order: read as a math expression (inside ``$...$``:
+    bare LaTeX and expressions such as ``1+x`` are not recognized otherwise), unless it contains a word of
+    prose (``18 dollars``), which is parsed as text so the number is found. The other form is the fallback."""
     wrapped = f"${answer}$"
-    forms = (answer, wrapped) if PROSE_WORD.search(answer) else (wrapped, answer)
-    for form in forms:
+    return (answer, wrapped) if PROSE_WORD.search(answer) else (wrapped, answer)
+
+
+def _parse_timeout() -> int | None:
+    """math-verify's timeouts use SIGALRM, which only the main thread may set: 5 s there, else none."""
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+def _symbolic(answer: str, timeout: int | None) -> list:
+    """Parse with math-verify, trying the :func:`_forms` of ``answer`` in turn."""
+    for form in _forms(answer):
         parsed = parse(form, parsing_timeout=timeout)
         if parsed:
             return parsed
     return []
+
+
+def is_math_answer(answer: str) -> bool:
+    """Whether an answer (normalized here) reads as a number or a math expression, which is what
+    :func:`answers_match` can compare reliably: a plain number, or text from which math-verify parses an
+    expression. Not: empty text; text math-verify finds nothing in (its parse result is empty, or holds only
+    its fall-back copy of the string, as for ``???``); and prose with no number or formula in it (``Paris``,
+    ``yes``), which math-verify finds only inside ``$...$``, read as a product of letters (P·a·r·i·s).
+    """
+    answer = normalize_answer(answer) if isinstance(answer, str) else ""
+    if not answer:
+        return False
+    if _as_rational(answer) is not None:
+        return True
+    forms = _forms(answer)[:1] if PROSE_WORD.search(answer) else _forms(answer)
+    timeout = _parse_timeout()
+    return any(not isinstance(item, str) for form in forms for item in parse(form, parsing_timeout=timeout))
 
 
 def answers_match(predicted: str | None, reference: str | None) -> bool:
@@ -130,8 +156,7 @@ def answers_match(predicted: str | None, reference: str | None) -> bool:
         predicted_value, reference_value = _as_rational(predicted), _as_rational(reference)
         if predicted_value is not None and reference_value is not None:
             return predicted_value == reference_value
-        # math-verify's timeouts use SIGALRM, which only the main thread may set.
-        timeout = 5 if threading.current_thread() is threading.main_thread() else None
+        timeout = _parse_timeout()
         gold = _symbolic(reference, timeout)
         target = _symbolic(predicted, timeout)
         if not gold or not target:

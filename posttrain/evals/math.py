@@ -8,7 +8,10 @@ Metrics over ``P`` prompts with ``n`` samples each, of which ``c_i`` are correct
   4, ... up to the requested ``k``, and ``k`` itself;
 - ``parse_failure_rate``: the fraction of samples with no extractable final answer;
 - ``mean_length``: mean completion length in tokens; ``truncated_fraction``: the fraction of samples
-  that hit ``max_new_tokens`` before the end-of-sequence token.
+  that hit ``max_new_tokens`` before the end-of-sequence token;
+- ``unparsed_references``: how many prompts' reference answers are not a number or a math expression
+  (:func:`~posttrain.evals.answers.is_math_answer`, e.g. ``Paris``): their samples can hardly be scored
+  right. When no reference is one, the evaluation stops with a DataError before sampling.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.errors import DataError, location
-from posttrain.evals.answers import answers_match, extract_answer, reference_answer
+from posttrain.evals.answers import answers_match, extract_answer, is_math_answer, reference_answer
 from posttrain.rollout import Generation, RolloutEngine, SamplingParams
 
 
@@ -60,6 +63,7 @@ class MathEvalResult:
     truncated_fraction: float
     num_prompts: int
     num_samples: int
+    unparsed_references: int = 0
 
     def to_dict(self) -> dict[str, float | int]:
         """Flat metrics, ``pass@k`` spelled out per k, ready to log."""
@@ -71,6 +75,7 @@ class MathEvalResult:
             truncated_fraction=self.truncated_fraction,
             num_prompts=self.num_prompts,
             num_samples=self.num_samples,
+            unparsed_references=self.unparsed_references,
         )
         return metrics
 
@@ -113,10 +118,13 @@ def evaluate_math(
 ) -> MathEvalResult:
     """Sample ``max(k, params.n)`` solutions per prompt and score their final answers.
 
-    ``references`` are final answers (or full solutions ending in ``#### answer``). With ``out_dir``,
-    every sample is written to ``out_dir/samples.jsonl``.
+    ``references`` are final answers (or full solutions ending in ``#### answer``); a DataError when none
+    of them is a number or math expression. With ``out_dir``, every sample is written to
+    ``out_dir/samples.jsonl``.
     """
     _check_inputs(prompt_ids, references, prompts_text, k)
+    gold = [reference_answer(reference) for reference in references]
+    unparsed = _count_unparsed(gold)
     samples_per_prompt = max(k, params.n)
     if samples_per_prompt != params.n:
         params = dataclasses.replace(params, n=samples_per_prompt)
@@ -126,7 +134,6 @@ def evaluate_math(
             f"the rollout engine returned {len(generations)} generations, "
             f"expected {len(prompt_ids)} prompts x {samples_per_prompt} samples"
         )
-    gold = [reference_answer(reference) for reference in references]
     rows = [_score(generation, gold[generation.prompt_index]) for generation in generations]
 
     correct_per_prompt = [0] * len(prompt_ids)
@@ -144,10 +151,26 @@ def evaluate_math(
         truncated_fraction=sum(row["finish_reason"] == "length" for row in rows) / total,
         num_prompts=len(prompt_ids),
         num_samples=total,
+        unparsed_references=unparsed,
     )
     if out_dir is not None:
         _write_samples(Path(out_dir) / "samples.jsonl", generations, rows, prompts_text)
     return result
+
+
+def _count_unparsed(gold: list[str]) -> int:
+    """How many reference answers are not a number or math expression; a DataError when none is."""
+    unparsed = [answer for answer in gold if not is_math_answer(answer)]
+    if len(unparsed) == len(gold):
+        raise DataError(
+            f"none of the {len(gold)} reference answers is a number or a math expression (first: {gold[0]!r}), "
+            "so the math evaluation cannot compare answers with them",
+            where=location(field="references[0]"),
+            fix="give each record's `reference` as its final answer (a number or LaTeX expression such as "
+            "`\\frac{1}{2}`) or a GSM8K-style `answer` ending in `#### <answer>`; the math evaluation scores "
+            "math answers only",
+        )
+    return len(unparsed)
 
 
 def _score(generation: Generation, reference: str) -> dict:

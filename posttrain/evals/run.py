@@ -45,6 +45,8 @@ def require_references(records: list[dict]) -> None:
 def run_math_eval(model: str, data: str, n: int | None = None, k: int = 1, temperature: float = 0.0,
                   top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 32, seed: int = 0,
                   out_dir: Path | None = None) -> dict:
+    """Math accuracy of ``model`` on ``data`` (:func:`~posttrain.evals.math.evaluate_math`): its metrics,
+    ``unparsed_references`` among them. With ``out_dir``: ``samples.jsonl`` and the summary ``math.json``."""
     tokenizer = load_tokenizer(model)
     lm = load_model(model)
     records = prompt_records(data, n, seed)
@@ -53,7 +55,9 @@ def run_math_eval(model: str, data: str, n: int | None = None, k: int = 1, tempe
     result = evaluate_math(engine, [encode_prompt(r, tokenizer) for r in records],
                            [str(r["reference"]) for r in records], k=k, params=params,
                            prompts_text=[prompt_text(r) for r in records], out_dir=out_dir)
-    return {"model": model, "data": data, **result.to_dict()}
+    summary = {"model": model, "data": data, **result.to_dict()}
+    write_summary(out_dir, "math", summary)
+    return summary
 
 
 def generate_replies(model: str, prompt: str, max_new_tokens: int = 128, temperature: float = 0.0, n: int = 1,
@@ -69,10 +73,18 @@ def write_eval(out_dir: str | Path | None, name: str, summary: dict, rows: list[
     """With ``out_dir``: ``<name>.json`` (the summary, indented) and ``samples.jsonl`` (one row a sample)."""
     if out_dir is None:
         return
-    import json
-
     from posttrain.data import write_jsonl
 
+    write_jsonl(rows, Path(out_dir) / "samples.jsonl")
+    write_summary(out_dir, name, summary)
+
+
+def write_summary(out_dir: str | Path | None, name: str, summary: dict) -> None:
+    """With ``out_dir``: the summary as ``<name>.json``, indented."""
+    if out_dir is None:
+        return
+    import json
+
     out_dir = Path(out_dir)
-    write_jsonl(rows, out_dir / "samples.jsonl")
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -33,6 +33,7 @@ import torch
 from posttrain.data.regression import encode_texts
 from posttrain.errors import DataError
 from posttrain.judges.similarity import pearson
+from posttrain.models.state_files import load_state_file
 from posttrain.ops import regression_loss
 
 __all__ = ["MetaRM", "metarm_bonus", "metarm_text", "pearson"]
@@ -153,4 +154,4 @@ class MetaRM:
         """What :meth:`save` wrote, when it exists."""
         path = Path(directory) / "metarm.pt"
         if path.is_file():
-            self.load_state_dict(torch.load(path, weights_only=False))
+            self.load_state_dict(load_state_file(path, fix="restore the run from an earlier checkpoint"))

@@ -6,7 +6,9 @@ A name resolves, in this order, to:
 - ``tiny-random``: ``tiny_model()`` / ``tiny_tokenizer()`` with default sizes, built in code;
 - an existing local directory: a Hugging Face model directory (``config.json``), or a LoRA adapter
   directory (``adapter_config.json``) whose base model is loaded first, by name or path, then the adapter;
-- anything else that looks like a hub id (``org/name``): the Hugging Face hub, where the network allows.
+- anything else that looks like a hub id (``org/name``): the Hugging Face hub. When the hub is not to be
+  contacted (``HF_HUB_OFFLINE``) or does not answer, the repository's snapshot in the local hub cache is
+  loaded instead, and a repository not in the cache is a ``ModelError`` at once (see :mod:`posttrain.hub`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from posttrain.errors import ConfigError, ModelError, first_line, location
+from posttrain.hub import locate_hub_repo
 from posttrain.models.embedded import EMBEDDED_MODEL_NAME, embedded_model_dir
 from posttrain.models.lora import apply_lora
 from posttrain.models.tiny import TINY_MODEL_NAME, tiny_model, tiny_tokenizer
@@ -34,15 +37,16 @@ DTYPE_NAMES = {
 }
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+LOCAL_MODEL_ALTERNATIVE = f"a local Hugging Face model directory, or '{EMBEDDED_MODEL_NAME}' (the embedded model)"
 LOCAL_DIRECTORY_FIX = (
-    f"pass a local Hugging Face model directory, or '{EMBEDDED_MODEL_NAME}' (the embedded model), "
-    "or connect to the network and check the name at https://huggingface.co"
+    f"pass {LOCAL_MODEL_ALTERNATIVE}, or connect to the network and check the name at https://huggingface.co"
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-    """Where a model name points: ``kind`` is ``tiny``, ``directory``, ``adapter`` or ``hub``."""
+    """Where a model name points: ``kind`` is ``tiny``, ``directory``, ``adapter`` or ``hub``. For ``hub`` the
+    ``location`` is the repository id, or its snapshot directory in the local cache when the hub is not used."""
 
     kind: str
     location: str
@@ -84,7 +88,8 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
 
 
 def resolve_source(name_or_path: str | Path) -> ModelSource:
-    """Decide where ``name_or_path`` points, without loading anything heavy (see the module docstring)."""
+    """Decide where ``name_or_path`` points, without loading anything heavy (see the module docstring); a hub
+    name costs at most one short probe of the hub per process (:func:`posttrain.hub.hub_reachable`)."""
     name = str(name_or_path)
     if name == EMBEDDED_MODEL_NAME:
         return ModelSource("directory", str(embedded_model_dir()))
@@ -112,7 +117,8 @@ def resolve_source(name_or_path: str | Path) -> ModelSource:
             f"model '{name}' is not a known name, an existing directory, or a hub id",
             fix=f"use '{EMBEDDED_MODEL_NAME}', '{TINY_MODEL_NAME}', a local directory, or a hub id like org/name",
         )
-    return ModelSource("hub", name)
+    return ModelSource("hub", locate_hub_repo(name, repo_type="model", error_type=ModelError,
+                                              local_alternative=LOCAL_MODEL_ALTERNATIVE))
 
 
 def adapter_base_reference(adapter_dir: Path) -> str:
@@ -173,7 +179,8 @@ def load_base_model(source: ModelSource, name: str, dtype: torch.dtype):
             where=location(source.location),
             fix="export the inner adapter as a merged model and train the new adapter on that",
         )
-    reference = name if name in (EMBEDDED_MODEL_NAME, TINY_MODEL_NAME) else source.location
+    keeps_name = name in (EMBEDDED_MODEL_NAME, TINY_MODEL_NAME) or source.kind == "hub"
+    reference = name if keeps_name else source.location
     model.name_or_path = reference
     model.config.name_or_path = reference
     return model

@@ -3,6 +3,9 @@
 The file is executed as a module of its own (``importlib.util.spec_from_file_location``), not imported
 from ``sys.path``, so it needs no package around it. The named attribute must be a callable taking
 ``(prompt, completion, record, **args)`` and returning a number.
+
+In a recipe, a relative ``FILE.py`` is relative to the recipe's folder: :func:`posttrain.config.load_config`
+has made it absolute (:mod:`posttrain.recipe_paths`), so ``base_dir`` only matters for paths given in code.
 """
 
 from __future__ import annotations

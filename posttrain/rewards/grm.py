@@ -92,7 +92,7 @@ def _check_s2j(args: dict[str, Any]) -> None:
                               where=f"rewards.functions[s2j].args.{name}", fix="give e.g. 1.0")
 
 
-@register_reward("s2j", requires=JUDGE_FIELDS, check=_check_s2j)
+@register_reward("s2j", time_limited=False, requires=JUDGE_FIELDS, check=_check_s2j)
 def s2j_reward(prompt: str, completion: str, record: dict, template: str = "s2j", judge_weight: float = 1.0,
                solve_weight: float = 1.0, combine: str = "sum", reward_model: str | None = None,
                format_penalty: float = -1.0) -> float:
@@ -174,7 +174,7 @@ def rule_reward(output: GRMOutput, record: dict, backend: str, threshold: float 
     return judged + weight * (1.0 if similarity >= limit else 0.0)
 
 
-@register_reward("critique_similarity", requires=JUDGE_FIELDS, check=_check_similarity)
+@register_reward("critique_similarity", time_limited=False, requires=JUDGE_FIELDS, check=_check_similarity)
 def critique_similarity_reward(prompt: str, completion: str, record: dict, template: str = "grm",
                                backend: str = "lexical", threshold: float | None = None,
                                weight: float = 0.5, backend_args: dict | None = None,
@@ -280,5 +280,5 @@ def metarm_load(directory: Path, *, model: str, lr: float = 5e-6, online: bool =
         metarm_model(model, lr).restore(Path(directory))
 
 
-register_reward("metarm", requires=JUDGE_FIELDS, check=_check_metarm, after_batch=metarm_after_batch,
+register_reward("metarm", time_limited=False, requires=JUDGE_FIELDS, check=_check_metarm, after_batch=metarm_after_batch,
                 prepare=metarm_prepare, save_state=metarm_save, load_state=metarm_load)(metarm_reward)

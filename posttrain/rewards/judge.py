@@ -60,7 +60,7 @@ def _check_judge_args(args: dict[str, Any]) -> None:
                           fix=f"use the built-in {DEFAULT_TEMPLATES[mode]!r} or another {wanted} template")
 
 
-@register_reward("judge", requires=("reference",), check=_check_judge_args)
+@register_reward("judge", time_limited=False, requires=("reference",), check=_check_judge_args)
 def judge_reward(prompt: str, completion: str, record: dict, model: str, mode: str = "verifier",
                  template: str | None = None, answer_field: str = "answer", max_new_tokens: int = 256) -> float:
     """The judge's score of ``completion`` in [0, 1] (module docstring)."""

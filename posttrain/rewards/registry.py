@@ -7,10 +7,14 @@ A reward function is called once per sample as ``fn(prompt, completion, record, 
 
     R_i = sum_k  w_k * r_k(prompt_i, completion_i, record_i)
 
-A function that raises, or returns anything but a finite real number (``bool`` counts as 0/1), is caught
-for that sample alone: it is counted, its first message kept, and its value replaced by
-``rewards.on_error``. Scoring stops with a :class:`RewardError` only when the fraction of samples with any
-such error in one batch exceeds ``rewards.max_error_rate``.
+A function that raises, runs longer than ``rewards.timeout`` seconds, or returns anything but a finite real
+number (``bool`` counts as 0/1), is caught for that sample alone: it is counted, its first message kept, and
+its value replaced by ``rewards.on_error``. Scoring stops with a :class:`RewardError` only when the fraction
+of samples with any such error in one batch exceeds ``rewards.max_error_rate``. "Raises" includes
+``SystemExit`` (``sys.exit()``), ``GeneratorExit`` and any other ``BaseException``, which would otherwise end
+the run as if it had finished; only an exact ``KeyboardInterrupt`` (what Ctrl-C raises) propagates and stops
+the run. How a call is stopped at its time limit, and the limits of that, is described in
+:mod:`posttrain.rewards.timeout`.
 
 A registered reward may also keep state across batches (a learned reward such as the online MetaRM of
 :mod:`posttrain.rewards.grm`): ``after_batch(prompts, completions, records, values, **args)`` runs after each
@@ -34,6 +38,7 @@ import torch
 from posttrain.config import RewardsConfig
 from posttrain.errors import ConfigError, DataError, PosttrainError, first_line, location
 from posttrain.rewards.custom import load_reward_function
+from posttrain.rewards.timeout import CallTimedOut, call_with_timeout
 
 RewardFn = Callable[..., float]
 ArgsCheck = Callable[[dict[str, Any]], None]
@@ -61,20 +66,24 @@ class RegisteredReward:
     prepare: Callable[..., None] | None = None
     save_state: Callable[..., None] | None = None
     load_state: Callable[..., None] | None = None
+    time_limited: bool = True  # False: runs a model of its own, bounded by its generation settings instead
 
 
 REWARDS: dict[str, RegisteredReward] = {}
 
 
 def register_reward(
-    name: str, *, requires: Sequence[str] = (), check: ArgsCheck | None = None, **hooks: Callable
+    name: str, *, requires: Sequence[str] = (), check: ArgsCheck | None = None, time_limited: bool = True,
+    **hooks: Callable,
 ) -> Callable[[RewardFn], RewardFn]:
     """Decorator registering ``fn(prompt, completion, record, **args) -> float`` under ``name``.
 
     ``requires`` names record fields every record must carry (checked before training by
     :func:`check_rewards_for_records`); ``check(args)`` raises a ConfigError for bad arguments; ``hooks`` are
     the optional ``after_batch``, ``prepare``, ``save_state`` and ``load_state`` of a stateful reward (module
-    docstring).
+    docstring). ``time_limited=False`` exempts a reward from ``rewards.timeout``: one that loads and runs a
+    model of its own (a judge), whose time is bounded by its generation settings and may exceed a limit meant
+    for plain functions.
     """
     unknown = sorted(set(hooks) - {"after_batch", "prepare", "save_state", "load_state"})
     if unknown:
@@ -86,7 +95,7 @@ def register_reward(
                 f"a reward named {name!r} is already registered ({REWARDS[name].fn.__qualname__})",
                 fix="register the new function under another name",
             )
-        REWARDS[name] = RegisteredReward(name, fn, tuple(requires), check, **hooks)
+        REWARDS[name] = RegisteredReward(name, fn, tuple(requires), check, time_limited=time_limited, **hooks)
         return fn
 
     return decorator
@@ -104,6 +113,7 @@ class BoundReward:
     fn: RewardFn
     requires: tuple[str, ...] = ()
     hooks: dict[str, Callable] = field(default_factory=dict)  # after_batch, prepare, ... with the args bound
+    time_limited: bool = True  # subject to rewards.timeout
 
 
 @dataclass
@@ -135,10 +145,12 @@ class RewardBatch:
 class RewardSet:
     """The weighted rewards of a run (see the module docstring); made by :func:`build_rewards`."""
 
-    def __init__(self, rewards: Sequence[BoundReward], on_error: float = 0.0, max_error_rate: float = 0.1):
+    def __init__(self, rewards: Sequence[BoundReward], on_error: float = 0.0, max_error_rate: float = 0.1,
+                 timeout: float | None = 30.0):
         self.rewards = list(rewards)
         self.on_error = on_error
         self.max_error_rate = max_error_rate
+        self.timeout = timeout  # seconds per call; None or 0: no limit
 
     @property
     def labels(self) -> list[str]:
@@ -163,7 +175,8 @@ class RewardSet:
             scores = []
             errors[reward.label] = 0
             for index in range(size):
-                value, problem = _call(reward.fn, prompts[index], completions[index], records[index])
+                value, problem = _call(reward.fn, prompts[index], completions[index], records[index],
+                                       self.timeout if reward.time_limited else None)
                 if problem is not None:
                     value = self.on_error
                     failed[index] = True
@@ -180,7 +193,7 @@ class RewardSet:
             error_rate=sum(failed) / size if size else 0.0,
         )
         if batch.error_rate > self.max_error_rate:
-            raise _too_many_errors(batch, size, self.max_error_rate, self.on_error)
+            raise _too_many_errors(batch, size, self)
         for reward in self.rewards:
             if "after_batch" in reward.hooks:
                 hook_metrics = reward.hooks["after_batch"](prompts, completions, records, components[reward.label])
@@ -208,12 +221,23 @@ class RewardSet:
                 reward.hooks["load_state"](Path(directory) / "rewards" / reward.label)
 
 
-def _call(fn: RewardFn, prompt: str, completion: str, record: dict) -> tuple[float | None, str | None]:
-    """``(value, None)`` for a finite real result, else ``(None, what went wrong)``."""
+def _call(fn: RewardFn, prompt: str, completion: str, record: dict,
+          timeout: float | None = None) -> tuple[float | None, str | None]:
+    """``(value, None)`` for a finite real result within ``timeout`` seconds, else ``(None, what went wrong)``.
+
+    Every exception counts as the function's error, ``BaseException`` subclasses included (a reward that
+    calls ``sys.exit()`` must not end the run as if it had succeeded), except an exact ``KeyboardInterrupt``:
+    that is what Ctrl-C raises, so it propagates and stops the run. (A subclass of it cannot come from
+    Ctrl-C and counts as an error; a function that itself raises a plain ``KeyboardInterrupt`` stops the run.)
+    """
     try:
-        value = fn(prompt, completion, record)
-    except Exception as error:
-        return None, f"raised {type(error).__name__}: {first_line(error)}"
+        value = call_with_timeout(functools.partial(fn, prompt, completion, record), timeout)
+    except CallTimedOut as error:
+        return None, str(error)
+    except BaseException as error:
+        if type(error) is KeyboardInterrupt:
+            raise
+        return None, f"raised {type(error).__name__}: {_message(error)}"
     if isinstance(value, bool):
         return float(value), None
     if not isinstance(value, numbers.Real):
@@ -225,17 +249,28 @@ def _call(fn: RewardFn, prompt: str, completion: str, record: dict) -> tuple[flo
     return value, None
 
 
-def _too_many_errors(batch: RewardBatch, size: int, limit: float, on_error: float) -> RewardError:
+def _message(error: BaseException) -> str:
+    """The first line of an exception's message; for ``SystemExit`` what ``sys.exit`` was called with."""
+    if isinstance(error, SystemExit):
+        return f"sys.exit({error.code!r}) was called in the reward function"
+    return first_line(error)
+
+
+def _too_many_errors(batch: RewardBatch, size: int, rewards: RewardSet) -> RewardError:
     failing = [
         f"{label!r} failed on {count} (first: {batch.error_examples[label]})"
         for label, count in batch.errors.items()
         if count
     ]
+    # a problem reads "raised ...", "returned ..." or, from CallTimedOut, "timed out after N s"
+    slow = any(example.partition(": ")[2].startswith("timed out") for example in batch.error_examples.values())
+    raise_timeout = f"raise rewards.timeout (now {rewards.timeout:g} s) if it is slow but right, " if slow else ""
     return RewardError(
         f"reward functions failed on {batch.error_rate:.0%} of {size} samples, above "
-        f"rewards.max_error_rate = {limit:g}: " + "; ".join(failing),
-        fix="fix the reward function named above so it returns a finite number for every sample, or raise "
-        f"rewards.max_error_rate to score such samples as rewards.on_error = {on_error:g}",
+        f"rewards.max_error_rate = {rewards.max_error_rate:g}: " + "; ".join(failing),
+        fix="fix the reward function named above so it returns a finite number for every sample, "
+        f"{raise_timeout}or raise rewards.max_error_rate to score such samples as rewards.on_error = "
+        f"{rewards.on_error:g}",
     )
 
 
@@ -255,11 +290,13 @@ def build_rewards(config: RewardsConfig, base_dir: str | Path | None = None) -> 
         if spec.name is not None:
             registered = _registered(spec.name, where)
             fn, requires, check = registered.fn, registered.requires, registered.check
+            time_limited = registered.time_limited
             hooks = {name: hook for name in ("after_batch", "prepare", "save_state", "load_state")
                      if (hook := getattr(registered, name)) is not None}
             describe = f"reward {spec.name!r}"
         else:
             fn, requires, check = load_reward_function(spec.path, base_dir, where), (), None
+            time_limited = True
             hooks = {}
             describe = f"reward function {spec.path}"
         _check_signature(fn, spec.args, describe, where)
@@ -271,8 +308,10 @@ def build_rewards(config: RewardsConfig, base_dir: str | Path | None = None) -> 
         seen[spec.label] = seen.get(spec.label, 0) + 1
         label = spec.label if seen[spec.label] == 1 else f"{spec.label}_{seen[spec.label]}"
         bound.append(BoundReward(label, spec.weight, functools.partial(fn, **spec.args), requires,
-                                 {name: functools.partial(hook, **spec.args) for name, hook in hooks.items()}))
-    return RewardSet(bound, on_error=config.on_error, max_error_rate=config.max_error_rate)
+                                 {name: functools.partial(hook, **spec.args) for name, hook in hooks.items()},
+                                 time_limited))
+    return RewardSet(bound, on_error=config.on_error, max_error_rate=config.max_error_rate,
+                     timeout=config.timeout)
 
 
 def _registered(name: str, where: str) -> RegisteredReward:

@@ -1,13 +1,20 @@
 """Atomic checkpoints that let a killed run continue exactly where it stopped.
 
 ``checkpoints/step-N/`` holds the model in HF format (``model/``; a LoRA run stores its adapter),
-the optimizer and scheduler states, every process's RNG states, and ``trainer_state.json`` with
-the step and the data position. Each checkpoint is written into a temporary directory and renamed
-into place, so a checkpoint directory either exists whole or not at all.
+the optimizer and scheduler states, every process's RNG states, ``trainer_state.json`` with the step,
+the data position, the resolved config and the training data's fingerprint, and ``manifest.json`` with
+the size and SHA-256 of every other file. Each checkpoint is written into a temporary directory and
+renamed into place, so a checkpoint directory either exists whole or not at all; a full disk while
+writing leaves the previous checkpoints as they were.
+
+Loading never executes code: tensors and plain containers only (``torch.load(weights_only=True)``,
+safetensors, JSON), and every file is checked against the manifest first, so a truncated or
+bit-flipped file is named in a :class:`CheckpointError` instead of failing somewhere inside torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -19,9 +26,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from posttrain.errors import PosttrainError
+from posttrain.data.fingerprint import file_sha256
+from posttrain.errors import CheckpointError, disk_space_checked
+from posttrain.models.state_files import load_state_file
 
 STEP_PREFIX = "step-"
+MANIFEST = "manifest.json"
+STATE_FILE = "trainer_state.json"
+RESUME_FIX = "resume from another checkpoint (train.resume=PATH) or start over (train.resume=never)"
 
 
 @dataclass
@@ -30,6 +42,8 @@ class TrainerState:
     data: dict
     seed: int
     stopped: bool = False  # the method ended the run early (e.g. distill.target_entropy reached)
+    config: dict | None = None  # the resolved config that wrote the checkpoint (None: written before it was kept)
+    data_files: dict | None = None  # fingerprint of the training data files (posttrain.data.fingerprint)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -46,7 +60,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain containers (loadable with ``weights_only=True``)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
+                       "has_gauss": has_gauss, "gauss": gauss},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -54,7 +73,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -71,21 +92,38 @@ def temporary_dir(run_dir: Path, step: int) -> Path:
 def write_process_state(run_dir: Path, step: int, rank: int) -> None:
     """Every process writes its own RNG state into the checkpoint being assembled."""
     target = temporary_dir(run_dir, step)
-    target.mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(), target / f"rng-rank{rank}.pt")
+    with _writing(target, step):
+        target.mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), target / f"rng-rank{rank}.pt")
+
+
+@contextlib.contextmanager
+def _writing(target: Path, step: int):
+    """Remove the half-written temporary checkpoint when writing it fails; report a full disk clearly."""
+    try:
+        with disk_space_checked(target.parent, f"checkpoint step-{step}"):
+            yield
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
 
 
 def write_checkpoint(run_dir: Path, state: TrainerState, model, tokenizer, optimizer, scheduler, keep: int) -> Path:
-    """Main process: write model, optimizer, scheduler and trainer state, then rename into place."""
+    """Main process: write model, optimizer, scheduler, trainer state and manifest, then rename into place.
+
+    Older checkpoints beyond the newest ``keep`` are deleted only after the new one is in place."""
     target = temporary_dir(run_dir, state.step)
-    target.mkdir(parents=True, exist_ok=True)
-    unwrap(model).save_pretrained(target / "model", safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(target / "model")
-    torch.save(optimizer.state_dict(), target / "optimizer.pt")
-    torch.save(scheduler.state_dict(), target / "scheduler.pt")
-    (target / "trainer_state.json").write_text(json.dumps({"step": state.step, "data": state.data, "seed": state.seed,
-                                                                   "stopped": state.stopped}))
+    with _writing(target, state.step):
+        target.mkdir(parents=True, exist_ok=True)
+        unwrap(model).save_pretrained(target / "model", safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(target / "model")
+        torch.save(optimizer.state_dict(), target / "optimizer.pt")
+        torch.save(scheduler.state_dict(), target / "scheduler.pt")
+        (target / STATE_FILE).write_text(json.dumps(
+            {"step": state.step, "data": state.data, "seed": state.seed, "stopped": state.stopped,
+             "config": state.config, "data_files": state.data_files}))
+        write_manifest(target)
     final = checkpoint_dir(run_dir) / f"{STEP_PREFIX}{state.step}"
     if final.exists():
         shutil.rmtree(final)
@@ -95,17 +133,58 @@ def write_checkpoint(run_dir: Path, state: TrainerState, model, tokenizer, optim
     return final
 
 
+def _checkpoint_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(directory: Path) -> None:
+    """``manifest.json``: size and SHA-256 of every file of the checkpoint, by relative path."""
+    files = {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+             for p in _checkpoint_files(directory)}
+    (directory / MANIFEST).write_text(json.dumps(files, indent=1))
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise :class:`CheckpointError` naming the first file that is missing, cut short or altered since the
+    checkpoint was written. Checkpoints from before manifests were kept are only checked for completeness."""
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE_FILE})",
+                              fix="point train.resume at a checkpoints/step-N directory")
+    manifest_file = path / MANIFEST
+    if not manifest_file.is_file():
+        return
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{manifest_file} is corrupt (not JSON)", fix=RESUME_FIX) from None
+    for name, expected in manifest.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint file {file} is missing", fix=RESUME_FIX)
+        size = file.stat().st_size
+        if size != expected["bytes"]:
+            raise CheckpointError(f"checkpoint file {file} has {size} bytes, {expected['bytes']} were written "
+                                  "(truncated or overwritten)", fix=RESUME_FIX)
+        if file_sha256(file) != expected["sha256"]:
+            raise CheckpointError(f"checkpoint file {file} is corrupt (its SHA-256 differs from the one recorded "
+                                  "when it was written)", fix=RESUME_FIX)
+
+
 def _model_weights_file(model_dir: Path) -> Path:
     for name in ("adapter_model.safetensors", "model.safetensors"):
         if (model_dir / name).is_file():
             return model_dir / name
-    raise PosttrainError(f"checkpoint model directory {model_dir} has no safetensors weights",
-                         fix="resume from another checkpoint (train.resume=PATH) or start over (train.resume=never)")
+    raise CheckpointError(f"checkpoint model directory {model_dir} has no safetensors weights", fix=RESUME_FIX)
 
 
 def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
     """Load saved weights into an already-built model (full weights, or a LoRA adapter)."""
-    weights = load_file(_model_weights_file(model_dir))
+    file = _model_weights_file(model_dir)
+    try:
+        weights = load_file(file)
+    except Exception as error:  # safetensors raises its own error types for a damaged header or body
+        raise CheckpointError(f"cannot read the weights {file}: {error}", fix=RESUME_FIX) from None
     inner = unwrap(model)
     if hasattr(inner, "peft_config"):
         from peft import set_peft_model_state_dict
@@ -116,26 +195,39 @@ def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
     tied = set(getattr(inner, "_tied_weights_keys", None) or {})
     missing = [key for key in missing if key not in tied]
     if missing or unexpected:
-        raise PosttrainError(f"checkpoint weights in {model_dir} do not fit the model "
+        raise CheckpointError(f"checkpoint weights in {model_dir} do not fit the model "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})",
                              fix="resume with the same model and LoRA settings that wrote the checkpoint")
     if getattr(inner.config, "tie_word_embeddings", False):
         inner.tie_weights()
 
 
+def read_trainer_state(path: Path) -> TrainerState:
+    file = Path(path) / STATE_FILE
+    try:
+        raw = json.loads(file.read_text())
+        return TrainerState(step=raw["step"], data=raw["data"], seed=raw["seed"], stopped=raw.get("stopped", False),
+                            config=raw.get("config"), data_files=raw.get("data_files"))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{file} is corrupt ({type(error).__name__}: {error})", fix=RESUME_FIX) from None
+
+
 def read_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> TrainerState:
-    """Restore model, optimizer, scheduler and this process's RNG state; return the trainer state."""
+    """Verify the checkpoint, then restore model, optimizer, scheduler and this process's RNG state; return
+    the trainer state."""
     path = Path(path)
-    if not (path / "trainer_state.json").is_file():
-        raise PosttrainError(f"{path} is not a complete checkpoint (no trainer_state.json)",
-                             fix="point train.resume at a checkpoints/step-N directory")
-    load_model_weights(model, path / "model")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    verify_checkpoint(path)
+    state = read_trainer_state(path)
     rng_file = path / f"rng-rank{rank}.pt"
     if not rng_file.is_file():
-        raise PosttrainError(f"{path} was written by fewer processes than are running now (no {rng_file.name})",
-                             fix="resume with the same number of processes as the run that wrote it")
-    set_rng_state(torch.load(rng_file, weights_only=False))
-    raw = json.loads((path / "trainer_state.json").read_text())
-    return TrainerState(step=raw["step"], data=raw["data"], seed=raw["seed"], stopped=raw.get("stopped", False))
+        raise CheckpointError(f"{path} was written by fewer processes than are running now (no {rng_file.name})",
+                              fix="resume with the same number of processes as the run that wrote it")
+    load_model_weights(model, path / "model")
+    for name, target in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler)):
+        try:
+            target.load_state_dict(load_state_file(path / name, RESUME_FIX))
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{path / name} does not fit this run's {name[:-3]} ({error})",
+                                  fix=RESUME_FIX) from None
+    set_rng_state(load_state_file(rng_file, RESUME_FIX))
+    return state

@@ -17,14 +17,19 @@ A *method* (SFT, preference optimization, RL, distillation) supplies:
 
 Per step the loop draws ``examples_per_step × world_size`` example indices, each process runs its
 micro-batches forward and backward, gradients are summed across processes, clipped, and AdamW steps;
-that is repeated ``updates_per_step`` times. Evaluation runs at the start, every ``eval_every`` steps and
-at the end; checkpoints every ``save_every`` steps and at the end (see :mod:`posttrain.trainers.checkpoint`).
+that is repeated ``updates_per_step`` times. An update whose loss (on any process) or gradient norm is
+not finite is skipped — the weights and optimizer state stay as they were, the schedule moves on — and
+counted (``skipped_updates``); ``train.max_nonfinite_steps`` skips in a row stop the run with an error,
+its last checkpoint untouched. Evaluation runs at the start, every ``eval_every`` steps and at the end;
+checkpoints every ``save_every`` steps and at the end (see :mod:`posttrain.trainers.checkpoint`); where
+a run resumes from and what may change on resume: :mod:`posttrain.trainers.resume`.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +39,9 @@ from typing import Any, Protocol
 import torch
 
 from posttrain.config import RunConfig, dump_config
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, RunStateError
 from posttrain.trainers import checkpoint as ckpt
+from posttrain.trainers import resume
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.optimizer import build_optimizer
 from posttrain.trainers.run_log import RunLog
@@ -81,25 +87,11 @@ def total_steps(config: RunConfig, num_examples: int, examples_per_step: int, wo
     return max(1, math.ceil(config.train.epochs * num_examples / (examples_per_step * world_size)))
 
 
-def _resume_point(config: RunConfig) -> Path | None:
-    choice = config.train.resume
-    if choice == "never":
-        return None
-    if choice == "auto":
-        found = ckpt.list_checkpoints(config.run_dir)
-        return found[-1] if found else None
-    path = Path(choice)
-    if not path.is_dir():
-        raise ConfigError(f"train.resume={choice!r} is not a checkpoint directory",
-                          fix="use auto, never, or the path of a runs/NAME/checkpoints/step-N directory")
-    return path
-
-
 class Trainer:
     """Runs a method's optimization with logging, evaluation and checkpoints."""
 
     def __init__(self, config: RunConfig, model, tokenizer, method: Method, processes: Processes,
-                 evaluate: Evaluate | None = None):
+                 evaluate: Evaluate | None = None, data_files: dict[str, dict] | None = None):
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
@@ -117,20 +109,34 @@ class Trainer:
             raise ConfigError(f"this method draws its examples in blocks of {block}, but a step takes "
                               f"{method.examples_per_step} per process", fix=f"use a multiple of {block}")
         self.sampler = EpochSampler(method.num_examples, config.seed, block=block)
+        self.data_files = data_files or {}  # fingerprints of the training data (posttrain.trainers.resume)
         self.step = 0
         self.stopped = False
+        self.skipped_in_row = 0
 
     # -- checkpoints -------------------------------------------------------------------------
-    def _resume(self) -> None:
-        path = _resume_point(self.config)
-        if path is None:
-            return
-        state = ckpt.read_checkpoint(path, self.model, self.optimizer, self.scheduler, self.processes.rank)
+    def _resume(self) -> tuple[Path | None, dict]:
+        """Restore the newest usable checkpoint; its path and the settings that changed since it was written."""
+        candidates = resume.resume_candidates(self.config.train.resume, self.config.run_dir)
+        found = resume.restore_newest(candidates, self._restore, self._warn)
+        if found is None:
+            return None, {}
+        path, state = found
+        changes = resume.check_config(state.config, self.config.model_dump(mode="json"), path)
+        resume.check_data(state.data_files, path)
         self.sampler.load_state_dict(state.data)
         if hasattr(self.method, "load_state"):
             self.method.load_state(path)
         self.step = state.step
         self.stopped = state.stopped
+        return path, changes
+
+    def _restore(self, path: Path) -> ckpt.TrainerState:
+        return ckpt.read_checkpoint(path, self.model, self.optimizer, self.scheduler, self.processes.rank)
+
+    def _warn(self, text: str) -> None:
+        if self.processes.is_main:
+            print(text, flush=True)
 
     def _save(self) -> None:
         run_dir = self.config.run_dir
@@ -140,7 +146,8 @@ class Trainer:
             self.method.save_state(ckpt.temporary_dir(run_dir, self.step))
         self.processes.barrier()
         if self.processes.is_main:
-            state = ckpt.TrainerState(self.step, self.sampler.state_dict(), self.config.seed, self.stopped)
+            state = ckpt.TrainerState(self.step, self.sampler.state_dict(), self.config.seed, self.stopped,
+                                      config=self.config.model_dump(mode="json"), data_files=self.data_files)
             ckpt.write_checkpoint(run_dir, state, self.model, self.tokenizer, self.optimizer, self.scheduler,
                                   self.config.train.keep_checkpoints)
         self.processes.barrier()
@@ -155,33 +162,61 @@ class Trainer:
         work = self.method.step_batches(self.model, indices, share, self.step)
         self.model.train()
         sums: dict[str, float] = defaultdict(float, work.stats)
+        skipped = 0
         for _ in range(self.method.updates_per_step):
+            finite_loss = True
             for batch in work.micro_batches:
                 with self.processes.autocast(self.model):
                     loss, stats = self.method.loss(self.model, batch, work.normalizer)
+                finite_loss = finite_loss and bool(torch.isfinite(loss.detach()).all())
                 loss.backward()
                 for key, value in stats.items():
                     sums[key] += value
-            grad_norm, lr = self._optimizer_step()
+            grad_norm, lr, applied = self._optimizer_step(finite_loss)
+            skipped += not applied
         seconds = time.perf_counter() - started
         totals = self.processes.sum_values(sums)
         metrics = self.method.summarize(totals)
-        metrics.update(lr=lr, grad_norm=grad_norm, seconds_per_step=seconds, epoch=self.sampler.epoch)
+        metrics.update(lr=lr, grad_norm=grad_norm, seconds_per_step=seconds, epoch=self.sampler.epoch,
+                       skipped_updates=skipped)
         if "tokens" in totals:
             metrics["tokens_per_s"] = totals["tokens"] / seconds
         return metrics
 
-    def _optimizer_step(self) -> tuple[float, float]:
-        """Sum gradients over processes, clip, step the optimizer and the schedule; the norm before clipping and the lr."""
+    def _optimizer_step(self, finite_loss: bool) -> tuple[float, float, bool]:
+        """Sum gradients over processes, clip, step the optimizer and the schedule: the norm before clipping,
+        the lr, and whether the update was applied (not when any process's loss or the norm is non-finite)."""
         self.processes.sum_gradients(self.parameters)
-        grad_norm = float("nan")
-        if self.config.optim.max_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.optim.max_grad_norm))
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        total_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        grad_norm = float(total_norm)
+        nonfinite_losses = self.processes.sum_values({"bad": float(not finite_loss)})["bad"]
+        applied = math.isfinite(grad_norm) and nonfinite_losses == 0
+        if applied and self.config.optim.max_grad_norm:
+            torch.nn.utils.clip_grads_with_norm_(self.parameters, self.config.optim.max_grad_norm, total_norm)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
+        if applied:
+            self.optimizer.step()
+        with warnings.catch_warnings():  # torch warns when the schedule moves before any update was applied
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm, lr
+        self.skipped_in_row = 0 if applied else self.skipped_in_row + 1
+        return grad_norm, lr, applied
+
+    def _check_diverged(self, log: RunLog, skipped: int) -> None:
+        if skipped:
+            log.message(f"step {self.step}: skipped {skipped} update(s) with a non-finite loss or gradient norm "
+                        f"({self.skipped_in_row} in a row); the weights were left unchanged")
+        limit = self.config.train.max_nonfinite_steps
+        if self.skipped_in_row >= limit:
+            saved = ckpt.list_checkpoints(self.config.run_dir)
+            raise RunStateError(
+                f"training diverged: {self.skipped_in_row} optimizer updates in a row (up to step {self.step}) had "
+                f"a non-finite loss or gradient norm (train.max_nonfinite_steps = {limit}); none of them reached "
+                f"the weights. Last checkpoint: {saved[-1] if saved else 'none'}",
+                fix="lower optim.lr, keep optim.max_grad_norm on, check the data and the checkpoint the run "
+                    "started from; metrics.jsonl shows where the loss left the finite range")
 
     def _run_eval(self, log: RunLog) -> dict[str, float]:
         if self.evaluate is None:
@@ -199,10 +234,11 @@ class Trainer:
     def fit(self) -> TrainResult:
         config, train = self.config, self.config.train
         run_dir = config.run_dir
-        self._resume()
+        checkpoint, changes = self._resume()
         if self.processes.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+            resume.append_history(run_dir, self.step, checkpoint, changes)
         log = RunLog(run_dir, self.total_steps, self.step, enabled=self.processes.is_main)
         eval_metrics: dict[str, float] = {}
         metrics: dict[str, float] = {}
@@ -220,6 +256,7 @@ class Trainer:
                 if self.step % train.log_every == 0 or last:
                     log.log(self.step, metrics)
                 log.advance(self.step, metrics)
+                self._check_diverged(log, metrics["skipped_updates"])
                 if self.stopped:
                     log.message(f"stopping at step {self.step}: the method's stop condition was met")
                 if (train.eval_every and self.step % train.eval_every == 0) or last:

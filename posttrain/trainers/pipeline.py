@@ -6,6 +6,12 @@ listed sharpness comparisons (:mod:`posttrain.evals.sharpness`) and draws the li
 several stages side by side). Every run lives under the pipeline's ``output_dir``; running the pipeline again
 resumes unfinished stages (``train.resume: auto``) and leaves finished ones as they are.
 
+Paths follow :mod:`posttrain.recipe_paths`: ``recipe``, the values of ``set`` and ``overrides``, the
+name-or-path arguments of tool stages (:data:`TOOL_PATH_ARGS`) and a sharpness ``data`` file are relative to
+the pipeline file's folder; ``output_dir`` is relative to the working directory. ``${output_dir}`` anywhere
+stands for the pipeline's ``output_dir`` (a stage reads what an earlier one wrote as
+``${output_dir}/<stage>/<file>``), and ``final:<stage>`` for that stage's final weights.
+
 ```yaml
 name: ts-opsd
 output_dir: runs/ts-opsd
@@ -31,6 +37,7 @@ from pydantic import Field, model_validator
 
 from posttrain.config import Section, load_config
 from posttrain.errors import ConfigError
+from posttrain.recipe_paths import resolve_name_or_path, substitute_output_dir
 from posttrain.trainers import checkpoint as ckpt
 
 # tool stages: kind -> (module, function, the argument naming the model, the file that marks the stage done)
@@ -43,6 +50,8 @@ TOOL_STAGES = {
     "masterkey": ("posttrain.evals.masterkey", "run_masterkey_eval", "model", "masterkey.json"),
 }
 STAGE_KINDS = ("train", *TOOL_STAGES)
+# the tool arguments that name a model, a template or a data file: resolved against the pipeline's folder
+TOOL_PATH_ARGS = ("model", "judge", "pairs", "data", "template")
 
 
 class Stage(Section):
@@ -121,12 +130,12 @@ def load_pipeline(path: Path) -> PipelineConfig:
 
 
 def final_weights(run_dir: Path) -> Path:
-    """The model directory of a run's latest checkpoint."""
+    """The model directory of a run's latest checkpoint, as an absolute path."""
     found = ckpt.list_checkpoints(run_dir)
     if not found:
         raise ConfigError(f"{run_dir} has no checkpoint to start from", where=str(run_dir),
                           fix="let the earlier stage finish (train.save_final must stay on)")
-    return found[-1] / "model"
+    return (found[-1] / "model").resolve()
 
 
 FINAL_PREFIX = "final:"
@@ -145,6 +154,8 @@ def resolve_finals(value: Any, root: Path) -> Any:
 
 
 def stage_overrides(pipeline: PipelineConfig, stage: Stage) -> list[str]:
+    """The overrides a train stage's recipe is loaded with: the pipeline's, the stage's ``set``, its run name and
+    output_dir, and with ``from`` the model's final weights (paths in them are relative to the pipeline file)."""
     values = {**pipeline.overrides, **resolve_finals(stage.set, Path(pipeline.output_dir)), "name": stage.name,
               "output_dir": pipeline.output_dir}
     if stage.from_ is not None:
@@ -157,18 +168,18 @@ def run_pipeline(path: Path, only: list[str] | None = None) -> Path:
     from posttrain.trainers.run import train
 
     pipeline = load_pipeline(path)
-    root = Path(pipeline.output_dir)
+    root, folder = Path(pipeline.output_dir), Path(path).parent
     for stage in pipeline.stages:
         if only and stage.name not in only:
             continue
         print(f"=== stage {stage.name}", flush=True)
         if stage.kind == "train":
-            train(load_config(Path(path).parent / stage.recipe, stage_overrides(pipeline, stage)))
+            train(load_config(folder / stage.recipe, stage_overrides(pipeline, stage), overrides_dir=folder))
         else:
-            run_tool_stage(root, stage)
+            run_tool_stage(root, stage, folder)
     for spec in pipeline.sharpness:
         if _ready(root, [spec.model, spec.reference], f"sharpness {spec.model} vs {spec.reference}", only):
-            run_sharpness(root, spec)
+            run_sharpness(root, spec, folder)
     for figure in pipeline.figures:
         if _ready(root, figure.stages, f"figure {figure.name}", only):
             draw_figure(root, figure)
@@ -190,15 +201,23 @@ def _ready(root: Path, stages: list[str], what: str, only: list[str] | None) -> 
     return True
 
 
-def run_tool_stage(root: Path, stage: Stage) -> None:
-    """A tool stage (see :data:`TOOL_STAGES`); skipped when its output already exists."""
+def tool_arguments(args: dict[str, Any], root: Path, folder: Path) -> dict[str, Any]:
+    """A tool stage's ``args`` as the tool gets them: ``final:<stage>`` and ``${output_dir}`` (the pipeline's
+    ``root``) replaced, and the :data:`TOOL_PATH_ARGS` that are paths made absolute against ``folder``."""
+    args = substitute_output_dir(resolve_finals(dict(args), root), str(root))
+    return {key: resolve_name_or_path(value, folder) if key in TOOL_PATH_ARGS and isinstance(value, str) else value
+            for key, value in args.items()}
+
+
+def run_tool_stage(root: Path, stage: Stage, folder: Path) -> None:
+    """A tool stage (see :data:`TOOL_STAGES`) of the pipeline in ``folder``; skipped when its output exists."""
     import importlib
 
     module, function, model_key, done_file = TOOL_STAGES[stage.kind]
     out_dir = root / stage.name
     if (out_dir / done_file).is_file():
         return
-    args = resolve_finals(dict(stage.args), root)
+    args = tool_arguments(stage.args, root, folder)
     if stage.from_ is not None:
         args[model_key] = str(final_weights(root / stage.from_))
     if model_key not in args:
@@ -207,7 +226,8 @@ def run_tool_stage(root: Path, stage: Stage) -> None:
     getattr(importlib.import_module(module), function)(out_dir=out_dir, **args)
 
 
-def run_sharpness(root: Path, spec: SharpnessSpec) -> dict:
+def run_sharpness(root: Path, spec: SharpnessSpec, folder: Path) -> dict:
+    """The sharpness comparison ``spec`` of the pipeline in ``folder`` (its ``data`` relative to that folder)."""
     from posttrain.evals.sharpness import run_sharpness_eval
 
     out_dir = root / "sharpness" / f"{spec.model}-vs-{spec.reference}"
@@ -215,7 +235,8 @@ def run_sharpness(root: Path, spec: SharpnessSpec) -> dict:
         return json.loads((out_dir / "sharpness.json").read_text())
     print(f"=== sharpness {spec.model} vs {spec.reference}", flush=True)
     return run_sharpness_eval(str(final_weights(root / spec.model)), str(final_weights(root / spec.reference)),
-                              spec.data, n=spec.n, k=spec.k, max_new_tokens=spec.max_new_tokens, out_dir=out_dir)
+                              tool_arguments({"data": spec.data}, root, folder)["data"], n=spec.n, k=spec.k,
+                              max_new_tokens=spec.max_new_tokens, out_dir=out_dir)
 
 
 def tool_result(stage_dir: Path) -> dict | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 
@@ -11,12 +12,13 @@ import transformers
 
 from posttrain.config import RunConfig
 from posttrain.data import encode_prompt, tokenize_sft
-from posttrain.errors import ConfigError, DataError
+from posttrain.errors import ConfigError, DataError, disk_space_checked
 from posttrain.evals import evaluate_math
 from posttrain.evals.run import prompt_text, require_references
 from posttrain.models import load_model, load_tokenizer
 from posttrain.models.reward import load_reward_model
 from posttrain.rollout import HFEngine, SamplingParams
+from posttrain.trainers import resume
 from posttrain.trainers.distill import DistillMethod
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import eval_source, load_source
@@ -24,6 +26,7 @@ from posttrain.trainers.loop import Evaluate, Method, Trainer, TrainResult
 from posttrain.trainers.memory import release_freed_tensors
 from posttrain.trainers.preference import build_pair_method
 from posttrain.trainers.rl import RLMethod
+from posttrain.trainers.run_lock import RunLock
 from posttrain.trainers.sft import SFTMethod
 
 
@@ -108,9 +111,17 @@ def build_method(config: RunConfig, model, tokenizer, processes: Processes) -> t
 
 
 def train(config: RunConfig) -> TrainResult:
+    """Run a recipe. The main process holds the run directory's lock throughout (a second process on the same
+    run is refused), and a full disk anywhere in the run's writes is reported as such."""
     transformers.utils.logging.disable_progress_bar()
     release_freed_tensors()
     processes = Processes(config.model.device)
+    lock = RunLock(config.run_dir) if processes.is_main else contextlib.nullcontext()
+    with lock, disk_space_checked(config.run_dir, "the run's outputs"):
+        return _train_locked(config, processes)
+
+
+def _train_locked(config: RunConfig, processes: Processes) -> TrainResult:
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model.name)
     load = load_reward_model if config.method == "reward_model" else load_model
@@ -124,7 +135,8 @@ def train(config: RunConfig) -> TrainResult:
     if evaluate is not None and config.method == "reward_model":
         raise ConfigError("a reward model cannot be evaluated by generating math answers", where="eval.kind",
                           fix="set eval.kind=none for method: reward_model")
-    trainer = Trainer(config, model, tokenizer, method, processes, evaluate)
+    data_files = resume.data_fingerprints([config.data.train.path] if config.data.train.path else [])
+    trainer = Trainer(config, model, tokenizer, method, processes, evaluate, data_files=data_files)
     if processes.is_main:
         summary["steps"] = trainer.total_steps
         config.run_dir.mkdir(parents=True, exist_ok=True)

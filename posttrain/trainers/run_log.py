@@ -1,7 +1,8 @@
 """What a run writes as it goes: ``metrics.jsonl``, TensorBoard events and a progress bar.
 
 Only the main process writes. On resume, lines logged after the checkpoint being resumed are
-dropped first, so the file reads as if the run had never stopped.
+dropped first, so the file reads as if the run had never stopped. Every line is strict JSON: a
+value that is infinite or NaN is written as ``null`` and its key listed under ``"nonfinite"``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from posttrain.errors import disk_space_checked
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -28,6 +31,14 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         if record.get("step", 0) <= last_step:
             kept.append(line)
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def strict_record(record: dict) -> dict:
+    """``record`` with every non-finite float replaced by ``None`` and those keys listed under ``"nonfinite"``."""
+    bad = [key for key, value in record.items() if isinstance(value, float) and not math.isfinite(value)]
+    if not bad:
+        return record
+    return {**{key: None if key in bad else value for key, value in record.items()}, "nonfinite": bad}
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -63,9 +74,9 @@ class RunLog:
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": step, "time": round(time.time(), 3), **metrics}
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        record = strict_record({"step": step, "time": round(time.time(), 3), **metrics})
+        with disk_space_checked(self.path.parent, self.path.name), self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, allow_nan=False) + "\n")
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self._writer.add_scalar(key, value, step)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from posttrain.errors import DataError
+
 
 class EpochSampler:
     def __init__(self, num_examples: int, seed: int, shuffle: bool = True, block: int = 1):
@@ -50,7 +52,10 @@ class EpochSampler:
 
     def load_state_dict(self, state: dict) -> None:
         if state["num_examples"] != self.num_examples:
-            raise ValueError(f"checkpoint was written for {state['num_examples']} examples, the data now has {self.num_examples}")
+            raise DataError(f"the checkpoint was written for {state['num_examples']} training examples, the data now "
+                            f"gives {self.num_examples}: the data (or what of it is kept) changed under the run",
+                            fix="resume with the data and data settings the run started with, or start over "
+                                "(train.resume=never) or as a new run (name=...)")
         self.seed = state["seed"]
         self.epoch = state["epoch"]
         self.cursor = state["cursor"]

@@ -3,6 +3,9 @@
 Each grid axis is ``key=v1,v2,...``; every combination becomes one run named
 ``<recipe name>-<key>-<value>-...``. The summary groups runs that differ only in ``seed`` and
 reports the mean and (sample) standard deviation of each final evaluation metric.
+
+Paths follow :mod:`posttrain.recipe_paths`: those in the recipe are relative to its folder, those in the grid
+values and overrides (command-line arguments) to the working directory.
 """
 
 from __future__ import annotations

@@ -54,7 +54,16 @@ def make_splits(
 
 
 def make_task_file(name: str, n: int, seed: int, out: str | os.PathLike, **options) -> Path:
-    """Write ``make_task(name, n, seed, **options)`` to ``out`` as JSON Lines and return its path."""
+    """Write ``make_task(name, n, seed, **options)`` to ``out`` as JSON Lines and return its path.
+
+    ``n`` must be a whole number >= 1: a ConfigError, before anything is written, rather than an empty file.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(
+            f"cannot write {n!r} records of task {name!r} to {out}: the number of records must be at least 1",
+            where="n",
+            fix="ask for one record or more (`posttrain data make TASK --n N` with N >= 1)",
+        )
     return write_jsonl(make_task(name, n, seed, **options), out)
 
 

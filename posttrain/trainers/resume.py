@@ -1,0 +1,132 @@
+"""Where a run resumes from, and whether it may.
+
+* **Which checkpoint.** ``train.resume=auto`` takes the newest checkpoint that verifies (see
+  :func:`posttrain.trainers.checkpoint.verify_checkpoint`); a damaged one is skipped with a warning and the
+  one before it is tried. An explicit ``train.resume=PATH`` is used as it is or refused.
+* **Same optimization.** Every checkpoint records the resolved config that wrote it. Resuming with any
+  other value of a setting that defines the optimization (learning rate, loss, method, data, model, …)
+  is a :class:`ConfigError` listing each changed key with its old and new value. The settings in
+  :data:`RESUMABLE` only change what is logged, evaluated or kept, how long the run lasts, or how the
+  same gradient is computed, and may change; each start of a run is appended to ``history.jsonl`` with
+  what changed, so ``config.yaml`` (the settings now in force) never hides what ran before.
+* **Same data.** The training data files' fingerprints are recorded too; a file that changed is a
+  :class:`DataError` naming it and how it changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from posttrain.data.fingerprint import describe_change, path_fingerprint
+from posttrain.errors import CheckpointError, ConfigError, DataError
+from posttrain.trainers import checkpoint as ckpt
+
+HISTORY_FILE = "history.jsonl"
+
+# Settings that may differ between a checkpoint and the run that resumes it: a key, or a section and
+# everything under it. Everything else must be equal.
+RESUMABLE = (
+    "name", "output_dir", "model.device",
+    "train.max_steps", "train.epochs", "train.log_every", "train.save_every", "train.save_final",
+    "train.keep_checkpoints", "train.eval_every", "train.eval_at_start", "train.resume", "train.max_nonfinite_steps",
+    "train.chunk_size", "train.micro_batch_tokens", "train.gradient_checkpointing",  # the same gradient, computed otherwise
+    "rl.micro_batch_tokens", "distill.micro_batch_tokens", "rl.rewards.timeout",
+    "eval", "data.eval",
+)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists and scalars are leaves."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def is_resumable(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE)
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """Every dotted key whose value differs, as ``(old, new)`` (a key missing on one side is ``None`` there)."""
+    before, after = flatten(old), flatten(new)
+    return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key)}
+
+
+def check_config(old: dict | None, new: dict, checkpoint: Path) -> dict[str, tuple[Any, Any]]:
+    """The allowed changes from ``old`` to ``new``; a :class:`ConfigError` listing the others if there are any."""
+    if old is None:  # written before configs were recorded: nothing to compare
+        return {}
+    changes = config_changes(old, new)
+    refused = {key: change for key, change in changes.items() if not is_resumable(key)}
+    if refused:
+        lines = "\n  ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
+        raise ConfigError(
+            f"the settings differ from those of the checkpoint {checkpoint} in what defines the optimization:\n  "
+            f"{lines}",
+            fix="resume with the original settings (they are in the checkpoint's trainer_state.json), start a new "
+                "run with another name (name=...), or start this one over (train.resume=never)")
+    return changes
+
+
+def check_data(recorded: dict | None, checkpoint: Path) -> None:
+    """A :class:`DataError` if a training data file differs from its fingerprint in the checkpoint."""
+    for path, before in (recorded or {}).items():
+        now = path_fingerprint(path)
+        if now != before:
+            raise DataError(
+                f"the training data changed since checkpoint {checkpoint} was written: "
+                f"{describe_change(path, before, now)}",
+                fix="restore the data the run started with, or train on the new data as a new run (name=...) "
+                    "or from scratch (train.resume=never)")
+
+
+def data_fingerprints(paths: list[str]) -> dict[str, dict]:
+    """Fingerprints of the local data paths among ``paths`` (hub names and tasks have none)."""
+    found = {str(Path(p).expanduser().resolve()): path_fingerprint(p) for p in paths}
+    return {path: print_ for path, print_ in found.items() if print_ is not None}
+
+
+def resume_candidates(choice: str, run_dir: Path) -> list[Path]:
+    """Checkpoints to try, best first: none (``never``), the run's own newest first (``auto``), or one path."""
+    if choice == "never":
+        return []
+    if choice == "auto":
+        return list(reversed(ckpt.list_checkpoints(run_dir)))
+    path = Path(choice)
+    if not path.is_dir():
+        raise ConfigError(f"train.resume={choice!r} is not a checkpoint directory",
+                          fix="use auto, never, or the path of a runs/NAME/checkpoints/step-N directory")
+    return [path]
+
+
+def restore_newest(candidates: list[Path], restore: Callable[[Path], ckpt.TrainerState],
+                   warn: Callable[[str], None]) -> tuple[Path, ckpt.TrainerState] | None:
+    """Restore the first candidate that loads; a damaged one is skipped with a warning while older ones remain.
+
+    ``restore`` loads one checkpoint into the run (raising :class:`CheckpointError` when it is damaged)."""
+    for index, path in enumerate(candidates):
+        try:
+            return path, restore(path)
+        except CheckpointError as error:
+            if index == len(candidates) - 1:
+                raise
+            warn(f"warning: skipping damaged checkpoint {path} ({error.what}); trying {candidates[index + 1]}")
+    return None
+
+
+def append_history(run_dir: Path, step: int, checkpoint: Path | None, changes: dict[str, tuple[Any, Any]]) -> None:
+    """One line per start of the run: when, which process, from which checkpoint, and what settings changed."""
+    record = {"time": round(time.time(), 3), "pid": os.getpid(), "event": "resume" if checkpoint else "start",
+              "step": step, "checkpoint": str(checkpoint) if checkpoint else None,
+              "changes": {key: {"old": old, "new": new} for key, (old, new) in changes.items()}}
+    with (Path(run_dir) / HISTORY_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
