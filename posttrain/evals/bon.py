@@ -38,7 +38,8 @@ from matplotlib.figure import Figure
 from posttrain.data import encode_prompts
 from posttrain.errors import ConfigError, DataError
 from posttrain.evals.run import prompt_records, prompt_text
-from posttrain.evals.selfreward import completion_scores, reserved_token, verdict
+from posttrain.evals.selfreward import completion_scores, reserved_token
+from posttrain.grading import grade
 from posttrain.models import load_model, load_tokenizer
 from posttrain.ops import laser_score
 from posttrain.rollout import HFEngine, SamplingParams, stop_token_ids
@@ -240,7 +241,7 @@ def run_bon_eval(
         judged = pointwise_judge_scores(judge, questions, [g.text for g in generations], judge_template)
     rows, pool = [], [[] for _ in records]
     for generation, sc, r_s, js in zip(generations, certainty, laser, judged, strict=True):
-        answer, correct = verdict(generation.text, records[generation.prompt_index]["reference"])
+        answer, correct = grade(generation.text, records[generation.prompt_index]["reference"])
         pool[generation.prompt_index].append(Candidate(answer, correct, sc, r_s, js))
         rows.append(
             {

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.errors import DataError, location
-from posttrain.evals.answers import answers_match, extract_answer, reference_answer
+from posttrain.grading import answers_match, extract_answer, reference_answer
 from posttrain.rollout import Generation, RolloutEngine, SamplingParams
 
 

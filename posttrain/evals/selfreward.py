@@ -21,8 +21,8 @@ import torch
 
 from posttrain.data import encode_prompts
 from posttrain.errors import DataError, ModelError, location
-from posttrain.evals.answers import answers_match, extract_answer, reference_answer
 from posttrain.evals.run import prompt_records
+from posttrain.grading import grade
 from posttrain.models import load_model, load_tokenizer
 from posttrain.ops import causal_lm_parts, hidden_logprobs, laser_score, self_certainty
 from posttrain.rollout import HFEngine, SamplingParams, stop_token_ids
@@ -270,12 +270,6 @@ def selfreward_metrics(scores: list[float], correct: list[bool], threshold: floa
     }
 
 
-def verdict(text: str, reference) -> tuple[str | None, bool]:
-    """The final answer extracted from ``text`` and whether it matches the reference answer."""
-    extracted = extract_answer(text)
-    return extracted, extracted is not None and answers_match(extracted, reference_answer(reference))
-
-
 def evaluate_selfreward(
     model,
     tokenizer,
@@ -320,7 +314,7 @@ def evaluate_selfreward(
     scores = laser_score(logprobs, c_ref, beta_v)
     for row, logprob, score in zip(rows, logprobs.tolist(), scores.tolist(), strict=True):
         reference = records[row["prompt_index"]]["reference"]
-        row["extracted"], row["correct"] = verdict(row["completion"], reference)
+        row["extracted"], row["correct"] = grade(row["completion"], reference)
         row.update(reference=str(reference), reserved_logprob=logprob, laser_score=score)
     if out_dir is not None:
         _write_rows(Path(out_dir) / "samples.jsonl", rows)

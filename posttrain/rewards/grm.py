@@ -12,7 +12,7 @@ baseline, Wang et al. 2026, arXiv 2601.07349; methods.md §4.3).
     sum:    R = w_j·o + w_s·s          gated:  R = w_j·o·(1 + w_s·s)
 
 with ``s`` = 1 when the ``<solve>`` section's final answer matches the record's ``reference``
-(:func:`posttrain.evals.answers.answers_match`, exact rationals or math-verify), and on subjective records
+(:func:`posttrain.grading.grade`, exact rationals or math-verify), and on subjective records
 (no reference) ``s = 1[RM(q, solve) ≥ RM(q, winning response)]`` under a scalar ``reward_model``. ``w_j = 0``
 is the solve-only ablation.
 
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.errors import ConfigError, DataError, check_choice
-from posttrain.evals.answers import answers_match, extract_answer, reference_answer
+from posttrain.grading import grade
 from posttrain.judges.grm import GRMOutput, parse_grm
 from posttrain.rewards.registry import register_reward
 
@@ -112,8 +112,7 @@ def solve_score(solution: str, record: dict, reward_model: str | None = None) ->
     scalar ``reward_model`` scores the solution at least as high as the winning response."""
     reference = record.get("reference")
     if reference is not None and str(reference).strip():
-        predicted = extract_answer(solution)
-        return 1.0 if predicted is not None and answers_match(predicted, reference_answer(reference)) else 0.0
+        return 1.0 if grade(solution, reference)[1] else 0.0
     if reward_model is None:
         raise DataError("the s2j reward needs a `reference` answer on objective tasks, or a scalar reward model "
                         "for subjective ones", where=record.get("_where"),
