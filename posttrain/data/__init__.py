@@ -2,7 +2,7 @@
 
 from .packing import PackedRow, collate, model_inputs, pack_examples, token_budget_groups
 from .readers import RecordSet, read_records, validate_records, write_jsonl
-from .records import KINDS, ROLES, is_conversational, normalize_record, reference_from_solution
+from .records import KINDS, ROLES, is_conversational, normalize_record, prompt_text, reference_from_solution
 from .tasks import TASKS, make_splits, make_task, make_task_file
 from .tokenize import Example, TokenizedSet, encode_prompt, encode_prompts, tokenize_sft, trained_spans
 
@@ -24,6 +24,7 @@ __all__ = [
     "model_inputs",
     "normalize_record",
     "pack_examples",
+    "prompt_text",
     "token_budget_groups",
     "read_records",
     "reference_from_solution",

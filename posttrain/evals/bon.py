@@ -35,9 +35,9 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from posttrain.data import encode_prompts
+from posttrain.data import encode_prompts, prompt_text
 from posttrain.errors import ConfigError, DataError
-from posttrain.evals.run import prompt_records, prompt_text
+from posttrain.evals.run import prompt_records
 from posttrain.evals.selfreward import completion_scores, reserved_token
 from posttrain.grading import grade
 from posttrain.models import load_model, load_tokenizer

@@ -32,10 +32,10 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from posttrain.data import encode_prompts
+from posttrain.data import encode_prompts, prompt_text
 from posttrain.errors import ConfigError, DataError
 from posttrain.evals.judge import resolve_template
-from posttrain.evals.run import prompt_records, prompt_text, require_references, write_eval
+from posttrain.evals.run import prompt_records, require_references, write_eval
 from posttrain.judges import JudgeTemplate, corrupt_solution
 from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
 

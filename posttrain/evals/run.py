@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posttrain.data import encode_prompt, make_task, read_records, validate_records
+from posttrain.data import encode_prompt, make_task, prompt_text, read_records, validate_records
 from posttrain.errors import DataError
 from posttrain.evals.math import evaluate_math
 from posttrain.models import load_model, load_tokenizer
@@ -24,14 +24,6 @@ def prompt_records(data: str, n: int | None, seed: int = 0) -> list[dict]:
     records = records[:n] if n else records
     require_references(records)
     return records
-
-
-def prompt_text(record: dict) -> str:
-    """The text a person would read as the prompt: the last message of a conversation, or the string."""
-    prompt = record.get("prompt")
-    if isinstance(prompt, list) and prompt:
-        return str(prompt[-1].get("content", ""))
-    return str(prompt or record.get("question", ""))
 
 
 def require_references(records: list[dict]) -> None:

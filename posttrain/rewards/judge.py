@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from posttrain.data import prompt_text
 from posttrain.errors import ConfigError, DataError, check_choice
-from posttrain.evals.run import prompt_text
 from posttrain.judges.formats import get_template, pairwise_prompts
 from posttrain.rewards.registry import register_reward
 

@@ -34,9 +34,8 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import encode_prompts
+from posttrain.data import encode_prompts, prompt_text
 from posttrain.errors import ConfigError, DataError
-from posttrain.evals.run import prompt_text
 from posttrain.models import disabled_adapter, is_peft_model, load_model, load_tokenizer
 from posttrain.models.vocabulary import check_same_output_size, check_same_tokenizer
 from posttrain.ops import causal_lm_parts, completion_logprobs, extrapolated_token_rewards, hidden_divergence

@@ -31,9 +31,8 @@ from pathlib import Path
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import encode_prompts
+from posttrain.data import encode_prompts, prompt_text
 from posttrain.errors import ConfigError
-from posttrain.evals.run import prompt_text
 from posttrain.evals.selfreward import reserved_token
 from posttrain.models import disabled_adapter, is_peft_model
 from posttrain.ops import (

@@ -10,10 +10,10 @@ import torch
 import transformers
 
 from posttrain.config import RunConfig
-from posttrain.data import encode_prompt, tokenize_sft
+from posttrain.data import encode_prompt, prompt_text, tokenize_sft
 from posttrain.errors import ConfigError, DataError
 from posttrain.evals import evaluate_math
-from posttrain.evals.run import prompt_text, require_references
+from posttrain.evals.run import require_references
 from posttrain.models import load_model, load_tokenizer
 from posttrain.models.reward import load_reward_model
 from posttrain.rollout import HFEngine, SamplingParams
