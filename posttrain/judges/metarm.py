@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from posttrain.data import padded_batch
 from posttrain.data.regression import encode_texts
 from posttrain.errors import DataError
 from posttrain.judges.similarity import pearson
@@ -90,12 +91,10 @@ class MetaRM:
         return cls(model, tokenizer, **options)
 
     def _batches(self, texts: Sequence[str]):
-        from posttrain.trainers.regression import pad_rows
-
         rows, _ = encode_texts(texts, self.tokenizer, self.max_length)
         device = next(self.model.parameters()).device
         for start in range(0, len(rows), self.batch_size):
-            yield start, pad_rows(rows[start : start + self.batch_size], self.tokenizer.pad_token_id, device)
+            yield start, padded_batch(rows[start : start + self.batch_size], self.tokenizer.pad_token_id, device)
 
     def score(self, texts: Sequence[str]) -> list[float]:
         """The MetaRM's predictions, without gradients."""
