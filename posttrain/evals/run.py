@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from posttrain.data import encode_prompt, make_task, prompt_text, read_records, validate_records
+from posttrain.data import encode_prompt, make_task, prompt_text, read_records, validate_records, write_jsonl
 from posttrain.errors import DataError
 from posttrain.evals.math import evaluate_math
 from posttrain.models import load_model, load_tokenizer
@@ -61,10 +62,6 @@ def write_eval(out_dir: str | Path | None, name: str, summary: dict, rows: list[
     """With ``out_dir``: ``<name>.json`` (the summary, indented) and ``samples.jsonl`` (one row a sample)."""
     if out_dir is None:
         return
-    import json
-
-    from posttrain.data import write_jsonl
-
     out_dir = Path(out_dir)
     write_jsonl(rows, out_dir / "samples.jsonl")
     (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
