@@ -1,5 +1,5 @@
-"""Judge scorers: they turn preference pairs into judgments, one row per judgment; :func:`judge_metrics` turns
-any scorer's rows into figures, so a new reward source only has to produce rows. Two scorers are built in:
+"""Judge scorers: they turn preference pairs into judgments, one row per judgment; :mod:`posttrain.judges.metrics`
+turns any scorer's rows into figures, so a new reward source only has to produce rows. Two scorers are built in:
 
 ``judge`` (:func:`judge_pairs`)
     a generative judge with a pairwise template (``rise``, ``j1`` or the user's, see
@@ -31,7 +31,7 @@ SCORERS = ("judge", "reward_model")
 
 @dataclass
 class JudgeResult:
-    """``metrics`` (:func:`judge_metrics`) and ``rows``, one per judgment (``samples.jsonl``)."""
+    """``metrics`` (:func:`~posttrain.judges.metrics.judge_metrics`) and ``rows``, one per judgment (``samples.jsonl``)."""
 
     metrics: dict
     rows: list[dict] = field(default_factory=list)
