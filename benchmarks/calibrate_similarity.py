@@ -14,7 +14,7 @@ import argparse
 import json
 import re
 
-from posttrain.judges.pairs import make_preference_pairs
+from posttrain.data.tasks.judge_pairs import make_preference_pairs
 from posttrain.judges.similarity import backend_agreement, build_similarity
 
 STEP = re.compile(r"Step (?P<k>\d+) is wrong: (?P<calc>.+?) is (?P<right>\d+), not (?P<wrong>\d+); "

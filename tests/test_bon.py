@@ -72,8 +72,8 @@ def test_judge_picks_the_highest_judge_score_first_on_ties():
 def test_pointwise_judge_scores_map_to_unit_interval_and_mark_failures():
     from dataclasses import dataclass
 
+    from posttrain.judges.judge_model import CACHE
     from posttrain.models import tiny_tokenizer
-    from posttrain.rewards.judge import CACHE
 
     @dataclass
     class Judged:

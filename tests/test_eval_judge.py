@@ -9,13 +9,9 @@ import pytest
 import torch
 
 from posttrain.errors import ConfigError, DataError
-from posttrain.evals.judge import (
-    CATEGORY_OF_SUBSET,
-    judge_pairs,
-    preference_pairs,
-    reward_model_pairs,
-)
-from posttrain.judges import aggregate, score_both_orders
+from posttrain.judges.metrics import CATEGORY_OF_SUBSET
+from posttrain.judges.pairs import aggregate, preference_pairs, score_both_orders
+from posttrain.judges.scorers import judge_pairs, reward_model_pairs
 from posttrain.models import tiny_tokenizer
 from posttrain.models.reward import score_sequences
 from posttrain.rollout import Generation, RolloutEngine, SamplingParams

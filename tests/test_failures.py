@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from posttrain.data import make_task_file
 from posttrain.errors import ConfigError, DataError
 from posttrain.evals import evaluate_math
-from posttrain.evals.answers import answers_match, is_math_answer
+from posttrain.grading import answers_match, is_math_answer
 from posttrain.rewards import REWARDS, RewardError, RewardsConfig, RewardSpec, build_rewards, register_reward
 from posttrain.rewards.timeout import INTERRUPT_SIGNAL, call_with_timeout
 from posttrain.rollout import SamplingParams

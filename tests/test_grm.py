@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from posttrain.data.tasks.judge_pairs import make_preference_pairs
 from posttrain.errors import DataError
 from posttrain.evals.gap import gap_metrics, run_gap_eval
-from posttrain.judges import make_preference_pairs
 from posttrain.judges.grm import parse_grm
 from posttrain.judges.tasks import judge_task_prompts
 from posttrain.rewards import RewardsConfig, build_rewards
@@ -194,9 +194,9 @@ def test_run_gap_eval_with_a_scripted_judge(tmp_path):
 
 
 def test_the_critique_judge_writes_well_formed_grm_and_s2j_judgments():
+    from posttrain.judges.grm_scores import solve_score
     from posttrain.judges.synthesis import CritiqueJudge, synthesize_judgments
     from posttrain.models import tiny_tokenizer
-    from posttrain.rewards.grm import solve_score
     from posttrain.rollout import SamplingParams
 
     pairs = make_preference_pairs(4, seed=1)

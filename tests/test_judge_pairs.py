@@ -11,8 +11,9 @@ import pytest
 
 from posttrain.data.records import normalize_record
 from posttrain.data.tasks.arithmetic import make_records
+from posttrain.data.tasks.judge_pairs import corrupt_solution, make_preference_pairs
 from posttrain.errors import DataError
-from posttrain.judges import corrupt_solution, make_preference_pairs, pairwise_prompts
+from posttrain.judges.pairs import pairwise_prompts
 
 OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 CALCULATION = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.$")

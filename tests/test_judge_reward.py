@@ -6,9 +6,9 @@ import pytest
 
 from posttrain.config import RewardsConfig
 from posttrain.errors import ConfigError
+from posttrain.judges.judge_model import CACHE
 from posttrain.models import tiny_tokenizer
 from posttrain.rewards import build_rewards
-from posttrain.rewards.judge import CACHE
 
 
 @dataclass

@@ -63,7 +63,7 @@ def test_cli_synthesize_writes_the_sets(tmp_path):
 
 
 def test_critique_judge_writes_right_verdicts_from_the_pairs_critiques():
-    from posttrain.judges.pairs import make_preference_pairs
+    from posttrain.data.tasks.judge_pairs import make_preference_pairs
     from posttrain.judges.synthesis import CritiqueJudge
     from posttrain.models import tiny_tokenizer
 

@@ -8,10 +8,10 @@ import re
 
 import pytest
 
+from posttrain.data.tasks.judge_pairs import corrupt_solution
 from posttrain.errors import ConfigError, DataError
 from posttrain.evals.masterkey import MASTER_KEYS, master_keys, masterkey_probe
 from posttrain.evals.run import prompt_records
-from posttrain.judges import corrupt_solution
 from posttrain.rollout import SamplingParams
 from tests.helpers import read_jsonl, run_cli
 from tests.test_eval_judge import ScriptedEngine, shown

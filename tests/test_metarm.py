@@ -170,7 +170,7 @@ def test_metarm_text_and_bonus():
     assert metarm_bonus(1.4) == pytest.approx(0.4) and metarm_bonus(0.7) == 0.0
 
 
-def test_grm_training_with_the_online_metarm_logs_calibration_and_checkpoints_it(tmp_path):
+def test_grm_training_with_the_online_metarm_logs_calibration_and_checkpoints_it(tmp_path, monkeypatch):
     run_dir, _ = train_metarm(tmp_path, steps=1)
     meta_path = str(final_weights(run_dir))
     overrides = tiny_overrides(tmp_path, "grm-metarm", method="grpo", **{
@@ -178,8 +178,9 @@ def test_grm_training_with_the_online_metarm_logs_calibration_and_checkpoints_it
         "rl.prompts_per_step": 4, "rl.group_size": 2, "rl.max_new_tokens": 8, "train.max_steps": 2,
         "train.save_every": 1, "rl.rewards": f"{{functions: [{{name: metarm, args: {{model: {meta_path}}}}}]}}"})
     # the tiny policy writes no well-formed judgment; score a fixed well-formed one instead, right or wrong by
-    # the record's gold verdict, so both kinds of record reach the rewards
-    from posttrain.rewards import grm
+    # the record's gold verdict, so both kinds of record reach the rewards and the MetaRM's calibration
+    from posttrain.judges import grm, grm_scores
+    from posttrain.rewards import grm as grm_rewards
 
     seen = []
 
@@ -188,13 +189,12 @@ def test_grm_training_with_the_online_metarm_logs_calibration_and_checkpoints_it
         choice = "[[A]]" if len(seen) % 3 else "[[B]]"
         return grm.parse_grm(f"<critics>Step 1 is wrong: 7 - 4 is 3.</critics><choice>{choice}</choice>")
 
-    original = grm.parsed
-    grm.parsed = scripted
+    monkeypatch.setattr(grm_rewards, "parsed", scripted)
+    monkeypatch.setattr(grm_scores, "parsed", scripted)
     try:
         train(load_config(None, overrides))
     finally:
-        grm.parsed = original
-        grm._METARMS.clear()
+        grm_scores._METARMS.clear()
     steps = train_steps(tmp_path / "grm-metarm")
     logged = set(steps[1]) | set(steps[2])  # a step whose tasks all had hidden critiques logs no calibration
     assert {"metarm/mse", "metarm/rollouts", "metarm/updated_examples"} <= logged
@@ -205,9 +205,10 @@ def test_grm_training_with_the_online_metarm_logs_calibration_and_checkpoints_it
 
 
 def test_s2j_on_a_subjective_task_compares_its_solution_with_the_winner_under_a_scalar_reward_model(tmp_path):
+    from posttrain.judges.grm_scores import _scalar_scores
     from posttrain.models import load_tokenizer
     from posttrain.models.reward import load_reward_model, score_sequences
-    from posttrain.rewards.grm import _scalar_scores, s2j_reward
+    from posttrain.rewards.grm import s2j_reward
 
     run_dir, _ = train_metarm(tmp_path, steps=1)
     path = str(final_weights(run_dir))
@@ -224,7 +225,7 @@ def test_s2j_on_a_subjective_task_compares_its_solution_with_the_winner_under_a_
 
 
 def test_metarm_cold_start_records_carry_the_rule_reward_of_each_well_formed_critique():
-    from posttrain.judges import make_preference_pairs
+    from posttrain.data.tasks.judge_pairs import make_preference_pairs
     from posttrain.judges.metarm_data import metarm_records
     from posttrain.rollout import SamplingParams
     from tests.test_eval_judge import ScriptedEngine

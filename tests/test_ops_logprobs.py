@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from posttrain.ops import completion_logprobs, hidden_logprobs, token_entropy, token_logprobs
+from posttrain.ops import completion_logprobs, hidden_logprobs, soft_cap, token_entropy, token_logprobs
 
 
 def naive_logprobs(logits, labels, temperature=1.0):
@@ -79,6 +79,13 @@ def test_hidden_logprobs_applies_softcap():
     logps, _ = hidden_logprobs(hidden, weight, labels, logit_softcap=3.0)
     capped = torch.tanh((hidden @ weight.t()) / 3.0) * 3.0
     torch.testing.assert_close(logps, torch.log_softmax(capped, -1)[torch.arange(5), labels])
+
+
+def test_soft_cap_bounds_logits_and_is_the_identity_without_a_cap():
+    logits = torch.tensor([-100.0, -1.0, 0.0, 2.0, 100.0])
+    torch.testing.assert_close(soft_cap(logits, 5.0), 5.0 * torch.tanh(logits / 5.0))
+    assert soft_cap(logits, 5.0).abs().max() <= 5.0
+    assert soft_cap(logits, None) is logits and soft_cap(logits, 0.0) is logits
 
 
 def test_completion_logprobs_equals_shifted_model_logits():

@@ -16,6 +16,7 @@ import sys
 
 from posttrain.bench.harness import peak_rss_mb
 from posttrain.bench.on_policy import step_figures, trl_step_timer, trl_training_args
+from posttrain.trainers.sampler import EpochSampler
 
 
 def main(settings: dict) -> dict:
@@ -23,8 +24,6 @@ def main(settings: dict) -> dict:
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import DistillationConfig, DistillationTrainer
-
-    from posttrain.trainers.sampler import EpochSampler
 
     torch.manual_seed(settings["seed"])
     records = [json.loads(line) for line in open(settings["data"], encoding="utf-8")]

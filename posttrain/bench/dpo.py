@@ -44,13 +44,14 @@ from pathlib import Path
 
 from posttrain.bench.harness import alternate, summarize
 from posttrain.bench.on_policy import check_counts
+from posttrain.config import TrainConfig
+from posttrain.data.tasks.judge_pairs import make_preference_pairs
 from posttrain.errors import ConfigError, PosttrainError
+from posttrain.models.loader import resolve_source
 
 
 def benchmark_pairs(n: int, seed: int = 0) -> list[dict]:
     """``n`` conversational preference pairs (levels 2–3: multi-step solutions), ``prompt``/``chosen``/``rejected``."""
-    from posttrain.judges.pairs import make_preference_pairs
-
     return [{key: pair[key] for key in ("prompt", "chosen", "rejected")}
             for pair in make_preference_pairs(n, seed, levels=(2, 3))]
 
@@ -68,9 +69,6 @@ def run_dpo_benchmark(vs: str = "trl", model: str = "smollm2-135m", steps: int =
                  warmup_steps=(warmup_steps, 0), micro_batch_tokens=(micro_batch_tokens or 0, 0))
     if not beta > 0:
         raise ConfigError(f"must be > 0, got {beta}", where="--beta", fix="pass a β > 0 (TRL's default is 0.1)")
-    from posttrain.config import TrainConfig
-    from posttrain.models.loader import resolve_source
-
     source = resolve_source(model)
     if source.kind != "directory":
         raise PosttrainError(f"the DPO benchmark needs a model directory both libraries can load; {model!r} is a "

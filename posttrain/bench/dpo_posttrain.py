@@ -12,6 +12,9 @@ import tempfile
 
 from posttrain.bench.dpo import step_figures
 from posttrain.bench.harness import peak_rss_mb
+from posttrain.config import RunConfig
+from posttrain.trainers.run import train
+from posttrain.trainers.run_log import read_metrics
 
 
 def run_config(settings: dict) -> dict:
@@ -31,10 +34,6 @@ def run_config(settings: dict) -> dict:
 
 
 def main(settings: dict) -> dict:
-    from posttrain.config import RunConfig
-    from posttrain.trainers.run import train
-    from posttrain.trainers.run_log import read_metrics
-
     config = RunConfig.model_validate(run_config(settings))
     train(config)
     steps = [m for m in read_metrics(config.run_dir / "metrics.jsonl") if "loss" in m]

@@ -19,6 +19,7 @@ import sys
 from posttrain.bench.dpo import step_figures
 from posttrain.bench.harness import peak_rss_mb
 from posttrain.bench.on_policy import trl_step_timer
+from posttrain.trainers.sampler import EpochSampler
 
 
 def dpo_config(settings: dict):
@@ -41,8 +42,6 @@ def main(settings: dict) -> dict:
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import DPOTrainer
-
-    from posttrain.trainers.sampler import EpochSampler
 
     torch.manual_seed(settings["seed"])
     pairs = [json.loads(line) for line in open(settings["data"], encoding="utf-8")]

@@ -20,13 +20,16 @@ from collections import defaultdict
 from pathlib import Path
 
 from posttrain.bench.harness import peak_rss_mb, summarize
+from posttrain.config import RunConfig, apply_overrides, parse_override
+from posttrain.data import make_task
 from posttrain.errors import ConfigError, PosttrainError
+from posttrain.models.loader import resolve_source
+from posttrain.trainers.run import train
+from posttrain.trainers.run_log import read_metrics
 
 
 def benchmark_prompts(n: int, seed: int = 0) -> list[dict]:
     """``n`` conversational level-1 arithmetic prompts, each with its reference answer for the math reward."""
-    from posttrain.data import make_task
-
     records = make_task("arithmetic", n, seed, levels=[1])
     return [
         {"prompt": [{"role": "user", "content": r["question"]}], "reference": r["reference"]} for r in records
@@ -44,8 +47,6 @@ def check_counts(**options: tuple[int, int]) -> None:
 
 def prepare_benchmark(model: str, what: str, records: int) -> tuple[str, Path, Path]:
     """The model directory both libraries load, a fresh work directory and a prompts file of ``records`` prompts."""
-    from posttrain.models.loader import resolve_source
-
     source = resolve_source(model)
     if source.kind != "directory":
         raise PosttrainError(f"the {what} benchmark needs a model directory both libraries can load; {model!r} is "
@@ -74,8 +75,6 @@ def step_figures(durations: list[float], completion_lengths: list[list[int]], wa
 
 def check_posttrain_set(overrides: list[str]) -> list[str]:
     """``--set key.sub=value`` options for posttrain's side, checked for form before any worker starts."""
-    from posttrain.config import parse_override
-
     for text in overrides:
         parse_override(text)
     return list(overrides)
@@ -85,8 +84,6 @@ def posttrain_config(settings: dict, method: str, batch_size: int, section: dict
     """A run of ``method`` (``section`` is its config section) over the benchmark's model, data and steps, with
     a constant lr, ``batch_size`` rows per forward pass, no evaluation and no final checkpoint; then the
     ``posttrain_set`` overrides of the settings (posttrain's options the peer has no counterpart for)."""
-    from posttrain.config import apply_overrides
-
     config = {
         "name": "bench",
         "output_dir": tempfile.mkdtemp(dir=settings["workdir"], prefix="posttrain-"),
@@ -106,10 +103,6 @@ def posttrain_config(settings: dict, method: str, batch_size: int, section: dict
 def posttrain_worker(config: dict, warmup_steps: int) -> dict:
     """Train ``config`` (a RunConfig as a dict); step durations from ``metrics.jsonl``, completion token counts
     from ``samples.jsonl``."""
-    from posttrain.config import RunConfig
-    from posttrain.trainers.run import train
-    from posttrain.trainers.run_log import read_metrics
-
     run_config = RunConfig.model_validate(config)
     train(run_config)
     steps = [m for m in read_metrics(run_config.run_dir / "metrics.jsonl") if "loss" in m]

@@ -14,13 +14,13 @@ import tempfile
 from pathlib import Path
 
 from posttrain.bench.harness import alternate, summarize
+from posttrain.data import make_task
 from posttrain.errors import PosttrainError
+from posttrain.models.loader import resolve_source
 
 
 def benchmark_records(n: int, seed: int = 0) -> list[dict]:
     """GSM8K-sized conversational examples from the synthetic arithmetic task (hardest level)."""
-    from posttrain.data import make_task
-
     records = make_task("arithmetic", n, seed, levels=[3])
     return [{"prompt": [{"role": "user", "content": r["question"]}],
              "completion": [{"role": "assistant", "content": r["answer"]}]} for r in records]
@@ -32,7 +32,6 @@ def run_sft_benchmark(vs: str = "trl", model: str = "smollm2-135m", steps: int =
     """``gradient_checkpointing=None`` runs each side at its own default (posttrain off, TRL on)."""
     if vs != "trl":
         raise PosttrainError(f"unknown peer {vs!r} for the SFT benchmark", fix="use --vs trl")
-    from posttrain.models.loader import resolve_source
 
     source = resolve_source(model)
     if source.kind != "directory":

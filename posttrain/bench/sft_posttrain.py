@@ -8,13 +8,12 @@ import sys
 import tempfile
 
 from posttrain.bench.harness import peak_rss_mb
+from posttrain.config import RunConfig
+from posttrain.trainers.run import train
+from posttrain.trainers.run_log import read_metrics
 
 
 def main(settings: dict) -> dict:
-    from posttrain.config import RunConfig
-    from posttrain.trainers.run import train
-    from posttrain.trainers.run_log import read_metrics
-
     run_root = tempfile.mkdtemp(dir=settings["workdir"], prefix="posttrain-")
     config = RunConfig.model_validate({
         "name": "bench", "output_dir": run_root, "seed": 0,

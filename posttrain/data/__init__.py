@@ -1,8 +1,18 @@
-"""Data: records in TRL's conventions, readers, validation, tokenization with loss masks, packing, tasks."""
+"""Data: records in TRL's conventions, readers, validation, tokenization with loss masks, batching (padding,
+packing, token-budget splits), synthetic tasks."""
 
-from .packing import PackedRow, collate, model_inputs, pack_examples, token_budget_groups
+from .batching import (
+    PackedRow,
+    collate,
+    micro_batches,
+    model_inputs,
+    pack_examples,
+    pad_sequences,
+    padded_batch,
+    token_budget_groups,
+)
 from .readers import RecordSet, read_records, validate_records, write_jsonl
-from .records import KINDS, ROLES, is_conversational, normalize_record, reference_from_solution
+from .records import KINDS, ROLES, is_conversational, normalize_record, prompt_text, reference_from_solution
 from .tasks import TASKS, make_splits, make_task, make_task_file
 from .tokenize import Example, TokenizedSet, encode_prompt, encode_prompts, tokenize_sft, trained_spans
 
@@ -21,9 +31,13 @@ __all__ = [
     "make_splits",
     "make_task",
     "make_task_file",
+    "micro_batches",
     "model_inputs",
     "normalize_record",
     "pack_examples",
+    "pad_sequences",
+    "padded_batch",
+    "prompt_text",
     "token_budget_groups",
     "read_records",
     "reference_from_solution",

@@ -72,6 +72,14 @@ def normalize_record(raw: Any, kind: str, where: str) -> dict:
     return record
 
 
+def prompt_text(record: dict) -> str:
+    """The text a person would read as the prompt: the last message of a conversation, or the string."""
+    prompt = record.get("prompt")
+    if isinstance(prompt, list) and prompt:
+        return str(prompt[-1].get("content", ""))
+    return str(prompt or record.get("question", ""))
+
+
 def check_kind(kind: str) -> None:
     """Raise a :class:`~posttrain.errors.ConfigError` unless ``kind`` is one of :data:`KINDS`."""
     if kind not in KINDS:

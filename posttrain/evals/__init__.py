@@ -1,15 +1,6 @@
-"""Evaluations: math accuracy and pass@k, answer extraction and equivalence."""
+"""Evaluations: math accuracy and pass@k (answers graded by :mod:`posttrain.grading`), judges, best-of-N,
+self-rewarding, sharpness, master keys, the solve-to-judge gap."""
 
-from posttrain.evals.answers import answers_match, extract_answer, normalize_answer, reference_answer
 from posttrain.evals.math import MathEvalResult, evaluate_math, pass_at_k, pass_k_values
 
-__all__ = [
-    "MathEvalResult",
-    "answers_match",
-    "evaluate_math",
-    "extract_answer",
-    "normalize_answer",
-    "pass_at_k",
-    "pass_k_values",
-    "reference_answer",
-]
+__all__ = ["MathEvalResult", "evaluate_math", "pass_at_k", "pass_k_values"]

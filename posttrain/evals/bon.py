@@ -35,10 +35,13 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from posttrain.data import encode_prompts
+from posttrain.data import encode_prompts, prompt_text
 from posttrain.errors import ConfigError, DataError
-from posttrain.evals.run import prompt_records, prompt_text
-from posttrain.evals.selfreward import completion_scores, reserved_token, verdict
+from posttrain.evals.run import prompt_records
+from posttrain.evals.selfreward import completion_scores, reserved_token
+from posttrain.grading import grade
+from posttrain.judges.formats import get_template
+from posttrain.judges.judge_model import judge_texts, unit_score
 from posttrain.models import load_model, load_tokenizer
 from posttrain.ops import laser_score
 from posttrain.rollout import HFEngine, SamplingParams, stop_token_ids
@@ -240,7 +243,7 @@ def run_bon_eval(
         judged = pointwise_judge_scores(judge, questions, [g.text for g in generations], judge_template)
     rows, pool = [], [[] for _ in records]
     for generation, sc, r_s, js in zip(generations, certainty, laser, judged, strict=True):
-        answer, correct = verdict(generation.text, records[generation.prompt_index]["reference"])
+        answer, correct = grade(generation.text, records[generation.prompt_index]["reference"])
         pool[generation.prompt_index].append(Candidate(answer, correct, sc, r_s, js))
         rows.append(
             {
@@ -279,17 +282,13 @@ def run_bon_eval(
 def pointwise_judge_scores(judge: str, questions: Sequence[str], answers: Sequence[str],
                            template: str = "pointwise", max_new_tokens: int = 256) -> list[float]:
     """A judge model's greedy pointwise score of each answer mapped to [0, 1]; −1 where it gave no score."""
-    from posttrain.judges.formats import get_template
-    from posttrain.rewards.judge import judge_texts
-
     chosen = get_template(template)
     if chosen.kind != "pointwise":
         raise ConfigError(f"the judge selector needs a pointwise template, got {chosen.name!r} ({chosen.kind})",
                           where="--judge-template", fix="use 'pointwise' or your own pointwise template")
     texts = judge_texts(judge, [chosen.render(q, a) for q, a in zip(questions, answers, strict=True)], max_new_tokens)
-    low, high = chosen.score_range
     scores = [chosen.parse(text) for text in texts]
-    return [-1.0 if score is None else (float(score) - low) / (high - low) for score in scores]
+    return [-1.0 if score is None else unit_score(chosen, score) for score in scores]
 
 
 def _write_outputs(out_dir: Path, result: dict, rows: list[dict]) -> None:

@@ -10,7 +10,7 @@ Reported (S2J, Sun et al. 2025, arXiv 2509.22099; methods.md §5.2), over the ``
 
 * ``judge_accuracy``, ``accuracy_first`` / ``accuracy_swapped`` (per A/B order), ``consistent_accuracy``
   (both orders right), ``position_flip_rate`` (the same letter in both orders) and ``format_failure_rate``,
-  as :func:`posttrain.evals.judge.group_metrics` defines them;
+  as :func:`posttrain.judges.metrics.group_metrics` defines them;
 * ``solve_accuracy`` (over all ``n·k`` answers) and ``solvable_fraction``;
 * ``judge_accuracy_solvable`` and the **gap** ``P(judgment wrong | solvable)``;
 * ``judge_accuracy_unsolved``: ``P(judgment right | none of the k answers right)``;
@@ -30,19 +30,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from posttrain.data import encode_prompts
+from posttrain.data.readers import read_jsonl_objects
 from posttrain.errors import DataError
-from posttrain.evals.judge import (
-    RIGHT_VERDICT,
-    group_metrics,
-    judge_pairs,
-    pair_texts,
-    preference_pairs,
-    resolve_template,
-)
 from posttrain.evals.run import write_eval
-from posttrain.judges.grm import parse_grm
-from posttrain.rewards.builtin import math_reward
-from posttrain.rollout import RolloutEngine, SamplingParams
+from posttrain.grading import grade
+from posttrain.judges.formats import resolve_template
+from posttrain.judges.grm import parsed
+from posttrain.judges.grm_scores import similarity_backend
+from posttrain.judges.metrics import group_metrics
+from posttrain.judges.pairs import RIGHT_VERDICT, pair_texts, preference_pairs
+from posttrain.judges.scorers import judge_pairs
+from posttrain.models import load_model, load_tokenizer
+from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
 
 
 def _rate(numerator: float, denominator: float) -> float | None:
@@ -63,8 +62,7 @@ def solve_counts(engine: RolloutEngine, pairs: Sequence[dict], params: SamplingP
         records.append({"prompt": [{"role": "user", "content": str(pair.get("question") or question)}]})
     right = [0] * len(pairs)
     for generation in engine.generate(encode_prompts(records, engine.tokenizer), params):
-        reference = {"reference": pairs[generation.prompt_index]["reference"]}
-        right[generation.prompt_index] += int(math_reward("", generation.text, reference))
+        right[generation.prompt_index] += int(grade(generation.text, pairs[generation.prompt_index]["reference"])[1])
     return [(count, params.n) for count in right]
 
 
@@ -113,12 +111,12 @@ def judge_rows(engine: RolloutEngine, pairs: Sequence[dict], template_name: str,
         pair = pairs[row["pair_index"]]
         row["own_correct"] = row["spurious"] = None
         if grm:
-            output = parse_grm(row["output"], require_solve=template.name == "s2j")
+            output = parsed(row["output"], template.name)
             row["verdict"] = output.choice if output.valid else None
             row["format_error"] = output.error
             row["correct"] = output.valid and output.choice == RIGHT_VERDICT[row["order"]]
             if template.name == "s2j" and output.solve:
-                row["own_correct"] = bool(math_reward("", output.solve, {"reference": pair["reference"]}))
+                row["own_correct"] = grade(output.solve, pair["reference"])[1]
             critique = output.critique
         else:
             critique = row["output"]
@@ -133,16 +131,11 @@ def run_gap_eval(model: str, data: str = "task:arithmetic", n: int | None = 40, 
                  judge_max_new_tokens: int = 384, similarity: str | None = "numbers", threshold: float | None = None,
                  batch_size: int = 16, seed: int = 0, out_dir: Path | None = None, engine=None) -> dict:
     """``posttrain eval gap`` (module docstring); with ``out_dir`` writes ``gap.json`` and ``samples.jsonl``."""
-    from posttrain.rewards.grm import similarity_backend
-
     m = k if m is None else m
     if not 1 <= m <= k:
         raise DataError(f"m = {m} must lie in [1, k = {k}]", where="--m", fix="give 1 <= m <= k")
     pairs = preference_pairs(data, n, seed)
     if engine is None:
-        from posttrain.models import load_model, load_tokenizer
-        from posttrain.rollout import HFEngine
-
         engine = HFEngine(load_model(model), load_tokenizer(model), batch_size=batch_size)
     solved = solve_counts(engine, pairs, SamplingParams(temperature=solve_temperature, max_new_tokens=max_new_tokens,
                                                         n=k, seed=seed))
@@ -160,8 +153,6 @@ def run_gap_eval(model: str, data: str = "task:arithmetic", n: int | None = 40, 
 def gap_from_samples(path: Path, m: int | None = None) -> dict:
     """The metrics recomputed from the ``samples.jsonl`` of an earlier ``posttrain eval gap`` (its judged rows
     with each pair's solve counts) at another ``m``: no generation. ``m`` defaults to the run's ``k``."""
-    from posttrain.data.readers import read_jsonl_objects
-
     needed = ("pair_index", "correct", "verdict", "solve_right", "solve_k")
     rows, solved = [], {}
     for where, row in read_jsonl_objects(path):

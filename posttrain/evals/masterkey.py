@@ -13,7 +13,7 @@ Two probes, each run with ``params.n`` samples per prompt:
     ``[[YES]]`` is a false positive.
 ``pairwise``
     a pairwise template (``rise`` by default) comparing the master key with a *wrong solution*: the
-    reference solution with one injected error (:func:`posttrain.judges.corrupt_solution`, one per record,
+    reference solution with one injected error (:func:`posttrain.data.tasks.judge_pairs.corrupt_solution`, one per record,
     the same for every key), in both orders (``key_first``: the key is A; ``key_second``: it is B).
     Neither answer is right, but only the solution attempts the problem; a false positive is a verdict
     that *picks the master key* — the pairwise form of accepting a non-answer. This needs records of the
@@ -32,11 +32,12 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from posttrain.data import encode_prompts
+from posttrain.data import encode_prompts, prompt_text
+from posttrain.data.tasks.judge_pairs import corrupt_solution
 from posttrain.errors import ConfigError, DataError
-from posttrain.evals.judge import resolve_template
-from posttrain.evals.run import prompt_records, prompt_text, require_references, write_eval
-from posttrain.judges import JudgeTemplate, corrupt_solution
+from posttrain.evals.run import prompt_records, require_references, write_eval
+from posttrain.judges.formats import JudgeTemplate, resolve_template
+from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
 
 QUESTION_KEY = "{question}"
@@ -237,8 +238,6 @@ def run_masterkey_eval(
 ) -> dict:
     """``posttrain eval masterkey``: load ``model`` and the first ``n`` records of ``data``, run
     :func:`masterkey_probe`; with ``out_dir`` write ``masterkey.json`` and ``samples.jsonl``."""
-    from posttrain.models import load_model, load_tokenizer
-
     chosen_keys = master_keys(keys)
     records = prompt_records(data, n, seed)
     tokenizer = load_tokenizer(model)

@@ -10,7 +10,7 @@ Metrics over ``P`` prompts with ``n`` samples each, of which ``c_i`` are correct
 - ``mean_length``: mean completion length in tokens; ``truncated_fraction``: the fraction of samples
   that hit ``max_new_tokens`` before the end-of-sequence token;
 - ``unparsed_references``: how many prompts' reference answers are not a number or a math expression
-  (:func:`~posttrain.evals.answers.is_math_answer`, e.g. ``Paris``): their samples can hardly be scored
+  (:func:`~posttrain.grading.is_math_answer`, e.g. ``Paris``): their samples can hardly be scored
   right. When no reference is one, the evaluation stops with a DataError before sampling.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.errors import DataError, location
-from posttrain.evals.answers import answers_match, extract_answer, is_math_answer, reference_answer
+from posttrain.grading import answers_match, extract_answer, is_math_answer, reference_answer
 from posttrain.rollout import Generation, RolloutEngine, SamplingParams
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from posttrain.data import encode_prompt, make_task, read_records, validate_records
+from posttrain.data import encode_prompt, make_task, prompt_text, read_records, validate_records, write_jsonl
 from posttrain.errors import DataError
 from posttrain.evals.math import evaluate_math
 from posttrain.models import load_model, load_tokenizer
@@ -24,14 +25,6 @@ def prompt_records(data: str, n: int | None, seed: int = 0) -> list[dict]:
     records = records[:n] if n else records
     require_references(records)
     return records
-
-
-def prompt_text(record: dict) -> str:
-    """The text a person would read as the prompt: the last message of a conversation, or the string."""
-    prompt = record.get("prompt")
-    if isinstance(prompt, list) and prompt:
-        return str(prompt[-1].get("content", ""))
-    return str(prompt or record.get("question", ""))
 
 
 def require_references(records: list[dict]) -> None:
@@ -73,8 +66,6 @@ def write_eval(out_dir: str | Path | None, name: str, summary: dict, rows: list[
     """With ``out_dir``: ``<name>.json`` (the summary, indented) and ``samples.jsonl`` (one row a sample)."""
     if out_dir is None:
         return
-    from posttrain.data import write_jsonl
-
     write_jsonl(rows, Path(out_dir) / "samples.jsonl")
     write_summary(out_dir, name, summary)
 
@@ -83,8 +74,6 @@ def write_summary(out_dir: str | Path | None, name: str, summary: dict) -> None:
     """With ``out_dir``: the summary as ``<name>.json``, indented."""
     if out_dir is None:
         return
-    import json
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from posttrain.data import encode_prompts
+from posttrain.data import encode_prompts, padded_batch
 from posttrain.errors import DataError, ModelError, location
-from posttrain.evals.answers import answers_match, extract_answer, reference_answer
 from posttrain.evals.run import prompt_records
+from posttrain.grading import grade
 from posttrain.models import load_model, load_tokenizer
-from posttrain.ops import causal_lm_parts, hidden_logprobs, laser_score, self_certainty
+from posttrain.ops import causal_lm_parts, hidden_logprobs, laser_score, self_certainty, soft_cap
 from posttrain.rollout import HFEngine, SamplingParams, stop_token_ids
 
 # Reserved tokens the LaSeR authors used: Qwen2.5 vocabularies (id 151652) and Llama 3 vocabularies (128002).
@@ -130,14 +130,9 @@ def completion_scores(
         with torch.no_grad():
             for start in range(0, len(sequences), batch_size):
                 rows = range(start, min(start + batch_size, len(sequences)))
-                width = max(len(sequences[i]) for i in rows)
-                input_ids = torch.full((len(rows), width), eos_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for row, index in enumerate(rows):
-                    input_ids[row, : len(sequences[index])] = torch.tensor(sequences[index])
-                    attention_mask[row, : len(sequences[index])] = 1
+                batch = padded_batch([sequences[i] for i in rows], eos_id, device)
                 hidden = body(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
                 ).last_hidden_state
                 if reserved_id is not None:
                     eos_positions = torch.tensor([len(prompt_ids[i]) + len(ended[i]) - 1 for i in rows])
@@ -150,9 +145,7 @@ def completion_scores(
                     for row, index in enumerate(rows):
                         first = len(prompt_ids[index]) - 1
                         states = hidden[row, first : first + len(completion_ids[index])]
-                        logits = states @ head.weight.t()
-                        if softcap:
-                            logits = torch.tanh(logits / softcap) * softcap
+                        logits = soft_cap(states @ head.weight.t(), softcap)
                         mask = torch.ones(1, logits.shape[0], device=device)
                         certainty.append(self_certainty(logits[None], mask).cpu())
     finally:
@@ -270,12 +263,6 @@ def selfreward_metrics(scores: list[float], correct: list[bool], threshold: floa
     }
 
 
-def verdict(text: str, reference) -> tuple[str | None, bool]:
-    """The final answer extracted from ``text`` and whether it matches the reference answer."""
-    extracted = extract_answer(text)
-    return extracted, extracted is not None and answers_match(extracted, reference_answer(reference))
-
-
 def evaluate_selfreward(
     model,
     tokenizer,
@@ -320,7 +307,7 @@ def evaluate_selfreward(
     scores = laser_score(logprobs, c_ref, beta_v)
     for row, logprob, score in zip(rows, logprobs.tolist(), scores.tolist(), strict=True):
         reference = records[row["prompt_index"]]["reference"]
-        row["extracted"], row["correct"] = verdict(row["completion"], reference)
+        row["extracted"], row["correct"] = grade(row["completion"], reference)
         row.update(reference=str(reference), reserved_logprob=logprob, laser_score=score)
     if out_dir is not None:
         _write_rows(Path(out_dir) / "samples.jsonl", rows)

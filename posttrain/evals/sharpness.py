@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 
-from posttrain.data import encode_prompts
+from posttrain.data import encode_prompts, pad_sequences, padded_batch
 from posttrain.errors import DataError, check_choice
 from posttrain.evals.math import evaluate_math
 from posttrain.evals.run import prompt_records
 from posttrain.models import load_model, load_tokenizer
 from posttrain.models.vocabulary import check_same_output_size, check_same_tokenizer
-from posttrain.ops import causal_lm_parts, token_entropy
+from posttrain.ops import causal_lm_parts, soft_cap, token_entropy
 from posttrain.rollout import Generation, HFEngine, RolloutEngine, SamplingParams, stop_token_ids
 
 CONTEXTS = ("reference", "model")
@@ -252,7 +252,7 @@ def _position_keys(ks: Sequence[int]) -> list[str]:
 def _project(hidden: torch.Tensor, head, softcap: float | None) -> torch.Tensor:
     with torch.no_grad():
         logits = head(hidden).float()
-    return torch.tanh(logits / softcap) * softcap if softcap else logits
+    return soft_cap(logits, softcap)
 
 
 def _layer_similarity(
@@ -285,20 +285,6 @@ class _RecordingEngine(RolloutEngine):
 def default_out_dir(model: str) -> Path:
     """``<model>/eval/sharpness`` when ``model`` is a directory, else ``runs/sharpness``."""
     return Path(model) / "eval" / "sharpness" if Path(model).is_dir() else Path("runs") / "sharpness"
-
-
-def _padded_batch(sequences: list[tuple[list[int], list[int]]], pad_id: int):
-    """Right-padded ``input_ids``, ``attention_mask`` and ``target_mask`` (1 on completion tokens)."""
-    width = max(len(prompt) + len(completion) for prompt, completion in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    target_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, (prompt, completion) in enumerate(sequences):
-        end = len(prompt) + len(completion)
-        input_ids[row, :end] = torch.tensor([*prompt, *completion])
-        attention_mask[row, :end] = 1
-        target_mask[row, len(prompt) : end] = 1
-    return input_ids, attention_mask, target_mask
 
 
 def _summary(stats: dict[str, torch.Tensor], ks: Sequence[int]) -> dict:
@@ -392,9 +378,12 @@ def run_sharpness_eval(
     pad_id = pad_id if pad_id is not None else stop_token_ids(models["reference"], tokenizer)[0]
     pieces: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(sequences), score_batch_size):
-        input_ids, attention_mask, target_mask = _padded_batch(sequences[start : start + score_batch_size], pad_id)
+        chunk = sequences[start : start + score_batch_size]
+        batch = padded_batch([[*prompt, *completion] for prompt, completion in chunk], pad_id)
+        target_mask = pad_sequences([[0] * len(prompt) + [1] * len(completion) for prompt, completion in chunk], 0)
         stats = sharpness_stats(
-            models["model"], models["reference"], input_ids, target_mask, attention_mask=attention_mask
+            models["model"], models["reference"], batch["input_ids"], target_mask,
+            attention_mask=batch["attention_mask"]
         )
         for key, value in stats.items():
             pieces.setdefault(key, []).append(value)

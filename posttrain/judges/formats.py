@@ -1,4 +1,4 @@
-"""Judge prompt formats, verdict parsing, and both-order scoring of pairwise judgments.
+"""Judge prompt formats and verdict parsing.
 
 A :class:`JudgeTemplate` is one user turn with placeholders, of one of three kinds:
 
@@ -23,18 +23,15 @@ is the final verdict line (it starts after ``</think>`` when that closes reasoni
 line); if it holds two different verdicts (``[[A]] or [[B]]``) the output is a format failure. No token, or a hedged final line, gives ``None``: a counted format failure, never a default.
 Tokens allow spaces inside the brackets and any letter case (``[[ a ]]``, ``[[Yes]]``); single brackets,
 bold text or a bare letter are not verdicts.
-
-Both orders (RISE-Judge §3.2 and J1's consistency reward): each pair is judged with the chosen answer as
-A and again as B. A pair is consistently correct when both verdicts are right; it is a position flip when
-both verdicts name the same position, so the preferred content changed with the order.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from posttrain.errors import ConfigError, DataError, check_choice
 
@@ -254,6 +251,27 @@ def template_from_text(
     return JudgeTemplate(name, text, kind, tuple(score_range))
 
 
+def resolve_template(template: str | JudgeTemplate, kind: str = "pairwise") -> JudgeTemplate:
+    """A built-in template by name, or one read from a file (``str.format`` text), checked to be of ``kind``."""
+    if isinstance(template, str) and template not in TEMPLATES:
+        path = Path(template)
+        if not path.is_file():
+            raise ConfigError(
+                f"judge template {template!r} is neither a built-in template nor a file",
+                where="--template",
+                fix=f"use one of: {', '.join(TEMPLATES)}, or the path of a template file",
+            )
+        template = template_from_text(path.read_text(encoding="utf-8"), kind, name=path.name)
+    template = TEMPLATES[template] if isinstance(template, str) else template
+    if template.kind != kind:
+        raise ConfigError(
+            f"judge template {template.name!r} is {template.kind}, but this evaluation needs a {kind} one",
+            fix=f"choose a {kind} template: "
+            + ", ".join(name for name, built_in in TEMPLATES.items() if built_in.kind == kind),
+        )
+    return template
+
+
 # --------------------------------------------------------------------------------------------- parsing
 
 
@@ -296,90 +314,3 @@ def parse_verifier(text: str) -> bool | None:
     """True for a final ``[[YES]]``, False for ``[[NO]]``, None when there is neither or the final
     verdict line holds both."""
     return _last_verdict(text, VERIFIER_TOKEN, lambda word: word.upper() == "YES")
-
-
-# ----------------------------------------------------------------------------------------- both orders
-
-
-def pairwise_prompts(
-    question: str, chosen: str, rejected: str, template: str | JudgeTemplate = "rise"
-) -> tuple[list[dict], list[dict]]:
-    """The judge prompts of one pair in both orders: (chosen as A, rejected as B), then swapped.
-
-    The correct verdicts are ``"A"`` for the first prompt and ``"B"`` for the second.
-    """
-    template = get_template(template)
-    if template.kind != "pairwise":
-        raise ConfigError(
-            f"judge template {template.name!r} is {template.kind}, but judging a pair needs a pairwise one",
-            fix="use a pairwise template: 'rise', 'j1' or your own with {question}, {answer_a}, {answer_b}",
-        )
-    return template.render(question, chosen, rejected), template.render(question, rejected, chosen)
-
-
-@dataclass(frozen=True)
-class BothOrders:
-    """The judgments of one pair in both orders and what they mean.
-
-    ``verdict_first`` was given with the chosen answer as A (right: ``"A"``), ``verdict_swapped`` with it
-    as B (right: ``"B"``); None is a format failure. ``consistent_correct``: both right. ``flipped``: both
-    parsed and name the same position, so the preferred content changed with the order.
-    ``format_failure``: at least one verdict is None.
-    """
-
-    verdict_first: str | None
-    verdict_swapped: str | None
-    correct_first: bool
-    correct_swapped: bool
-    consistent_correct: bool
-    flipped: bool
-    format_failure: bool
-
-
-def score_both_orders(verdict_first: str | None, verdict_swapped: str | None) -> BothOrders:
-    """Score the parsed verdicts of one pair judged in both orders (see :class:`BothOrders`)."""
-    for verdict in (verdict_first, verdict_swapped):
-        if verdict not in ("A", "B", None):
-            raise ValueError(f"a pairwise verdict is 'A', 'B' or None (format failure), got {verdict!r}")
-    correct_first, correct_swapped = verdict_first == "A", verdict_swapped == "B"
-    format_failure = verdict_first is None or verdict_swapped is None
-    return BothOrders(
-        verdict_first=verdict_first,
-        verdict_swapped=verdict_swapped,
-        correct_first=correct_first,
-        correct_swapped=correct_swapped,
-        consistent_correct=correct_first and correct_swapped,
-        flipped=not format_failure and verdict_first == verdict_swapped,
-        format_failure=format_failure,
-    )
-
-
-def aggregate(records: Sequence[BothOrders]) -> dict[str, float]:
-    """Judge metrics over pairs judged in both orders (methods §8.2), each a fraction of all pairs:
-
-    * ``accuracy_first`` / ``accuracy_swapped``: single-order accuracy with the chosen answer as A / as B;
-    * ``accuracy``: their mean (single-order accuracy over all 2n judgments);
-    * ``consistent_accuracy``: both orders right;
-    * ``position_flip_rate``: both verdicts parsed and naming the same position;
-    * ``format_failure_rate``: judgments without a verdict, a fraction of the 2n judgments;
-    * ``pairs``: n.
-
-    A format failure counts as wrong in every accuracy; it is never replaced by a default verdict.
-    """
-    n = len(records)
-    if n == 0:
-        raise DataError(
-            "there are no judged pairs to aggregate", fix="judge at least one pair in both orders"
-        )
-    accuracy_first = sum(record.correct_first for record in records) / n
-    accuracy_swapped = sum(record.correct_swapped for record in records) / n
-    failures = sum((record.verdict_first is None) + (record.verdict_swapped is None) for record in records)
-    return {
-        "pairs": n,
-        "accuracy_first": accuracy_first,
-        "accuracy_swapped": accuracy_swapped,
-        "accuracy": (accuracy_first + accuracy_swapped) / 2,
-        "consistent_accuracy": sum(record.consistent_correct for record in records) / n,
-        "position_flip_rate": sum(record.flipped for record in records) / n,
-        "format_failure_rate": failures / (2 * n),
-    }

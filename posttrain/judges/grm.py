@@ -17,6 +17,9 @@ use them too):
 search); a choice counts only when it names exactly one of A and B. A format error (reward −1 in
 :mod:`posttrain.rewards.grm`) is a missing critique or choice, a critique longer than ``max_lines`` lines or
 ``max_chars`` characters (RM-NLHF: 4 and 1500), or, when a solution is required, a missing one.
+
+On a judge task (:mod:`posttrain.judges.tasks`, whose records carry ``gold``, the right verdict for their order),
+a well-formed output's outcome is ``o = 1[choice == gold]`` (:func:`outcome`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from posttrain.judges.formats import parse_pairwise
+from posttrain.errors import DataError
+from posttrain.judges.formats import TEMPLATES, JudgeTemplate, parse_pairwise
+
+GRM_TEMPLATES = ("grm", "s2j")
 
 RESPONSES = """
 [Client Question]
@@ -113,11 +119,19 @@ def parse_grm(text: str, *, require_solve: bool = False, max_lines: int = MAX_CR
     return GRMOutput(solve, critique, choice, error)
 
 
-def _register_templates() -> None:
-    from posttrain.judges.formats import TEMPLATES, JudgeTemplate
-
-    TEMPLATES.setdefault("grm", JudgeTemplate("grm", GRM_TEXT, "pairwise"))
-    TEMPLATES.setdefault("s2j", JudgeTemplate("s2j", S2J_TEXT, "pairwise"))
+def parsed(completion: str, template: str) -> GRMOutput:
+    """The GRM output under ``template``'s rules (``s2j`` requires the solve section)."""
+    return parse_grm(completion, require_solve=template == "s2j")
 
 
-_register_templates()
+def outcome(output: GRMOutput, record: dict) -> float:
+    """``o = 1[choice == gold]`` for a well-formed output."""
+    gold = record.get("gold")
+    if gold not in ("A", "B"):
+        raise DataError(f"the judge task record has gold {gold!r}, not 'A' or 'B'", where=record.get("_where"),
+                        fix="build GRM training prompts with rl.judge (posttrain.judges.tasks), which sets gold")
+    return 1.0 if output.choice == gold else 0.0
+
+
+TEMPLATES.setdefault("grm", JudgeTemplate("grm", GRM_TEXT, "pairwise"))
+TEMPLATES.setdefault("s2j", JudgeTemplate("s2j", S2J_TEXT, "pairwise"))

@@ -2,7 +2,7 @@
 instead of by their gold labels (RISE-Judge's downstream claim, Yu et al. 2025, arXiv 2502.11689: a better
 judge gives better DPO data; methods.md §3).
 
-Each pair is judged in both orders (:func:`posttrain.evals.judge.judge_pairs`). A pair the judge prefers the
+Each pair is judged in both orders (:func:`posttrain.judges.scorers.judge_pairs`). A pair the judge prefers the
 same way in both orders keeps that preference (swapped to chosen/rejected when it prefers the gold rejected
 response); with ``keep: consistent`` (default) every other pair — a position flip or a format failure — is
 dropped, with ``keep: first`` the first-order verdict decides whenever it parsed. The summary reports how many
@@ -17,8 +17,10 @@ from pathlib import Path
 
 from posttrain.data import write_jsonl
 from posttrain.errors import check_choice
-from posttrain.evals.judge import judge_pairs
-from posttrain.rollout import RolloutEngine, SamplingParams
+from posttrain.judges.pairs import preference_pairs
+from posttrain.judges.scorers import judge_pairs
+from posttrain.models import load_model, load_tokenizer
+from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
 
 KEEP = ("consistent", "first")
 
@@ -57,10 +59,6 @@ def run_labeling(judge: str, pairs: str, out_dir: Path, template: str = "rise", 
                  n: int | None = None, max_new_tokens: int = 384, batch_size: int = 16, seed: int = 0) -> dict:
     """``posttrain judge label``: write ``pairs.jsonl`` (judge labels), ``gold.jsonl`` (the same source pairs
     with their gold labels) and ``summary.json`` into ``out_dir``."""
-    from posttrain.evals.judge import preference_pairs
-    from posttrain.models import load_model, load_tokenizer
-    from posttrain.rollout import HFEngine
-
     records = preference_pairs(pairs, n, seed, split="train")
     engine = HFEngine(load_model(judge).eval(), load_tokenizer(judge), batch_size=batch_size)
     labelled, summary = judge_labels(engine, records, template,

@@ -30,13 +30,14 @@ from pathlib import Path
 
 import torch
 
+from posttrain.data import padded_batch
 from posttrain.data.regression import encode_texts
 from posttrain.errors import DataError
-from posttrain.judges.similarity import pearson
+from posttrain.models import load_tokenizer
+from posttrain.models.reward import load_reward_model, sequence_scores
 from posttrain.models.state_files import load_state_file
+from posttrain.models.vocabulary import check_same_tokenizer
 from posttrain.ops import regression_loss
-
-__all__ = ["MetaRM", "metarm_bonus", "metarm_text", "pearson"]
 
 
 def metarm_text(question: str, response_a: str, response_b: str, critique: str) -> str:
@@ -76,13 +77,8 @@ class MetaRM:
     def load(cls, path: str, policy_tokenizer=None, device: str = "auto", **options) -> MetaRM:
         """A saved scalar reward model (a fresh head is refused); with ``policy_tokenizer``, one built on another
         base model (another vocabulary) is refused too."""
-        from posttrain.models import load_tokenizer
-        from posttrain.models.reward import load_reward_model
-
         tokenizer = load_tokenizer(path)
         if policy_tokenizer is not None:
-            from posttrain.models.vocabulary import check_same_tokenizer
-
             check_same_tokenizer(policy_tokenizer, tokenizer, f"the MetaRM at {path} and the policy",
                                  fix="train the MetaRM from the policy's base model (a MetaRM checkpoint from "
                                  "another base model reads other tokens)")
@@ -91,17 +87,13 @@ class MetaRM:
         return cls(model, tokenizer, **options)
 
     def _batches(self, texts: Sequence[str]):
-        from posttrain.trainers.regression import pad_rows
-
         rows, _ = encode_texts(texts, self.tokenizer, self.max_length)
         device = next(self.model.parameters()).device
         for start in range(0, len(rows), self.batch_size):
-            yield start, pad_rows(rows[start : start + self.batch_size], self.tokenizer.pad_token_id, device)
+            yield start, padded_batch(rows[start : start + self.batch_size], self.tokenizer.pad_token_id, device)
 
     def score(self, texts: Sequence[str]) -> list[float]:
         """The MetaRM's predictions, without gradients."""
-        from posttrain.models.reward import sequence_scores
-
         self.model.eval()
         scores: list[float] = []
         with torch.no_grad():
@@ -113,8 +105,6 @@ class MetaRM:
         """One epoch of MSE over ``(texts, labels)`` in mini-batches of ``batch_size`` (AdamW at ``online_lr``,
         gradient norm clipped); returns the epoch's mean squared error (each mini-batch's error measured just before
         its own step: the MSE before the update when one mini-batch holds all) and the number of examples."""
-        from posttrain.models.reward import sequence_scores
-
         _check_labels(texts, labels)
         if self.optimizer is None:
             self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],

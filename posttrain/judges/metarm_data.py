@@ -2,7 +2,7 @@
 
 The base GRM judges each critique-bearing pair ``k`` times in each order (sampled); every well-formed judgment
 becomes one regression record ``{"text": metarm_text(question, A, B, generated critique), "label": R}`` with
-``R = o + w·q`` its rule reward (:func:`posttrain.rewards.grm.rule_reward`: ``q`` from a critique-similarity
+``R = o + w·q`` its rule reward (:func:`posttrain.judges.grm_scores.rule_reward`: ``q`` from a critique-similarity
 backend, counted only when the verdict is right), so ``R ∈ {0, 1, 1 + w}``. Format failures are left out, as
 in the paper's cold start (4 base-policy rollouts per prompt there). Train the MetaRM on the file with
 ``method: reward_model`` and ``reward_model.objective: regression``.
@@ -15,21 +15,20 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from posttrain.data import write_jsonl
+from posttrain.data import encode_prompts, write_jsonl
 from posttrain.errors import DataError
-from posttrain.judges.grm import parse_grm
+from posttrain.judges.grm import outcome, parsed
+from posttrain.judges.grm_scores import metarm_input, rule_reward
+from posttrain.judges.pairs import preference_pairs
 from posttrain.judges.tasks import judge_task_prompts
-from posttrain.rollout import RolloutEngine, SamplingParams
+from posttrain.models import load_model, load_tokenizer
+from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
 
 
 def metarm_records(engine: RolloutEngine, pairs: Sequence[dict], params: SamplingParams, template: str = "grm",
                    backend: str = "lexical", threshold: float | None = None, weight: float = 0.5,
                    backend_args: dict | None = None) -> tuple[list[dict], dict]:
     """Regression records and counts from ``params.n`` judgments of every pair in each order."""
-    from posttrain.data import encode_prompts
-    from posttrain.judges.metarm import metarm_text
-    from posttrain.rewards.grm import outcome, rule_reward
-
     prompts = [prompt for prompt in judge_task_prompts(pairs, template) if prompt["critique"]]
     if not prompts:
         raise DataError("MetaRM cold-start data needs pairs with a `critique`", fix="give critique-bearing pairs "
@@ -37,14 +36,12 @@ def metarm_records(engine: RolloutEngine, pairs: Sequence[dict], params: Samplin
     records, failures = [], 0
     for generation in engine.generate(encode_prompts(prompts, engine.tokenizer), params):
         task = prompts[generation.prompt_index]
-        output = parse_grm(generation.text, require_solve=template == "s2j")
+        output = parsed(generation.text, template)
         if not output.valid:
             failures += 1
             continue
         label = rule_reward(output, task, backend, threshold, backend_args, weight)
-        records.append({"text": metarm_text(task["question"], task["response_a"], task["response_b"],
-                                            output.critique or ""),
-                        "label": label, "outcome": outcome(output, task), "task_index": task["task_index"],
+        records.append({"text": metarm_input(output, task), "label": label, "outcome": outcome(output, task), "task_index": task["task_index"],
                         "order": task["order"]})
     labels = Counter(record["label"] for record in records)
     summary = {"pairs": len(pairs), "judgments": len(prompts) * params.n, "records": len(records),
@@ -57,10 +54,6 @@ def run_metarm_data(judge: str, pairs: str, out_dir: Path, n: int | None = None,
                     backend: str = "lexical", threshold: float | None = None, temperature: float = 1.0,
                     max_new_tokens: int = 256, batch_size: int = 16, seed: int = 0) -> dict:
     """``posttrain judge metarm-data``: write ``metarm.jsonl`` and ``summary.json`` into ``out_dir``."""
-    from posttrain.evals.judge import preference_pairs
-    from posttrain.models import load_model, load_tokenizer
-    from posttrain.rollout import HFEngine
-
     records = preference_pairs(pairs, n, seed, split="train")
     engine = HFEngine(load_model(judge), load_tokenizer(judge), batch_size=batch_size)
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, n=k, seed=seed)

@@ -1,159 +1,177 @@
-"""Synthetic labelled preference pairs from the arithmetic task: a correct solution against one with a
-single injected error, with a critique that names the error.
+"""Preference pairs as a judge reads them, and one pair judged in both orders.
 
-The arithmetic task's solutions (:mod:`posttrain.data.tasks.arithmetic`) are one line a step, each
-calculation written ``... a op b = c.``, chained (each calculation after the first starts from the result
-of the one before), and end with ``#### N``. Two kinds of error are injected:
+A pair is a preference record (``prompt``, ``chosen``, ``rejected``: text or messages, as
+:mod:`posttrain.data.records` reads them). :func:`pair_texts` gives the texts a judge reads;
+:func:`preference_pairs` reads pairs from a file or makes synthetic ones (``task:arithmetic``, the
+``judge_arithmetic`` task of :mod:`posttrain.data.tasks.judge_pairs`).
 
-``step``
-    calculation ``k`` (counted from 1 over the calculation lines only) gets a wrong result ``c + d``
-    (``d`` ≠ 0); every later calculation starts from the wrong value and is itself computed right, and
-    the final answer is the last result, so calculation ``k`` is the only false line.
-``final``
-    every calculation is right, but the ``#### N`` line states ``N + d`` instead of ``N``.
-
-``d`` is drawn from :data:`ERROR_SIZES`, keeping every value non-negative (the task's quantities are
-counts), and the wrong final answer always differs from the reference. The critique reads, e.g.,
-``Step 2 is wrong: 8 - 3 is 5, not 6; the final answer should be 5.``
-
-This is the MATH half of J1's training data in miniature (rejected = a wrong solution; Whitehouse et al.
-2025, arXiv 2505.10320) with RM-NLHF-style critiques attached.
+Both orders (RISE-Judge §3.2 and J1's consistency reward): each pair is judged with the chosen answer as
+A (order ``first``, right verdict ``A``) and again as B (order ``swapped``, right verdict ``B``). A pair is
+consistently correct when both verdicts are right; it is a position flip when both verdicts name the same
+position, so the preferred content changed with the order.
 """
 
 from __future__ import annotations
 
-import operator
-import random
-import re
-from collections.abc import Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from posttrain.data.tasks.arithmetic import make_records
-from posttrain.errors import DataError
+from posttrain.data import make_task, read_records, validate_records
+from posttrain.errors import ConfigError, DataError, location
+from posttrain.judges.formats import JudgeTemplate, get_template
 
-ERROR_KINDS = ("step", "final")
-ERROR_SIZES = (-10, -3, -2, -1, 1, 2, 3, 10)
-OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
-CALCULATION = re.compile(r"^(?P<head>.*?)(?P<left>\d+) (?P<op>[-+*]) (?P<right>\d+) = (?P<result>\d+)\.$")
-FINAL_LINE = re.compile(r"^#### (?P<answer>\d+)$")
+RIGHT_VERDICT = {"first": "A", "swapped": "B"}
+TASK_PREFIX = "task:"
 
 
-def corrupt_solution(record: dict, rng: random.Random, kind: str | None = None) -> tuple[str, str, str]:
-    """Inject one error into ``record["answer"]``: returns ``(rejected_text, critique, kind)``.
+def conversation_text(value: str | list[dict]) -> str:
+    """Text a judge reads: a string as is, one message's content, or several as ``Role: content`` blocks."""
+    if isinstance(value, str):
+        return value
+    if len(value) == 1:
+        return str(value[0]["content"])
+    return "\n\n".join(f"{message['role'].capitalize()}: {message['content']}" for message in value)
 
-    ``kind`` is ``"step"`` or ``"final"`` (see the module docstring), drawn with equal odds from ``rng``
-    when not given. Raises :class:`DataError` when the record is not a solution of the arithmetic task.
-    """
-    lines, calculations = _parse_solution(record)
-    if kind is None:
-        kind = rng.choice(ERROR_KINDS)
-    if kind not in ERROR_KINDS:
-        raise ValueError(f"unknown error kind {kind!r}; expected one of {', '.join(ERROR_KINDS)}")
-    reference = int(record["reference"])
-    if kind == "final":
-        wrong = reference + rng.choice([size for size in ERROR_SIZES if reference + size >= 0])
-        rejected = [*lines[:-1], f"#### {wrong}"]
-        critique = (
-            f"Every calculation is right, but the final answer is wrong: the last step gives {reference}, "
-            f"so the final answer should be {reference}, not {wrong}."
+
+def pair_texts(pair: dict, index: int) -> tuple[str, str, str]:
+    """``(question, chosen, rejected)`` texts of one pair; raises :class:`DataError` for an empty response
+    or a pair whose two responses are the same (no right answer to find)."""
+    where = pair.get("_where") or f"pair {index}"
+    try:
+        question, chosen, rejected = (
+            conversation_text(pair[key]) for key in ("prompt", "chosen", "rejected")
         )
-        return "\n".join(rejected), critique, kind
-    step = rng.randrange(len(calculations))
-    sizes = [size for size in ERROR_SIZES if _propagate(calculations, step, size) is not None]
-    size = rng.choice(sizes)
-    new_lines = _propagate(calculations, step, size)
-    rejected = list(lines)
-    for (index, _), line in zip(calculations, new_lines, strict=True):
-        rejected[index] = line
-    wrong_final = int(CALCULATION.match(new_lines[-1])["result"])
-    rejected[-1] = f"#### {wrong_final}"
-    wrong_step = calculations[step][1]
-    critique = (
-        f"Step {step + 1} is wrong: {wrong_step['left']} {wrong_step['op']} {wrong_step['right']} is "
-        f"{wrong_step['result']}, not {int(wrong_step['result']) + size}; "
-        f"the final answer should be {reference}."
-    )
-    return "\n".join(rejected), critique, kind
-
-
-def make_preference_pairs(
-    n: int, seed: int, levels: str | Iterable[int] = (1, 2), split: str = "train"
-) -> list[dict]:
-    """``n`` labelled pairs from ``n`` distinct arithmetic problems of ``split``; the same arguments give
-    the same pairs.
-
-    Each pair is a conversational preference record (TRL's format, as :mod:`posttrain.data.records` reads
-    it): ``prompt`` (the user turn with the question), ``chosen`` (the correct solution) and ``rejected``
-    (one error, :func:`corrupt_solution`) as assistant turns, plus ``critique``, ``error_kind``
-    (``step``/``final``), ``subset`` (``arithmetic-step``/``arithmetic-final``), ``reference``, ``question``
-    (the plain text, for judge prompts) and ``level``.
-    """
-    rng = random.Random(f"judge-pairs:{seed}:{split}")
-    pairs = []
-    for record in make_records(n, seed, levels, split):
-        rejected, critique, kind = corrupt_solution(record, rng)
-        pairs.append(
-            {
-                "prompt": [{"role": "user", "content": record["question"]}],
-                "chosen": [{"role": "assistant", "content": record["answer"]}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-                "critique": critique,
-                "error_kind": kind,
-                "subset": f"arithmetic-{kind}",
-                "reference": record["reference"],
-                "question": record["question"],
-                "level": record["level"],
-            }
-        )
-    return pairs
-
-
-def _parse_solution(record: dict) -> tuple[list[str], list[tuple[int, re.Match]]]:
-    """The solution's lines and its calculations as ``(line index, match)``, after checking that every
-    calculation is true, chained to the one before, and that the last line is ``#### <last result>``."""
-    fix = "corrupt_solution takes records of the arithmetic task (posttrain.data.tasks.arithmetic)"
-    answer, reference = record.get("answer"), record.get("reference")
-    if not isinstance(answer, str) or not isinstance(reference, str):
+    except (KeyError, TypeError, IndexError):
         raise DataError(
-            "the record has no `answer` and `reference` text", where=record.get("_where"), fix=fix
-        )
-    lines = answer.split("\n")
-    calculations = [(index, match) for index, line in enumerate(lines) if (match := CALCULATION.match(line))]
-    final = FINAL_LINE.match(lines[-1])
-    problem = None
-    if not calculations or final is None:
-        problem = "the solution has no calculation lines ending in `a op b = c.` or no final `#### N` line"
-    else:
-        previous = None
-        for number, (_, match) in enumerate(calculations, 1):
-            left, right, result = int(match["left"]), int(match["right"]), int(match["result"])
-            if OPERATORS[match["op"]](left, right) != result:
-                problem = f"calculation {number} ({match.group(0)!r}) is false"
-            elif previous is not None and left != previous:
-                problem = f"calculation {number} does not start from the previous result {previous}"
-            previous = result
-        if problem is None and not (int(final["answer"]) == previous == int(reference)):
-            problem = (
-                f"the final answer {final['answer']} is not the last result {previous} and the reference"
+            "not a preference pair",
+            where=where,
+            fix="give `prompt`, `chosen` and `rejected` (text or messages)",
+        ) from None
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip():
+            raise DataError(
+                f"the {name} response is empty", where=location(where, field=name), fix="drop or fix the pair"
             )
-    if problem:
-        raise DataError(f"not an arithmetic-task solution: {problem}", where=record.get("_where"), fix=fix)
-    return lines, calculations
+    if chosen == rejected:
+        raise DataError(
+            "chosen and rejected are the same response, so no judge can be right or wrong on this pair",
+            where=where,
+            fix="drop the pair from the preference file",
+        )
+    return question, chosen, rejected
 
 
-def _propagate(calculations: list[tuple[int, re.Match]], step: int, size: int) -> list[str] | None:
-    """The calculation lines with ``size`` added to the result of calculation ``step`` and carried through
-    the later ones (computed right from the wrong value); None when a value would go negative or the final
-    result would not change."""
-    lines, carried = [], None
-    for number, (_, match) in enumerate(calculations):
-        left, op, right = int(match["left"]), match["op"], int(match["right"])
-        if number > step:
-            left = carried
-        result = OPERATORS[op](left, right) + (size if number == step else 0)
-        if result < 0:
-            return None
-        lines.append(f"{match['head']}{left} {op} {right} = {result}.")
-        carried = result
-    if carried == int(calculations[-1][1]["result"]):
-        return None
-    return lines
+def length_side(chosen: str, rejected: str) -> str:
+    """``chosen_longer``, ``chosen_shorter`` or ``same_length``, by characters."""
+    if len(chosen) == len(rejected):
+        return "same_length"
+    return "chosen_longer" if len(chosen) > len(rejected) else "chosen_shorter"
+
+
+def preference_pairs(data: str, n: int | None = None, seed: int = 0, split: str = "held_out") -> list[dict]:
+    """Preference records from a file (any format :func:`posttrain.data.read_records` reads) or
+    ``task:arithmetic`` (synthetic pairs of ``split``, :mod:`posttrain.data.tasks.judge_pairs`: held-out
+    ones for evaluation, training ones for making training data)."""
+    if data.startswith(TASK_PREFIX):
+        task = data[len(TASK_PREFIX) :]
+        if task != "arithmetic":
+            raise ConfigError(
+                f"there are no synthetic preference pairs for task {task!r}",
+                where="--data",
+                fix="use task:arithmetic, or a preference file (prompt, chosen, rejected)",
+            )
+        raw = make_task("judge_arithmetic", n or 100, seed, split=split)
+        records = validate_records(raw, kind="preference", source=f"task:arithmetic:{split}").records
+    else:
+        records = read_records(data, kind="preference").records
+    records = records[:n] if n else records
+    if not records:
+        raise DataError("there are no preference pairs to judge", where=data, fix="give at least one pair")
+    return records
+
+
+# ----------------------------------------------------------------------------------------- both orders
+
+
+def pairwise_prompts(
+    question: str, chosen: str, rejected: str, template: str | JudgeTemplate = "rise"
+) -> tuple[list[dict], list[dict]]:
+    """The judge prompts of one pair in both orders: (chosen as A, rejected as B), then swapped.
+
+    The correct verdicts are ``"A"`` for the first prompt and ``"B"`` for the second.
+    """
+    template = get_template(template)
+    if template.kind != "pairwise":
+        raise ConfigError(
+            f"judge template {template.name!r} is {template.kind}, but judging a pair needs a pairwise one",
+            fix="use a pairwise template: 'rise', 'j1' or your own with {question}, {answer_a}, {answer_b}",
+        )
+    return template.render(question, chosen, rejected), template.render(question, rejected, chosen)
+
+
+@dataclass(frozen=True)
+class BothOrders:
+    """The judgments of one pair in both orders and what they mean.
+
+    ``verdict_first`` was given with the chosen answer as A (right: ``"A"``), ``verdict_swapped`` with it
+    as B (right: ``"B"``); None is a format failure. ``consistent_correct``: both right. ``flipped``: both
+    parsed and name the same position, so the preferred content changed with the order.
+    ``format_failure``: at least one verdict is None.
+    """
+
+    verdict_first: str | None
+    verdict_swapped: str | None
+    correct_first: bool
+    correct_swapped: bool
+    consistent_correct: bool
+    flipped: bool
+    format_failure: bool
+
+
+def score_both_orders(verdict_first: str | None, verdict_swapped: str | None) -> BothOrders:
+    """Score the parsed verdicts of one pair judged in both orders (see :class:`BothOrders`)."""
+    for verdict in (verdict_first, verdict_swapped):
+        if verdict not in ("A", "B", None):
+            raise ValueError(f"a pairwise verdict is 'A', 'B' or None (format failure), got {verdict!r}")
+    correct_first, correct_swapped = verdict_first == "A", verdict_swapped == "B"
+    format_failure = verdict_first is None or verdict_swapped is None
+    return BothOrders(
+        verdict_first=verdict_first,
+        verdict_swapped=verdict_swapped,
+        correct_first=correct_first,
+        correct_swapped=correct_swapped,
+        consistent_correct=correct_first and correct_swapped,
+        flipped=not format_failure and verdict_first == verdict_swapped,
+        format_failure=format_failure,
+    )
+
+
+def aggregate(records: Sequence[BothOrders]) -> dict[str, float]:
+    """Judge metrics over pairs judged in both orders (methods §8.2), each a fraction of all pairs:
+
+    * ``accuracy_first`` / ``accuracy_swapped``: single-order accuracy with the chosen answer as A / as B;
+    * ``accuracy``: their mean (single-order accuracy over all 2n judgments);
+    * ``consistent_accuracy``: both orders right;
+    * ``position_flip_rate``: both verdicts parsed and naming the same position;
+    * ``format_failure_rate``: judgments without a verdict, a fraction of the 2n judgments;
+    * ``pairs``: n.
+
+    A format failure counts as wrong in every accuracy; it is never replaced by a default verdict.
+    """
+    n = len(records)
+    if n == 0:
+        raise DataError(
+            "there are no judged pairs to aggregate", fix="judge at least one pair in both orders"
+        )
+    accuracy_first = sum(record.correct_first for record in records) / n
+    accuracy_swapped = sum(record.correct_swapped for record in records) / n
+    failures = sum((record.verdict_first is None) + (record.verdict_swapped is None) for record in records)
+    return {
+        "pairs": n,
+        "accuracy_first": accuracy_first,
+        "accuracy_swapped": accuracy_swapped,
+        "accuracy": (accuracy_first + accuracy_swapped) / 2,
+        "consistent_accuracy": sum(record.consistent_correct for record in records) / n,
+        "position_flip_rate": sum(record.flipped for record in records) / n,
+        "format_failure_rate": failures / (2 * n),
+    }

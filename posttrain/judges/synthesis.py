@@ -2,7 +2,7 @@
 
 For labelled preference pairs, a judge model (a stronger one, or the model itself for self-evolution) writes
 ``k`` sampled judgments of every pair in each order (chosen shown as A, then as B;
-:func:`posttrain.evals.judge.judge_pairs`). Then, per pair:
+:func:`posttrain.judges.scorers.judge_pairs`). Then, per pair:
 
 * **SFT set** (stage 1, "judge style adaptation"): a pair is admitted when the judge is right at least once in
   *both* orders (the swap-consistency check); its first correct judgment of each order becomes an SFT record
@@ -24,9 +24,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from posttrain.errors import DataError
-from posttrain.evals.judge import judge_pairs
 from posttrain.judges.formats import JudgeTemplate
-from posttrain.rollout import RolloutEngine, SamplingParams
+from posttrain.judges.pairs import pair_texts, preference_pairs
+from posttrain.judges.scorers import judge_pairs
+from posttrain.models import load_model, load_tokenizer
+from posttrain.rollout import Generation, HFEngine, RolloutEngine, SamplingParams
 
 
 def synthesize_judgments(engine: RolloutEngine, pairs: Sequence[dict], template: str | JudgeTemplate = "rise",
@@ -72,8 +74,6 @@ class CritiqueJudge:
     Honours the :class:`~posttrain.rollout.RolloutEngine` protocol; every sample is the same."""
 
     def __init__(self, pairs: Sequence[dict], tokenizer, style: str = "rise"):
-        from posttrain.evals.judge import pair_texts
-
         self.tokenizer = tokenizer
         self.style = style
         self.pairs = []
@@ -86,8 +86,6 @@ class CritiqueJudge:
             self.pairs.append((chosen, rejected, pair["critique"]))
 
     def generate(self, prompt_ids, params):
-        from posttrain.rollout import Generation
-
         generations = []
         for index, ids in enumerate(prompt_ids):
             text = self.tokenizer.decode(ids)
@@ -133,10 +131,6 @@ def run_synthesis(judge: str, pairs: str, k: int = 4, out_dir: Path = Path("runs
                   seed: int = 0, batch_size: int = 16) -> dict:
     """``posttrain judge synthesize``: load the judge (or ``critique``: :class:`CritiqueJudge`) and the pairs (a preference file, or ``task:arithmetic`` for
     synthetic training-split pairs), synthesize, write the sets; returns the summary."""
-    from posttrain.evals.judge import preference_pairs
-    from posttrain.models import load_model, load_tokenizer
-    from posttrain.rollout import HFEngine
-
     records = preference_pairs(pairs, n, seed, split="train")
     if judge == "critique":  # the reference judge; prompts are templated with the embedded model's tokenizer
         engine = CritiqueJudge(records, load_tokenizer("smollm2-135m"), style=getattr(template, "name", template))

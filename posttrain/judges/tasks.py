@@ -4,7 +4,7 @@ A judge task is a question, two responses, the gold winner and, optionally, a ``
 tasks) and a ``critique`` (a human or programmatic critique of the pair). Two inputs are read:
 
 * preference pairs (``prompt``, ``chosen``, ``rejected``, any form :mod:`posttrain.data.records` reads, e.g.
-  :func:`posttrain.judges.make_preference_pairs` or RewardBench files): the chosen response is the winner;
+  :mod:`posttrain.data.tasks.judge_pairs` or RewardBench files): the chosen response is the winner;
 * explicit tasks: ``question``, ``response_a``, ``response_b``, ``winner`` (``A`` or ``B``).
 
 :func:`judge_task_prompts` renders every task in both orders with a pairwise judge template (J1's both-order
@@ -21,8 +21,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from posttrain.data import normalize_record
 from posttrain.errors import DataError, location
 from posttrain.judges.formats import JudgeTemplate, get_template
+from posttrain.judges.pairs import conversation_text, pair_texts
 
 ORDERS = ("first", "swapped")
 
@@ -30,8 +32,6 @@ ORDERS = ("first", "swapped")
 def task_fields(record: dict, index: int) -> tuple[str, str, str, str]:
     """``(question, response_a, response_b, winner)`` of one task record (module docstring); DataError for a
     record without a gold winner, with an empty response or with two identical responses."""
-    from posttrain.evals.judge import conversation_text, pair_texts
-
     where = record.get("_where") or f"task {index}"
     if "response_a" in record or "response_b" in record or "winner" in record:
         winner = str(record.get("winner") or "").strip().upper()
@@ -54,8 +54,6 @@ def task_fields(record: dict, index: int) -> tuple[str, str, str, str]:
     if not all(key in record for key in ("chosen", "rejected")):
         raise DataError("a judge task needs a gold winner: prompt/chosen/rejected, or question/response_a/"
                         "response_b/winner", where=where, fix="add the missing fields")
-    from posttrain.data.records import normalize_record
-
     pair = normalize_record({key: value for key, value in record.items() if key != "_where"}, "preference", where)
     question, chosen, rejected = pair_texts(pair, index)
     question = str(record.get("question") or question)

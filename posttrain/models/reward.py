@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from posttrain.data import padded_batch
 from posttrain.errors import ConfigError, ModelError, first_line, location
 from posttrain.models.embedded import EMBEDDED_MODEL_NAME
 from posttrain.models.loader import adapter_base_reference, resolve_device, resolve_dtype, resolve_source
@@ -127,15 +128,7 @@ def score_sequences(model, sequences: Sequence[list[int]], batch_size: int = 8) 
     try:
         with torch.no_grad():
             for start in range(0, len(sequences), batch_size):
-                batch = sequences[start : start + batch_size]
-                width = max(len(sequence) for sequence in batch)
-                input_ids = torch.zeros((len(batch), width), dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, sequence in enumerate(batch):
-                    input_ids[row, : len(sequence)] = torch.tensor(sequence)
-                    attention_mask[row, : len(sequence)] = 1
-                inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
-                          "position_ids": torch.arange(width, device=device).expand(len(batch), width)}
+                inputs = padded_batch(sequences[start : start + batch_size], 0, device)
                 scores += sequence_scores(model, inputs).float().tolist()
     finally:
         model.train(was_training)

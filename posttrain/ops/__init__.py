@@ -11,7 +11,7 @@ from posttrain.ops.distill import (
 )
 from posttrain.ops.forward import TargetLogprobs, causal_lm_parts, completion_logprobs
 from posttrain.ops.laser import laser_class_weights, laser_loss, self_reward_advantages
-from posttrain.ops.logprobs import hidden_logprobs, token_entropy, token_logprobs
+from posttrain.ops.logprobs import hidden_logprobs, soft_cap, token_entropy, token_logprobs
 from posttrain.ops.policy import POLICY_LOSS_KINDS, PolicyLoss, k3_kl, policy_loss
 from posttrain.ops.preference import (
     PREFERENCE_KINDS,
@@ -55,6 +55,7 @@ __all__ = [
     "self_certainty",
     "self_reward_advantages",
     "sft_loss",
+    "soft_cap",
     "sft_token_weights",
     "token_divergence",
     "token_entropy",

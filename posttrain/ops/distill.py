@@ -29,7 +29,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from posttrain.errors import ConfigError, check_choice
-from posttrain.ops.logprobs import DEFAULT_CHUNK, _at_least_float32
+from posttrain.ops.logprobs import DEFAULT_CHUNK, _at_least_float32, soft_cap
 
 DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
@@ -110,15 +110,11 @@ class TokenDistill:
 
 def _distill_chunk(hidden, weight, teacher_hidden, teacher_weight, labels, kind, beta, temperature, top_k, clip,
                    softcap):
-    logits = _at_least_float32(hidden @ weight.t())
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = soft_cap(_at_least_float32(hidden @ weight.t()), softcap)
     if teacher_hidden is None:  # the live self-teacher: this very forward's logits, detached
         teacher = logits.detach()
     else:
-        teacher = _at_least_float32(teacher_hidden @ teacher_weight.t()).detach()
-        if softcap:
-            teacher = torch.tanh(teacher / softcap) * softcap
+        teacher = soft_cap(_at_least_float32(teacher_hidden @ teacher_weight.t()).detach(), softcap)
     teacher = teacher / temperature
     divergence = token_divergence(logits, teacher, kind, beta, top_k)
     if clip is not None:

@@ -48,7 +48,7 @@ def completion_logprobs(
 
     ``attention_mask=None`` with ``position_ids`` restarting at 0 marks packed sequences; the model
     then attends only within each example (transformers builds the block-diagonal mask; see
-    :mod:`posttrain.data.packing`). The body runs with ``use_cache=False``, which that detection needs.
+    :mod:`posttrain.data.batching`). The body runs with ``use_cache=False``, which that detection needs.
     """
     body, head, softcap = causal_lm_parts(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

@@ -9,6 +9,8 @@ vocabulary-sized values at once:
 * :func:`hidden_logprobs` — the same quantities from final hidden states and the output projection,
   with the projection recomputed chunk by chunk in the backward pass (activation checkpointing), so
   the ``[tokens, vocab]`` logits never exist for all tokens at once, not even for autograd.
+* :func:`soft_cap` — the logit soft-cap ``c·tanh(z/c)`` of models that configure one, applied wherever
+  logits are projected from hidden states.
 
 Convention (shared by every op): ``logits[..., t, :]`` scores ``labels[..., t]``; callers shift.
 """
@@ -67,6 +69,12 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk_size: in
     return out.reshape(logits.shape[:-1])
 
 
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``c·tanh(z/c)``: the final-logit soft-cap of models that set one (Gemma 2's ``final_logit_softcapping``,
+    as transformers applies it); ``z`` unchanged when ``cap`` is None or 0."""
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 def _entropy_of_rows(rows: torch.Tensor) -> torch.Tensor:
     log_norm = torch.logsumexp(rows, dim=-1, keepdim=True)
     probs = torch.exp(rows - log_norm)
@@ -81,9 +89,7 @@ def _project_chunk(
     softcap: float | None,
     with_entropy: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = _at_least_float32(hidden @ weight.t())
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = soft_cap(_at_least_float32(hidden @ weight.t()), softcap)
     if temperature != 1.0:
         logits = logits / temperature
     log_norm = torch.logsumexp(logits, dim=-1)

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from posttrain.errors import ConfigError, DataError
-from posttrain.evals.answers import FINAL_ANSWER_MARK, answers_match, extract_answer, reference_answer
+from posttrain.grading import FINAL_ANSWER_MARK, grade
 from posttrain.rewards.registry import register_reward
 
 # The final line the arithmetic task teaches (posttrain/data/tasks/arithmetic.py): "#### <integer>".
@@ -19,9 +19,8 @@ FINAL_ANSWER_PATTERN = rf"(?:\A|\n){FINAL_ANSWER_MARK} -?\d+\s*\Z"
 def math_reward(prompt: str, completion: str, record: dict) -> float:
     """1.0 when the completion's final answer equals the record's reference answer, else 0.0.
 
-    The answer is read with :func:`~posttrain.evals.answers.extract_answer` (``#### x``, else the last
-    ``\\boxed{x}``, else the last number) and compared with
-    :func:`~posttrain.evals.answers.answers_match` (exact rationals, else math-verify).
+    The answer is read and compared by :func:`posttrain.grading.grade` (``#### x``, else the last
+    ``\\boxed{x}``, else the last number; exact rationals, else math-verify).
     """
     reference = record.get("reference")
     if reference is None or (isinstance(reference, str) and not reference.strip()):
@@ -30,8 +29,7 @@ def math_reward(prompt: str, completion: str, record: dict) -> float:
             where=record.get("_where"),
             fix="give the record a `reference` or a GSM8K-style `answer` ending in `#### <answer>`",
         )
-    predicted = extract_answer(completion)
-    return 1.0 if predicted is not None and answers_match(predicted, reference_answer(reference)) else 0.0
+    return 1.0 if grade(completion, reference)[1] else 0.0
 
 
 def _check_format_args(args: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ baseline, Wang et al. 2026, arXiv 2601.07349; methods.md §4.3).
     sum:    R = w_j·o + w_s·s          gated:  R = w_j·o·(1 + w_s·s)
 
 with ``s`` = 1 when the ``<solve>`` section's final answer matches the record's ``reference``
-(:func:`posttrain.evals.answers.answers_match`, exact rationals or math-verify), and on subjective records
+(:func:`posttrain.grading.grade`, exact rationals or math-verify), and on subjective records
 (no reference) ``s = 1[RM(q, solve) ≥ RM(q, winning response)]`` under a scalar ``reward_model``. ``w_j = 0``
 is the solve-only ablation.
 
@@ -31,6 +31,9 @@ rule reward stands in for the similarity (methods.md §4.3, §4.5)::
 With ``online: true`` the MetaRM takes one MSE pass after every batch over that batch's format-valid rollouts of
 critique-bearing records and their rule rewards (logged first: its Pearson correlation with those rule rewards,
 which it has not yet trained on), and its weights and optimizer are saved in every checkpoint.
+
+The rewards here are thin: parsing, outcome, solve score, rule reward and the MetaRM live in :mod:`posttrain.judges`
+(:mod:`~posttrain.judges.grm`, :mod:`~posttrain.judges.grm_scores`, :mod:`~posttrain.judges.metarm`).
 """
 
 from __future__ import annotations
@@ -40,28 +43,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from posttrain.errors import ConfigError, DataError, check_choice
-from posttrain.evals.answers import answers_match, extract_answer, reference_answer
-from posttrain.judges.grm import GRMOutput, parse_grm
+from posttrain.errors import ConfigError, check_choice
+from posttrain.judges.grm import GRM_TEMPLATES, outcome, parsed
+from posttrain.judges.grm_scores import (
+    load_metarm,
+    metarm_calibration,
+    metarm_input,
+    metarm_model,
+    rule_reward,
+    similarity_backend,
+    solve_score,
+)
+from posttrain.judges.metarm import metarm_bonus
 from posttrain.rewards.registry import register_reward
 
-GRM_TEMPLATES = ("grm", "s2j")
 COMBINE = ("sum", "gated")
 JUDGE_FIELDS = ("gold",)
-
-
-def parsed(completion: str, template: str) -> GRMOutput:
-    """The GRM output under ``template``'s rules (``s2j`` requires the solve section)."""
-    return parse_grm(completion, require_solve=template == "s2j")
-
-
-def outcome(output: GRMOutput, record: dict) -> float:
-    """``o = 1[choice == gold]`` for a well-formed output."""
-    gold = record.get("gold")
-    if gold not in ("A", "B"):
-        raise DataError(f"the judge task record has gold {gold!r}, not 'A' or 'B'", where=record.get("_where"),
-                        fix="build GRM training prompts with rl.judge (posttrain.judges.tasks), which sets gold")
-    return 1.0 if output.choice == gold else 0.0
 
 
 def _check_template(args: dict[str, Any]) -> None:
@@ -107,71 +104,12 @@ def s2j_reward(prompt: str, completion: str, record: dict, template: str = "s2j"
     return judge_weight * judged + solve_weight * solved
 
 
-def solve_score(solution: str, record: dict, reward_model: str | None = None) -> float:
-    """``s``: the solution's final answer against the record's reference; without a reference, whether the
-    scalar ``reward_model`` scores the solution at least as high as the winning response."""
-    reference = record.get("reference")
-    if reference is not None and str(reference).strip():
-        predicted = extract_answer(solution)
-        return 1.0 if predicted is not None and answers_match(predicted, reference_answer(reference)) else 0.0
-    if reward_model is None:
-        raise DataError("the s2j reward needs a `reference` answer on objective tasks, or a scalar reward model "
-                        "for subjective ones", where=record.get("_where"),
-                        fix="give the record a reference, or set args.reward_model to a trained reward model")
-    winner = record["response_a"] if record["gold"] == "A" else record["response_b"]
-    own, best = _scalar_scores(reward_model, record["question"], [solution, winner])
-    return 1.0 if own >= best else 0.0
-
-
-_SCORERS: dict[str, Any] = {}
-
-
-def _scalar_scores(name: str, question: str, responses: Sequence[str], max_length: int = 4096) -> list[float]:
-    """A scalar reward model's scores of ``responses`` to ``question`` (chat-templated as in SFT)."""
-    from posttrain.data import tokenize_sft
-    from posttrain.models import load_tokenizer
-    from posttrain.models.reward import load_reward_model, score_sequences
-
-    if name not in _SCORERS:
-        _SCORERS[name] = (load_reward_model(name, require_head=True).eval(), load_tokenizer(name))
-    model, tokenizer = _SCORERS[name]
-    records = [{"prompt": [{"role": "user", "content": question}],
-                "completion": [{"role": "assistant", "content": text}], "_where": "s2j solve"} for text in responses]
-    tokenized = tokenize_sft(records, tokenizer, max_length)
-    return score_sequences(model, [example.input_ids for example in tokenized])
-
-
 # --------------------------------------------------------------------------------- critique similarity
-
-_BACKENDS: dict[tuple, Any] = {}
-
-
-def similarity_backend(backend: str, options: dict[str, Any] | None = None):
-    """A :mod:`posttrain.judges.similarity` backend, built once per (name, options) and process."""
-    from posttrain.judges.similarity import build_similarity
-
-    options = dict(options or {})
-    key = (backend, tuple(sorted((k, repr(v)) for k, v in options.items())))
-    if key not in _BACKENDS:
-        _BACKENDS[key] = build_similarity(backend, **options)
-    return _BACKENDS[key]
 
 
 def _check_similarity(args: dict[str, Any]) -> None:
     _check_template(args)
     similarity_backend(args.get("backend", "lexical"), args.get("backend_args"))  # fails early if it cannot load
-
-
-def rule_reward(output: GRMOutput, record: dict, backend: str, threshold: float | None,
-                backend_args: dict | None, weight: float) -> float:
-    """``o + w·q`` on a well-formed output of a critique-bearing record (module docstring)."""
-    judged = outcome(output, record)
-    if judged == 0.0:
-        return 0.0
-    scorer = similarity_backend(backend, backend_args)
-    similarity = scorer.scores([output.critique or ""], [record["critique"]])[0]
-    limit = scorer.default_threshold if threshold is None else threshold
-    return judged + weight * (1.0 if similarity >= limit else 0.0)
 
 
 @register_reward("critique_similarity", time_limited=False, requires=JUDGE_FIELDS, check=_check_similarity)
@@ -190,23 +128,6 @@ def critique_similarity_reward(prompt: str, completion: str, record: dict, templ
 
 # ---------------------------------------------------------------------------------------------- MetaRM
 
-_METARMS: dict[str, Any] = {}
-
-
-def metarm_model(path: str, online_lr: float = 5e-6):
-    """The MetaRM at ``path``, loaded once per process (its online updates persist between batches)."""
-    from posttrain.judges.metarm import MetaRM
-
-    if path not in _METARMS:
-        _METARMS[path] = MetaRM.load(path, online_lr=online_lr)
-    return _METARMS[path]
-
-
-def _metarm_text(output: GRMOutput, record: dict) -> str:
-    from posttrain.judges.metarm import metarm_text
-
-    return metarm_text(record["question"], record["response_a"], record["response_b"], output.critique or "")
-
 
 def _check_metarm(args: dict[str, Any]) -> None:
     _check_similarity(args)
@@ -222,8 +143,6 @@ def metarm_reward(prompt: str, completion: str, record: dict, model: str, templa
                   backend_args: dict | None = None, online: bool = True, lr: float = 5e-6,
                   format_penalty: float = -1.0) -> float:
     """The rule reward with a critique; ``o·(1 + w·max(0, s − 1))`` without one (module docstring)."""
-    from posttrain.judges.metarm import metarm_bonus
-
     output = parsed(completion, template)
     if not output.valid:
         return format_penalty
@@ -232,40 +151,21 @@ def metarm_reward(prompt: str, completion: str, record: dict, model: str, templa
     judged = outcome(output, record)
     if judged == 0.0:
         return 0.0
-    score = metarm_model(model, lr).score([_metarm_text(output, record)])[0]
+    score = metarm_model(model, lr).score([metarm_input(output, record)])[0]
     return judged * (1.0 + weight * metarm_bonus(score))
 
 
 def metarm_after_batch(prompts: Sequence[str], completions: Sequence[str], records: Sequence[dict],
                        values: Sequence[float], *, model: str, template: str = "grm", online: bool = True,
                        lr: float = 5e-6, **_: Any) -> dict[str, float]:
-    """Log the MetaRM's calibration on this batch's critique-bearing rollouts, then (``online``) train on them."""
-    from posttrain.judges.metarm import pearson
-
-    texts, labels = [], []
-    for completion, record, value in zip(completions, records, values, strict=True):
-        output = parsed(completion, template)
-        if record.get("critique") and output.valid:
-            texts.append(_metarm_text(output, record))
-            labels.append(float(value))
-    if not texts:
-        return {}
-    meta = metarm_model(model, lr)
-    scores = meta.score(texts)
-    metrics = {"rollouts": float(len(texts)),
-               "mse": sum((s - y) ** 2 for s, y in zip(scores, labels, strict=True)) / len(texts)}
-    if len(set(labels)) > 1:
-        metrics["pearson"] = pearson(scores, labels)
-    if online:
-        metrics.update({key.removeprefix("metarm/"): value for key, value in meta.update(texts, labels).items()})
-    return metrics  # logged as <label>/<key>, e.g. metarm/pearson
+    """Log the MetaRM's calibration on this batch's critique-bearing rollouts, then (``online``) train on them;
+    logged as ``<label>/<key>``, e.g. ``metarm/pearson``."""
+    return metarm_calibration(completions, records, values, model, template, online, lr)
 
 
 def metarm_prepare(tokenizer, *, model: str, lr: float = 5e-6, **_: Any) -> None:
     """Load the MetaRM once, refusing one built on another base model than the policy's."""
-    from posttrain.judges.metarm import MetaRM
-
-    _METARMS[model] = MetaRM.load(model, policy_tokenizer=tokenizer, online_lr=lr)
+    load_metarm(model, tokenizer, lr)
 
 
 def metarm_save(directory: Path, *, model: str, lr: float = 5e-6, online: bool = True, **_: Any) -> None:

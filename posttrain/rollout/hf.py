@@ -30,6 +30,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from posttrain.data import pad_sequences
 from posttrain.errors import DataError, ModelError, location
 from posttrain.models import resolve_dtype
 from posttrain.rollout.base import Generation, RolloutEngine, SamplingParams
@@ -234,12 +235,8 @@ class HFEngine(RolloutEngine):
         Returns per row (prompt-major, ``count`` rows per prompt) the generated ids after the prompt,
         padding included, and their log-probs.
         """
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            attention_mask[row, width - len(prompt) :] = 1
+        input_ids = pad_sequences(prompts, self.pad_id, left=True)
+        attention_mask = pad_sequences([[1] * len(prompt) for prompt in prompts], 0, left=True)
         # Neutral values are set explicitly: fields left unset would be filled from the model's own
         # generation config (e.g. a default temperature), and the recorded log-probs would be wrong.
         neutral_sampling = {} if params.greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
@@ -261,7 +258,7 @@ class HFEngine(RolloutEngine):
                 logits_processor=LogitsProcessorList([*self._processors(params), recorder]),
             )
         logprobs = recorder.finish(sequences).cpu()
-        completions = sequences[:, width:].cpu()
+        completions = sequences[:, input_ids.shape[1] :].cpu()
         return list(zip(completions.tolist(), logprobs.tolist(), strict=True))
 
     def _to_generation(

@@ -34,9 +34,8 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import encode_prompts
+from posttrain.data import encode_prompts, micro_batches, prompt_text
 from posttrain.errors import ConfigError, DataError
-from posttrain.evals.run import prompt_text
 from posttrain.models import disabled_adapter, is_peft_model, load_model, load_tokenizer
 from posttrain.models.vocabulary import check_same_output_size, check_same_tokenizer
 from posttrain.ops import causal_lm_parts, completion_logprobs, extrapolated_token_rewards, hidden_divergence
@@ -53,7 +52,6 @@ from posttrain.trainers.rollouts import (
     rollout_rows,
     rollout_seed,
     samples_path,
-    split_rollouts,
 )
 from posttrain.trainers.run_log import truncate_metrics
 
@@ -179,10 +177,9 @@ class DistillMethod:
                        for i in range(len(generations))]
         append_samples(self.samples_path, step, share, generations, columns)
         tokens = self.processes.sum_values({"tokens": stats["completion_tokens"]})["tokens"]
-        parts = split_rollouts([len(g.prompt_ids) + len(g) for g in generations], self.config.train.batch_size,
-                               cfg.micro_batch_tokens)
-        batches = [self._batch([generations[i] for i in part], [share[generations[i].prompt_index] for i in part])
-                   for part in parts]
+        parts = micro_batches(generations, [len(g.prompt_ids) + len(g) for g in generations],
+                              self.config.train.batch_size, cfg.micro_batch_tokens)
+        batches = [self._batch(part, [share[g.prompt_index] for g in part]) for part in parts]
         return StepBatches(batches, normalizer=max(tokens, 1.0), stats=stats)
 
     def _batch(self, generations: list[Generation], record_indices: list[int]) -> DistillBatch:

@@ -37,17 +37,26 @@ from pydantic import Field, model_validator
 
 from posttrain.config import Section, load_config
 from posttrain.errors import ConfigError
+from posttrain.evals.gap import run_gap_eval
+from posttrain.evals.judge import run_judge_eval
+from posttrain.evals.masterkey import run_masterkey_eval
+from posttrain.evals.sharpness import run_sharpness_eval
+from posttrain.judges.labeling import run_labeling
+from posttrain.judges.metarm_data import run_metarm_data
+from posttrain.judges.synthesis import run_synthesis
 from posttrain.recipe_paths import resolve_name_or_path, substitute_output_dir
+from posttrain.report.runs import read_run
 from posttrain.trainers import checkpoint as ckpt
+from posttrain.trainers.run import train
 
-# tool stages: kind -> (module, function, the argument naming the model, the file that marks the stage done)
+# tool stages: kind -> (function, the argument naming the model, the file that marks the stage done)
 TOOL_STAGES = {
-    "synthesize": ("posttrain.judges.synthesis", "run_synthesis", "judge", "summary.json"),
-    "judge_eval": ("posttrain.evals.judge", "run_judge_eval", "model", "judge.json"),
-    "gap_eval": ("posttrain.evals.gap", "run_gap_eval", "model", "gap.json"),
-    "metarm_data": ("posttrain.judges.metarm_data", "run_metarm_data", "judge", "summary.json"),
-    "label": ("posttrain.judges.labeling", "run_labeling", "judge", "summary.json"),
-    "masterkey": ("posttrain.evals.masterkey", "run_masterkey_eval", "model", "masterkey.json"),
+    "synthesize": (run_synthesis, "judge", "summary.json"),
+    "judge_eval": (run_judge_eval, "model", "judge.json"),
+    "gap_eval": (run_gap_eval, "model", "gap.json"),
+    "metarm_data": (run_metarm_data, "judge", "summary.json"),
+    "label": (run_labeling, "judge", "summary.json"),
+    "masterkey": (run_masterkey_eval, "model", "masterkey.json"),
 }
 STAGE_KINDS = ("train", *TOOL_STAGES)
 # the tool arguments that name a model, a template or a data file: resolved against the pipeline's folder
@@ -165,8 +174,6 @@ def stage_overrides(pipeline: PipelineConfig, stage: Stage) -> list[str]:
 
 def run_pipeline(path: Path, only: list[str] | None = None) -> Path:
     """Run the stages (or ``only`` those named), then the sharpness comparisons and figures; returns output_dir."""
-    from posttrain.trainers.run import train
-
     pipeline = load_pipeline(path)
     root, folder = Path(pipeline.output_dir), Path(path).parent
     for stage in pipeline.stages:
@@ -211,9 +218,7 @@ def tool_arguments(args: dict[str, Any], root: Path, folder: Path) -> dict[str, 
 
 def run_tool_stage(root: Path, stage: Stage, folder: Path) -> None:
     """A tool stage (see :data:`TOOL_STAGES`) of the pipeline in ``folder``; skipped when its output exists."""
-    import importlib
-
-    module, function, model_key, done_file = TOOL_STAGES[stage.kind]
+    function, model_key, done_file = TOOL_STAGES[stage.kind]
     out_dir = root / stage.name
     if (out_dir / done_file).is_file():
         return
@@ -223,13 +228,11 @@ def run_tool_stage(root: Path, stage: Stage, folder: Path) -> None:
     if model_key not in args:
         raise ConfigError(f"stage {stage.name!r} has no model", where=f"stages.{stage.name}",
                           fix=f"give it `from: <train stage>` or args.{model_key}")
-    getattr(importlib.import_module(module), function)(out_dir=out_dir, **args)
+    function(out_dir=out_dir, **args)
 
 
 def run_sharpness(root: Path, spec: SharpnessSpec, folder: Path) -> dict:
     """The sharpness comparison ``spec`` of the pipeline in ``folder`` (its ``data`` relative to that folder)."""
-    from posttrain.evals.sharpness import run_sharpness_eval
-
     out_dir = root / "sharpness" / f"{spec.model}-vs-{spec.reference}"
     if (out_dir / "sharpness.json").is_file():
         return json.loads((out_dir / "sharpness.json").read_text())
@@ -253,8 +256,6 @@ def draw_figure(root: Path, figure: FigureSpec) -> Path:
     paths allowed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from posttrain.report.runs import read_run
 
     results = [tool_result(root / stage) for stage in figure.stages]
     if all(result is not None for result in results):

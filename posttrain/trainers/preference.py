@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import collate, token_budget_groups
+from posttrain.data import collate, micro_batches
 from posttrain.data.preference import PreferencePair, TokenizedPairs, tokenize_pairs
 from posttrain.errors import ConfigError, DataError, location
 from posttrain.models import disabled_adapter
@@ -72,11 +72,8 @@ class PairMethod:
         """``train.batch_size`` pairs a pass; with ``train.micro_batch_tokens``, each pass is split longest
         first so that ``2n rows × longest`` stays within that many padded tokens."""
         train = self.config.train
-        groups = [share[start : start + train.batch_size] for start in range(0, len(share), train.batch_size)]
-        if train.micro_batch_tokens:
-            groups = [[part[i] for i in group] for part in groups for group in
-                      token_budget_groups([2 * self.pairs[i].longest for i in part], train.micro_batch_tokens)]
-        return groups
+        return micro_batches(share, [2 * self.pairs[i].longest for i in share], train.batch_size,
+                             train.micro_batch_tokens)
 
     def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
         chosen_tokens = float(sum(self._chosen_tokens[i] for i in indices))

@@ -12,26 +12,13 @@ from __future__ import annotations
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import token_budget_groups
+from posttrain.data import micro_batches, padded_batch
 from posttrain.data.regression import encode_texts, regression_text
 from posttrain.errors import DataError
 from posttrain.models.reward import sequence_scores
 from posttrain.ops import regression_loss
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.loop import StepBatches
-
-
-def pad_rows(rows: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``position_ids`` of token rows."""
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        input_ids[index, : len(row)] = torch.tensor(row)
-        attention_mask[index, : len(row)] = 1
-    position_ids = torch.arange(width).expand(len(rows), width)
-    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
-            "position_ids": position_ids.to(device)}
 
 
 class RegressionMethod:
@@ -51,11 +38,8 @@ class RegressionMethod:
 
     def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
         train = self.config.train
-        groups = [share[start : start + train.batch_size] for start in range(0, len(share), train.batch_size)]
-        if train.micro_batch_tokens:
-            groups = [[part[i] for i in group] for part in groups for group in
-                      token_budget_groups([len(self.rows[i]) for i in part], train.micro_batch_tokens)]
-        batches = [(pad_rows([self.rows[i] for i in group], self.pad_id, self.processes.device),
+        groups = micro_batches(share, [len(self.rows[i]) for i in share], train.batch_size, train.micro_batch_tokens)
+        batches = [(padded_batch([self.rows[i] for i in group], self.pad_id, self.processes.device),
                     self.labels[group].to(self.processes.device)) for group in groups]
         return StepBatches(batches, normalizer=float(len(indices)))
 

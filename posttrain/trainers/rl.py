@@ -31,9 +31,8 @@ from pathlib import Path
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import encode_prompts
+from posttrain.data import encode_prompts, micro_batches, prompt_text
 from posttrain.errors import ConfigError
-from posttrain.evals.run import prompt_text
 from posttrain.evals.selfreward import reserved_token
 from posttrain.models import disabled_adapter, is_peft_model
 from posttrain.ops import (
@@ -55,7 +54,6 @@ from posttrain.trainers.rollouts import (
     rollout_rows,
     rollout_seed,
     samples_path,
-    split_rollouts,
 )
 from posttrain.trainers.run_log import truncate_metrics
 
@@ -187,13 +185,12 @@ class RLMethod:
         """Rows of each forward pass: ``train.batch_size`` rows, each chunk split longest first into passes of
         at most ``rl.micro_batch_tokens`` padded tokens (when set). When LaSeR integrates self-rewards into the
         advantages, passes are whole groups instead (every group's scores must come from one forward)."""
-        size, count, group = self.config.train.batch_size, len(generations), self.rl.group_size
-        if integrate:
-            size = max(1, size // group) * group
-            return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+        size, group = self.config.train.batch_size, self.rl.group_size
         extra = 0 if self.reserved_id is None else 1
-        return split_rollouts([len(g.prompt_ids) + len(g) + extra for g in generations], size,
-                              self.rl.micro_batch_tokens)
+        lengths = [len(g.prompt_ids) + len(g) + extra for g in generations]
+        if integrate:
+            return micro_batches(range(len(generations)), lengths, max(1, size // group) * group)
+        return micro_batches(range(len(generations)), lengths, size, self.rl.micro_batch_tokens)
 
     def _micro_batch(self, model, generations: list[Generation], trained: list[bool], advantages, verifier,
                      finished, weights, totals: dict, integrate: bool, loss_on: bool) -> RolloutBatch:

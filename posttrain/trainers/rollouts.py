@@ -1,5 +1,5 @@
-"""What the on-policy trainers (RL and distillation) share: seeded sampling, rows of rollouts as tensors,
-micro-batch splitting by token budget, and the ``samples.jsonl`` log."""
+"""What the on-policy trainers (RL and distillation) share: seeded sampling, rows of rollouts as tensors and the
+``samples.jsonl`` log."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain.data import token_budget_groups
+from posttrain.data import pad_sequences
 from posttrain.errors import ConfigError
 from posttrain.rollout import Generation
 from posttrain.trainers.distributed import Processes
@@ -56,14 +56,13 @@ def rollout_rows(generations: Sequence[Generation], pad_id: int, tail: Sequence[
     prompts = [g.prompt_ids for g in generations] if prompt_ids is None else prompt_ids
     keep = [True] * len(generations) if trained is None else trained
     sequences = [[*p, *g.token_ids, *tail] for p, g in zip(prompts, generations, strict=True)]
-    rows, width = len(sequences), max(len(s) for s in sequences)
-    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    input_ids = pad_sequences(sequences, pad_id)
+    rows, width = input_ids.shape
     target_mask = torch.zeros((rows, width - 1))
     completion_mask = torch.zeros((rows, width - 1))
     sampled = torch.zeros((rows, width - 1))
     tail_index = torch.zeros(rows, dtype=torch.long)
-    for row, (prompt, g, sequence, train) in enumerate(zip(prompts, generations, sequences, keep, strict=True)):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+    for row, (prompt, g, train) in enumerate(zip(prompts, generations, keep, strict=True)):
         first, end = len(prompt) - 1, len(prompt) - 1 + len(g)  # target indices of the completion
         target_mask[row, first : end + len(tail)] = 1
         completion_mask[row, first:end] = float(train)
@@ -72,17 +71,6 @@ def rollout_rows(generations: Sequence[Generation], pad_id: int, tail: Sequence[
     position_ids = torch.arange(width).expand(rows, width)
     return RolloutRows(input_ids, position_ids, target_mask, completion_mask, sampled, tail_index,
                        float(sum(len(s) for s in sequences)))
-
-
-def split_rollouts(lengths: Sequence[int], batch_size: int, token_budget: int = 0) -> list[list[int]]:
-    """Row indices of each forward pass: chunks of ``batch_size`` rows in order, each split longest first into
-    passes of at most ``token_budget`` padded tokens when that is set (:func:`posttrain.data.token_budget_groups`)."""
-    count = len(lengths)
-    chunks = [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
-    if not token_budget:
-        return chunks
-    return [[chunk[i] for i in rows] for chunk in chunks
-            for rows in token_budget_groups([lengths[i] for i in chunk], token_budget)]
 
 
 def samples_path(run_dir: Path, processes: Processes) -> Path:

@@ -11,12 +11,14 @@ import torch
 import transformers
 
 from posttrain.config import RunConfig
-from posttrain.data import encode_prompt, tokenize_sft
+from posttrain.data import encode_prompt, prompt_text, tokenize_sft
 from posttrain.errors import ConfigError, DataError, disk_space_checked
 from posttrain.evals import evaluate_math
-from posttrain.evals.run import prompt_text, require_references
+from posttrain.evals.run import require_references
+from posttrain.judges.tasks import judge_task_prompts
 from posttrain.models import load_model, load_tokenizer
 from posttrain.models.reward import load_reward_model
+from posttrain.report import write_report
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers import resume
 from posttrain.trainers.distill import DistillMethod
@@ -25,6 +27,7 @@ from posttrain.trainers.inputs import eval_source, load_source
 from posttrain.trainers.loop import Evaluate, Method, Trainer, TrainResult
 from posttrain.trainers.memory import release_freed_tensors
 from posttrain.trainers.preference import build_pair_method
+from posttrain.trainers.regression import RegressionMethod
 from posttrain.trainers.rl import RLMethod
 from posttrain.trainers.run_lock import RunLock
 from posttrain.trainers.sft import SFTMethod
@@ -81,8 +84,6 @@ def build_method(config: RunConfig, model, tokenizer, processes: Processes) -> t
     summary = {"source": records.source, "examples": len(records.records), "skipped": records.skipped,
                "truncated": 0, "dropped": 0, "skipped_records": records.problems}
     if judge_tasks:  # each labelled pair becomes two judge prompts, one per A/B order
-        from posttrain.judges.tasks import judge_task_prompts
-
         records.records = judge_task_prompts(records.records, config.rl.judge.template,
                                              hide_critiques=config.rl.judge.hide_critiques, seed=config.seed)
         summary.update(tasks=summary["examples"], examples=len(records.records))
@@ -92,8 +93,6 @@ def build_method(config: RunConfig, model, tokenizer, processes: Processes) -> t
         method = RLMethod if config.method == "grpo" else DistillMethod
         return method(config, records.records, model, tokenizer, processes), summary
     if regression:
-        from posttrain.trainers.regression import RegressionMethod
-
         method = RegressionMethod(config, records.records, tokenizer, processes)
         summary.update(truncated=method.truncated)
         return method, summary
@@ -145,8 +144,6 @@ def _train_locked(config: RunConfig, processes: Processes) -> TrainResult:
               f"{summary['truncated']}, dropped {summary['dropped']}); {trainer.total_steps} steps", flush=True)
     result = trainer.fit()
     if processes.is_main:
-        from posttrain.report import write_report
-
         write_report([config.run_dir], config.run_dir / "report.html")
     processes.barrier()
     return result

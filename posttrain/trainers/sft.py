@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import Example, collate, pack_examples, token_budget_groups
+from posttrain.data import Example, collate, micro_batches, pack_examples
 from posttrain.ops import completion_logprobs, sft_loss, sft_token_weights
 from posttrain.trainers.loop import StepBatches
 
@@ -34,11 +34,9 @@ class SFTMethod:
 
     def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
         train = self.config.train
-        micro = [share[start : start + train.batch_size] for start in range(0, len(share), train.batch_size)]
-        if train.micro_batch_tokens and not self.config.data.packing:
-            # padded rows: regroup each batch by length into forward passes of at most that many tokens
-            micro = [[part[i] for i in group] for part in micro
-                     for group in token_budget_groups([len(self.examples[i]) for i in part], train.micro_batch_tokens)]
+        # padded rows: regroup each batch by length into forward passes of at most micro_batch_tokens tokens
+        budget = 0 if self.config.data.packing else train.micro_batch_tokens
+        micro = micro_batches(share, [len(self.examples[i]) for i in share], train.batch_size, budget)
         return StepBatches([self.collate(part) for part in micro],
                            normalizer=float(sum(self._targets[i] for i in indices)))
 

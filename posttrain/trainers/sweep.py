@@ -17,6 +17,7 @@ from pathlib import Path
 
 from posttrain.config import load_config
 from posttrain.errors import ConfigError
+from posttrain.trainers.run import train
 from posttrain.trainers.run_log import read_metrics
 
 
@@ -73,8 +74,6 @@ def summarize_runs(run_dirs: list[Path]) -> list[dict]:
 
 
 def run_sweep(recipe: Path, axes: list[str], overrides: list[str], skip_done: bool = True) -> list[Path]:
-    from posttrain.trainers.run import train
-
     run_dirs = []
     for name, run_overrides in grid_runs(recipe, axes, overrides):
         config = load_config(recipe, run_overrides)

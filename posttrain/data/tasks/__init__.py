@@ -4,7 +4,8 @@ A task is a function ``(n, seed, **options) -> list[dict]`` returning GSM8K-styl
 (``question``, ``answer`` ending in ``#### N``, ``reference``). Every task takes a ``split`` option
 (``train`` or ``held_out``) whose questions never overlap. ``judge_arithmetic`` gives labelled preference
 pairs instead (a correct solution against one with an injected error, with a critique naming it:
-:func:`posttrain.judges.make_preference_pairs`), the judge tasks of generative-reward-model training.
+:func:`posttrain.data.tasks.judge_pairs.make_preference_pairs`), the judge tasks of generative-reward-model
+training.
 """
 
 from __future__ import annotations
@@ -17,18 +18,10 @@ from pathlib import Path
 from posttrain.errors import ConfigError
 
 from ..readers import write_jsonl
-from . import arithmetic
-
-
-def judge_arithmetic(n: int, seed: int, levels=(1, 2), split: str = "train") -> list[dict]:
-    """Labelled arithmetic preference pairs with critiques (:func:`posttrain.judges.make_preference_pairs`)."""
-    from posttrain.judges.pairs import make_preference_pairs
-
-    return make_preference_pairs(n, seed, levels, split)
-
+from . import arithmetic, judge_pairs
 
 TASKS: dict[str, Callable[..., list[dict]]] = {"arithmetic": arithmetic.make_records,
-                                               "judge_arithmetic": judge_arithmetic}
+                                               "judge_arithmetic": judge_pairs.make_preference_pairs}
 
 
 def make_task(name: str, n: int, seed: int, **options) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Packing: first-fit rows, positions and masks, collation, and no attention across packed examples."""
+"""Batching: padding, first-fit packing, positions and masks, collation, token-budget splits, and no attention across packed examples."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from posttrain.data import (
     PackedRow,
     collate,
     make_task,
+    micro_batches,
     model_inputs,
     pack_examples,
+    pad_sequences,
+    padded_batch,
     token_budget_groups,
     tokenize_sft,
     validate_records,
@@ -131,3 +134,27 @@ def test_token_budget_groups_bound_padded_tokens_and_keep_every_item():
     assert groups[2] == [2, 3]  # 2 x 80 <= 200 < 3 x 80
     with pytest.raises(ValueError):
         token_budget_groups(lengths, 0)
+
+
+def test_pad_sequences_right_and_left():
+    rows = [[5, 6, 7], [8], []]
+    assert pad_sequences(rows, 0).tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]]
+    assert pad_sequences(rows, 9, left=True).tolist() == [[5, 6, 7], [9, 9, 8], [9, 9, 9]]
+    assert pad_sequences([[1]], 0, width=3).tolist() == [[1, 0, 0]]
+
+
+def test_padded_batch_masks_and_positions():
+    batch = padded_batch([[5, 6, 7], [8]], pad_id=2)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 2, 2]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 1, 2]]
+
+
+def test_micro_batches_chunk_in_order_then_split_by_token_budget():
+    items = ["a", "b", "c", "d", "e"]
+    lengths = [10, 100, 90, 20, 30]
+    assert micro_batches(items, lengths, batch_size=2) == [["a", "b"], ["c", "d"], ["e"]]
+    # each chunk of 3 split longest first into passes of rows x longest <= 200
+    assert micro_batches(items, lengths, batch_size=3, token_budget=200) == [["b", "c"], ["a"], ["e", "d"]]
+    with pytest.raises(ValueError):
+        micro_batches(items, lengths, batch_size=0)

@@ -3,7 +3,8 @@
 ``extract_answer`` looks, in order of priority, for a GSM8K-style ``#### answer`` line, then for the
 last ``\\boxed{...}`` (nested braces allowed), then for the last number in the text. ``answers_match``
 compares a predicted answer with a reference: plain numbers are compared exactly as rationals
-(``18.0`` = ``18`` = ``36/2``); anything else goes through math-verify's symbolic equivalence.
+(``18.0`` = ``18`` = ``36/2``); anything else goes through math-verify's symbolic equivalence. ``grade``
+does both for a whole solution against a reference (a bare answer or a GSM8K-style solution).
 """
 
 from __future__ import annotations
@@ -164,3 +165,9 @@ def answers_match(predicted: str | None, reference: str | None) -> bool:
         return bool(verify(gold, target, timeout_seconds=timeout))
     except Exception:
         return False
+
+
+def grade(solution: str, reference: str | int | float) -> tuple[str | None, bool]:
+    """The final answer extracted from ``solution`` and whether it matches the final answer of ``reference``."""
+    extracted = extract_answer(solution)
+    return extracted, extracted is not None and answers_match(extracted, reference_answer(reference))

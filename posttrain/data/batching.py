@@ -1,4 +1,10 @@
-"""Packing several examples into one row, and collating rows into model inputs.
+"""Batching, written once: padding token rows into tensors, packing several examples into one row, collating
+rows into model inputs, and splitting a batch into micro-batches by a padded-token budget.
+
+:func:`pad_sequences` is the one place a ragged list of rows becomes a padded tensor (right-padded for training and
+scoring, left-padded for generation); :func:`padded_batch` adds the attention mask and position ids of right-padded
+rows; :func:`micro_batches` cuts a batch into forward passes of ``batch_size`` rows, each split longest first so
+that ``rows × longest`` stays within a token budget (:func:`token_budget_groups`).
 
 Packed examples must not attend to each other. transformers (5.x) does this without an explicit mask:
 when a causal LM is called with ``attention_mask=None``, no cache and ``position_ids`` that restart at 0
@@ -21,12 +27,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 from posttrain.errors import DataError
 
 from .tokenize import Example
+
+T = TypeVar("T")
+
+
+def pad_sequences(rows: Sequence[Sequence[int]], value: int, width: int | None = None, *,
+                  left: bool = False) -> torch.Tensor:
+    """``[len(rows), width]`` long tensor of the rows filled up with ``value`` to ``width`` (default: the longest
+    row), on the right, or on the left with ``left`` (prompts for generation)."""
+    width = max(len(row) for row in rows) if width is None else width
+    padded = torch.full((len(rows), width), value, dtype=torch.long)
+    for index, row in enumerate(rows):
+        start = width - len(row) if left else 0
+        padded[index, start : start + len(row)] = torch.tensor(list(row), dtype=torch.long)
+    return padded
+
+
+def padded_batch(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` (1 on real tokens) and ``position_ids`` (``0 … width − 1``
+    in every row) of token rows, on ``device`` when given."""
+    input_ids = pad_sequences(rows, pad_id)
+    count, width = input_ids.shape
+    batch = {"input_ids": input_ids, "attention_mask": pad_sequences([[1] * len(row) for row in rows], 0, width),
+             "position_ids": torch.arange(width).expand(count, width)}
+    return batch if device is None else {key: value.to(device) for key, value in batch.items()}
 
 
 @dataclass
@@ -97,24 +128,17 @@ def collate(items: Sequence[PackedRow | Example], pad_id: int) -> dict[str, torc
     if not items:
         raise ValueError("collate needs at least one row")
     rows = [_as_row(item) for item in items]
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        length = len(row)
-        input_ids[index, :length] = torch.tensor(row.input_ids, dtype=torch.long)
-        attention_mask[index, :length] = 1
-        last_start = row.position_ids[-1] + 1 if length else 0
-        position_ids[index, :length] = torch.tensor(row.position_ids, dtype=torch.long)
-        position_ids[index, length:] = torch.arange(last_start, last_start + width - length)
-        loss_mask[index, :length] = torch.tensor(row.loss_mask, dtype=torch.long)
+    input_ids = pad_sequences([row.input_ids for row in rows], pad_id)
+    width = input_ids.shape[1]
+    positions = []
+    for row in rows:  # padding continues the numbering of the row's last example: it never opens a sequence
+        following = row.position_ids[-1] + 1 if len(row) else 0
+        positions.append([*row.position_ids, *range(following, following + width - len(row))])
     return {
         "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "position_ids": position_ids,
-        "loss_mask": loss_mask,
+        "attention_mask": pad_sequences([[1] * len(row) for row in rows], 0, width),
+        "position_ids": pad_sequences(positions, 0, width),
+        "loss_mask": pad_sequences([row.loss_mask for row in rows], 0, width),
     }
 
 
@@ -152,3 +176,17 @@ def token_budget_groups(lengths: Sequence[int], max_tokens: int) -> list[list[in
         else:
             groups.append([index])
     return groups
+
+
+def micro_batches(items: Sequence[T], lengths: Sequence[int], batch_size: int, token_budget: int = 0) -> list[list[T]]:
+    """The forward passes of a batch: ``items`` in consecutive chunks of ``batch_size``, each split further by
+    :func:`token_budget_groups` when ``token_budget`` is set (``lengths[i]``: the padded length ``items[i]``
+    adds to a row, e.g. both sequences of a preference pair)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    count = len(items)
+    chunks = [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+    if token_budget:
+        chunks = [[chunk[i] for i in group] for chunk in chunks
+                  for group in token_budget_groups([lengths[i] for i in chunk], token_budget)]
+    return [[items[i] for i in chunk] for chunk in chunks]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posttrain.evals.answers import answers_match, extract_answer, normalize_answer, reference_answer
+from posttrain.grading import answers_match, extract_answer, normalize_answer, reference_answer
 
 
 @pytest.mark.parametrize(
