@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from posttrain.cli_eval import AsJson, eval_app
-from posttrain.errors import PosttrainError
+from posttrain.errors import ConfigError, PosttrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Post-training for language models.")
 data_app = typer.Typer(no_args_is_help=True, help="Make and inspect datasets.")
@@ -38,6 +38,11 @@ def train(
     from posttrain.config import load_config
     from posttrain.trainers.run import train as run_training
 
+    options = [arg for arg in (str(recipe), *(overrides or [])) if arg.startswith("--")]
+    if options:  # unknown options reach here as arguments (overrides are free-form)
+        raise ConfigError(f"`posttrain train` has no option {options[0]}",
+                          fix="give a recipe and key.sub=value overrides, e.g. `posttrain train RECIPE "
+                              "train.max_steps=20` (see `posttrain train --help`)")
     config = load_config(None if str(recipe) == "-" else recipe, overrides or [])
     result = run_training(config)
     run_dir = result.run_dir

@@ -391,8 +391,8 @@ class RunConfig(Section):
     @classmethod
     def _one_safe_component(cls, name: str) -> str:
         if not RUN_NAME.fullmatch(name) or len(name) > 200:
-            raise ValueError(f"a run name is one folder name of letters, digits and . _ + - (got {name!r}); put "
-                             "other folders in output_dir, e.g. output_dir=runs/experiments name=first")
+            raise ValueError("a run name is one folder name of letters, digits and . _ + - (not starting with . or "
+                             "-); put other folders in output_dir, e.g. output_dir=runs/experiments name=first")
         return name
 
     @property

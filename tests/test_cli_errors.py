@@ -20,7 +20,7 @@ from tests.helpers import posttrain_command
 # ------------------------------------------------------------------------------------------- usage mistakes
 
 USAGE_MISTAKES = {
-    "train": (["train", "--modle", "x"], None),
+    "train": (["train", "--modle", "x"], "has no option --modle"),
     "data-missing-option": (["data", "make", "arithmetic"], "--out"),
     "data-not-an-int": (["data", "make", "arithmetic", "--out", "f.jsonl", "--n", "abc"], "'--n'"),
     "unknown-command": (["trian"], "trian"),
