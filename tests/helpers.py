@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,13 @@ def assert_same_step_gradients(model, reference: tuple[float, list], methods, wo
         for a, b in zip(grads, grads_whole, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
     assert max(float(g.abs().max()) for g in grads_whole) > 1e-4
+
+
+class PicklePayload:
+    """Unpickling this runs ``touch marker`` — what a crafted checkpoint file would do with a real command."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)

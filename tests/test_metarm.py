@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -11,13 +12,20 @@ import torch
 from posttrain.config import load_config
 from posttrain.data import validate_records
 from posttrain.data.records import normalize_record
-from posttrain.errors import DataError, ModelError
+from posttrain.errors import CheckpointError, DataError, ModelError
 from posttrain.judges.metarm import MetaRM, metarm_bonus, metarm_text
 from posttrain.models import tiny_tokenizer
 from posttrain.ops import regression_loss
 from posttrain.trainers.pipeline import final_weights
 from posttrain.trainers.run import train
-from tests.helpers import assert_same_step_gradients, read_jsonl, step_gradients, tiny_overrides, train_steps
+from tests.helpers import (
+    PicklePayload,
+    assert_same_step_gradients,
+    read_jsonl,
+    step_gradients,
+    tiny_overrides,
+    train_steps,
+)
 
 
 def test_regression_loss_and_gradient_by_hand():
@@ -161,6 +169,13 @@ def test_update_save_restore_round_trip(tmp_path):
     with pytest.raises(DataError, match="finite"):
         first.update(texts[:1], [float("nan")])
     assert second.score(texts) == pytest.approx(first.score(texts), abs=1e-6)
+    marker = tmp_path / "payload-ran"
+    (tmp_path / "planted").mkdir()
+    with (tmp_path / "planted" / "metarm.pt").open("wb") as handle:  # what a crafted checkpoint would hold
+        pickle.dump({"model": PicklePayload(marker)}, handle)
+    with pytest.raises(CheckpointError, match="metarm.pt"):
+        second.restore(tmp_path / "planted")
+    assert not marker.exists()
 
 
 def test_metarm_text_and_bonus():

@@ -20,7 +20,7 @@ from posttrain.trainers import checkpoint as ckpt
 from posttrain.trainers import run_log
 from posttrain.trainers.run import train
 from posttrain.trainers.run_lock import RunLock
-from tests.helpers import read_jsonl, tiny_config, train_steps
+from tests.helpers import PicklePayload, read_jsonl, run_cli, tiny_config, tiny_overrides, train_steps
 
 
 def _finished_run(tmp_path, name="run", **extra):
@@ -31,22 +31,12 @@ def _finished_run(tmp_path, name="run", **extra):
 # -- security ----------------------------------------------------------------------------------------------
 
 
-class _Payload:
-    """Unpickling this runs ``os.system`` — what a crafted checkpoint file would do."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_pickled_payload_in_a_checkpoint_is_refused_and_never_runs(tmp_path):
     run_dir = _finished_run(tmp_path)
     step = ckpt.list_checkpoints(run_dir)[-1]
     marker = tmp_path / "payload-ran"
     with (step / "scheduler.pt").open("wb") as handle:
-        pickle.dump({"state": _Payload(marker)}, handle)
+        pickle.dump({"state": PicklePayload(marker)}, handle)
     ckpt.write_manifest(step)  # the attacker rewrites the manifest too: only safe loading stops it
     with pytest.raises(CheckpointError, match="scheduler.pt"):
         train(tiny_config(tmp_path, "victim", **{"train.max_steps": 6, "train.resume": str(step)}))
@@ -162,6 +152,14 @@ def test_nan_loss_never_reaches_the_weights_and_stops_the_run_with_an_error(tmp_
         record = json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl"))
         assert record["loss"] is None and "loss" in record["nonfinite"] and record["skipped_updates"] == 1
     assert not ckpt.list_checkpoints(tmp_path / "nan")
+
+
+def test_a_diverged_run_exits_non_zero_from_the_command_line(tmp_path):
+    model_dir = _poison_weights(tmp_path)
+    done = run_cli("train", "-", *tiny_overrides(tmp_path, "nan-cli", **{"model.name": str(model_dir),
+                                                                        "train.max_nonfinite_steps": 2}))
+    assert done.returncode == 2 and "training diverged: 2 optimizer updates in a row" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_single_non_finite_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
