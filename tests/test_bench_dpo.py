@@ -10,7 +10,8 @@ import math
 
 import pytest
 
-from posttrain.bench.dpo import benchmark_pairs, run_dpo_benchmark, step_figures
+from posttrain.bench.dpo import benchmark_pairs, run_dpo_benchmark
+from posttrain.bench.steps import token_figures
 from posttrain.data.preference import tokenize_pairs
 from posttrain.errors import ConfigError, PosttrainError
 from posttrain.models import save_model, tiny_model, tiny_tokenizer
@@ -64,7 +65,7 @@ def test_dpo_benchmark_cli_reports_both_sides_and_ratios(tmp_path):
 
 
 def test_step_figures_skip_warmup_and_count_real_tokens():
-    figures = step_figures([9.0, 2.0, 4.0], [100, 30, 50], [0.7, 0.6, 0.5], warmup_steps=1)
+    figures = token_figures([9.0, 2.0, 4.0], [100, 30, 50], [0.7, 0.6, 0.5], warmup_steps=1)
     assert figures["seconds_per_step"] == 3.0
     assert figures["tokens_per_s"] == 80 / 6
     assert figures["final_loss"] == 0.5 and figures["steps"] == 3 and figures["tokens_per_step"] == [100, 30, 50]
@@ -72,7 +73,7 @@ def test_step_figures_skip_warmup_and_count_real_tokens():
 
 def test_step_figures_refuse_mismatched_counts():
     with pytest.raises(PosttrainError, match="2 step durations for 3 batches"):
-        step_figures([1.0, 1.0], [10, 10, 10], [0.7, 0.7], warmup_steps=0)
+        token_figures([1.0, 1.0], [10, 10, 10], [0.7, 0.7], warmup_steps=0)
 
 
 def test_benchmark_pairs_are_distinct_conversational_pairs():

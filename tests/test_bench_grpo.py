@@ -9,7 +9,8 @@ import json
 import pytest
 
 from posttrain.bench.grpo import run_grpo_benchmark
-from posttrain.bench.on_policy import benchmark_prompts, posttrain_config, step_figures
+from posttrain.bench.on_policy import benchmark_prompts, posttrain_config
+from posttrain.bench.steps import generation_figures
 from posttrain.data import encode_prompts
 from posttrain.errors import ConfigError, PosttrainError
 from posttrain.models import save_model, tiny_model, tiny_tokenizer
@@ -75,7 +76,7 @@ def test_both_sides_feed_the_model_the_same_prompt_tokens():
 
 
 def test_step_figures_skip_warmup_and_count_generated_tokens():
-    figures = step_figures([5.0, 2.0, 4.0], [[64, 64], [3, 5], [10, 2]], warmup_steps=1)
+    figures = generation_figures([5.0, 2.0, 4.0], [[64, 64], [3, 5], [10, 2]], warmup_steps=1)
     assert figures["seconds_per_step"] == 3.0
     assert figures["generated_tokens"] == 20
     assert figures["generated_tokens_per_s"] == figures["tokens_per_s"] == 20 / 6

@@ -15,7 +15,7 @@ import json
 import sys
 
 from posttrain.bench.harness import peak_rss_mb
-from posttrain.bench.on_policy import step_figures, trl_step_timer, trl_training_args
+from posttrain.bench.steps import generation_figures, trl_step_timer, trl_training_args
 from posttrain.trainers.sampler import EpochSampler
 
 
@@ -58,7 +58,7 @@ def main(settings: dict) -> dict:
         callbacks=[trl_step_timer(durations, losses)],
     )
     trainer.train()
-    figures = step_figures(durations, completion_lengths, settings["warmup_steps"])
+    figures = generation_figures(durations, completion_lengths, settings["warmup_steps"])
     return {**figures, "peak_rss_mb": peak_rss_mb(), "final_loss": losses[-1] if losses else None}
 
 

@@ -91,14 +91,3 @@ def run_dpo_benchmark(vs: str = "trl", model: str = "smollm2-135m", steps: int =
     )
     return summary
 
-
-def step_figures(durations: list[float], tokens: list[int], losses: list[float], warmup_steps: int) -> dict:
-    """A worker's figures from every step's duration, real token count and loss (the first ``warmup_steps``
-    untimed)."""
-    if len(durations) != len(tokens) or len(durations) <= warmup_steps:
-        raise PosttrainError(f"{len(durations)} step durations for {len(tokens)} batches and {warmup_steps} warm-up "
-                             "steps", fix="run more steps than warm-up steps; report this if it persists")
-    seconds = durations[warmup_steps:]
-    return {"tokens_per_s": sum(tokens[warmup_steps:]) / sum(seconds), "seconds_per_step": sum(seconds) / len(seconds),
-            "final_loss": losses[-1] if losses else None, "steps": len(durations), "tokens_per_step": tokens,
-            "losses": losses}

@@ -10,8 +10,8 @@ import json
 import sys
 import tempfile
 
-from posttrain.bench.dpo import step_figures
 from posttrain.bench.harness import peak_rss_mb
+from posttrain.bench.steps import token_figures
 from posttrain.config import RunConfig
 from posttrain.trainers.run import train
 from posttrain.trainers.run_log import read_metrics
@@ -37,7 +37,7 @@ def main(settings: dict) -> dict:
     config = RunConfig.model_validate(run_config(settings))
     train(config)
     steps = [m for m in read_metrics(config.run_dir / "metrics.jsonl") if "loss" in m]
-    figures = step_figures([m["seconds_per_step"] for m in steps], [int(m["tokens"]) for m in steps],
+    figures = token_figures([m["seconds_per_step"] for m in steps], [int(m["tokens"]) for m in steps],
                            [m["loss"] for m in steps], settings["warmup_steps"])
     return {**figures, "peak_rss_mb": peak_rss_mb()}
 

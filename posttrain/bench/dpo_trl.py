@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 import sys
 
-from posttrain.bench.dpo import step_figures
 from posttrain.bench.harness import peak_rss_mb
-from posttrain.bench.on_policy import trl_step_timer
+from posttrain.bench.steps import token_figures, trl_step_timer
 from posttrain.trainers.sampler import EpochSampler
 
 
@@ -63,7 +62,7 @@ def main(settings: dict) -> dict:
 
     trainer.data_collator = counting_collator
     trainer.train()
-    figures = step_figures(durations, tokens, losses, settings["warmup_steps"])
+    figures = token_figures(durations, tokens, losses, settings["warmup_steps"])
     return {**figures, "peak_rss_mb": peak_rss_mb()}
 
 

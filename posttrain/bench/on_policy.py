@@ -1,14 +1,8 @@
-"""What the on-policy benchmarks (GRPO, distillation) share: the prompts, the model and data set-up, the
-posttrain worker's figures from its run directory, per-step figures and the summary.
+"""What the on-policy benchmarks (GRPO, distillation) share: the prompts, the model and data set-up, posttrain's
+worker (its run, and its figures from the run directory) and the summary.
 
-Per side, over the timed steps (the first ``warmup_steps`` are run but not timed)::
-
-    seconds_per_step       = mean duration of a step (generation, scoring, loss, backward, optimizer)
-    generated_tokens_per_s = Σ completion tokens generated / Σ step durations
-
-``tokens_per_s`` repeats ``generated_tokens_per_s`` so that the shared
-:func:`~posttrain.bench.harness.summarize` applies; ``ratio_step_throughput`` = the peer's s/step ÷
-posttrain's s/step (steps per second, posttrain ÷ peer).
+The per-step figures are :func:`posttrain.bench.steps.generation_figures`; ``ratio_step_throughput`` = the peer's
+s/step ÷ posttrain's s/step (steps per second, posttrain ÷ peer).
 """
 
 from __future__ import annotations
@@ -20,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from posttrain.bench.harness import peak_rss_mb, summarize
+from posttrain.bench.steps import generation_figures
 from posttrain.config import RunConfig, apply_overrides, parse_override
 from posttrain.data import make_task
 from posttrain.errors import ConfigError, PosttrainError
@@ -55,22 +50,6 @@ def prepare_benchmark(model: str, what: str, records: int) -> tuple[str, Path, P
     data_path = workdir / "prompts.jsonl"
     data_path.write_text("".join(json.dumps(r) + "\n" for r in benchmark_prompts(records)), encoding="utf-8")
     return source.location, workdir, data_path
-
-
-def step_figures(durations: list[float], completion_lengths: list[list[int]], warmup_steps: int) -> dict:
-    """A worker's figures from every step's duration and the token count of each completion it generated."""
-    timed_seconds = durations[warmup_steps:]
-    timed_lengths = [n for step in completion_lengths[warmup_steps:] for n in step]
-    generated_per_s = sum(timed_lengths) / sum(timed_seconds)
-    return {
-        "seconds_per_step": statistics.mean(timed_seconds),
-        "generated_tokens_per_s": generated_per_s,
-        "tokens_per_s": generated_per_s,
-        "generated_tokens": sum(timed_lengths),
-        "mean_completion_length": statistics.mean(timed_lengths),
-        "steps": len(durations),
-        "completions_per_step": [len(step) for step in completion_lengths],
-    }
 
 
 def check_posttrain_set(overrides: list[str]) -> list[str]:
@@ -109,57 +88,9 @@ def posttrain_worker(config: dict, warmup_steps: int) -> dict:
     lengths: dict[int, list[int]] = defaultdict(list)
     for row in read_metrics(run_config.run_dir / "samples.jsonl"):
         lengths[row["step"]].append(row["tokens"])
-    figures = step_figures([m["seconds_per_step"] for m in steps], [lengths[s] for s in sorted(lengths)],
-                           warmup_steps)
+    figures = generation_figures([m["seconds_per_step"] for m in steps], [lengths[s] for s in sorted(lengths)],
+                                 warmup_steps)
     return {**figures, "peak_rss_mb": peak_rss_mb(), "final_loss": steps[-1]["loss"]}
-
-
-def trl_training_args(settings: dict) -> dict:
-    """The ``TrainingArguments`` both TRL workers share: the steps, a constant lr, clipping at 1, fp32 on the
-    requested device, the data in the given order, no saving or reporting."""
-    return {
-        "output_dir": settings["workdir"] + "/trl",
-        "gradient_accumulation_steps": 1,
-        "shuffle_dataset": False,
-        "max_steps": settings["steps"] + settings["warmup_steps"],
-        "learning_rate": settings["lr"],
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "max_grad_norm": 1.0,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": [],
-        "bf16": False,
-        "fp16": False,
-        "use_cpu": settings["device"] == "cpu",
-        "dataloader_num_workers": 0,
-        "seed": settings["seed"],
-        "model_init_kwargs": {"dtype": "float32"},
-        "disable_tqdm": True,
-    }
-
-
-def trl_step_timer(durations: list[float], losses: list[float]):
-    """A ``TrainerCallback`` that appends each step's duration (``on_step_begin`` to ``on_step_end``: generation,
-    scoring, loss, backward, optimizer) to ``durations`` and each logged loss to ``losses``."""
-    import time
-
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        began = 0.0
-
-        def on_step_begin(self, *_, **__):
-            self.began = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            durations.append(time.perf_counter() - self.began)
-
-        def on_log(self, _args, _state, _control, logs=None, **__):
-            if logs and "loss" in logs:
-                losses.append(logs["loss"])
-
-    return StepTimer()
 
 
 def summarize_on_policy(runs: dict[str, list[dict]], settings: dict) -> dict:
