@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from posttrain.bench.distill import run_distill_benchmark
+from posttrain.bench.distill import DistillBenchOptions, run_distill_benchmark
 from posttrain.bench.harness import print_and_save
 
 
@@ -28,10 +28,10 @@ def main() -> None:
                         help="posttrain's run config only (repeatable), e.g. distill.rollout_dtype=bfloat16")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = run_distill_benchmark(model=args.model, steps=args.steps, prompts=args.prompts,
-                                   max_completion_length=args.max_completion_length,
-                                   teacher_temperature=args.teacher_temperature, repeats=args.repeats,
-                                   warmup_steps=args.warmup_steps, posttrain_set=args.posttrain_set)
+    result = run_distill_benchmark(DistillBenchOptions(
+        model=args.model, steps=args.steps, prompts=args.prompts, max_completion_length=args.max_completion_length,
+        teacher_temperature=args.teacher_temperature, repeats=args.repeats, warmup_steps=args.warmup_steps,
+        posttrain_set=args.posttrain_set))
     print_and_save(result, args.out)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from posttrain.bench.dpo import run_dpo_benchmark
+from posttrain.bench.dpo import DpoBenchOptions, run_dpo_benchmark
 from posttrain.bench.harness import print_and_save
 
 
@@ -31,9 +31,10 @@ def main() -> None:
                         help="posttrain's train.micro_batch_tokens (default: its own; 0 = one pass per step, as TRL)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = run_dpo_benchmark(model=args.model, steps=args.steps, batch_size=args.batch_size,
-                               max_length=args.max_length, repeats=args.repeats, warmup_steps=args.warmup_steps,
-                               beta=args.beta, lr=args.lr, micro_batch_tokens=args.micro_batch_tokens)
+    result = run_dpo_benchmark(DpoBenchOptions(
+        model=args.model, steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
+        repeats=args.repeats, warmup_steps=args.warmup_steps, beta=args.beta, lr=args.lr,
+        micro_batch_tokens=args.micro_batch_tokens))
     print_and_save(result, args.out)
 
 

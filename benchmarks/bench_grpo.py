@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from posttrain.bench.grpo import run_grpo_benchmark
+from posttrain.bench.grpo import GrpoBenchOptions, run_grpo_benchmark
 from posttrain.bench.harness import print_and_save
 
 
@@ -37,7 +37,7 @@ def main() -> None:
                         help="posttrain's run config only (repeatable), e.g. rl.rollout_dtype=bfloat16")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = run_grpo_benchmark(
+    result = run_grpo_benchmark(GrpoBenchOptions(
         model=args.model,
         steps=args.steps,
         prompts=args.prompts,
@@ -48,7 +48,7 @@ def main() -> None:
         lr=args.lr,
         posttrain_set=args.posttrain_set,
         gradient_checkpointing={"default": None, "on": True, "off": False}[args.gradient_checkpointing],
-    )
+    ))
     print_and_save(result, args.out)
 
 

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from posttrain.bench.harness import print_and_save
-from posttrain.bench.sft import run_sft_benchmark
+from posttrain.bench.sft import SftBenchOptions, run_sft_benchmark
 
 
 def main() -> None:
@@ -26,9 +26,10 @@ def main() -> None:
                         help="default: each side's own default (posttrain off, TRL on)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = run_sft_benchmark(model=args.model, steps=args.steps, batch_size=args.batch_size,
-                               max_length=args.max_length, repeats=args.repeats, warmup_steps=args.warmup_steps,
-                               gradient_checkpointing={"default": None, "on": True, "off": False}[args.gradient_checkpointing])
+    result = run_sft_benchmark(SftBenchOptions(
+        model=args.model, steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
+        repeats=args.repeats, warmup_steps=args.warmup_steps,
+        gradient_checkpointing={"default": None, "on": True, "off": False}[args.gradient_checkpointing]))
     print_and_save(result, args.out)
 
 

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from posttrain.cli_eval import AsJson, eval_app
+from posttrain.cli_eval import AsJson, eval_app, out_option, tool_options
 from posttrain.errors import ConfigError, PosttrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Post-training for language models.")
@@ -145,31 +145,33 @@ def report(runs: Annotated[list[Path], typer.Argument(help="run directories to p
 
 @judge_app.command("synthesize")
 def judge_synthesize(
+    context: typer.Context,
     judge: Annotated[str, typer.Option(help="judge model name or directory, or `critique` (writes each pair's "
                                             "critique out as a judgment with the right verdict)")],
     pairs: Annotated[str, typer.Option(help="preference file, or task:arithmetic (synthetic training pairs)")],
     k: Annotated[int, typer.Option(help="sampled judgments per pair and order")] = 4,
-    out: Annotated[Path, typer.Option(help="directory for sft.jsonl, dpo.jsonl, summary.json")] = Path("runs/judge-synthesis"),
+    out_dir: Annotated[Path, out_option("directory for sft.jsonl, dpo.jsonl, summary.json")] = Path("runs/judge-synthesis"),
     template: Annotated[str, typer.Option(help="pairwise template: rise, j1, or a file")] = "rise",
     temperature: float = 1.0,
+    top_p: float = 1.0,
     max_new_tokens: int = 384,
     n: Annotated[int | None, typer.Option(help="number of pairs (default: all; 100 for the task)")] = None,
     seed: int = 0,
     batch_size: int = 16,
 ) -> None:
     """RISE-style synthesis: SFT judgments from swap-consistent pairs, DPO pairs of judgments from the rest."""
-    from posttrain.judges.synthesis import run_synthesis
+    from posttrain.judges.synthesis import SynthesisOptions, run_synthesis
 
-    summary = run_synthesis(judge, pairs, k=k, out_dir=out, template=template, temperature=temperature,
-                            max_new_tokens=max_new_tokens, n=n, seed=seed, batch_size=batch_size)
+    summary = run_synthesis(tool_options(context, SynthesisOptions))
     typer.echo(json.dumps({key: value for key, value in summary.items() if key != "judge_metrics"}, indent=2))
 
 
 @judge_app.command("label")
 def judge_label(
+    context: typer.Context,
     judge: Annotated[str, typer.Option(help="judge model name or directory")],
     pairs: Annotated[str, typer.Option(help="preference file, or task:arithmetic (synthetic training pairs)")],
-    out: Annotated[Path, typer.Option(help="directory for pairs.jsonl, gold.jsonl and summary.json")] = Path("runs/judge-labels"),
+    out_dir: Annotated[Path, out_option("directory for pairs.jsonl, gold.jsonl and summary.json")] = Path("runs/judge-labels"),
     template: Annotated[str, typer.Option(help="pairwise template: rise, j1, grm, s2j, or a file")] = "rise",
     keep: Annotated[str, typer.Option(help="consistent: drop pairs judged differently in the two orders; "
                                            "first: the first order decides")] = "consistent",
@@ -179,39 +181,39 @@ def judge_label(
     seed: int = 0,
 ) -> None:
     """Relabel preference pairs with a judge (both orders) for downstream DPO; report agreement with gold."""
-    from posttrain.judges.labeling import run_labeling
+    from posttrain.judges.labeling import LabelOptions, run_labeling
 
-    summary = run_labeling(judge, pairs, out_dir=out, template=template, keep=keep, n=n,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    summary = run_labeling(tool_options(context, LabelOptions))
     typer.echo(json.dumps(summary, indent=2))
 
 
 @judge_app.command("metarm-data")
 def judge_metarm_data(
+    context: typer.Context,
     judge: Annotated[str, typer.Option(help="the base generative judge (model name or directory)")],
     pairs: Annotated[str, typer.Option(help="preference file with critiques, or task:arithmetic")] = "task:arithmetic",
     k: Annotated[int, typer.Option(help="sampled judgments per pair and order")] = 4,
-    out: Annotated[Path, typer.Option(help="directory for metarm.jsonl and summary.json")] = Path("runs/metarm-data"),
+    out_dir: Annotated[Path, out_option("directory for metarm.jsonl and summary.json")] = Path("runs/metarm-data"),
     template: Annotated[str, typer.Option(help="GRM template: grm or s2j")] = "grm",
     backend: Annotated[str, typer.Option(help="critique similarity: numbers, lexical, embedding or llm")] = "lexical",
     threshold: Annotated[float | None, typer.Option(help="similarity threshold (default: the backend's)")] = None,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     max_new_tokens: int = 256,
     n: Annotated[int | None, typer.Option(help="number of pairs (default: all; 100 for the task)")] = None,
     seed: int = 0,
     batch_size: int = 16,
 ) -> None:
     """MetaRM cold-start data: the judge's critiques of critique-bearing pairs, labelled with their rule reward."""
-    from posttrain.judges.metarm_data import run_metarm_data
+    from posttrain.judges.metarm_data import MetarmDataOptions, run_metarm_data
 
-    summary = run_metarm_data(judge, pairs, out_dir=out, n=n, k=k, template=template, backend=backend, threshold=threshold,
-                              temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              seed=seed)
+    summary = run_metarm_data(tool_options(context, MetarmDataOptions))
     typer.echo(json.dumps(summary, indent=2))
 
 
 @bench_app.command("sft")
 def bench_sft(
+    context: typer.Context,
     vs: Annotated[str, typer.Option(help="peer library")] = "trl",
     model: str = "smollm2-135m",
     steps: int = 6,
@@ -225,15 +227,15 @@ def bench_sft(
     as_json: AsJson = False,
 ) -> None:
     """Same SFT steps in posttrain and in the peer, each in its own process, alternated over repeats."""
-    from posttrain.bench.sft import run_sft_benchmark
+    from posttrain.bench.sft import SftBenchOptions, run_sft_benchmark
 
-    result = run_sft_benchmark(vs=vs, model=model, steps=steps, batch_size=batch_size, max_length=max_length,
-                               repeats=repeats, warmup_steps=warmup_steps, gradient_checkpointing=gradient_checkpointing)
+    result = run_sft_benchmark(tool_options(context, SftBenchOptions))
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
 @bench_app.command("dpo")
 def bench_dpo(
+    context: typer.Context,
     vs: Annotated[str, typer.Option(help="peer library")] = "trl",
     model: str = "smollm2-135m",
     steps: int = 4,
@@ -248,16 +250,15 @@ def bench_dpo(
     as_json: AsJson = False,
 ) -> None:
     """Same DPO steps (reference log-probs precomputed, not timed) in posttrain and in the peer, alternated."""
-    from posttrain.bench.dpo import run_dpo_benchmark
+    from posttrain.bench.dpo import DpoBenchOptions, run_dpo_benchmark
 
-    result = run_dpo_benchmark(vs=vs, model=model, steps=steps, batch_size=batch_size, max_length=max_length,
-                               repeats=repeats, warmup_steps=warmup_steps, beta=beta, lr=lr,
-                               micro_batch_tokens=micro_batch_tokens)
+    result = run_dpo_benchmark(tool_options(context, DpoBenchOptions))
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
 @bench_app.command("distill")
 def bench_distill(
+    context: typer.Context,
     vs: Annotated[str, typer.Option(help="peer library")] = "trl",
     model: str = "smollm2-135m",
     steps: Annotated[int, typer.Option(help="timed steps")] = 4,
@@ -271,17 +272,15 @@ def bench_distill(
     as_json: AsJson = False,
 ) -> None:
     """TS-OPSD steps (live self-teacher) against TRL's DistillationTrainer with the model as its own teacher."""
-    from posttrain.bench.distill import run_distill_benchmark
+    from posttrain.bench.distill import DistillBenchOptions, run_distill_benchmark
 
-    result = run_distill_benchmark(vs=vs, model=model, steps=steps, prompts=prompts,
-                                   max_completion_length=max_completion_length,
-                                   teacher_temperature=teacher_temperature, repeats=repeats, warmup_steps=warmup_steps,
-                                   posttrain_set=posttrain_set or [])
+    result = run_distill_benchmark(tool_options(context, DistillBenchOptions))
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
 @bench_app.command("grpo")
 def bench_grpo(
+    context: typer.Context,
     vs: Annotated[str, typer.Option(help="peer library")] = "trl",
     model: str = "smollm2-135m",
     steps: Annotated[int, typer.Option(help="timed steps")] = 4,
@@ -298,12 +297,9 @@ def bench_grpo(
     as_json: AsJson = False,
 ) -> None:
     """Same GRPO steps (prompts, G, sampling, reward, loss) in posttrain and in the peer, alternated over repeats."""
-    from posttrain.bench.grpo import run_grpo_benchmark
+    from posttrain.bench.grpo import GrpoBenchOptions, run_grpo_benchmark
 
-    result = run_grpo_benchmark(vs=vs, model=model, steps=steps, prompts=prompts, num_generations=num_generations,
-                                max_completion_length=max_completion_length, repeats=repeats,
-                                warmup_steps=warmup_steps, gradient_checkpointing=gradient_checkpointing,
-                                posttrain_set=posttrain_set or [])
+    result = run_grpo_benchmark(tool_options(context, GrpoBenchOptions))
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 

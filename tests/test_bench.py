@@ -5,15 +5,15 @@ Only the plumbing is tested here; benchmark figures come from `posttrain bench s
 
 import pytest
 
-from posttrain.bench.sft import run_sft_benchmark
+from posttrain.bench.sft import SftBenchOptions, run_sft_benchmark
 from posttrain.errors import PosttrainError
 from posttrain.models import save_model, tiny_model, tiny_tokenizer
 
 
 def test_sft_benchmark_reports_both_sides_and_ratios(tmp_path):
     model_dir = save_model(tiny_model(), tiny_tokenizer(), tmp_path / "tiny")
-    result = run_sft_benchmark(model=str(model_dir), steps=2, batch_size=2, max_length=384, repeats=1,
-                               warmup_steps=1)
+    result = run_sft_benchmark(SftBenchOptions(model=str(model_dir), steps=2, batch_size=2, max_length=384,
+                                               repeats=1, warmup_steps=1))
     for side in ("posttrain", "trl"):
         figures = result[side]
         assert figures["tokens_per_s"] > 0 and figures["seconds_per_step"] > 0 and figures["peak_rss_mb"] > 0
@@ -26,4 +26,4 @@ def test_sft_benchmark_reports_both_sides_and_ratios(tmp_path):
 
 def test_unknown_peer_is_a_clear_error():
     with pytest.raises(PosttrainError, match="unknown peer"):
-        run_sft_benchmark(vs="nemo")
+        run_sft_benchmark(SftBenchOptions(vs="nemo"))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from posttrain.bench.distill import run_distill_benchmark
+from posttrain.bench.distill import DistillBenchOptions, run_distill_benchmark
 from posttrain.errors import ConfigError
 from posttrain.models import save_model, tiny_model, tiny_tokenizer
 from tests.helpers import run_cli
@@ -38,4 +38,4 @@ def test_distill_benchmark_cli_reports_both_sides_and_ratios(tmp_path):
 ])
 def test_bad_settings_are_config_errors(kwargs, where):
     with pytest.raises(ConfigError, match=where):
-        run_distill_benchmark(model="tiny-random", **kwargs)
+        run_distill_benchmark(DistillBenchOptions(model="tiny-random", **kwargs))

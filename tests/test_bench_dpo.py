@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from posttrain.bench.dpo import benchmark_pairs, run_dpo_benchmark
+from posttrain.bench.dpo import DpoBenchOptions, benchmark_pairs, run_dpo_benchmark
 from posttrain.bench.steps import token_figures
 from posttrain.data.preference import tokenize_pairs
 from posttrain.errors import ConfigError, PosttrainError
@@ -86,7 +86,7 @@ def test_benchmark_pairs_are_distinct_conversational_pairs():
 
 def test_unknown_peer_is_a_clear_error():
     with pytest.raises(PosttrainError, match="unknown peer"):
-        run_dpo_benchmark(vs="openrlhf")
+        run_dpo_benchmark(DpoBenchOptions(vs="openrlhf"))
 
 
 @pytest.mark.parametrize(("options", "where"), [({"beta": 0.0}, "--beta"), ({"steps": 0}, "--steps"),
@@ -94,13 +94,13 @@ def test_unknown_peer_is_a_clear_error():
                                                 ({"micro_batch_tokens": -1}, "--micro-batch-tokens")])
 def test_bad_settings_are_config_errors(options, where):
     with pytest.raises(ConfigError) as caught:
-        run_dpo_benchmark(**options)
+        run_dpo_benchmark(DpoBenchOptions(**options))
     assert caught.value.where == where
 
 
 def test_model_both_libraries_cannot_load_is_a_clear_error():
     with pytest.raises(PosttrainError, match="needs a model directory"):
-        run_dpo_benchmark(model="tiny-random")
+        run_dpo_benchmark(DpoBenchOptions(model="tiny-random"))
 
 
 def test_help_lists_the_options():

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from posttrain.bench.grpo import run_grpo_benchmark
+from posttrain.bench.grpo import GrpoBenchOptions, run_grpo_benchmark
 from posttrain.bench.on_policy import benchmark_prompts, posttrain_config
 from posttrain.bench.steps import generation_figures
 from posttrain.data import encode_prompts
@@ -86,18 +86,18 @@ def test_step_figures_skip_warmup_and_count_generated_tokens():
 
 def test_unknown_peer_is_a_clear_error():
     with pytest.raises(PosttrainError, match="unknown peer"):
-        run_grpo_benchmark(vs="nemo")
+        run_grpo_benchmark(GrpoBenchOptions(vs="nemo"))
 
 
 def test_group_of_one_is_a_config_error():
     with pytest.raises(ConfigError, match="--num-generations: must be at least 2") as caught:
-        run_grpo_benchmark(num_generations=1)
+        run_grpo_benchmark(GrpoBenchOptions(num_generations=1))
     assert caught.value.where == "--num-generations"
 
 
 def test_model_both_libraries_cannot_load_is_a_clear_error():
     with pytest.raises(PosttrainError, match="needs a model directory"):
-        run_grpo_benchmark(model="tiny-random")
+        run_grpo_benchmark(GrpoBenchOptions(model="tiny-random"))
 
 
 def test_posttrain_set_changes_posttrain_side_only_and_bad_form_is_an_error(tmp_path):
@@ -108,4 +108,4 @@ def test_posttrain_set_changes_posttrain_side_only_and_bad_form_is_an_error(tmp_
     assert config["rl"] == {"group_size": 8, "rollout_dtype": "bfloat16"}
     assert config["train"]["gradient_checkpointing"] is True and config["train"]["batch_size"] == 8
     with pytest.raises(ConfigError, match="key.sub=value"):
-        run_grpo_benchmark(model="tiny-random", posttrain_set=["rl.rollout_dtype"])
+        run_grpo_benchmark(GrpoBenchOptions(model="tiny-random", posttrain_set=["rl.rollout_dtype"]))

@@ -9,7 +9,7 @@ import pytest
 
 from posttrain.data.tasks.judge_pairs import make_preference_pairs
 from posttrain.errors import DataError
-from posttrain.evals.gap import gap_metrics, run_gap_eval
+from posttrain.evals.gap import GapOptions, gap_metrics, run_gap_eval
 from posttrain.judges.grm import parse_grm
 from posttrain.judges.tasks import judge_task_prompts
 from posttrain.rewards import RewardsConfig, build_rewards
@@ -185,7 +185,8 @@ def test_run_gap_eval_with_a_scripted_judge(tmp_path):
         verdict = "[[A]]" if shown_a == chosen else "[[B]]"
         return grm("the wrong one has an error", verdict, solve=f"#### {answers[question]}")
 
-    result = run_gap_eval("scripted", n=4, k=2, template="s2j", out_dir=tmp_path, engine=ScriptedEngine(respond))
+    result = run_gap_eval(GapOptions(model="scripted", n=4, k=2, template="s2j", out_dir=tmp_path),
+                          engine=ScriptedEngine(respond))
     assert result["judge_accuracy"] == 1.0 and result["gap"] == 0.0 and result["solvable_fraction"] == 0.75
     assert result["solve_accuracy"] == 6 / 8 and result["own_solve_accuracy"] == 1.0
     # every right verdict's critique is unlike the pairs' critiques: all successes are spurious
@@ -240,7 +241,8 @@ def test_gap_recomputed_from_samples_at_another_m(tmp_path):
             return f"#### {answers[question]}" if sample < solve_right[question] else "#### -1"
         return grm("an error", "[[B]]", solve=f"#### {answers[question]}")  # right in one order of each pair
 
-    result = run_gap_eval("scripted", n=3, k=2, template="s2j", out_dir=tmp_path, engine=ScriptedEngine(respond))
+    result = run_gap_eval(GapOptions(model="scripted", n=3, k=2, template="s2j", out_dir=tmp_path),
+                          engine=ScriptedEngine(respond))
     samples = tmp_path / "samples.jsonl"
     again = gap_from_samples(samples)
     assert again["m"] == 2 and {key: again[key] for key in result if key in again and key != "samples"} == {

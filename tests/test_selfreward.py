@@ -9,6 +9,7 @@ import torch
 
 from posttrain.errors import DataError, ModelError
 from posttrain.evals.selfreward import (
+    SelfRewardOptions,
     auroc,
     completion_scores,
     evaluate_selfreward,
@@ -172,7 +173,7 @@ def test_measure_reserved_token_reports_mean_and_std(model):
 
 def test_evaluate_given_completions(model, tmp_path):
     result = evaluate_selfreward(
-        model, tiny_tokenizer(), scored_records(), c_ref=-5.0, beta_v=0.2, out_dir=tmp_path
+        model, tiny_tokenizer(), scored_records(), SelfRewardOptions(c_ref=-5.0, beta_v=0.2, out_dir=tmp_path)
     )
     assert result["completions"] == "given" and result["num_completions"] == 3
     assert result["verifier_accuracy"] == pytest.approx(2 / 3)

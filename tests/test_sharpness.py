@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from posttrain.cli import app
 from posttrain.errors import ConfigError, ModelError
 from posttrain.evals.sharpness import (
+    SharpnessOptions,
     fit_temperature,
     position_stats,
     run_sharpness_eval,
@@ -189,7 +190,8 @@ def test_a_vocabulary_mismatch_is_a_model_error(saved, tmp_path):
     assert raised.value.where and raised.value.fix
     bigger = save_model(tiny_model(vocab_size=300), tiny_tokenizer(), tmp_path / "bigger")
     with pytest.raises(ModelError, match="vocabulary"):
-        run_sharpness_eval(str(bigger), str(saved["reference"]), str(saved["data"]), out_dir=tmp_path / "no")
+        run_sharpness_eval(SharpnessOptions(model=str(bigger), reference=str(saved["reference"]),
+                                            data=str(saved["data"]), out_dir=tmp_path / "no"))
     assert not (tmp_path / "no").exists()
 
 
@@ -215,9 +217,10 @@ def saved(tmp_path_factory):
 
 
 def test_run_sharpness_eval_writes_sharpness_json(saved):
-    result = run_sharpness_eval(
-        str(saved["model"]), str(saved["reference"]), str(saved["data"]), n=3, samples=2, max_new_tokens=6, k=2
-    )
+    result = run_sharpness_eval(SharpnessOptions(
+        model=str(saved["model"]), reference=str(saved["reference"]), data=str(saved["data"]), n=3, samples=2,
+        max_new_tokens=6, k=2,
+    ))
     written = saved["model"] / "eval" / "sharpness" / "sharpness.json"  # default: next to the model
     assert json.loads(written.read_text()) == result and result["out"] == str(written)
     assert RESULT_KEYS <= set(result)

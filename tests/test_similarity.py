@@ -143,6 +143,6 @@ def test_similarity_bad_lengths():
     with pytest.raises(ValueError):
         build_similarity("lexical").scores(["a"], [])
     with pytest.raises(DataError):
-        from posttrain.judges.similarity import run_agreement
+        from posttrain.judges.similarity import AgreementOptions, run_agreement
 
-        run_agreement("/dev/null", ["lexical"])
+        run_agreement(AgreementOptions(data="/dev/null", backends=["lexical"]))

@@ -18,7 +18,7 @@ The figures per side and the ratios are those of :mod:`posttrain.bench.on_policy
 
 from __future__ import annotations
 
-from posttrain.bench.harness import alternate
+from posttrain.bench.harness import BenchOptions, alternate
 from posttrain.bench.on_policy import (
     check_counts,
     check_posttrain_set,
@@ -28,29 +28,40 @@ from posttrain.bench.on_policy import (
 from posttrain.errors import ConfigError, PosttrainError
 
 
-def run_distill_benchmark(vs: str = "trl", model: str = "smollm2-135m", steps: int = 4, prompts: int = 8,
-                          max_completion_length: int = 64, teacher_temperature: float = 2.0, repeats: int = 2,
-                          warmup_steps: int = 1, lr: float = 1e-6, posttrain_set: list[str] = ()) -> dict:
+class DistillBenchOptions(BenchOptions):
+    """``posttrain bench distill``: ``prompts`` per step, one completion each of at most ``max_completion_length``
+    tokens, the self-teacher's ``teacher_temperature``; ``posttrain_set`` (``key.sub=value``) changes posttrain's
+    run config only."""
+
+    prompts: int = 8
+    max_completion_length: int = 64
+    teacher_temperature: float = 2.0
+    posttrain_set: list[str] | None = None
+
+
+def run_distill_benchmark(options: DistillBenchOptions) -> dict:
     """Run both sides ``repeats`` times, alternated, and summarize (medians over repeats, ratios).
 
     ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only, e.g. ``distill.rollout_dtype=bfloat16``.
     """
-    if vs != "trl":
-        raise PosttrainError(f"unknown peer {vs!r} for the distillation benchmark", fix="use --vs trl")
-    check_counts(steps=(steps, 1), prompts=(prompts, 1), max_completion_length=(max_completion_length, 1),
-                 repeats=(repeats, 1), warmup_steps=(warmup_steps, 0))
-    if not teacher_temperature > 0:
-        raise ConfigError(f"must be > 0, got {teacher_temperature}", where="--teacher-temperature",
+    if options.vs != "trl":
+        raise PosttrainError(f"unknown peer {options.vs!r} for the distillation benchmark", fix="use --vs trl")
+    check_counts(steps=(options.steps, 1), prompts=(options.prompts, 1),
+                 max_completion_length=(options.max_completion_length, 1), repeats=(options.repeats, 1),
+                 warmup_steps=(options.warmup_steps, 0))
+    if not options.teacher_temperature > 0:
+        raise ConfigError(f"must be > 0, got {options.teacher_temperature}", where="--teacher-temperature",
                           fix="pass a temperature > 0 (TS-OPSD reheats with 1.5 or 2.0)")
-    overrides = check_posttrain_set(posttrain_set)
-    model_dir, workdir, data_path = prepare_benchmark(model, "distill", (steps + warmup_steps) * prompts)
+    overrides = check_posttrain_set(options.posttrain_set or [])
+    model_dir, workdir, data_path = prepare_benchmark(options.model, "distill",
+                                                      (options.steps + options.warmup_steps) * options.prompts)
     settings = {
-        "model": model_dir, "data": str(data_path), "steps": steps, "warmup_steps": warmup_steps,
-        "prompts": prompts, "max_completion_length": max_completion_length, "temperature": 1.0,
-        "teacher_temperature": teacher_temperature, "divergence": "forward_kl", "lr": lr, "seed": 0,
+        "model": model_dir, "data": str(data_path), "steps": options.steps, "warmup_steps": options.warmup_steps,
+        "prompts": options.prompts, "max_completion_length": options.max_completion_length, "temperature": 1.0,
+        "teacher_temperature": options.teacher_temperature, "divergence": "forward_kl", "lr": options.lr, "seed": 0,
         "workdir": str(workdir), "dtype": "float32", "device": "cpu",
         "posttrain_set": overrides,
     }
     runs = alternate({"posttrain": ("posttrain.bench.distill_posttrain", settings),
-                      "trl": ("posttrain.bench.distill_trl", settings)}, repeats)
+                      "trl": ("posttrain.bench.distill_trl", settings)}, options.repeats)
     return summarize_on_policy(runs, settings)

@@ -42,7 +42,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from posttrain.bench.harness import alternate, summarize
+from posttrain.bench.harness import BenchOptions, alternate, summarize
 from posttrain.bench.on_policy import check_counts
 from posttrain.config import TrainConfig
 from posttrain.data.tasks.judge_pairs import make_preference_pairs
@@ -56,35 +56,45 @@ def benchmark_pairs(n: int, seed: int = 0) -> list[dict]:
             for pair in make_preference_pairs(n, seed, levels=(2, 3))]
 
 
-def run_dpo_benchmark(vs: str = "trl", model: str = "smollm2-135m", steps: int = 4, batch_size: int = 4,
-                      max_length: int = 256, repeats: int = 2, warmup_steps: int = 1, lr: float = 1e-6,
-                      beta: float = 0.1, micro_batch_tokens: int | None = None) -> dict:
+class DpoBenchOptions(BenchOptions):
+    """``posttrain bench dpo``: ``batch_size`` pairs of at most ``max_length`` tokens per step, the sigmoid loss's
+    ``beta``, posttrain's ``micro_batch_tokens``."""
+
+    batch_size: int = 4
+    max_length: int = 256
+    beta: float = 0.1
+    micro_batch_tokens: int | None = None
+
+
+def run_dpo_benchmark(options: DpoBenchOptions) -> dict:
     """Run both sides ``repeats`` times, alternated, and summarize (medians over repeats, ratios).
 
     ``micro_batch_tokens`` is posttrain's ``train.micro_batch_tokens`` (None: its default; 0: one forward pass
     per step as TRL); it changes how a step's pairs are split into passes, not the gradient."""
-    if vs != "trl":
-        raise PosttrainError(f"unknown peer {vs!r} for the DPO benchmark", fix="use --vs trl")
-    check_counts(steps=(steps, 1), batch_size=(batch_size, 1), max_length=(max_length, 2), repeats=(repeats, 1),
-                 warmup_steps=(warmup_steps, 0), micro_batch_tokens=(micro_batch_tokens or 0, 0))
-    if not beta > 0:
-        raise ConfigError(f"must be > 0, got {beta}", where="--beta", fix="pass a β > 0 (TRL's default is 0.1)")
-    source = resolve_source(model)
+    if options.vs != "trl":
+        raise PosttrainError(f"unknown peer {options.vs!r} for the DPO benchmark", fix="use --vs trl")
+    check_counts(steps=(options.steps, 1), batch_size=(options.batch_size, 1), max_length=(options.max_length, 2),
+                 repeats=(options.repeats, 1), warmup_steps=(options.warmup_steps, 0),
+                 micro_batch_tokens=(options.micro_batch_tokens or 0, 0))
+    if not options.beta > 0:
+        raise ConfigError(f"must be > 0, got {options.beta}", where="--beta", fix="pass a β > 0 (TRL's default is 0.1)")
+    source = resolve_source(options.model)
     if source.kind != "directory":
-        raise PosttrainError(f"the DPO benchmark needs a model directory both libraries can load; {model!r} is a "
+        raise PosttrainError(f"the DPO benchmark needs a model directory both libraries can load; {options.model!r} is a "
                              f"{source.kind}", fix="pass smollm2-135m or a local HF model directory")
     workdir = Path(tempfile.mkdtemp(prefix="posttrain-bench-dpo-"))
     data_path = workdir / "pairs.jsonl"
-    pairs = benchmark_pairs((steps + warmup_steps) * batch_size)
+    pairs = benchmark_pairs((options.steps + options.warmup_steps) * options.batch_size)
     data_path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs), encoding="utf-8")
-    settings = {"model": source.location, "data": str(data_path), "steps": steps, "warmup_steps": warmup_steps,
-                "batch_size": batch_size, "max_length": max_length, "lr": lr, "schedule": "constant",
-                "loss": "sigmoid", "beta": beta, "reference": "precomputed", "seed": 0, "workdir": str(workdir),
+    settings = {"model": source.location, "data": str(data_path), "steps": options.steps,
+                "warmup_steps": options.warmup_steps, "batch_size": options.batch_size,
+                "max_length": options.max_length, "lr": options.lr, "schedule": "constant",
+                "loss": "sigmoid", "beta": options.beta, "reference": "precomputed", "seed": 0, "workdir": str(workdir),
                 "dtype": "float32", "device": "cpu", "micro_batch_tokens": (
-                    TrainConfig.model_fields["micro_batch_tokens"].default if micro_batch_tokens is None
-                    else micro_batch_tokens)}
+                    TrainConfig.model_fields["micro_batch_tokens"].default if options.micro_batch_tokens is None
+                    else options.micro_batch_tokens)}
     runs = alternate({"posttrain": ("posttrain.bench.dpo_posttrain", settings),
-                      "trl": ("posttrain.bench.dpo_trl", settings)}, repeats)
+                      "trl": ("posttrain.bench.dpo_trl", settings)}, options.repeats)
     summary = summarize(runs, "posttrain", "trl", settings)
     summary["same_tokens_per_step"] = all(
         ours["tokens_per_step"] == theirs["tokens_per_step"] for ours in runs["posttrain"] for theirs in runs["trl"]

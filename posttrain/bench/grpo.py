@@ -16,7 +16,7 @@ libraries; each side's ``mean_completion_length`` is reported with the timings t
 
 from __future__ import annotations
 
-from posttrain.bench.harness import alternate
+from posttrain.bench.harness import BenchOptions, alternate
 from posttrain.bench.on_policy import (
     check_counts,
     check_posttrain_set,
@@ -30,55 +30,57 @@ TEMPERATURE = 1.0
 TOP_P = 1.0
 
 
-def run_grpo_benchmark(
-    vs: str = "trl",
-    model: str = "smollm2-135m",
-    steps: int = 4,
-    prompts: int = 1,
-    num_generations: int = 8,
-    max_completion_length: int = 64,
-    repeats: int = 2,
-    warmup_steps: int = 1,
-    lr: float = 1e-6,
-    gradient_checkpointing: bool | None = None,
-    posttrain_set: list[str] = (),
-) -> dict:
+class GrpoBenchOptions(BenchOptions):
+    """``posttrain bench grpo``: ``prompts`` per step, ``num_generations`` completions each of at most
+    ``max_completion_length`` tokens; ``gradient_checkpointing`` None runs each side at its own default;
+    ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only."""
+
+    prompts: int = 1
+    num_generations: int = 8
+    max_completion_length: int = 64
+    gradient_checkpointing: bool | None = None
+    posttrain_set: list[str] | None = None
+
+
+def run_grpo_benchmark(options: GrpoBenchOptions) -> dict:
     """Run both sides ``repeats`` times, alternated, and summarize (medians over repeats, ratios).
 
     ``gradient_checkpointing=None`` runs each side at its own default (posttrain off, TRL on).
     ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only, e.g. ``rl.rollout_dtype=bfloat16``.
     """
-    if vs != "trl":
-        raise PosttrainError(f"unknown peer {vs!r} for the GRPO benchmark", fix="use --vs trl")
-    check_counts(steps=(steps, 1), prompts=(prompts, 1), max_completion_length=(max_completion_length, 1),
-                 repeats=(repeats, 1), warmup_steps=(warmup_steps, 0))
-    if num_generations < 2:
+    if options.vs != "trl":
+        raise PosttrainError(f"unknown peer {options.vs!r} for the GRPO benchmark", fix="use --vs trl")
+    check_counts(steps=(options.steps, 1), prompts=(options.prompts, 1),
+                 max_completion_length=(options.max_completion_length, 1), repeats=(options.repeats, 1),
+                 warmup_steps=(options.warmup_steps, 0))
+    if options.num_generations < 2:
         raise ConfigError(
-            f"must be at least 2, got {num_generations}: a group of one "
+            f"must be at least 2, got {options.num_generations}: a group of one "
             "completion has no spread to compute an advantage from",
             where="--num-generations",
             fix="pass --num-generations 2 or more (the reference setting is 8)",
         )
-    overrides = check_posttrain_set(posttrain_set)
-    model_dir, workdir, data_path = prepare_benchmark(model, "grpo", (steps + warmup_steps) * prompts)
+    overrides = check_posttrain_set(options.posttrain_set or [])
+    model_dir, workdir, data_path = prepare_benchmark(options.model, "grpo",
+                                                      (options.steps + options.warmup_steps) * options.prompts)
     settings = {
         "model": model_dir,
         "data": str(data_path),
-        "steps": steps,
-        "warmup_steps": warmup_steps,
-        "prompts": prompts,
-        "num_generations": num_generations,
-        "max_completion_length": max_completion_length,
+        "steps": options.steps,
+        "warmup_steps": options.warmup_steps,
+        "prompts": options.prompts,
+        "num_generations": options.num_generations,
+        "max_completion_length": options.max_completion_length,
         "temperature": TEMPERATURE,
         "top_p": TOP_P,
-        "lr": lr,
+        "lr": options.lr,
         "loss": "dapo",
         "beta": 0.0,
         "seed": 0,
         "workdir": str(workdir),
         "dtype": "float32",
         "device": "cpu",
-        "gradient_checkpointing": gradient_checkpointing,
+        "gradient_checkpointing": options.gradient_checkpointing,
         "posttrain_set": overrides,
     }
     runs = alternate(
@@ -86,6 +88,6 @@ def run_grpo_benchmark(
             "posttrain": ("posttrain.bench.grpo_posttrain", settings),
             "trl": ("posttrain.bench.grpo_trl", settings),
         },
-        repeats,
+        options.repeats,
     )
     return summarize_on_policy(runs, settings)

@@ -17,6 +17,19 @@ import sys
 from pathlib import Path
 
 from posttrain.errors import PosttrainError
+from posttrain.rollout.options import ToolOptions
+
+
+class BenchOptions(ToolOptions):
+    """What every ``posttrain bench`` run takes: the peer library ``vs``, the ``model``, ``steps`` timed after
+    ``warmup_steps``, ``repeats`` alternated runs per side and the constant learning rate ``lr``."""
+
+    vs: str = "trl"
+    model: str = "smollm2-135m"
+    steps: int = 4
+    repeats: int = 2
+    warmup_steps: int = 1
+    lr: float = 1e-6
 
 
 def peak_rss_mb() -> float:

@@ -13,7 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from posttrain.bench.harness import alternate, summarize
+from posttrain.bench.harness import BenchOptions, alternate, summarize
 from posttrain.data import make_task
 from posttrain.errors import PosttrainError
 from posttrain.models.loader import resolve_source
@@ -26,25 +26,35 @@ def benchmark_records(n: int, seed: int = 0) -> list[dict]:
              "completion": [{"role": "assistant", "content": r["answer"]}]} for r in records]
 
 
-def run_sft_benchmark(vs: str = "trl", model: str = "smollm2-135m", steps: int = 6, batch_size: int = 8,
-                      max_length: int = 256, repeats: int = 2, warmup_steps: int = 1, lr: float = 1e-5,
-                      gradient_checkpointing: bool | None = None) -> dict:
-    """``gradient_checkpointing=None`` runs each side at its own default (posttrain off, TRL on)."""
-    if vs != "trl":
-        raise PosttrainError(f"unknown peer {vs!r} for the SFT benchmark", fix="use --vs trl")
+class SftBenchOptions(BenchOptions):
+    """``posttrain bench sft``: ``batch_size`` examples of at most ``max_length`` tokens per step;
+    ``gradient_checkpointing`` None runs each side at its own default."""
 
-    source = resolve_source(model)
+    steps: int = 6
+    batch_size: int = 8
+    max_length: int = 256
+    lr: float = 1e-5
+    gradient_checkpointing: bool | None = None
+
+
+def run_sft_benchmark(options: SftBenchOptions) -> dict:
+    """``gradient_checkpointing=None`` runs each side at its own default (posttrain off, TRL on)."""
+    if options.vs != "trl":
+        raise PosttrainError(f"unknown peer {options.vs!r} for the SFT benchmark", fix="use --vs trl")
+
+    source = resolve_source(options.model)
     if source.kind != "directory":
-        raise PosttrainError(f"the SFT benchmark needs a model directory both libraries can load; {model!r} is a {source.kind}",
+        raise PosttrainError(f"the SFT benchmark needs a model directory both libraries can load; {options.model!r} is a {source.kind}",
                              fix="pass smollm2-135m or a local HF model directory")
     model_dir = source.location
     workdir = Path(tempfile.mkdtemp(prefix="posttrain-bench-sft-"))
     data_path = workdir / "train.jsonl"
-    records = benchmark_records((steps + warmup_steps) * batch_size)
+    records = benchmark_records((options.steps + options.warmup_steps) * options.batch_size)
     data_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    settings = {"model": model_dir, "data": str(data_path), "steps": steps, "warmup_steps": warmup_steps,
-                "batch_size": batch_size, "max_length": max_length, "lr": lr, "workdir": str(workdir),
-                "dtype": "float32", "device": "cpu", "gradient_checkpointing": gradient_checkpointing}
+    settings = {"model": model_dir, "data": str(data_path), "steps": options.steps,
+                "warmup_steps": options.warmup_steps, "batch_size": options.batch_size,
+                "max_length": options.max_length, "lr": options.lr, "workdir": str(workdir),
+                "dtype": "float32", "device": "cpu", "gradient_checkpointing": options.gradient_checkpointing}
     runs = alternate({"posttrain": ("posttrain.bench.sft_posttrain", settings),
-                      "trl": ("posttrain.bench.sft_trl", settings)}, repeats)
+                      "trl": ("posttrain.bench.sft_trl", settings)}, options.repeats)
     return summarize(runs, "posttrain", "trl", settings)

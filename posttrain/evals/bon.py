@@ -34,6 +34,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from pydantic import field_validator
 
 from posttrain.data import encode_prompts, prompt_text
 from posttrain.errors import ConfigError, DataError
@@ -44,7 +45,8 @@ from posttrain.judges.formats import get_template
 from posttrain.judges.judge_model import judge_texts, unit_score
 from posttrain.models import load_model, load_tokenizer
 from posttrain.ops import laser_score
-from posttrain.rollout import HFEngine, SamplingParams, stop_token_ids
+from posttrain.rollout import HFEngine, stop_token_ids
+from posttrain.rollout.options import SamplingOptions, comma_list, list_option
 
 BORDA_POWER = 0.5
 LASER_SELECTORS = ("laser", "laser_weighted_majority")
@@ -181,48 +183,62 @@ def best_of_n_curve(
     }
 
 
-def run_bon_eval(
-    model: str,
-    data: str,
-    ns: Sequence[int],
-    selectors: Sequence[str],
-    prompts: int | None = None,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
-    draws: int = 20,
-    seed: int = 0,
-    c_ref: float = -23.0,
-    beta_v: float = 0.1,
-    token: str | None = None,
-    judge: str | None = None,
-    judge_template: str = "pointwise",
-    out_dir: Path | None = None,
-) -> dict:
+class BonOptions(SamplingOptions):
+    """``posttrain eval bon``: ``ns`` and ``selectors`` also as comma-separated strings; ``prompts`` (None: all),
+    ``draws`` reshuffles, LaSeR's ``c_ref``, ``beta_v`` and reserved ``token``, the ``judge`` model and its
+    pointwise ``judge_template`` for the judge selector."""
+
+    model: str = "smollm2-135m"
+    data: str = "task:arithmetic"
+    ns: list[int] = [1, 2, 4, 8, 16]
+    selectors: list[str] = ["random", "majority", "self_certainty", "laser", "laser_weighted_majority"]
+    prompts: int | None = None
+    draws: int = 20
+    c_ref: float = -23.0
+    beta_v: float = 0.1
+    token: str | None = None
+    judge: str | None = None
+    judge_template: str = "pointwise"
+    out_dir: Path | None = None
+
+    _lists = list_option("selectors")
+
+    @field_validator("ns", mode="before")
+    @classmethod
+    def _integers(cls, value):
+        try:
+            return [int(item) for item in comma_list(value)] if isinstance(value, str) else value
+        except ValueError:
+            raise ValueError(f"{value!r} is not a list of integers") from None
+
+    @field_validator("ns")
+    @classmethod
+    def _sorted(cls, ns: list[int]) -> list[int]:
+        return sorted(set(ns))
+
+
+def run_bon_eval(options: BonOptions) -> dict:
     """``posttrain eval bon``: sample ``max(ns)`` solutions per prompt once, score them (one forward pass
     per batch gives both self-certainty and ``r_s``), and compute :func:`best_of_n_curve`.
 
     With ``out_dir``: ``bon.json`` (this result), ``bon.png`` (accuracy against N per selector) and
     ``samples.jsonl`` (every solution with its answer, verdict and scores).
     """
-    _check_request(ns, selectors, draws)
-    if "judge" in selectors and judge is None:
+    _check_request(options.ns, options.selectors, options.draws)
+    if "judge" in options.selectors and options.judge is None:
         raise ConfigError("the judge selector needs a judge model", where="--judge",
                           fix="pass --judge MODEL (the policy itself, or another model), or drop the judge selector")
-    tokenizer = load_tokenizer(model)
-    lm = load_model(model)
-    records = prompt_records(data, prompts, seed)
-    samples = max(ns)
-    params = SamplingParams(
-        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=samples, seed=seed
-    )
+    tokenizer = load_tokenizer(options.model)
+    lm = load_model(options.model)
+    records = prompt_records(options.data, options.prompts, options.seed)
+    samples = max(options.ns)
+    params = options.sampling(samples)
     prompt_ids = encode_prompts(records, tokenizer)
-    generations = HFEngine(lm, tokenizer, batch_size=batch_size).generate(prompt_ids, params)
+    generations = HFEngine(lm, tokenizer, batch_size=options.batch_size).generate(prompt_ids, params)
     certainty = laser = [0.0] * len(generations)
-    needs_laser = any(name in LASER_SELECTORS for name in selectors)
-    needs_certainty = "self_certainty" in selectors
-    reserved_id = reserved_token(tokenizer, token) if needs_laser else None
+    needs_laser = any(name in LASER_SELECTORS for name in options.selectors)
+    needs_certainty = "self_certainty" in options.selectors
+    reserved_id = reserved_token(tokenizer, options.token) if needs_laser else None
     if needs_laser or needs_certainty:
         scores = completion_scores(
             lm,
@@ -231,16 +247,16 @@ def run_bon_eval(
             stop_token_ids(lm, tokenizer)[0],
             reserved_id,
             with_self_certainty=needs_certainty,
-            batch_size=batch_size,
+            batch_size=options.batch_size,
         )
         if needs_certainty:
             certainty = scores.self_certainty.tolist()
         if needs_laser:
-            laser = laser_score(scores.reserved_logprobs, c_ref, beta_v).tolist()
+            laser = laser_score(scores.reserved_logprobs, options.c_ref, options.beta_v).tolist()
     judged = [0.0] * len(generations)
-    if "judge" in selectors:
+    if "judge" in options.selectors:
         questions = [prompt_text(records[g.prompt_index]) for g in generations]
-        judged = pointwise_judge_scores(judge, questions, [g.text for g in generations], judge_template)
+        judged = pointwise_judge_scores(options.judge, questions, [g.text for g in generations], options.judge_template)
     rows, pool = [], [[] for _ in records]
     for generation, sc, r_s, js in zip(generations, certainty, laser, judged, strict=True):
         answer, correct = grade(generation.text, records[generation.prompt_index]["reference"])
@@ -258,24 +274,24 @@ def run_bon_eval(
                 "judge_score": js,
             }
         )
-    curve = best_of_n_curve(pool, ns, selectors, draws=draws, seed=seed)
+    curve = best_of_n_curve(pool, options.ns, options.selectors, draws=options.draws, seed=options.seed)
     result = {
-        "model": model,
-        "data": data,
+        "model": options.model,
+        "data": options.data,
         "num_prompts": len(records),
         "samples_per_prompt": samples,
-        "draws": draws,
-        "temperature": temperature,
+        "draws": options.draws,
+        "temperature": options.temperature,
         "mean_accuracy": sum(row["correct"] for row in rows) / len(rows),
         "reserved_token": tokenizer.convert_ids_to_tokens(reserved_id) if needs_laser else None,
-        "c_ref": c_ref,
-        "beta_v": beta_v,
-        "judge": judge,
-        "ns": list(ns),
+        "c_ref": options.c_ref,
+        "beta_v": options.beta_v,
+        "judge": options.judge,
+        "ns": list(options.ns),
         "accuracy": {name: {str(n): value for n, value in per_n.items()} for name, per_n in curve.items()},
     }
-    if out_dir is not None:
-        _write_outputs(Path(out_dir), result, rows)
+    if options.out_dir is not None:
+        _write_outputs(Path(options.out_dir), result, rows)
     return result
 
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import field_validator
+
 from posttrain.data import encode_prompts
 from posttrain.data.readers import read_jsonl_objects
 from posttrain.errors import DataError
@@ -42,6 +44,7 @@ from posttrain.judges.pairs import RIGHT_VERDICT, pair_texts, preference_pairs
 from posttrain.judges.scorers import judge_pairs
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
+from posttrain.rollout.options import ToolOptions
 
 
 def _rate(numerator: float, denominator: float) -> float | None:
@@ -126,27 +129,53 @@ def judge_rows(engine: RolloutEngine, pairs: Sequence[dict], template_name: str,
     return rows
 
 
-def run_gap_eval(model: str, data: str = "task:arithmetic", n: int | None = 40, k: int = 4, m: int | None = None,
-                 template: str = "s2j", solve_temperature: float = 1.0, max_new_tokens: int = 256,
-                 judge_max_new_tokens: int = 384, similarity: str | None = "numbers", threshold: float | None = None,
-                 batch_size: int = 16, seed: int = 0, out_dir: Path | None = None, engine=None) -> dict:
-    """``posttrain eval gap`` (module docstring); with ``out_dir`` writes ``gap.json`` and ``samples.jsonl``."""
-    m = k if m is None else m
+class GapOptions(ToolOptions):
+    """``posttrain eval gap``: ``n`` pairs (None: all), ``k`` solve-only samples per question at
+    ``solve_temperature``, solvable with ``m`` of ``k`` right (None: ``k``); the judge ``template``; the critique
+    ``similarity`` backend (None or ``"none"``: no spurious-success check) and its ``threshold``."""
+
+    model: str = "smollm2-135m"
+    data: str = "task:arithmetic"
+    n: int | None = 40
+    k: int = 4
+    m: int | None = None
+    template: str = "s2j"
+    solve_temperature: float = 1.0
+    max_new_tokens: int = 256
+    judge_max_new_tokens: int = 384
+    similarity: str | None = "numbers"
+    threshold: float | None = None
+    batch_size: int = 16
+    seed: int = 0
+    out_dir: Path | None = None
+
+    @field_validator("similarity")
+    @classmethod
+    def _no_similarity(cls, value: str | None) -> str | None:
+        return None if value == "none" else value
+
+
+def run_gap_eval(options: GapOptions, engine: RolloutEngine | None = None) -> dict:
+    """``posttrain eval gap`` (module docstring), on ``engine`` (default: ``model`` loaded); with ``out_dir``
+    writes ``gap.json`` and ``samples.jsonl``."""
+    k = options.k
+    m = k if options.m is None else options.m
     if not 1 <= m <= k:
         raise DataError(f"m = {m} must lie in [1, k = {k}]", where="--m", fix="give 1 <= m <= k")
-    pairs = preference_pairs(data, n, seed)
+    pairs = preference_pairs(options.data, options.n, options.seed)
     if engine is None:
-        engine = HFEngine(load_model(model), load_tokenizer(model), batch_size=batch_size)
-    solved = solve_counts(engine, pairs, SamplingParams(temperature=solve_temperature, max_new_tokens=max_new_tokens,
-                                                        n=k, seed=seed))
-    backend = similarity_backend(similarity) if similarity else None
-    rows = judge_rows(engine, pairs, template, SamplingParams(temperature=0.0, max_new_tokens=judge_max_new_tokens),
-                      backend, threshold)
+        engine = HFEngine(load_model(options.model), load_tokenizer(options.model), batch_size=options.batch_size)
+    solved = solve_counts(engine, pairs, SamplingParams(temperature=options.solve_temperature,
+                                                        max_new_tokens=options.max_new_tokens, n=k, seed=options.seed))
+    backend = similarity_backend(options.similarity) if options.similarity else None
+    rows = judge_rows(engine, pairs, options.template,
+                      SamplingParams(temperature=0.0, max_new_tokens=options.judge_max_new_tokens),
+                      backend, options.threshold)
     for row in rows:
         row["solve_right"], row["solve_k"] = solved[row["pair_index"]]
-    summary = {"model": model, "data": data, "template": template, "k": k, "m": m,
-               "similarity": similarity, **gap_metrics(rows, solved, m)}
-    write_eval(out_dir, "gap", summary, rows)
+    summary = {"model": options.model, "data": options.data, "template": options.template, "k": k, "m": m,
+               "similarity": options.similarity, **gap_metrics(rows, solved, m)}
+    write_eval(options.out_dir, "gap", summary, rows)
     return summary
 
 

@@ -7,8 +7,6 @@ its judgments (:mod:`posttrain.judges.metrics`), printed as a table.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from posttrain.errors import ConfigError
 from posttrain.evals.run import write_eval
 from posttrain.judges.formats import resolve_template
@@ -16,44 +14,42 @@ from posttrain.judges.pairs import preference_pairs
 from posttrain.judges.scorers import SCORERS, judge_pairs, reward_model_pairs
 from posttrain.models import load_model, load_tokenizer
 from posttrain.models.reward import load_reward_model
-from posttrain.rollout import HFEngine, SamplingParams
+from posttrain.rollout import HFEngine
+from posttrain.rollout.options import EvalOptions
 
 
-def run_judge_eval(
-    model: str,
-    data: str,
-    template: str = "rise",
-    scorer: str = "judge",
-    n: int | None = None,
-    samples: int = 1,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 512,
-    batch_size: int = 16,
-    seed: int = 0,
-    out_dir: Path | None = None,
-) -> dict:
+class JudgeEvalOptions(EvalOptions):
+    """``posttrain eval judge``: ``data`` a preference file or ``task:arithmetic``; the pairwise ``template``, the
+    ``scorer`` (``judge`` or ``reward_model``), ``samples`` judgments per pair and order."""
+
+    template: str = "rise"
+    scorer: str = "judge"
+    samples: int = 1
+    temperature: float = 0.0
+    max_new_tokens: int = 512
+
+
+def run_judge_eval(options: JudgeEvalOptions) -> dict:
     """``posttrain eval judge``: score the first ``n`` pairs of ``data`` with ``scorer``; with ``out_dir``
     write ``judge.json`` (the result) and ``samples.jsonl`` (every judgment)."""
+    scorer, model = options.scorer, options.model
     if scorer not in SCORERS:
         raise ConfigError(
             f"unknown scorer {scorer!r}", where="--scorer", fix=f"use one of: {', '.join(SCORERS)}"
         )
-    pairs = preference_pairs(data, n, seed)
+    pairs = preference_pairs(options.data, options.n, options.seed)
     tokenizer = load_tokenizer(model)
     if scorer == "judge":
-        template = resolve_template(template, "pairwise")
-        params = SamplingParams(
-            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=samples, seed=seed
-        )
-        engine = HFEngine(load_model(model), tokenizer, batch_size=batch_size)
-        result = judge_pairs(engine, pairs, template, params)
-        setup = {"template": template.name, "samples": samples, "temperature": temperature}
+        template = resolve_template(options.template, "pairwise")
+        engine = HFEngine(load_model(model), tokenizer, batch_size=options.batch_size)
+        result = judge_pairs(engine, pairs, template, options.sampling(options.samples))
+        setup = {"template": template.name, "samples": options.samples, "temperature": options.temperature}
     else:
-        result = reward_model_pairs(load_reward_model(model, require_head=True), tokenizer, pairs, batch_size=batch_size)
+        result = reward_model_pairs(load_reward_model(model, require_head=True), tokenizer, pairs,
+                                    batch_size=options.batch_size)
         setup = {}
-    summary = {"model": model, "data": data, "scorer": scorer, **setup, **result.metrics}
-    write_eval(out_dir, "judge", summary, result.rows)
+    summary = {"model": model, "data": options.data, "scorer": scorer, **setup, **result.metrics}
+    write_eval(options.out_dir, "judge", summary, result.rows)
     return summary
 
 

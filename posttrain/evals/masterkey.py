@@ -39,6 +39,7 @@ from posttrain.evals.run import prompt_records, require_references, write_eval
 from posttrain.judges.formats import JudgeTemplate, resolve_template
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
+from posttrain.rollout.options import EvalOptions, list_option
 
 QUESTION_KEY = "{question}"
 MASTER_KEYS = {
@@ -221,42 +222,44 @@ def summarize(rows: list[dict], keys: dict[str, str], probes: Sequence[str]) -> 
     return {"keys": dict(keys), "per_key": per_key, "overall": overall}
 
 
-def run_masterkey_eval(
-    model: str,
-    data: str = "task:arithmetic",
-    n: int | None = 50,
-    keys: str = "default",
-    probes: Sequence[str] = PROBES,
-    template: str = "rise",
-    verifier_template: str = "verifier",
-    samples: int = 1,
-    temperature: float = 0.0,
-    max_new_tokens: int = 512,
-    batch_size: int = 16,
-    seed: int = 0,
-    out_dir: Path | None = None,
-) -> dict:
+class MasterkeyOptions(EvalOptions):
+    """``posttrain eval masterkey``: the first ``n`` records of ``data`` (0 or None: all), the ``keys``
+    (:func:`master_keys`), the ``probes`` (a list or comma-separated), the pairwise ``template`` and the
+    ``verifier_template``, ``samples`` judgments per prompt."""
+
+    n: int | None = 50
+    keys: str = "default"
+    probes: list[str] = list(PROBES)
+    template: str = "rise"
+    verifier_template: str = "verifier"
+    samples: int = 1
+    temperature: float = 0.0
+    max_new_tokens: int = 512
+
+    _lists = list_option("probes")
+
+
+def run_masterkey_eval(options: MasterkeyOptions) -> dict:
     """``posttrain eval masterkey``: load ``model`` and the first ``n`` records of ``data``, run
     :func:`masterkey_probe`; with ``out_dir`` write ``masterkey.json`` and ``samples.jsonl``."""
-    chosen_keys = master_keys(keys)
-    records = prompt_records(data, n, seed)
-    tokenizer = load_tokenizer(model)
-    engine = HFEngine(load_model(model), tokenizer, batch_size=batch_size)
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, n=samples, seed=seed)
+    chosen_keys = master_keys(options.keys)
+    records = prompt_records(options.data, options.n, options.seed)
+    tokenizer = load_tokenizer(options.model)
+    engine = HFEngine(load_model(options.model), tokenizer, batch_size=options.batch_size)
     summary, rows = masterkey_probe(
-        engine, records, chosen_keys, verifier=verifier_template, pairwise=template, probes=probes,
-        params=params, seed=seed,
+        engine, records, chosen_keys, verifier=options.verifier_template, pairwise=options.template,
+        probes=options.probes, params=options.sampling(options.samples), seed=options.seed,
     )  # fmt: skip
     result = {
-        "model": model,
-        "data": data,
+        "model": options.model,
+        "data": options.data,
         "records": len(records),
-        "samples": samples,
-        "verifier_template": resolve_template(verifier_template, "verifier").name,
-        "pairwise_template": resolve_template(template, "pairwise").name,
+        "samples": options.samples,
+        "verifier_template": resolve_template(options.verifier_template, "verifier").name,
+        "pairwise_template": resolve_template(options.template, "pairwise").name,
         **summary,
     }
-    write_eval(out_dir, "masterkey", result, rows)
+    write_eval(options.out_dir, "masterkey", result, rows)
     return result
 
 

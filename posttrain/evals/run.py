@@ -10,6 +10,7 @@ from posttrain.errors import DataError
 from posttrain.evals.math import evaluate_math
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, SamplingParams
+from posttrain.rollout.options import EvalOptions
 
 TASK_PREFIX = "task:"
 
@@ -35,21 +36,26 @@ def require_references(records: list[dict]) -> None:
                         fix="give each record an `answer` (GSM8K style, final answer after ####) or a `reference`")
 
 
-def run_math_eval(model: str, data: str, n: int | None = None, k: int = 1, temperature: float = 0.0,
-                  top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 32, seed: int = 0,
-                  out_dir: Path | None = None) -> dict:
+class MathOptions(EvalOptions):
+    """``posttrain eval math``: ``k`` samples per prompt."""
+
+    k: int = 1
+    temperature: float = 0.0
+    batch_size: int = 32
+
+
+def run_math_eval(options: MathOptions) -> dict:
     """Math accuracy of ``model`` on ``data`` (:func:`~posttrain.evals.math.evaluate_math`): its metrics,
     ``unparsed_references`` among them. With ``out_dir``: ``samples.jsonl`` and the summary ``math.json``."""
-    tokenizer = load_tokenizer(model)
-    lm = load_model(model)
-    records = prompt_records(data, n, seed)
-    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=k, seed=seed)
-    engine = HFEngine(lm, tokenizer, batch_size=batch_size)
+    tokenizer = load_tokenizer(options.model)
+    lm = load_model(options.model)
+    records = prompt_records(options.data, options.n, options.seed)
+    engine = HFEngine(lm, tokenizer, batch_size=options.batch_size)
     result = evaluate_math(engine, [encode_prompt(r, tokenizer) for r in records],
-                           [str(r["reference"]) for r in records], k=k, params=params,
-                           prompts_text=[prompt_text(r) for r in records], out_dir=out_dir)
-    summary = {"model": model, "data": data, **result.to_dict()}
-    write_summary(out_dir, "math", summary)
+                           [str(r["reference"]) for r in records], k=options.k, params=options.sampling(options.k),
+                           prompts_text=[prompt_text(r) for r in records], out_dir=options.out_dir)
+    summary = {"model": options.model, "data": options.data, **result.to_dict()}
+    write_summary(options.out_dir, "math", summary)
     return summary
 
 

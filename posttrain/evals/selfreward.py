@@ -25,7 +25,8 @@ from posttrain.evals.run import prompt_records
 from posttrain.grading import grade
 from posttrain.models import load_model, load_tokenizer
 from posttrain.ops import causal_lm_parts, hidden_logprobs, laser_score, self_certainty, soft_cap
-from posttrain.rollout import HFEngine, SamplingParams, stop_token_ids
+from posttrain.rollout import HFEngine, stop_token_ids
+from posttrain.rollout.options import EvalOptions
 
 # Reserved tokens the LaSeR authors used: Qwen2.5 vocabularies (id 151652) and Llama 3 vocabularies (128002).
 PREFERRED_RESERVED_TOKENS = ("<|vision_start|>", "<|reserved_special_token_0|>")
@@ -263,26 +264,27 @@ def selfreward_metrics(scores: list[float], correct: list[bool], threshold: floa
     }
 
 
-def evaluate_selfreward(
-    model,
-    tokenizer,
-    records: list[dict],
-    c_ref: float = -23.0,
-    beta_v: float = 0.1,
-    threshold: float = 0.5,
-    token: str | None = None,
-    params: SamplingParams | None = None,
-    batch_size: int = 16,
-    out_dir: Path | None = None,
-) -> dict:
+class SelfRewardOptions(EvalOptions):
+    """``posttrain eval selfreward``: ``samples`` completions per prompt when the data has none; LaSeR's
+    ``c_ref``, ``beta_v``, ``threshold`` and reserved ``token`` (None: chosen per tokenizer)."""
+
+    samples: int = 4
+    c_ref: float = -23.0
+    beta_v: float = 0.1
+    threshold: float = 0.5
+    token: str | None = None
+
+
+def evaluate_selfreward(model, tokenizer, records: list[dict], options: SelfRewardOptions | None = None) -> dict:
     """Score completions with ``r_s`` and compare with the verifier (module docstring).
 
     When the records have a ``completion``, those are scored (every record needs one); otherwise
-    ``params.n`` completions per prompt are sampled with :class:`~posttrain.rollout.HFEngine` under
-    ``params`` (default: :class:`~posttrain.rollout.SamplingParams`). With ``out_dir``, every scored
+    ``options.samples`` completions per prompt are sampled with :class:`~posttrain.rollout.HFEngine` under the
+    options' sampling settings (``model``, ``data`` and ``n`` are not read here). With ``out_dir``, every scored
     completion is written to ``out_dir/samples.jsonl``.
     """
-    reserved_id = reserved_token(tokenizer, token)
+    options = options or SelfRewardOptions()
+    reserved_id = reserved_token(tokenizer, options.token)
     eos_id = stop_token_ids(model, tokenizer)[0]
     prompt_ids = encode_prompts(records, tokenizer)
     given = any("completion" in record for record in records)
@@ -290,8 +292,8 @@ def evaluate_selfreward(
         texts, completions = given_completions(records, tokenizer)
         rows = [{"prompt_index": i, "sample_index": 0, "completion": text} for i, text in enumerate(texts)]
     else:
-        params = params or SamplingParams()
-        generations = HFEngine(model, tokenizer, batch_size=batch_size).generate(prompt_ids, params)
+        generations = HFEngine(model, tokenizer, batch_size=options.batch_size).generate(
+            prompt_ids, options.sampling(options.samples))
         completions = [g.token_ids for g in generations]
         rows = [
             {
@@ -303,21 +305,21 @@ def evaluate_selfreward(
             for g in generations
         ]
     owners = [prompt_ids[row["prompt_index"]] for row in rows]
-    logprobs = reserved_logprobs(model, owners, completions, eos_id, reserved_id, batch_size=batch_size)
-    scores = laser_score(logprobs, c_ref, beta_v)
+    logprobs = reserved_logprobs(model, owners, completions, eos_id, reserved_id, batch_size=options.batch_size)
+    scores = laser_score(logprobs, options.c_ref, options.beta_v)
     for row, logprob, score in zip(rows, logprobs.tolist(), scores.tolist(), strict=True):
         reference = records[row["prompt_index"]]["reference"]
         row["extracted"], row["correct"] = grade(row["completion"], reference)
         row.update(reference=str(reference), reserved_logprob=logprob, laser_score=score)
-    if out_dir is not None:
-        _write_rows(Path(out_dir) / "samples.jsonl", rows)
+    if options.out_dir is not None:
+        _write_rows(Path(options.out_dir) / "samples.jsonl", rows)
     correct = [row["correct"] for row in rows]
     return {
         "reserved_token": tokenizer.convert_ids_to_tokens(reserved_id),
         "reserved_token_id": reserved_id,
-        "c_ref": c_ref,
-        "beta_v": beta_v,
-        "threshold": threshold,
+        "c_ref": options.c_ref,
+        "beta_v": options.beta_v,
+        "threshold": options.threshold,
         "completions": "given" if given else "sampled",
         "num_prompts": len(records),
         "num_completions": len(rows),
@@ -325,7 +327,7 @@ def evaluate_selfreward(
         "reserved_logprob_mean": logprobs.mean().item(),
         "reserved_logprob_std": logprobs.std().item() if logprobs.numel() > 1 else 0.0,
         "reserved_prob_mean": logprobs.exp().mean().item(),
-        **selfreward_metrics(scores.tolist(), correct, threshold),
+        **selfreward_metrics(scores.tolist(), correct, options.threshold),
     }
 
 
@@ -336,40 +338,11 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
             file.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def run_selfreward_eval(
-    model: str,
-    data: str,
-    n: int | None = None,
-    samples: int = 4,
-    c_ref: float = -23.0,
-    beta_v: float = 0.1,
-    threshold: float = 0.5,
-    token: str | None = None,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
-    seed: int = 0,
-    out_dir: Path | None = None,
-) -> dict:
+def run_selfreward_eval(options: SelfRewardOptions) -> dict:
     """``posttrain eval selfreward``: load ``model`` and ``data`` (a file or ``task:NAME``), run
     :func:`evaluate_selfreward` on its first ``n`` records."""
-    tokenizer = load_tokenizer(model)
-    lm = load_model(model)
-    records = prompt_records(data, n, seed)
-    params = SamplingParams(
-        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=samples, seed=seed
-    )
-    result = evaluate_selfreward(
-        lm,
-        tokenizer,
-        records,
-        c_ref=c_ref,
-        beta_v=beta_v,
-        threshold=threshold,
-        token=token,
-        params=params,
-        batch_size=batch_size,
-        out_dir=out_dir,
-    )
-    return {"model": model, "data": data, **result}
+    tokenizer = load_tokenizer(options.model)
+    lm = load_model(options.model)
+    records = prompt_records(options.data, options.n, options.seed)
+    result = evaluate_selfreward(lm, tokenizer, records, options)
+    return {"model": options.model, "data": options.data, **result}

@@ -40,6 +40,7 @@ from posttrain.models import load_model, load_tokenizer
 from posttrain.models.vocabulary import check_same_output_size, check_same_tokenizer
 from posttrain.ops import causal_lm_parts, soft_cap, token_entropy
 from posttrain.rollout import Generation, HFEngine, RolloutEngine, SamplingParams, stop_token_ids
+from posttrain.rollout.options import ToolOptions
 
 CONTEXTS = ("reference", "model")
 OVERLAP_KS = (1, 5, 10)
@@ -314,20 +315,24 @@ def _summary(stats: dict[str, torch.Tensor], ks: Sequence[int]) -> dict:
     return summary
 
 
-def run_sharpness_eval(
-    model: str,
-    reference: str,
-    data: str,
-    contexts: str = "reference",
-    n: int | None = 32,
-    samples: int = 1,
-    max_new_tokens: int = 96,
-    k: int = 8,
-    seed: int = 0,
-    out_dir: Path | str | None = None,
-    batch_size: int = 16,
-    score_batch_size: int = 4,
-) -> dict:
+class SharpnessOptions(ToolOptions):
+    """``posttrain eval sharpness`` (:func:`run_sharpness_eval`); ``n`` 0 or None: all prompts."""
+
+    model: str
+    reference: str
+    data: str
+    contexts: str = "reference"
+    n: int | None = 32
+    samples: int = 1
+    max_new_tokens: int = 96
+    k: int = 8
+    seed: int = 0
+    out_dir: Path | None = None
+    batch_size: int = 16
+    score_batch_size: int = 4
+
+
+def run_sharpness_eval(options: SharpnessOptions) -> dict:
     """``posttrain eval sharpness``: compare M (``model``) with R (``reference``) on identical contexts.
 
     Loads the first ``n`` prompt records of ``data`` (a file or ``task:NAME``). Each model samples
@@ -339,6 +344,8 @@ def run_sharpness_eval(
     :func:`default_out_dir` of ``model``) and returns the same object.
     Raises :class:`ModelError` when the tokenizers or the output vocabulary sizes differ.
     """
+    model, reference, contexts, samples, k = (options.model, options.reference, options.contexts, options.samples,
+                                              options.k)
     check_choice(contexts, CONTEXTS, "contexts", where="--contexts")
     if samples < 1 or k < 1:
         raise DataError(f"samples = {samples}, k = {k}", where="--samples/--k", fix="use samples >= 1 and k >= 1")
@@ -347,25 +354,25 @@ def run_sharpness_eval(
     models = {"model": load_model(model), "reference": load_model(reference)}
     check_same_output_size(models["model"], models["reference"], WHERE, VOCABULARY_FIX)
     tokenizer = tokenizers["reference"]
-    records = prompt_records(data, n, seed)
+    records = prompt_records(options.data, options.n, options.seed)
     prompt_ids = encode_prompts(records, tokenizer)
     references = [str(record["reference"]) for record in records]
-    params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, n=max(k, samples), seed=seed)
+    params = SamplingParams(temperature=1.0, max_new_tokens=options.max_new_tokens, n=max(k, samples), seed=options.seed)
     result: dict = {
         "model": model,
         "reference": reference,
-        "data": data,
+        "data": options.data,
         "contexts": contexts,
         "num_prompts": len(records),
         "samples": samples,
-        "max_new_tokens": max_new_tokens,
+        "max_new_tokens": options.max_new_tokens,
         "k": k,
-        "seed": seed,
+        "seed": options.seed,
     }
     generations = {}
     math_metrics = {}
     for role, lm in models.items():
-        engine = _RecordingEngine(HFEngine(lm, tokenizers[role], batch_size=batch_size))
+        engine = _RecordingEngine(HFEngine(lm, tokenizers[role], batch_size=options.batch_size))
         metrics = evaluate_math(engine, prompt_ids, references, k=k, params=params).to_dict()
         math_metrics[role] = {key: value for key, value in metrics.items() if key not in ("num_prompts",)}
         generations[role] = engine.generations
@@ -377,8 +384,8 @@ def run_sharpness_eval(
     pad_id = tokenizer.pad_token_id
     pad_id = pad_id if pad_id is not None else stop_token_ids(models["reference"], tokenizer)[0]
     pieces: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(sequences), score_batch_size):
-        chunk = sequences[start : start + score_batch_size]
+    for start in range(0, len(sequences), options.score_batch_size):
+        chunk = sequences[start : start + options.score_batch_size]
         batch = padded_batch([[*prompt, *completion] for prompt, completion in chunk], pad_id)
         target_mask = pad_sequences([[0] * len(prompt) + [1] * len(completion) for prompt, completion in chunk], 0)
         stats = sharpness_stats(
@@ -392,7 +399,7 @@ def run_sharpness_eval(
     result.update(_summary(stats, OVERLAP_KS))
     for role, metrics in math_metrics.items():
         result.update({f"{role}_{key}": value for key, value in metrics.items()})
-    out = Path(out_dir) if out_dir is not None else default_out_dir(model)
+    out = Path(options.out_dir) if options.out_dir is not None else default_out_dir(model)
     out.mkdir(parents=True, exist_ok=True)
     result["out"] = str(out / "sharpness.json")
     (out / "sharpness.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -21,6 +21,7 @@ from posttrain.judges.pairs import preference_pairs
 from posttrain.judges.scorers import judge_pairs
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
+from posttrain.rollout.options import ToolOptions
 
 KEEP = ("consistent", "first")
 
@@ -55,17 +56,32 @@ def judge_labels(engine: RolloutEngine, pairs: Sequence[dict], template: str = "
     return labelled, summary
 
 
-def run_labeling(judge: str, pairs: str, out_dir: Path, template: str = "rise", keep: str = "consistent",
-                 n: int | None = None, max_new_tokens: int = 384, batch_size: int = 16, seed: int = 0) -> dict:
+class LabelOptions(ToolOptions):
+    """``posttrain judge label``: the ``judge`` model, the ``pairs`` (a preference file, or ``task:arithmetic``),
+    the pairwise ``template``, the ``keep`` rule (module docstring), ``n`` pairs (None: all); greedy judgments."""
+
+    judge: str
+    pairs: str
+    out_dir: Path = Path("runs/judge-labels")
+    template: str = "rise"
+    keep: str = "consistent"
+    n: int | None = None
+    max_new_tokens: int = 384
+    batch_size: int = 16
+    seed: int = 0
+
+
+def run_labeling(options: LabelOptions) -> dict:
     """``posttrain judge label``: write ``pairs.jsonl`` (judge labels), ``gold.jsonl`` (the same source pairs
     with their gold labels) and ``summary.json`` into ``out_dir``."""
-    records = preference_pairs(pairs, n, seed, split="train")
-    engine = HFEngine(load_model(judge).eval(), load_tokenizer(judge), batch_size=batch_size)
-    labelled, summary = judge_labels(engine, records, template,
-                                     SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens), keep)
-    out_dir = Path(out_dir)
+    records = preference_pairs(options.pairs, options.n, options.seed, split="train")
+    engine = HFEngine(load_model(options.judge).eval(), load_tokenizer(options.judge), batch_size=options.batch_size)
+    labelled, summary = judge_labels(engine, records, options.template,
+                                     SamplingParams(temperature=0.0, max_new_tokens=options.max_new_tokens),
+                                     options.keep)
+    out_dir = Path(options.out_dir)
     write_jsonl(labelled, out_dir / "pairs.jsonl")
     write_jsonl([{k: v for k, v in r.items() if not k.startswith("_")} for r in records], out_dir / "gold.jsonl")
-    summary.update(judge=judge, source=pairs, template=template)
+    summary.update(judge=options.judge, source=options.pairs, template=options.template)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

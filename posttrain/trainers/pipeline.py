@@ -29,34 +29,46 @@ figures:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import Field, model_validator
 
 from posttrain.config import Section, load_config
 from posttrain.errors import ConfigError
-from posttrain.evals.gap import run_gap_eval
-from posttrain.evals.judge import run_judge_eval
-from posttrain.evals.masterkey import run_masterkey_eval
-from posttrain.evals.sharpness import run_sharpness_eval
-from posttrain.judges.labeling import run_labeling
-from posttrain.judges.metarm_data import run_metarm_data
-from posttrain.judges.synthesis import run_synthesis
+from posttrain.evals.gap import GapOptions, run_gap_eval
+from posttrain.evals.judge import JudgeEvalOptions, run_judge_eval
+from posttrain.evals.masterkey import MasterkeyOptions, run_masterkey_eval
+from posttrain.evals.sharpness import SharpnessOptions, run_sharpness_eval
+from posttrain.judges.labeling import LabelOptions, run_labeling
+from posttrain.judges.metarm_data import MetarmDataOptions, run_metarm_data
+from posttrain.judges.synthesis import SynthesisOptions, run_synthesis
 from posttrain.recipe_paths import resolve_name_or_path, substitute_output_dir
 from posttrain.report.runs import read_run
+from posttrain.rollout.options import ToolOptions
 from posttrain.trainers import checkpoint as ckpt
 from posttrain.trainers.run import train
 
-# tool stages: kind -> (function, the argument naming the model, the file that marks the stage done)
+
+class ToolStage(NamedTuple):
+    """A tool stage kind: its function, the options object its ``args`` build, the option naming the model
+    (set by ``from``), the file that marks the stage done."""
+
+    function: Callable[[Any], dict]
+    options: type[ToolOptions]
+    model_key: str
+    done_file: str
+
+
 TOOL_STAGES = {
-    "synthesize": (run_synthesis, "judge", "summary.json"),
-    "judge_eval": (run_judge_eval, "model", "judge.json"),
-    "gap_eval": (run_gap_eval, "model", "gap.json"),
-    "metarm_data": (run_metarm_data, "judge", "summary.json"),
-    "label": (run_labeling, "judge", "summary.json"),
-    "masterkey": (run_masterkey_eval, "model", "masterkey.json"),
+    "synthesize": ToolStage(run_synthesis, SynthesisOptions, "judge", "summary.json"),
+    "judge_eval": ToolStage(run_judge_eval, JudgeEvalOptions, "model", "judge.json"),
+    "gap_eval": ToolStage(run_gap_eval, GapOptions, "model", "gap.json"),
+    "metarm_data": ToolStage(run_metarm_data, MetarmDataOptions, "judge", "summary.json"),
+    "label": ToolStage(run_labeling, LabelOptions, "judge", "summary.json"),
+    "masterkey": ToolStage(run_masterkey_eval, MasterkeyOptions, "model", "masterkey.json"),
 }
 STAGE_KINDS = ("train", *TOOL_STAGES)
 # the tool arguments that name a model, a template or a data file: resolved against the pipeline's folder
@@ -70,14 +82,15 @@ class Stage(Section):
     ``gap_eval`` (:func:`posttrain.evals.gap.run_gap_eval`), ``metarm_data``
     (:func:`posttrain.judges.metarm_data.run_metarm_data`), ``label``
     (:func:`posttrain.judges.labeling.run_labeling`) and ``masterkey``
-    (:func:`posttrain.evals.masterkey.run_masterkey_eval`)."""
+    (:func:`posttrain.evals.masterkey.run_masterkey_eval`). Their ``args`` are the fields of the tool's options
+    object but ``out_dir`` (:func:`check_tool_args`, before any stage runs)."""
 
     name: str
     kind: str = "train"
     recipe: str | None = Field(None, description="train: recipe path, relative to the pipeline file")
     from_: str | None = Field(None, alias="from", description="start from this earlier stage's final weights")
     set: dict[str, Any] = Field(default_factory=dict, description="train: key.sub: value overrides")
-    args: dict[str, Any] = Field(default_factory=dict, description="synthesize / judge_eval: keyword arguments")
+    args: dict[str, Any] = Field(default_factory=dict, description="tool stages: fields of the tool's options")
 
     @model_validator(mode="after")
     def _kind(self) -> Stage:
@@ -132,10 +145,30 @@ class PipelineConfig(Section):
 def load_pipeline(path: Path) -> PipelineConfig:
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     try:
-        return PipelineConfig.model_validate(raw)
+        pipeline = PipelineConfig.model_validate(raw)
     except ValueError as error:
         raise ConfigError(f"{path}: {error}", where=str(path), fix="see posttrain/trainers/pipeline.py for the "
                           "pipeline file's fields") from None
+    for stage in pipeline.stages:
+        check_tool_args(stage, f"{path}: stages.{stage.name}")
+    return pipeline
+
+
+def check_tool_args(stage: Stage, where: str) -> None:
+    """A tool stage's ``args`` validated against its options object (its model may come from ``from``); an unknown
+    or malformed key, ``out_dir`` (the pipeline sets it) or a missing model is a :class:`ConfigError` naming the
+    stage and the key."""
+    if stage.kind not in TOOL_STAGES:
+        return
+    tool = TOOL_STAGES[stage.kind]
+    if "out_dir" in stage.args:
+        raise ConfigError(f"stage {stage.name!r} sets out_dir", where=f"{where}.args.out_dir",
+                          fix=f"drop it: the stage writes into <output_dir>/{stage.name}")
+    if stage.from_ is None and tool.model_key not in stage.args:
+        raise ConfigError(f"stage {stage.name!r} has no model", where=where,
+                          fix=f"give it `from: <train stage>` or args.{tool.model_key}")
+    values = {**stage.args, tool.model_key: stage.args.get(tool.model_key, FINAL_PREFIX + str(stage.from_))}
+    tool.options.parse(values, where=lambda key: f"{where}.args.{key}")
 
 
 def final_weights(run_dir: Path) -> Path:
@@ -218,17 +251,15 @@ def tool_arguments(args: dict[str, Any], root: Path, folder: Path) -> dict[str, 
 
 def run_tool_stage(root: Path, stage: Stage, folder: Path) -> None:
     """A tool stage (see :data:`TOOL_STAGES`) of the pipeline in ``folder``; skipped when its output exists."""
-    function, model_key, done_file = TOOL_STAGES[stage.kind]
+    tool = TOOL_STAGES[stage.kind]
     out_dir = root / stage.name
-    if (out_dir / done_file).is_file():
+    if (out_dir / tool.done_file).is_file():
         return
+    check_tool_args(stage, f"stages.{stage.name}")
     args = tool_arguments(stage.args, root, folder)
     if stage.from_ is not None:
-        args[model_key] = str(final_weights(root / stage.from_))
-    if model_key not in args:
-        raise ConfigError(f"stage {stage.name!r} has no model", where=f"stages.{stage.name}",
-                          fix=f"give it `from: <train stage>` or args.{model_key}")
-    function(out_dir=out_dir, **args)
+        args[tool.model_key] = str(final_weights(root / stage.from_))
+    tool.function(tool.options.parse({**args, "out_dir": out_dir}, where=lambda key: f"stages.{stage.name}.args.{key}"))
 
 
 def run_sharpness(root: Path, spec: SharpnessSpec, folder: Path) -> dict:
@@ -237,9 +268,10 @@ def run_sharpness(root: Path, spec: SharpnessSpec, folder: Path) -> dict:
     if (out_dir / "sharpness.json").is_file():
         return json.loads((out_dir / "sharpness.json").read_text())
     print(f"=== sharpness {spec.model} vs {spec.reference}", flush=True)
-    return run_sharpness_eval(str(final_weights(root / spec.model)), str(final_weights(root / spec.reference)),
-                              tool_arguments({"data": spec.data}, root, folder)["data"], n=spec.n, k=spec.k,
-                              max_new_tokens=spec.max_new_tokens, out_dir=out_dir)
+    return run_sharpness_eval(SharpnessOptions(
+        model=str(final_weights(root / spec.model)), reference=str(final_weights(root / spec.reference)),
+        data=tool_arguments({"data": spec.data}, root, folder)["data"], n=spec.n, k=spec.k,
+        max_new_tokens=spec.max_new_tokens, out_dir=out_dir))
 
 
 def tool_result(stage_dir: Path) -> dict | None:
