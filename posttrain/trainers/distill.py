@@ -44,7 +44,7 @@ from posttrain.rewards import build_rewards, check_rewards_for_records
 from posttrain.rollout import Generation, HFEngine, SamplingParams
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import eval_source, load_source
-from posttrain.trainers.loop import StepBatches
+from posttrain.trainers.loop import StepBatches, StepTotals
 from posttrain.trainers.rollouts import (
     RolloutRows,
     append_samples,
@@ -176,11 +176,11 @@ class DistillMethod:
                         **{f"reward_{k}": float(v[i]) for k, v in scored.components.items()}}
                        for i in range(len(generations))]
         append_samples(self.samples_path, step, share, generations, columns)
-        tokens = self.processes.sum_values({"tokens": stats["completion_tokens"]})["tokens"]
+        counts = self.processes.sum_values({"rows": stats["rollouts"], "tokens": stats["completion_tokens"]})
         parts = micro_batches(generations, [len(g.prompt_ids) + len(g) for g in generations],
                               self.config.train.batch_size, cfg.micro_batch_tokens)
         batches = [self._batch(part, [share[g.prompt_index] for g in part]) for part in parts]
-        return StepBatches(batches, normalizer=max(tokens, 1.0), stats=stats)
+        return StepBatches(batches, StepTotals(rows=counts["rows"], tokens=counts["tokens"]), stats=stats)
 
     def _batch(self, generations: list[Generation], record_indices: list[int]) -> DistillBatch:
         teacher_rows = None
@@ -223,7 +223,7 @@ class DistillMethod:
                                       position_ids=rows.position_ids.to(device))
         return out.logprobs[out.mask.bool()]
 
-    def loss(self, model, batch: DistillBatch, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model, batch: DistillBatch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         teacher_hidden, teacher_weight = self._teacher_hidden(model, batch)
         hidden, labels = self._targets(model, batch.student)
@@ -235,10 +235,10 @@ class DistillMethod:
         if cfg.objective == "reward":
             rewards = extrapolated_token_rewards(tokens.student_logprob, tokens.teacher_logprob,
                                                  self._reference_logprobs(model, batch), cfg.gopd_lambda)
-            loss = -(rewards * tokens.student_logprob).sum() / normalizer
+            loss = -(rewards * tokens.student_logprob).sum() / totals.of("tokens")
             extra = {"token_reward_sum": float(rewards.sum())}
         else:
-            loss = tokens.divergence.sum() / normalizer
+            loss = tokens.divergence.sum() / totals.of("tokens")
             extra = {}
         stats = {"loss": float(loss.detach()), "divergence_sum": float(tokens.divergence.detach().sum()),
                  "entropy_sum": float(tokens.entropy.sum()), "trained_tokens": float(labels.numel()),

@@ -3,11 +3,12 @@
 A *method* (SFT, preference optimization, RL, distillation) supplies:
 
 * ``step_batches(model, indices, share, step)`` — the work of one step on this process: its
-  micro-batches (for RL: after sampling and scoring rollouts), the count the loss is divided by
-  (taken over the whole global batch), and step-level statistics;
-* ``loss(model, batch, normalizer)`` — one micro-batch's share of the global loss and a dict of
-  additive statistics (summed over micro-batches, passes and processes), turned into logged metrics
-  by ``summarize(sums)``;
+  micro-batches (for RL: after sampling and scoring rollouts), the step's global :class:`StepTotals`
+  (rows, tokens, pairs over all micro-batches of all processes, computed once), and step statistics;
+* ``loss(model, batch, totals)`` — one micro-batch's share of the global loss, **a sum over the
+  micro-batch divided by the total its objective names** (the normalization rule: docs/design.md), and
+  a dict of additive statistics (summed over micro-batches, passes and processes), turned into logged
+  metrics by ``summarize(sums)``;
 * ``updates_per_step`` — optimizer updates per step over the same micro-batches (RL's μ; 1 otherwise);
 * optionally ``after_step(model, step)`` — extra metrics after a step, and whether to end the run there
   (distillation's target-entropy stop); a run that ended so stays ended on resume;
@@ -16,7 +17,7 @@ A *method* (SFT, preference optimization, RL, distillation) supplies:
   into every checkpoint.
 
 Per step the loop draws ``examples_per_step × world_size`` example indices, each process runs its
-micro-batches forward and backward, gradients are summed across processes, clipped, and AdamW steps;
+micro-batches forward and backward, gradients are combined across processes, clipped, and AdamW steps;
 that is repeated ``updates_per_step`` times. An update whose loss (on any process) or gradient norm is
 not finite is skipped — the weights and optimizer state stay as they were, the schedule moves on — and
 counted (``skipped_updates``); ``train.max_nonfinite_steps`` skips in a row stop the run with an error,
@@ -49,12 +50,29 @@ from posttrain.trainers.sampler import EpochSampler
 from posttrain.trainers.schedule import build_scheduler
 
 
+@dataclass(frozen=True)
+class StepTotals:
+    """Global counts of one optimizer step, over all micro-batches of all processes: what a loss divides by.
+
+    ``rows``: sequences (SFT examples, rollouts, regression texts); ``tokens``: the response tokens the
+    objective averages over (for DPO's RPO term: the chosen completions' tokens); ``pairs``: preference pairs.
+    """
+
+    rows: float = 0.0
+    tokens: float = 0.0
+    pairs: float = 0.0
+
+    def of(self, name: str) -> float:
+        """The total called ``name`` (``rows``, ``tokens`` or ``pairs``), at least 1 (an empty step divides by 1)."""
+        return max(float(getattr(self, name)), 1.0)
+
+
 @dataclass
 class StepBatches:
-    """One process's work for one step: micro-batches, the global loss normalizer, step statistics."""
+    """One process's work for one step: micro-batches, the step's global totals, step statistics."""
 
     micro_batches: list[Any]
-    normalizer: float
+    totals: StepTotals
     stats: dict[str, float] = field(default_factory=dict)
 
 
@@ -65,7 +83,7 @@ class Method(Protocol):
 
     def step_batches(self, model: torch.nn.Module, indices: list[int], share: list[int], step: int) -> StepBatches: ...
 
-    def loss(self, model: torch.nn.Module, batch: Any, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, model: torch.nn.Module, batch: Any, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]: ...
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
 
@@ -167,9 +185,11 @@ class Trainer:
             finite_loss = True
             for batch in work.micro_batches:
                 with self.processes.autocast(self.model):
-                    loss, stats = self.method.loss(self.model, batch, work.normalizer)
+                    loss, stats = self.method.loss(self.model, batch, work.totals)
                 finite_loss = finite_loss and bool(torch.isfinite(loss.detach()).all())
-                loss.backward()
+                # the one world-size factor: processes average gradients (as DDP/FSDP do), and the
+                # gradient of the global loss is their sum
+                (loss * self.processes.world_size).backward()
                 for key, value in stats.items():
                     sums[key] += value
             grad_norm, lr, applied = self._optimizer_step(finite_loss)
@@ -184,9 +204,9 @@ class Trainer:
         return metrics
 
     def _optimizer_step(self, finite_loss: bool) -> tuple[float, float, bool]:
-        """Sum gradients over processes, clip, step the optimizer and the schedule: the norm before clipping,
+        """Average gradients over processes, clip, step the optimizer and the schedule: the norm before clipping,
         the lr, and whether the update was applied (not when any process's loss or the norm is non-finite)."""
-        self.processes.sum_gradients(self.parameters)
+        self.processes.average_gradients(self.parameters)
         grads = [p.grad for p in self.parameters if p.grad is not None]
         total_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         grad_norm = float(total_norm)

@@ -13,8 +13,8 @@ import torch
 
 from posttrain.config import RunConfig
 from posttrain.data import Example, collate, micro_batches, pack_examples
-from posttrain.ops import completion_logprobs, sft_loss, sft_token_weights
-from posttrain.trainers.loop import StepBatches
+from posttrain.ops import completion_logprobs, sft_loss_sum, sft_token_weights
+from posttrain.trainers.loop import StepBatches, StepTotals
 
 
 class SFTMethod:
@@ -37,8 +37,8 @@ class SFTMethod:
         # padded rows: regroup each batch by length into forward passes of at most micro_batch_tokens tokens
         budget = 0 if self.config.data.packing else train.micro_batch_tokens
         micro = micro_batches(share, [len(self.examples[i]) for i in share], train.batch_size, budget)
-        return StepBatches([self.collate(part) for part in micro],
-                           normalizer=float(sum(self._targets[i] for i in indices)))
+        totals = StepTotals(rows=len(indices), tokens=sum(self._targets[i] for i in indices))
+        return StepBatches([self.collate(part) for part in micro], totals)
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         examples = [self.examples[i] for i in indices]
@@ -46,12 +46,12 @@ class SFTMethod:
         batch = collate(rows, self.pad_id)
         return {key: value.to(self.device) for key, value in batch.items()}
 
-    def loss(self, model, batch: dict[str, torch.Tensor], normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model, batch: dict[str, torch.Tensor], totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
         # no attention mask: rows are right-padded and packed examples are kept apart by their positions
         out = completion_logprobs(model, batch["input_ids"], batch["loss_mask"], position_ids=batch["position_ids"],
                                   chunk_size=self.config.train.chunk_size)
         sft = self.config.sft
-        loss = sft_loss(out.logprobs, out.mask, sft.loss, sft.tau, num_tokens=normalizer)
+        loss = sft_loss_sum(out.logprobs, out.mask, sft.loss, sft.tau) / totals.of("tokens")
         kept = sft_token_weights(out.logprobs, out.mask, "profit", sft.tau)
         tokens = batch["attention_mask"].sum()
         stats = {
