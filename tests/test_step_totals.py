@@ -5,6 +5,8 @@ and distillation have their own split tests next to their methods; SFT's is here
 import pytest
 import torch
 
+from posttrain.config import load_config
+from posttrain.errors import ConfigError
 from posttrain.models import tiny_model, tiny_tokenizer
 from posttrain.ops import POLICY_LOSS_KINDS, POLICY_LOSS_TOTALS, policy_loss, policy_loss_sum
 from posttrain.trainers.distributed import Processes
@@ -47,3 +49,21 @@ def test_policy_loss_is_its_sum_divided_by_the_named_total(kind):
 
 def test_totals_of_an_empty_step_divide_by_one():
     assert StepTotals().of("tokens") == 1.0 and StepTotals(rows=3).of("rows") == 3.0
+
+
+@pytest.mark.parametrize(("method", "setting", "named"), [
+    ("sft", "rl.loss=grpo", "rl.loss"),
+    ("grpo", "sft.loss=dft", "sft.loss"),
+    ("dpo", "distill.teacher_temperature=2", "distill.teacher_temperature"),
+    ("grpo", "train.grad_accum=2", "train.grad_accum"),
+    ("distill", "train.micro_batch_tokens=100", "train.micro_batch_tokens"),
+    ("reward_model", "preference.beta=0.2", "preference.beta"),
+])
+def test_a_setting_the_method_does_not_use_is_an_error_naming_it(method, setting, named):
+    with pytest.raises(ConfigError, match=f"method {method} does not use {named}"):
+        load_config(None, [f"method={method}", setting])
+
+
+def test_the_methods_own_settings_and_defaults_of_others_are_accepted():
+    assert load_config(None, ["method=grpo", "rl.loss=grpo", "sft.loss=nll", "train.batch_size=4"]).rl.loss == "grpo"
+    assert load_config(None, ["method=sft", "train.grad_accum=4"]).train.grad_accum == 4

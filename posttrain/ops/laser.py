@@ -54,13 +54,8 @@ def laser_loss(
     return laser_loss_sum(scores, verifier_rewards, valid, balanced, class_weights) / scores.numel()
 
 
-def laser_loss_sum(
-    scores: torch.Tensor,
-    verifier_rewards: torch.Tensor,
-    valid: torch.Tensor,
-    balanced: bool = True,
-    class_weights: torch.Tensor | None = None,
-) -> torch.Tensor:
+def laser_loss_sum(scores: torch.Tensor, verifier_rewards: torch.Tensor, valid: torch.Tensor, balanced: bool = True,
+                   class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The numerator of :func:`laser_loss`, ``Σ_i m_i·w_i·(r_s,i − r_v,i)²``: a trainer divides it by the
     step's row count."""
     valid = _check_rows(verifier_rewards, valid, "verifier_rewards")

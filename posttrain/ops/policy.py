@@ -90,18 +90,10 @@ def policy_loss(
     return replace(result, loss=result.loss / torch.as_tensor(count, dtype=result.loss.dtype).clamp(min=1.0))
 
 
-def policy_loss_sum(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    kind: str = "dapo",
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    ref_logprobs: torch.Tensor | None = None,
-    beta: float = 0.0,
-    max_completion_length: int | None = None,
-) -> PolicyLoss:
+def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                    kind: str = "dapo", eps_low: float = 0.2, eps_high: float = 0.2,
+                    ref_logprobs: torch.Tensor | None = None, beta: float = 0.0,
+                    max_completion_length: int | None = None) -> PolicyLoss:
     """:func:`policy_loss` before the division by the count ``POLICY_LOSS_TOTALS[kind]``: its ``loss`` is the
     sum ``S`` of the module docstring (``grpo``: each row's token mean, summed over rows; ``bnpo``/``dapo``: the
     masked token sum; ``dr_grpo``: the masked token sum ÷ L, L = ``max_completion_length`` or ``mask.shape[1]``).

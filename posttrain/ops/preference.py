@@ -144,12 +144,9 @@ def bradley_terry_loss(
     return bradley_terry_losses(chosen_rewards, rejected_rewards, margin, center_coefficient).mean()
 
 
-def bradley_terry_losses(
-    chosen_rewards: torch.Tensor,
-    rejected_rewards: torch.Tensor,
-    margin: torch.Tensor | float | None = None,
-    center_coefficient: float | None = None,
-) -> torch.Tensor:
+def bradley_terry_losses(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                         margin: torch.Tensor | float | None = None,
+                         center_coefficient: float | None = None) -> torch.Tensor:
     """Per-pair terms ``−log σ(r_c − r_r − m) + c·(r_c + r_r)²`` ``[n]``, whose mean is :func:`bradley_terry_loss`."""
     if center_coefficient is not None and center_coefficient < 0:
         raise ValueError(f"center_coefficient must be >= 0, got {center_coefficient}; "

@@ -39,12 +39,11 @@ from posttrain.errors import ConfigError, DataError
 from posttrain.models import disabled_adapter, is_peft_model, load_model, load_tokenizer
 from posttrain.models.vocabulary import check_same_output_size, check_same_tokenizer
 from posttrain.ops import causal_lm_parts, completion_logprobs, extrapolated_token_rewards, hidden_divergence
-from posttrain.ops.distill import check_divergence_args
 from posttrain.rewards import build_rewards, check_rewards_for_records
 from posttrain.rollout import Generation, HFEngine, SamplingParams
 from posttrain.trainers.distributed import Processes
-from posttrain.trainers.inputs import eval_source, load_source
-from posttrain.trainers.loop import StepBatches, StepTotals
+from posttrain.trainers.inputs import eval_source, load_source, training_records
+from posttrain.trainers.loop import Method, StepBatches, StepTotals
 from posttrain.trainers.rollouts import (
     RolloutRows,
     append_samples,
@@ -79,16 +78,23 @@ def context_prompt(record: dict, field: str, template: str) -> dict:
     return {**record, "prompt": text}
 
 
-class DistillMethod:
+class DistillMethod(Method, name="distill"):
     """On-policy distillation for :class:`posttrain.trainers.loop.Trainer`."""
 
-    updates_per_step = 1
+    @classmethod
+    def from_config(cls, config: RunConfig, model, tokenizer, processes: Processes) -> tuple[DistillMethod, dict]:
+        records, summary = training_records(config.data, "prompt")
+        if not records.records:
+            raise DataError(f"no prompts in {records.source}", fix="check the data path")
+        return cls(config, records.records, model, tokenizer, processes), summary
 
     def __init__(self, config: RunConfig, records: list[dict], model, tokenizer, processes: Processes):
         cfg = config.distill
-        head = causal_lm_parts(model)[1]
-        check_divergence_args(cfg.divergence, cfg.beta, cfg.teacher_temperature, cfg.top_k_divergence,
-                              head.weight.shape[0])
+        vocab_size = causal_lm_parts(model)[1].weight.shape[0]
+        if cfg.top_k_divergence > vocab_size:
+            raise ConfigError(f"distill.top_k_divergence = {cfg.top_k_divergence} exceeds the model's vocabulary of "
+                              f"{vocab_size} tokens", where="distill.top_k_divergence",
+                              fix="use 0 (the full vocabulary) or a k no larger than the vocabulary")
         self.config, self.cfg, self.tokenizer, self.processes = config, cfg, tokenizer, processes
         self.records = records
         self.prompts = encode_prompts(records, tokenizer)

@@ -40,7 +40,9 @@ from posttrain.models import disabled_adapter
 from posttrain.models.reward import sequence_scores
 from posttrain.ops import bradley_terry_losses, completion_logprobs, dpo_loss, rpo_sum
 from posttrain.trainers.distributed import Processes
-from posttrain.trainers.loop import StepBatches, StepTotals
+from posttrain.trainers.inputs import training_records
+from posttrain.trainers.loop import Method, StepBatches, StepTotals
+from posttrain.trainers.regression import RegressionMethod
 
 REFERENCE_FILE = "reference_logps.pt"
 
@@ -54,10 +56,22 @@ class PairBatch:
     margins: torch.Tensor | None = None  # [n] reward-model margins
 
 
-class PairMethod:
+class PairMethod(Method):
     """Micro-batching shared by both methods: ``train.batch_size`` pairs a pass, split by token budget."""
 
-    updates_per_step = 1
+    @classmethod
+    def from_config(cls, config: RunConfig, model, tokenizer, processes: Processes) -> tuple[Method, dict]:
+        """The method over the recipe's preference pairs (a regression head over ``text`` + ``label`` records for
+        ``reward_model.objective: regression``)."""
+        if config.method == "reward_model" and config.reward_model.objective == "regression":
+            records, summary = training_records(config.data, "regression")
+            method = RegressionMethod(config, records.records, tokenizer, processes)
+            summary.update(truncated=method.truncated)
+            return method, summary
+        records, summary = training_records(config.data, "preference")
+        method, pairs = build_pair_method(config, records.records, model, tokenizer, processes)
+        summary.update(examples=len(pairs), truncated=pairs.truncated, dropped=pairs.dropped)
+        return method, summary
 
     def __init__(self, config: RunConfig, pairs: list[PreferencePair], pad_id: int, processes: Processes):
         self.config = config
@@ -89,7 +103,7 @@ class PairMethod:
 # ------------------------------------------------------------------------------------------------- DPO
 
 
-class PreferenceMethod(PairMethod):
+class PreferenceMethod(PairMethod, name="dpo"):
     """DPO and its family (``preference.kind``) for :class:`posttrain.trainers.loop.Trainer`."""
 
     def __init__(self, config: RunConfig, pairs: list[PreferencePair], model, pad_id: int, processes: Processes):
@@ -211,7 +225,7 @@ def write_reference(path: Path, key: str, logps: torch.Tensor) -> None:
 # ---------------------------------------------------------------------------------------- reward model
 
 
-class RewardModelMethod(PairMethod):
+class RewardModelMethod(PairMethod, name="reward_model"):
     """Bradley–Terry reward-model training for :class:`posttrain.trainers.loop.Trainer`."""
 
     def __init__(self, config: RunConfig, pairs: list[PreferencePair], margins: list[float] | None, pad_id: int,

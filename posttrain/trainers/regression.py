@@ -18,13 +18,12 @@ from posttrain.errors import DataError
 from posttrain.models.reward import sequence_scores
 from posttrain.ops import squared_errors
 from posttrain.trainers.distributed import Processes
-from posttrain.trainers.loop import StepBatches, StepTotals
+from posttrain.trainers.loop import Method, StepBatches, StepTotals
 
 
-class RegressionMethod:
-    """MSE regression of a scalar head for :class:`posttrain.trainers.loop.Trainer`."""
-
-    updates_per_step = 1
+class RegressionMethod(Method):
+    """MSE regression of a scalar head for :class:`posttrain.trainers.loop.Trainer` (built by
+    ``method: reward_model`` with ``reward_model.objective: regression``)."""
 
     def __init__(self, config: RunConfig, records: list[dict], tokenizer, processes: Processes):
         self.config, self.processes, self.pad_id = config, processes, tokenizer.pad_token_id

@@ -33,8 +33,9 @@ import torch
 
 from posttrain.config import RunConfig
 from posttrain.data import encode_prompts, micro_batches, prompt_text
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, DataError
 from posttrain.evals.selfreward import reserved_token
+from posttrain.judges.tasks import judge_task_prompts
 from posttrain.models import disabled_adapter, is_peft_model
 from posttrain.ops import (
     POLICY_LOSS_TOTALS,
@@ -49,7 +50,8 @@ from posttrain.ops import (
 from posttrain.rewards import build_rewards, check_rewards_for_records
 from posttrain.rollout import Generation, HFEngine, SamplingParams
 from posttrain.trainers.distributed import Processes
-from posttrain.trainers.loop import StepBatches, StepTotals
+from posttrain.trainers.inputs import training_records
+from posttrain.trainers.loop import Method, StepBatches, StepTotals
 from posttrain.trainers.rollouts import (
     append_samples,
     prompts_per_process,
@@ -85,8 +87,20 @@ class RolloutBatch:
     scores: torch.Tensor | None = None  # r_s from the first update's forward (reused for μ > 1)
 
 
-class RLMethod:
+class RLMethod(Method, name="grpo"):
     """GRPO-family RL (and LaSeR) for :class:`posttrain.trainers.loop.Trainer`."""
+
+    @classmethod
+    def from_config(cls, config: RunConfig, model, tokenizer, processes: Processes) -> tuple[RLMethod, dict]:
+        records, summary = training_records(config.data, "prompt")
+        judge = config.rl.judge
+        if judge is not None:  # each labelled pair becomes two judge prompts, one per A/B order
+            records.records = judge_task_prompts(records.records, judge.template,
+                                                 hide_critiques=judge.hide_critiques, seed=config.seed)
+            summary.update(tasks=summary["examples"], examples=len(records.records))
+        if not records.records:
+            raise DataError(f"no prompts in {records.source}", fix="check the data path")
+        return cls(config, records.records, model, tokenizer, processes), summary
 
     def __init__(self, config: RunConfig, records: list[dict], model, tokenizer, processes: Processes):
         rl = config.rl

@@ -12,15 +12,28 @@ from __future__ import annotations
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import Example, collate, micro_batches, pack_examples
+from posttrain.data import Example, collate, micro_batches, pack_examples, tokenize_sft
+from posttrain.errors import DataError
 from posttrain.ops import completion_logprobs, sft_loss_sum, sft_token_weights
-from posttrain.trainers.loop import StepBatches, StepTotals
+from posttrain.trainers.distributed import Processes
+from posttrain.trainers.inputs import training_records
+from posttrain.trainers.loop import Method, StepBatches, StepTotals
 
 
-class SFTMethod:
+class SFTMethod(Method, name="sft"):
     """The SFT method for :class:`posttrain.trainers.loop.Trainer`."""
 
-    updates_per_step = 1
+    @classmethod
+    def from_config(cls, config: RunConfig, model, tokenizer, processes: Processes) -> tuple[SFTMethod, dict]:
+        data = config.data
+        records, summary = training_records(data, "sft")
+        tokenized = tokenize_sft(records.records, tokenizer, data.max_length, overlong=data.overlong,
+                                 completion_only=data.completion_only)
+        if not tokenized.examples:
+            raise DataError(f"no usable training examples in {records.source}", fix="check the data path and "
+                            "data.max_length (examples longer than it may all be dropped)")
+        summary.update(examples=len(tokenized.examples), truncated=tokenized.truncated, dropped=tokenized.dropped)
+        return cls(config, tokenized.examples, tokenizer.pad_token_id, processes.device), summary
 
     def __init__(self, config: RunConfig, examples: list[Example], pad_id: int, device: torch.device):
         self.config = config
