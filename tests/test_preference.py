@@ -306,8 +306,8 @@ def test_over_long_pairs_are_truncated_or_dropped_and_counted():
 ])
 def test_inconsistent_preference_settings_are_config_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, settings)
-    assert load_config(None, ["preference.kind=simpo"]).preference.reference == "none"
+        load_config(None, ["method=dpo", *settings])
+    assert load_config(None, ["method=dpo", "preference.kind=simpo"]).preference.reference == "none"
 
 
 @pytest.mark.parametrize("setting,field", [("data.packing=true", "data.packing"),
