@@ -368,6 +368,15 @@ class RewardModelConfig(Section):
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+METHOD_SECTIONS = {"sft": "sft", "grpo": "rl", "distill": "distill", "dpo": "preference",
+                   "reward_model": "reward_model"}
+ON_POLICY_METHODS = ("grpo", "distill")
+
+
+def changed_keys(section: Section, prefix: str) -> list[str]:
+    """The dotted keys of ``section`` whose values differ from its class's defaults."""
+    default = type(section)().model_dump(mode="json")
+    return [f"{prefix}.{key}" for key, value in section.model_dump(mode="json").items() if value != default.get(key)]
 
 
 class RunConfig(Section):
@@ -394,6 +403,24 @@ class RunConfig(Section):
             raise ValueError("a run name is one folder name of letters, digits and . _ + - (not starting with . or "
                              "-); put other folders in output_dir, e.g. output_dir=runs/experiments name=first")
         return name
+
+    @model_validator(mode="after")
+    def _only_the_methods_settings(self) -> RunConfig:
+        """A setting the chosen method does not use is an error, not silently ignored: another method's section
+        changed from its defaults, ``train.grad_accum`` or ``train.micro_batch_tokens`` with an on-policy method
+        (its step is ``prompts_per_step`` prompts, split into passes by ``train.batch_size`` and its own
+        ``micro_batch_tokens``)."""
+        unused = [key for method, section in METHOD_SECTIONS.items() if method != self.method
+                  for key in changed_keys(getattr(self, section), section)]
+        if self.method in ON_POLICY_METHODS:
+            unused += [key for key in changed_keys(self.train, "train")
+                       if key in ("train.grad_accum", "train.micro_batch_tokens")]
+        if unused:
+            section = METHOD_SECTIONS[self.method]
+            raise ValueError(f"method {self.method} does not use {', '.join(unused)}; remove "
+                             f"{'it' if len(unused) == 1 else 'them'} (method {self.method} is configured in "
+                             f"`{section}:`{' and train.batch_size' if self.method in ON_POLICY_METHODS else ''})")
+        return self
 
     @property
     def run_dir(self) -> Path:

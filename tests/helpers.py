@@ -50,7 +50,7 @@ def step_gradients(model, method, work) -> tuple[float, list]:
     model.zero_grad(set_to_none=True)
     total = 0.0
     for batch in work.micro_batches:
-        loss, _ = method.loss(model, batch, work.normalizer)
+        loss, _ = method.loss(model, batch, work.totals)
         loss.backward()
         total += float(loss.detach())
     return total, [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]

@@ -105,11 +105,11 @@ def direct_method(tmp_path, model, *settings: str) -> tuple[RLMethod, list]:
     return method, method.step_batches(model, share, share, step=0)
 
 
-def gradients(model, method, batches) -> tuple[float, list[torch.Tensor]]:
+def gradients(model, method, work) -> tuple[float, list[torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     total = 0.0
-    for batch in batches:
-        loss, _ = method.loss(model, batch, 0.0)
+    for batch in work.micro_batches:
+        loss, _ = method.loss(model, batch, work.totals)
         loss.backward()
         total += float(loss.detach())
     return total, [p.grad.clone() for p in model.parameters()]

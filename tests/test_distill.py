@@ -103,11 +103,11 @@ def test_a_crashed_run_resumes_exactly(tmp_path, monkeypatch):
 
     original, calls = DistillMethod.loss, {"n": 0}
 
-    def crash_in_step_three(self, model, batch, normalizer):
+    def crash_in_step_three(self, model, batch, totals):
         calls["n"] += 1
         if calls["n"] > 2:  # one micro-batch per step
             raise RuntimeError("killed")
-        return original(self, model, batch, normalizer)
+        return original(self, model, batch, totals)
 
     monkeypatch.setattr(DistillMethod, "loss", crash_in_step_three)
     with pytest.raises(RuntimeError, match="killed"):
@@ -155,7 +155,7 @@ def test_self_context_teacher_sees_the_context_and_scores_the_same_tokens(tmp_pa
                                  f"distill.context_weights={weights}", "distill.context_template='{context} | {prompt}'")
     assert (method.snapshot is not None) == (weights == "initial")
     batch = work.micro_batches[0]
-    loss, _ = method.loss(model, batch, work.normalizer)
+    loss, _ = method.loss(model, batch, work.totals)
     expected, tokens = 0.0, 0
     for g in batch.generations:
         record = method.records[g.prompt_index]
@@ -165,8 +165,8 @@ def test_self_context_teacher_sees_the_context_and_scores_the_same_tokens(tmp_pa
         teacher = full_row_logits(model, context_ids, g.token_ids)
         expected += float(token_divergence(student, teacher, "reverse_kl").detach().sum())
         tokens += len(g)
-    assert tokens < work.normalizer  # the loss is this micro-batch's share of the step's token mean
-    assert float(loss.detach()) == pytest.approx(expected / work.normalizer, rel=1e-4) and float(loss.detach()) > 0
+    assert tokens < work.totals.tokens  # the loss is this micro-batch's share of the step's token mean
+    assert float(loss.detach()) == pytest.approx(expected / work.totals.tokens, rel=1e-4) and float(loss.detach()) > 0
 
 
 def test_model_teacher_and_gopd_objective(tmp_path):
@@ -179,7 +179,7 @@ def test_model_teacher_and_gopd_objective(tmp_path):
 
     model = tiny_model()  # λ = 1 with the self-teacher at T = 1: every token reward is log q − log p = 0
     method, work = direct_method(tmp_path, model, "distill.objective=reward")
-    loss, stats = method.loss(model, work.micro_batches[0], work.normalizer)
+    loss, stats = method.loss(model, work.micro_batches[0], work.totals)
     assert float(loss.detach()) == pytest.approx(0.0, abs=1e-6) and stats["token_reward_sum"] == pytest.approx(0.0, abs=1e-4)
 
 

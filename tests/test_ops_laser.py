@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from posttrain.errors import ConfigError, DataError
+from posttrain.errors import DataError
 from posttrain.ops import laser_class_weights, laser_loss, self_reward_advantages
 
 
@@ -84,7 +84,7 @@ def test_self_reward_advantages_with_tau_one_are_the_normalized_scores():
 
 
 def test_self_reward_advantages_reject_groups_of_one():
-    with pytest.raises(ConfigError, match="groups of G >= 2"):
+    with pytest.raises(ValueError, match="groups of G >= 2"):
         self_reward_advantages(torch.zeros(3), torch.ones(3), torch.zeros(3), group_size=1)
-    with pytest.raises(ConfigError, match="groups of G >= 2"):
+    with pytest.raises(ValueError, match="groups of G >= 2"):
         self_reward_advantages(torch.zeros(3), torch.ones(3), torch.zeros(3), group_size=2)

@@ -22,6 +22,7 @@ from posttrain.models.reward import load_reward_model
 from posttrain.ops import bradley_terry_loss, dpo_loss
 from posttrain.trainers import preference as preference_module
 from posttrain.trainers.distributed import Processes
+from posttrain.trainers.loop import StepTotals
 from posttrain.trainers.preference import REFERENCE_FILE, build_pair_method
 from posttrain.trainers.run import train
 from tests.helpers import assert_same_step_gradients, step_gradients, tiny_overrides, train_steps
@@ -99,8 +100,9 @@ def test_dpo_loss_equals_the_loss_of_full_logits_log_probs(tmp_path, settings):
     reference_model = tiny_model()
     perturb(model)
     indices = list(range(len(PAIRS)))
-    (batch,) = method.step_batches(model, indices, indices, step=0).micro_batches
-    loss, stats = method.loss(model, batch, normalizer=len(indices))
+    work = method.step_batches(model, indices, indices, step=0)
+    (batch,) = work.micro_batches
+    loss, stats = method.loss(model, batch, work.totals)
 
     policy, lengths = pair_logps(model, method.pairs)
     chosen, rejected = policy[:, 0], policy[:, 1]
@@ -154,7 +156,7 @@ def test_reward_model_loss_is_bradley_terry_on_the_scores_of_its_head(tmp_path):
     method = direct_method(tmp_path, model, "reward_model.margin_field=margin",
                            "reward_model.center_coefficient=0.05", method="reward_model")
     indices = [5, 0, 3, 7]
-    loss, stats = method.loss(model, method.collate(indices), normalizer=len(indices))
+    loss, stats = method.loss(model, method.collate(indices), StepTotals(pairs=len(indices)))
     # the classifier's own pooling (last non-pad token), one unpadded row at a time
     with torch.no_grad():
         scores = torch.tensor([[float(model(input_ids=torch.tensor([side.input_ids])).logits[0, 0])
@@ -304,8 +306,8 @@ def test_over_long_pairs_are_truncated_or_dropped_and_counted():
 ])
 def test_inconsistent_preference_settings_are_config_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, settings)
-    assert load_config(None, ["preference.kind=simpo"]).preference.reference == "none"
+        load_config(None, ["method=dpo", *settings])
+    assert load_config(None, ["method=dpo", "preference.kind=simpo"]).preference.reference == "none"
 
 
 @pytest.mark.parametrize("setting,field", [("data.packing=true", "data.packing"),

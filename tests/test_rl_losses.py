@@ -16,6 +16,7 @@ from posttrain.ops import (
     laser_class_weights,
     laser_score,
     policy_loss,
+    policy_loss_sum,
     self_reward_advantages,
 )
 from posttrain.trainers import rl as rl_module
@@ -52,8 +53,8 @@ def test_micro_batches_of_one_group_give_the_gradient_of_one_big_batch(tmp_path,
     finished = [g.finish_reason == "eos" for g in small.engine.generations]
     # rows of several lengths, finished and truncated (masked): a wrong share per micro-batch would show
     assert len(set(map(len, generated[0]))) > 2 and any(finished) and not all(finished)
-    loss_split, grads_split = gradients(model, small, split.micro_batches)
-    loss_whole, grads_whole = gradients(model, big, whole.micro_batches)
+    loss_split, grads_split = gradients(model, small, split)
+    loss_whole, grads_whole = gradients(model, big, whole)
     assert loss_split == pytest.approx(loss_whole, rel=1e-5, abs=1e-7)
     for a, b in zip(grads_split, grads_whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
@@ -70,8 +71,8 @@ def test_token_budget_passes_give_the_gradient_of_one_pass(tmp_path, kind):
     for batch in split.micro_batches:  # rows grouped by length: each pass stays within the budget
         rows, width = batch.input_ids.shape
         assert rows == 1 or rows * width <= 40
-    loss_split, grads_split = gradients(model, budget, split.micro_batches)
-    loss_whole, grads_whole = gradients(model, one, whole.micro_batches)
+    loss_split, grads_split = gradients(model, budget, split)
+    loss_whole, grads_whole = gradients(model, one, whole)
     assert loss_split == pytest.approx(loss_whole, rel=1e-5, abs=1e-7)
     for a, b in zip(grads_split, grads_whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
@@ -113,7 +114,7 @@ def test_one_micro_batch_is_policy_loss_of_a_full_logits_forward(tmp_path, kind,
         entropy = sum(float(-(logits.softmax(-1) * logits.log_softmax(-1)).sum()) for _, logits in rows)
 
     model.zero_grad(set_to_none=True)
-    loss, stats = method.loss(model, batch, 0.0)
+    loss, stats = method.loss(model, batch, work.totals)
     loss.backward()
     assert float(loss.detach()) == pytest.approx(float(expected.loss.detach()), rel=1e-4, abs=1e-6)
     for got, want in zip((p.grad for p in model.parameters()), expected_grads, strict=True):
@@ -145,10 +146,10 @@ def test_laser_integrates_the_log_prob_of_the_reserved_token_after_eos(tmp_path,
 
     def recording_policy_loss(*args, **kwargs):
         used["advantages"] = args[2].detach().clone()
-        return policy_loss(*args, **kwargs)
+        return policy_loss_sum(*args, **kwargs)
 
-    monkeypatch.setattr(rl_module, "policy_loss", recording_policy_loss)
-    _, stats = method.loss(model, batch, 0.0)
+    monkeypatch.setattr(rl_module, "policy_loss_sum", recording_policy_loss)
+    _, stats = method.loss(model, batch, work.totals)
     torch.testing.assert_close(batch.scores[valid], expected_scores[valid], atol=1e-6, rtol=0)
     torch.testing.assert_close(used["advantages"], expected_advantages, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(used["advantages"], plain, atol=1e-2)  # the integration changed them
@@ -162,7 +163,7 @@ def test_laser_integrates_the_log_prob_of_the_reserved_token_after_eos(tmp_path,
     flipped = batch.verifier.clone()
     flipped[~valid] = 1 - flipped[~valid]  # a truncated row's verdict must not matter
     batch.verifier = flipped
-    assert method.loss(model, batch, 0.0)[1]["self_reward_loss"] == pytest.approx(stats["self_reward_loss"])
+    assert method.loss(model, batch, work.totals)[1]["self_reward_loss"] == pytest.approx(stats["self_reward_loss"])
 
     metrics = method.summarize({**work.stats, **stats})
     predicted = expected_scores > 0.5

@@ -168,9 +168,9 @@ def test_a_single_non_finite_step_is_skipped_and_training_goes_on(tmp_path, monk
     original = SFTMethod.loss
     calls = {"n": 0}
 
-    def loss_nan_at_second_step(self, model, batch, normalizer):
+    def loss_nan_at_second_step(self, model, batch, totals):
         calls["n"] += 1
-        loss, stats = original(self, model, batch, normalizer)
+        loss, stats = original(self, model, batch, totals)
         return (loss * float("nan"), stats) if calls["n"] == 2 else (loss, stats)
 
     monkeypatch.setattr(SFTMethod, "loss", loss_nan_at_second_step)

@@ -10,25 +10,36 @@ from posttrain.ops.distill import (
     token_divergence,
 )
 from posttrain.ops.forward import TargetLogprobs, causal_lm_parts, completion_logprobs
-from posttrain.ops.laser import laser_class_weights, laser_loss, self_reward_advantages
+from posttrain.ops.laser import laser_class_weights, laser_loss, laser_loss_sum, self_reward_advantages
 from posttrain.ops.logprobs import hidden_logprobs, soft_cap, token_entropy, token_logprobs
-from posttrain.ops.policy import POLICY_LOSS_KINDS, PolicyLoss, k3_kl, policy_loss
+from posttrain.ops.policy import (
+    POLICY_LOSS_KINDS,
+    POLICY_LOSS_TOTALS,
+    PolicyLoss,
+    k3_kl,
+    policy_loss,
+    policy_loss_sum,
+)
 from posttrain.ops.preference import (
     PREFERENCE_KINDS,
     PreferenceLoss,
     bradley_terry_loss,
+    bradley_terry_losses,
     dpo_loss,
     regression_loss,
+    rpo_sum,
     rpo_term,
+    squared_errors,
 )
 from posttrain.ops.scores import laser_score, self_certainty, token_self_certainty
-from posttrain.ops.sft import SFT_KINDS, profit_keep_mask, sft_loss, sft_token_weights
+from posttrain.ops.sft import SFT_KINDS, profit_keep_mask, sft_loss, sft_loss_sum, sft_token_weights
 
 __all__ = [
     "ADVANTAGE_BASELINES",
     "ADVANTAGE_SCALES",
     "DIVERGENCE_KINDS",
     "POLICY_LOSS_KINDS",
+    "POLICY_LOSS_TOTALS",
     "PREFERENCE_KINDS",
     "PolicyLoss",
     "PreferenceLoss",
@@ -36,6 +47,7 @@ __all__ = [
     "TargetLogprobs",
     "TokenDistill",
     "bradley_terry_loss",
+    "bradley_terry_losses",
     "regression_loss",
     "causal_lm_parts",
     "completion_logprobs",
@@ -48,13 +60,18 @@ __all__ = [
     "k3_kl",
     "laser_class_weights",
     "laser_loss",
+    "laser_loss_sum",
     "laser_score",
     "policy_loss",
+    "policy_loss_sum",
     "profit_keep_mask",
+    "rpo_sum",
     "rpo_term",
     "self_certainty",
     "self_reward_advantages",
     "sft_loss",
+    "sft_loss_sum",
+    "squared_errors",
     "soft_cap",
     "sft_token_weights",
     "token_divergence",

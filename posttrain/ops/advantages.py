@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.errors import ConfigError, DataError, check_choice
+from posttrain.errors import DataError
+from posttrain.ops.checks import check_choice
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 ADVANTAGE_BASELINES = ("mean", "rloo")
@@ -38,7 +39,7 @@ def group_advantages(
     """Advantages ``(r_i − b_i) / (s_i + eps)`` for rewards ``[N]`` in consecutive groups of ``group_size``.
 
     Returns a tensor of shape ``[N]`` with the dtype of ``rewards`` (integer rewards become float32).
-    Raises :class:`ConfigError` for an unknown ``scale``/``baseline``, for ``group_size < 2`` with
+    Raises :class:`ValueError` for an unknown ``scale``/``baseline``, for ``group_size < 2`` with
     ``scale="group"`` or ``baseline="rloo"`` (a group of one has no spread and no "others"), and for
     ``N`` not a multiple of ``group_size``; :class:`DataError` for non-finite rewards.
     """
@@ -62,35 +63,25 @@ def group_advantages(
 
 
 def _check_arguments(rewards: torch.Tensor, group_size: int, scale: str, baseline: str) -> None:
-    where = "group_advantages"
-    check_choice(scale, ADVANTAGE_SCALES, "advantage scale", where)
-    check_choice(baseline, ADVANTAGE_BASELINES, "advantage baseline", where)
+    check_choice(scale, ADVANTAGE_SCALES, "advantage scale")
+    check_choice(baseline, ADVANTAGE_BASELINES, "advantage baseline")
     if rewards.dim() != 1:
         raise ValueError(
             f"rewards must be a 1-D tensor (one reward per completion), got shape {tuple(rewards.shape)}"
         )
     if group_size < 1:
-        raise ConfigError(
-            f"group size must be at least 1, got {group_size}",
-            where=where,
-            fix="set the number of samples per prompt (G) to 2 or more",
-        )
+        raise ValueError(f"group size must be at least 1, got {group_size}; "
+                         "set the number of samples per prompt (G) to 2 or more")
     if group_size < 2 and (scale == "group" or baseline == "rloo"):
         need = "group-std scaling" if scale == "group" else "the RLOO baseline"
-        raise ConfigError(
-            f"{need} needs at least 2 samples per prompt, got G = {group_size}",
-            where=where,
-            fix="use 2 or more samples per prompt (G), or scale 'batch'/'none' with the mean baseline",
-        )
+        raise ValueError(f"{need} needs at least 2 samples per prompt, got G = {group_size}; "
+                         "use 2 or more samples per prompt (G), or scale 'batch'/'none' with the mean baseline")
     if rewards.numel() % group_size != 0:
-        raise ConfigError(
-            f"{rewards.numel()} rewards do not split into groups of {group_size}",
-            where=where,
-            fix="pass G consecutive rewards for every prompt (the batch size must be a multiple of G)",
-        )
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}; "
+                         "pass G consecutive rewards for every prompt (the batch size must be a multiple of G)")
     if not torch.isfinite(rewards).all():
         raise DataError(
             "rewards contain NaN or infinite values",
-            where=where,
+            where="group_advantages",
             fix="make every reward function return a finite number (the reward registry scores failures)",
         )

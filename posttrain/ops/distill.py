@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from posttrain.errors import ConfigError, check_choice
+from posttrain.ops.checks import check_choice
 from posttrain.ops.logprobs import DEFAULT_CHUNK, _at_least_float32, soft_cap
 
 DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd")
@@ -36,17 +36,17 @@ DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
 def check_divergence_args(kind: str, beta: float, teacher_temperature: float, top_k: int,
                           vocab_size: int | None = None) -> None:
-    """Raise :class:`ConfigError` for an unknown kind, β outside [0, 1], T ≤ 0 or a top-k beyond the vocabulary."""
-    check_choice(kind, DIVERGENCE_KINDS, "divergence kind", "distill.divergence")
+    """Raise :class:`ValueError` for an unknown kind, β outside [0, 1], T ≤ 0 or a top-k beyond the vocabulary."""
+    check_choice(kind, DIVERGENCE_KINDS, "divergence kind")
     if not 0.0 <= beta <= 1.0:
-        raise ConfigError(f"jsd beta = {beta} is outside [0, 1]", where="distill.beta",
-                          fix="use 0 (forward KL) … 1 (reverse KL); GKD and OPSD use 0.5")
+        raise ValueError(f"jsd beta = {beta} is outside [0, 1]; "
+                         "use 0 (forward KL) … 1 (reverse KL); GKD and OPSD use 0.5")
     if not (math.isfinite(teacher_temperature) and teacher_temperature > 0):
-        raise ConfigError(f"teacher temperature = {teacher_temperature} must be > 0", where="distill.temperature",
-                          fix="use a temperature > 0 (TS-OPSD reheats with T > 1, e.g. 1.5 or 2.0)")
+        raise ValueError(f"teacher temperature = {teacher_temperature} must be > 0; "
+                         "use a temperature > 0 (TS-OPSD reheats with T > 1, e.g. 1.5 or 2.0)")
     if top_k < 0 or (vocab_size is not None and top_k > vocab_size):
-        raise ConfigError(f"top_k = {top_k} is outside [0, {vocab_size or 'vocabulary size'}]", where="distill.top_k",
-                          fix="use 0 (the full vocabulary) or a k no larger than the vocabulary")
+        raise ValueError(f"top_k = {top_k} is outside [0, {vocab_size or 'vocabulary size'}]; "
+                         "use 0 (the full vocabulary) or a k no larger than the vocabulary")
 
 
 def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "forward_kl",
@@ -168,7 +168,7 @@ def extrapolated_token_rewards(student_logprob: torch.Tensor, teacher_logprob: t
     """
     if reference_logprob is None:
         if lam != 1.0:
-            raise ConfigError(f"G-OPD with lambda = {lam} needs the reference log-probabilities",
-                              where="distill.gopd_lambda", fix="pass the reference model's log-probs or use 1.0")
+            raise ValueError(f"G-OPD with lambda = {lam} needs the reference log-probabilities; "
+                             "pass the reference model's log-probs or use 1.0")
         return (teacher_logprob - student_logprob).detach()
     return (lam * (teacher_logprob - reference_logprob) - (student_logprob - reference_logprob)).detach()

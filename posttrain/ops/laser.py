@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.errors import ConfigError, DataError
+from posttrain.errors import DataError
 
 
 def laser_class_weights(verifier_rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -51,6 +51,13 @@ def laser_loss(
     over the whole generation batch when this is one micro-batch of it), else 1. The gradient flows
     through ``scores`` only. The total LaSeR objective is ``L_policy + α·L_SR`` (α = 0.1 in the paper).
     """
+    return laser_loss_sum(scores, verifier_rewards, valid, balanced, class_weights) / scores.numel()
+
+
+def laser_loss_sum(scores: torch.Tensor, verifier_rewards: torch.Tensor, valid: torch.Tensor, balanced: bool = True,
+                   class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The numerator of :func:`laser_loss`, ``Σ_i m_i·w_i·(r_s,i − r_v,i)²``: a trainer divides it by the
+    step's row count."""
     valid = _check_rows(verifier_rewards, valid, "verifier_rewards")
     if scores.shape != verifier_rewards.shape:
         raise ValueError(f"scores have shape {tuple(scores.shape)}, expected {tuple(verifier_rewards.shape)}")
@@ -58,7 +65,7 @@ def laser_loss(
         class_weights = laser_class_weights(verifier_rewards, valid) if balanced else valid.to(scores.dtype)
     weights = class_weights.to(scores.dtype) * valid.to(scores.dtype)
     squared_error = (scores - verifier_rewards.to(scores.dtype).detach()) ** 2
-    return (weights * squared_error).mean()
+    return (weights * squared_error).sum()
 
 
 def self_reward_advantages(
@@ -83,11 +90,8 @@ def self_reward_advantages(
     if advantages.shape != scores.shape:
         raise ValueError(f"advantages have shape {tuple(advantages.shape)}, expected {tuple(scores.shape)}")
     if group_size < 2 or scores.numel() % group_size != 0:
-        raise ConfigError(
-            f"{scores.numel()} self-reward scores do not form groups of G >= 2 (G = {group_size})",
-            where="self_reward_advantages",
-            fix="use at least 2 samples per prompt and pass G consecutive rows for every prompt",
-        )
+        raise ValueError(f"{scores.numel()} self-reward scores do not form groups of G >= 2 (G = {group_size}); "
+                         "use at least 2 samples per prompt and pass G consecutive rows for every prompt")
     clipped = torch.where(valid, scores.detach().clamp(0.0, 1.0), torch.zeros_like(scores))
     grouped = clipped.view(-1, group_size)
     spread = grouped.std(dim=1, correction=1, keepdim=True)

@@ -17,20 +17,25 @@ how ``ℓ`` is reduced over the masked tokens ``m``:
   token-level loss), so micro-batches of one generation batch sum to its token mean. N defaults to
   ``Σ m`` (then equal to ``bnpo``).
 
-The returned loss is that of one micro-batch before gradient-accumulation scaling: TRL further divides
-``grpo``/``bnpo``/``dr_grpo`` by the number of accumulation steps, while ``dapo``'s N already spans the
-generation batch (TRL's ``num_items_in_batch`` with ``steps_per_generation`` equal to the accumulation steps).
+Each kind is a sum divided by a count: :func:`policy_loss_sum` returns the sum ``S`` (``grpo``:
+``Σ_i Σ_t m ℓ / Σ_t m``; ``bnpo``/``dapo``: ``Σ m ℓ``; ``dr_grpo``: ``Σ m ℓ / L``) and
+``POLICY_LOSS_TOTALS[kind]`` names the count (``rows`` or ``tokens``). :func:`policy_loss` divides by this
+batch's count (TRL's reduction of one batch); a trainer divides by the whole step's count instead, so
+micro-batches sum to the loss of one big batch. TRL further divides ``grpo``/``bnpo``/``dr_grpo`` by the
+number of accumulation steps, while ``dapo``'s N already spans the generation batch (TRL's
+``num_items_in_batch`` with ``steps_per_generation`` equal to the accumulation steps).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from posttrain.errors import ConfigError, check_choice
+from posttrain.ops.checks import check_choice
 
 POLICY_LOSS_KINDS = ("grpo", "bnpo", "dr_grpo", "dapo")
+POLICY_LOSS_TOTALS = {"grpo": "rows", "bnpo": "tokens", "dr_grpo": "rows", "dapo": "tokens"}
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,30 @@ def policy_loss(
     num_active_tokens: float | torch.Tensor | None = None,
     max_completion_length: int | None = None,
 ) -> PolicyLoss:
-    """Clipped surrogate loss (plus ``β``·k3 KL) reduced per ``kind`` (see the module docstring).
+    """Clipped surrogate loss (plus ``β``·k3 KL) reduced per ``kind`` over this batch (the module docstring).
 
     ``logprobs``, ``old_logprobs``, ``ref_logprobs`` and ``mask`` are ``[B, T]``; ``advantages`` is ``[B]``
     (one per row) or ``[B, T]``. Only ``logprobs`` carries a gradient: ``old_logprobs``,
-    ``ref_logprobs`` and ``advantages`` are detached. ``num_active_tokens`` is ``dapo``'s N and
-    ``max_completion_length`` is ``dr_grpo``'s L. The KL enters the loss only when ``beta > 0``; with
-    ``ref_logprobs`` and ``beta = 0`` it is still reported in the statistics.
+    ``ref_logprobs`` and ``advantages`` are detached. ``num_active_tokens`` is ``dapo``'s N (default
+    ``Σ mask``) and ``max_completion_length`` is ``dr_grpo``'s L. The KL enters the loss only when
+    ``beta > 0``; with ``ref_logprobs`` and ``beta = 0`` it is still reported in the statistics.
     """
+    result = policy_loss_sum(logprobs, old_logprobs, advantages, mask, kind, eps_low, eps_high, ref_logprobs,
+                             beta, max_completion_length)
+    count = mask.shape[0] if POLICY_LOSS_TOTALS[kind] == "rows" else mask.sum()
+    if kind == "dapo" and num_active_tokens is not None:
+        count = num_active_tokens
+    return replace(result, loss=result.loss / torch.as_tensor(count, dtype=result.loss.dtype).clamp(min=1.0))
+
+
+def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                    kind: str = "dapo", eps_low: float = 0.2, eps_high: float = 0.2,
+                    ref_logprobs: torch.Tensor | None = None, beta: float = 0.0,
+                    max_completion_length: int | None = None) -> PolicyLoss:
+    """:func:`policy_loss` before the division by the count ``POLICY_LOSS_TOTALS[kind]``: its ``loss`` is the
+    sum ``S`` of the module docstring (``grpo``: each row's token mean, summed over rows; ``bnpo``/``dapo``: the
+    masked token sum; ``dr_grpo``: the masked token sum ÷ L, L = ``max_completion_length`` or ``mask.shape[1]``).
+    The statistics are this batch's token means, as in :func:`policy_loss`."""
     _check_arguments(logprobs, old_logprobs, advantages, mask, kind, ref_logprobs, beta)
     mask = mask.to(logprobs.dtype)
     advantages = advantages.detach()
@@ -90,7 +111,13 @@ def policy_loss(
         kl = k3_kl(logprobs, ref_logprobs.detach())
         if beta > 0:
             per_token = per_token + beta * kl
-    loss = _aggregate(per_token * mask, mask, kind, num_active_tokens, max_completion_length)
+    masked = per_token * mask
+    if kind == "grpo":
+        loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum()
+    elif kind == "dr_grpo":
+        loss = masked.sum() / (mask.shape[1] if max_completion_length is None else max_completion_length)
+    else:
+        loss = masked.sum()
 
     clip_low = (ratio < 1 - eps_low) & (advantages < 0)
     clip_high = (ratio > 1 + eps_high) & (advantages > 0)
@@ -102,24 +129,6 @@ def policy_loss(
         ratio=_token_mean(ratio, mask),
         kl=None if kl is None else _token_mean(kl, mask),
     )
-
-
-def _aggregate(
-    masked_loss: torch.Tensor,
-    mask: torch.Tensor,
-    kind: str,
-    num_active_tokens: float | torch.Tensor | None,
-    max_completion_length: int | None,
-) -> torch.Tensor:
-    if kind == "grpo":
-        return (masked_loss.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-    if kind == "bnpo":
-        return masked_loss.sum() / mask.sum().clamp(min=1.0)
-    if kind == "dr_grpo":
-        length = mask.shape[1] if max_completion_length is None else max_completion_length
-        return masked_loss.sum() / (mask.shape[0] * length)
-    tokens = mask.sum() if num_active_tokens is None else num_active_tokens
-    return masked_loss.sum() / torch.as_tensor(tokens, dtype=masked_loss.dtype).clamp(min=1.0)
 
 
 def _token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -136,18 +145,12 @@ def _check_arguments(
     ref_logprobs: torch.Tensor | None,
     beta: float,
 ) -> None:
-    where = "policy_loss"
-    check_choice(kind, POLICY_LOSS_KINDS, "policy loss kind", where)
+    check_choice(kind, POLICY_LOSS_KINDS, "policy loss kind")
     if beta > 0 and ref_logprobs is None:
-        raise ConfigError(
-            f"a KL coefficient beta = {beta} needs reference log-probs",
-            where=where,
-            fix="pass ref_logprobs (a reference model's per-token log-probs) or set beta to 0",
-        )
+        raise ValueError(f"a KL coefficient beta = {beta} needs reference log-probs: pass ref_logprobs "
+                         "(a reference model's per-token log-probs) or set beta to 0")
     if beta < 0:
-        raise ConfigError(
-            f"beta must be >= 0, got {beta}", where=where, fix="set the KL coefficient to 0 or more"
-        )
+        raise ValueError(f"beta must be >= 0, got {beta}")
     shapes = {"old_logprobs": old_logprobs.shape, "mask": mask.shape}
     if ref_logprobs is not None:
         shapes["ref_logprobs"] = ref_logprobs.shape

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from posttrain.errors import ConfigError, check_choice
+from posttrain.ops.checks import check_choice
 
 PREFERENCE_KINDS = ("sigmoid", "robust", "ipo", "hinge", "simpo")
 LABEL_SMOOTHING_KINDS = ("sigmoid", "robust", "simpo")
@@ -120,7 +120,12 @@ def rpo_term(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.
     The trainer adds ``α·rpo_term`` to the mean DPO loss (RPO's α, TRL's ``loss_weights=[1, α]``).
     """
     total_tokens = chosen_lengths.to(chosen_logps.dtype).sum().clamp(min=1.0)
-    return -chosen_logps.sum() / total_tokens
+    return rpo_sum(chosen_logps) / total_tokens
+
+
+def rpo_sum(chosen_logps: torch.Tensor) -> torch.Tensor:
+    """The numerator of :func:`rpo_term`, ``−Σ_i π_c,i``: a trainer divides it by the step's chosen tokens."""
+    return -chosen_logps.sum()
 
 
 def bradley_terry_loss(
@@ -136,27 +141,36 @@ def bradley_terry_loss(
     centering term of Eisenstein et al. 2023 (arXiv 2312.09244, Eq. 2), as TRL 1.16
     ``RewardTrainer.compute_loss`` computes it.
     """
+    return bradley_terry_losses(chosen_rewards, rejected_rewards, margin, center_coefficient).mean()
+
+
+def bradley_terry_losses(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                         margin: torch.Tensor | float | None = None,
+                         center_coefficient: float | None = None) -> torch.Tensor:
+    """Per-pair terms ``−log σ(r_c − r_r − m) + c·(r_c + r_r)²`` ``[n]``, whose mean is :func:`bradley_terry_loss`."""
     if center_coefficient is not None and center_coefficient < 0:
-        raise ConfigError(
-            f"center_coefficient must be >= 0, got {center_coefficient}",
-            where="bradley_terry_loss",
-            fix="use a small positive value such as 0.01, or leave it unset",
-        )
+        raise ValueError(f"center_coefficient must be >= 0, got {center_coefficient}; "
+                         "use a small positive value such as 0.01, or leave it unset")
     difference = chosen_rewards - rejected_rewards
     if margin is not None:
         difference = difference - margin
-    loss = -F.logsigmoid(difference).mean()
+    losses = -F.logsigmoid(difference)
     if center_coefficient is not None:
-        loss = loss + center_coefficient * torch.mean((chosen_rewards + rejected_rewards) ** 2)
-    return loss
+        losses = losses + center_coefficient * (chosen_rewards + rejected_rewards) ** 2
+    return losses
 
 
 def regression_loss(scores: torch.Tensor, labels: torch.Tensor, normalizer: float | None = None) -> torch.Tensor:
     """Squared error of a scalar head, ``Σ_i (s_i − y_i)² / N`` with ``N = normalizer`` (default: the rows
     here, i.e. the MSE; give the global batch's row count to get this micro-batch's share of its mean). RM-NLHF's
     MetaRM regresses the rule reward this way (Wang et al. 2026, arXiv 2601.07349; methods.md §4.5)."""
-    errors = (scores - labels.to(scores.dtype)) ** 2
+    errors = squared_errors(scores, labels)
     return errors.sum() / (len(errors) if normalizer is None else normalizer)
+
+
+def squared_errors(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row ``(s_i − y_i)²`` ``[n]``: the terms :func:`regression_loss` sums."""
+    return (scores - labels.to(scores.dtype)) ** 2
 
 
 def _smoothed_logistic(logits: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -178,44 +192,27 @@ def _check_arguments(
     chosen_lengths: torch.Tensor | None,
     rejected_lengths: torch.Tensor | None,
 ) -> None:
-    where = "dpo_loss"
-    check_choice(kind, PREFERENCE_KINDS, "preference loss kind", where)
+    check_choice(kind, PREFERENCE_KINDS, "preference loss kind")
     if not beta > 0:
-        raise ConfigError(f"beta must be > 0, got {beta}", where=where, fix="use a positive beta such as 0.1")
+        raise ValueError(f"beta must be > 0, got {beta}; "
+                         "use a positive beta such as 0.1")
     if not 0 <= label_smoothing < 0.5:
-        raise ConfigError(
-            f"label_smoothing must lie in [0, 0.5), got {label_smoothing}",
-            where=where,
-            fix="use the assumed label-flip rate, e.g. 0.1, or 0 for none",
-        )
+        raise ValueError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing}; "
+                         "use the assumed label-flip rate, e.g. 0.1, or 0 for none")
     if label_smoothing > 0 and kind not in LABEL_SMOOTHING_KINDS:
-        raise ConfigError(
-            f"the {kind!r} loss has no label smoothing, got label_smoothing = {label_smoothing}",
-            where=where,
-            fix=f"set label_smoothing to 0 or use one of: {', '.join(LABEL_SMOOTHING_KINDS)}",
-        )
+        raise ValueError(f"the {kind!r} loss has no label smoothing, got label_smoothing = {label_smoothing}"
+                         "; "
+                         f"set label_smoothing to 0 or use one of: {', '.join(LABEL_SMOOTHING_KINDS)}")
     if gamma != 0 and kind != "simpo":
-        raise ConfigError(
-            f"gamma (SimPO's target margin) is {gamma} but the loss kind is {kind!r}",
-            where=where,
-            fix="set gamma to 0 or use kind 'simpo'",
-        )
+        raise ValueError(f"gamma (SimPO's target margin) is {gamma} but the loss kind is {kind!r}; "
+                         "set gamma to 0 or use kind 'simpo'")
     has_reference = (ref_chosen_logps is not None, ref_rejected_logps is not None)
     if kind == "simpo" and any(has_reference):
-        raise ConfigError(
-            "the 'simpo' loss is reference-free but reference log-probs were given",
-            where=where,
-            fix="drop the reference model for SimPO, or use a reference-based kind",
-        )
+        raise ValueError("the 'simpo' loss is reference-free but reference log-probs were given; "
+                         "drop the reference model for SimPO, or use a reference-based kind")
     if kind != "simpo" and not all(has_reference):
-        raise ConfigError(
-            f"the {kind!r} loss needs reference log-probs for both the chosen and the rejected completions",
-            where=where,
-            fix="pass ref_chosen_logps and ref_rejected_logps (a reference model's summed log-probs)",
-        )
+        raise ValueError(f"the {kind!r} loss needs reference log-probs for both the chosen and the rejected completions; "
+                         "pass ref_chosen_logps and ref_rejected_logps (a reference model's summed log-probs)")
     if kind in LENGTH_NORMALIZED_KINDS and (chosen_lengths is None or rejected_lengths is None):
-        raise ConfigError(
-            f"the {kind!r} loss averages log-probs over completion tokens and needs their lengths",
-            where=where,
-            fix="pass chosen_lengths and rejected_lengths (completion tokens per row)",
-        )
+        raise ValueError(f"the {kind!r} loss averages log-probs over completion tokens and needs their lengths; "
+                         "pass chosen_lengths and rejected_lengths (completion tokens per row)")

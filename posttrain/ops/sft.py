@@ -54,7 +54,11 @@ def sft_loss(
     (the response-token count of the whole global batch, for exact multi-process normalization).
     A batch with no response tokens gives a zero loss that still carries a gradient graph.
     """
-    weights = sft_token_weights(logprobs, mask, kind, tau)
-    total = -(weights * logprobs).sum()
+    total = sft_loss_sum(logprobs, mask, kind, tau)
     denominator = mask.sum() if num_tokens is None else num_tokens
     return total / torch.clamp(torch.as_tensor(denominator, dtype=total.dtype), min=1.0)
+
+
+def sft_loss_sum(logprobs: torch.Tensor, mask: torch.Tensor, kind: str = "nll", tau: float = 0.1) -> torch.Tensor:
+    """The numerator of :func:`sft_loss`, ``−Σ_t w_t log p(y_t)``: a trainer divides it by the step's token count."""
+    return -(sft_token_weights(logprobs, mask, kind, tau) * logprobs).sum()

@@ -39,12 +39,11 @@ from posttrain.errors import ConfigError, DataError
 from posttrain.models import disabled_adapter, is_peft_model, load_model, load_tokenizer
 from posttrain.models.vocabulary import check_same_output_size, check_same_tokenizer
 from posttrain.ops import causal_lm_parts, completion_logprobs, extrapolated_token_rewards, hidden_divergence
-from posttrain.ops.distill import check_divergence_args
 from posttrain.rewards import build_rewards, check_rewards_for_records
 from posttrain.rollout import Generation, HFEngine, SamplingParams
 from posttrain.trainers.distributed import Processes
-from posttrain.trainers.inputs import eval_source, load_source
-from posttrain.trainers.loop import StepBatches
+from posttrain.trainers.inputs import eval_source, load_source, training_records
+from posttrain.trainers.loop import Method, StepBatches, StepTotals
 from posttrain.trainers.rollouts import (
     RolloutRows,
     append_samples,
@@ -79,16 +78,23 @@ def context_prompt(record: dict, field: str, template: str) -> dict:
     return {**record, "prompt": text}
 
 
-class DistillMethod:
+class DistillMethod(Method, name="distill"):
     """On-policy distillation for :class:`posttrain.trainers.loop.Trainer`."""
 
-    updates_per_step = 1
+    @classmethod
+    def from_config(cls, config: RunConfig, model, tokenizer, processes: Processes) -> tuple[DistillMethod, dict]:
+        records, summary = training_records(config.data, "prompt")
+        if not records.records:
+            raise DataError(f"no prompts in {records.source}", fix="check the data path")
+        return cls(config, records.records, model, tokenizer, processes), summary
 
     def __init__(self, config: RunConfig, records: list[dict], model, tokenizer, processes: Processes):
         cfg = config.distill
-        head = causal_lm_parts(model)[1]
-        check_divergence_args(cfg.divergence, cfg.beta, cfg.teacher_temperature, cfg.top_k_divergence,
-                              head.weight.shape[0])
+        vocab_size = causal_lm_parts(model)[1].weight.shape[0]
+        if cfg.top_k_divergence > vocab_size:
+            raise ConfigError(f"distill.top_k_divergence = {cfg.top_k_divergence} exceeds the model's vocabulary of "
+                              f"{vocab_size} tokens", where="distill.top_k_divergence",
+                              fix="use 0 (the full vocabulary) or a k no larger than the vocabulary")
         self.config, self.cfg, self.tokenizer, self.processes = config, cfg, tokenizer, processes
         self.records = records
         self.prompts = encode_prompts(records, tokenizer)
@@ -176,11 +182,11 @@ class DistillMethod:
                         **{f"reward_{k}": float(v[i]) for k, v in scored.components.items()}}
                        for i in range(len(generations))]
         append_samples(self.samples_path, step, share, generations, columns)
-        tokens = self.processes.sum_values({"tokens": stats["completion_tokens"]})["tokens"]
+        counts = self.processes.sum_values({"rows": stats["rollouts"], "tokens": stats["completion_tokens"]})
         parts = micro_batches(generations, [len(g.prompt_ids) + len(g) for g in generations],
                               self.config.train.batch_size, cfg.micro_batch_tokens)
         batches = [self._batch(part, [share[g.prompt_index] for g in part]) for part in parts]
-        return StepBatches(batches, normalizer=max(tokens, 1.0), stats=stats)
+        return StepBatches(batches, StepTotals(rows=counts["rows"], tokens=counts["tokens"]), stats=stats)
 
     def _batch(self, generations: list[Generation], record_indices: list[int]) -> DistillBatch:
         teacher_rows = None
@@ -223,7 +229,7 @@ class DistillMethod:
                                       position_ids=rows.position_ids.to(device))
         return out.logprobs[out.mask.bool()]
 
-    def loss(self, model, batch: DistillBatch, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model, batch: DistillBatch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         teacher_hidden, teacher_weight = self._teacher_hidden(model, batch)
         hidden, labels = self._targets(model, batch.student)
@@ -235,10 +241,10 @@ class DistillMethod:
         if cfg.objective == "reward":
             rewards = extrapolated_token_rewards(tokens.student_logprob, tokens.teacher_logprob,
                                                  self._reference_logprobs(model, batch), cfg.gopd_lambda)
-            loss = -(rewards * tokens.student_logprob).sum() / normalizer
+            loss = -(rewards * tokens.student_logprob).sum() / totals.of("tokens")
             extra = {"token_reward_sum": float(rewards.sum())}
         else:
-            loss = tokens.divergence.sum() / normalizer
+            loss = tokens.divergence.sum() / totals.of("tokens")
             extra = {}
         stats = {"loss": float(loss.detach()), "divergence_sum": float(tokens.divergence.detach().sum()),
                  "entropy_sum": float(tokens.entropy.sum()), "trained_tokens": float(labels.numel()),

@@ -1,9 +1,10 @@
 """Processes of a run: rank, world size, device, and the two reductions the loop needs.
 
 The loop normalizes every loss by a count taken over the *global* batch (all micro-batches of
-all processes), so the gradient of the global loss is the plain **sum** of the processes'
-gradients. That is what :meth:`Processes.sum_gradients` does (one flat all-reduce), instead of
-wrapping the model in DDP, which averages and would need the loss pre-scaled by the world size.
+all processes), so the gradient of the global loss is the **sum** of the processes' gradients.
+:meth:`Processes.average_gradients` averages them (one flat all-reduce, then ÷ world size) exactly as
+DDP and FSDP do, and the loop multiplies each loss by the world size once before ``backward`` — the
+only place the world size enters a gradient, so swapping in an averaging engine changes nothing.
 Launch several processes with ``accelerate launch`` (or ``torchrun``); one process needs nothing.
 """
 
@@ -42,12 +43,14 @@ class Processes:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def sum_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Every parameter's gradient becomes the mean over processes (what DDP/FSDP do)."""
         if self.world_size == 1:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         flat = _flatten_dense_tensors(grads)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world_size
         for parameter, reduced in zip(parameters, _unflatten_dense_tensors(flat, grads), strict=True):
             parameter.grad = reduced
 

@@ -21,6 +21,14 @@ def load_source(source: DataSource, *, kind: str, skip_invalid: bool, held_out: 
     return result
 
 
+def training_records(data: DataConfig, kind: str) -> tuple[RecordSet, dict]:
+    """The training records of ``data.train`` read as ``kind``, and the start of the run's data summary."""
+    records = load_source(data.train, kind=kind, skip_invalid=data.skip_invalid)
+    summary = {"source": records.source, "examples": len(records.records), "skipped": records.skipped,
+               "truncated": 0, "dropped": 0, "skipped_records": records.problems}
+    return records, summary
+
+
 def eval_source(data: DataConfig) -> tuple[DataSource | None, bool]:
     """The evaluation source and whether it is a task's held-out split (used when no eval source is given)."""
     if data.eval is not None:

@@ -3,20 +3,24 @@
 A *method* (SFT, preference optimization, RL, distillation) supplies:
 
 * ``step_batches(model, indices, share, step)`` — the work of one step on this process: its
-  micro-batches (for RL: after sampling and scoring rollouts), the count the loss is divided by
-  (taken over the whole global batch), and step-level statistics;
-* ``loss(model, batch, normalizer)`` — one micro-batch's share of the global loss and a dict of
-  additive statistics (summed over micro-batches, passes and processes), turned into logged metrics
-  by ``summarize(sums)``;
+  micro-batches (for RL: after sampling and scoring rollouts), the step's global :class:`StepTotals`
+  (rows, tokens, pairs over all micro-batches of all processes, computed once), and step statistics;
+* ``loss(model, batch, totals)`` — one micro-batch's share of the global loss, **a sum over the
+  micro-batch divided by the total its objective names** (the normalization rule: docs/design.md), and
+  a dict of additive statistics (summed over micro-batches, passes and processes), turned into logged
+  metrics by ``summarize(sums)``;
 * ``updates_per_step`` — optimizer updates per step over the same micro-batches (RL's μ; 1 otherwise);
-* optionally ``after_step(model, step)`` — extra metrics after a step, and whether to end the run there
-  (distillation's target-entropy stop); a run that ended so stays ended on resume;
-* optionally ``sample_block`` — examples drawn together (blocks of consecutive indices), and
-  ``save_state(dir)`` / ``load_state(dir)`` — state of its own (an online-trained reward model) that goes
-  into every checkpoint.
+* hooks with no-op defaults in :class:`Method`: ``after_step(model, step)`` — extra metrics after a step, and
+  whether to end the run there (distillation's target-entropy stop; a run that ended so stays ended on
+  resume); ``sample_block`` — examples drawn together (blocks of consecutive indices); ``save_state(dir)`` /
+  ``load_state(dir)`` — state of its own (an online-trained reward model) that goes into every checkpoint.
+
+Methods register by name (``class SFTMethod(Method, name="sft")``); ``method_class(config.method)`` finds one,
+and its ``from_config(config, model, tokenizer, processes)`` reads the recipe once and checks everything it
+needs before step 1.
 
 Per step the loop draws ``examples_per_step × world_size`` example indices, each process runs its
-micro-batches forward and backward, gradients are summed across processes, clipped, and AdamW steps;
+micro-batches forward and backward, gradients are combined across processes, clipped, and AdamW steps;
 that is repeated ``updates_per_step`` times. An update whose loss (on any process) or gradient norm is
 not finite is skipped — the weights and optimizer state stay as they were, the schedule moves on — and
 counted (``skipped_updates``); ``train.max_nonfinite_steps`` skips in a row stop the run with an error,
@@ -34,7 +38,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import torch
 
@@ -49,25 +53,79 @@ from posttrain.trainers.sampler import EpochSampler
 from posttrain.trainers.schedule import build_scheduler
 
 
+@dataclass(frozen=True)
+class StepTotals:
+    """Global counts of one optimizer step, over all micro-batches of all processes: what a loss divides by.
+
+    ``rows``: sequences (SFT examples, rollouts, regression texts); ``tokens``: the response tokens the
+    objective averages over (for DPO's RPO term: the chosen completions' tokens); ``pairs``: preference pairs.
+    """
+
+    rows: float = 0.0
+    tokens: float = 0.0
+    pairs: float = 0.0
+
+    def of(self, name: str) -> float:
+        """The total called ``name`` (``rows``, ``tokens`` or ``pairs``), at least 1 (an empty step divides by 1)."""
+        return max(float(getattr(self, name)), 1.0)
+
+
 @dataclass
 class StepBatches:
-    """One process's work for one step: micro-batches, the global loss normalizer, step statistics."""
+    """One process's work for one step: micro-batches, the step's global totals, step statistics."""
 
     micro_batches: list[Any]
-    normalizer: float
+    totals: StepTotals
     stats: dict[str, float] = field(default_factory=dict)
 
 
-class Method(Protocol):
+METHODS: dict[str, type[Method]] = {}
+
+
+class Method:
+    """A training method (see the module docstring). Subclasses set ``num_examples`` and ``examples_per_step``,
+    implement ``from_config``, ``step_batches``, ``loss`` and ``summarize``, and override the hooks they use."""
+
     num_examples: int
     examples_per_step: int
-    updates_per_step: int
+    updates_per_step: int = 1
+    sample_block: int = 1
+    name: ClassVar[str | None] = None
 
-    def step_batches(self, model: torch.nn.Module, indices: list[int], share: list[int], step: int) -> StepBatches: ...
+    def __init_subclass__(cls, name: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            METHODS[name] = cls
 
-    def loss(self, model: torch.nn.Module, batch: Any, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]: ...
+    @classmethod
+    def from_config(cls, config: RunConfig, model, tokenizer, processes: Processes) -> tuple[Method, dict]:
+        """The method over the recipe's training data, and a summary of that data (written to the run)."""
+        raise NotImplementedError
 
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
+    def step_batches(self, model: torch.nn.Module, indices: list[int], share: list[int], step: int) -> StepBatches:
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: Any, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def after_step(self, model: torch.nn.Module, step: int) -> tuple[dict[str, float], bool]:
+        """Extra metrics after step ``step`` and whether the run ends there; by default none and no."""
+        return {}, False
+
+    def save_state(self, directory: Path) -> None:
+        """Write the method's own state into the checkpoint being written (every process); by default none."""
+
+    def load_state(self, directory: Path) -> None:
+        """Read what :meth:`save_state` wrote; by default nothing."""
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered method called ``name`` (``RunConfig.method`` validates the name)."""
+    return METHODS[name]
 
 
 Evaluate = Callable[[torch.nn.Module, int], dict[str, float]]
@@ -104,7 +162,7 @@ class Trainer:
         self.total_steps = total_steps(config, method.num_examples, method.examples_per_step, processes.world_size)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps * method.updates_per_step,
                                          optim.warmup_ratio, optim.schedule)
-        block = getattr(method, "sample_block", 1)
+        block = method.sample_block
         if method.examples_per_step % block:
             raise ConfigError(f"this method draws its examples in blocks of {block}, but a step takes "
                               f"{method.examples_per_step} per process", fix=f"use a multiple of {block}")
@@ -125,8 +183,7 @@ class Trainer:
         changes = resume.check_config(state.config, self.config.model_dump(mode="json"), path)
         resume.check_data(state.data_files, path)
         self.sampler.load_state_dict(state.data)
-        if hasattr(self.method, "load_state"):
-            self.method.load_state(path)
+        self.method.load_state(path)
         self.step = state.step
         self.stopped = state.stopped
         return path, changes
@@ -142,8 +199,7 @@ class Trainer:
         run_dir = self.config.run_dir
         ckpt.write_process_state(run_dir, self.step, self.processes.rank)
         self.processes.barrier()
-        if hasattr(self.method, "save_state"):  # every process: its own state
-            self.method.save_state(ckpt.temporary_dir(run_dir, self.step))
+        self.method.save_state(ckpt.temporary_dir(run_dir, self.step))  # every process: its own state
         self.processes.barrier()
         if self.processes.is_main:
             state = ckpt.TrainerState(self.step, self.sampler.state_dict(), self.config.seed, self.stopped,
@@ -167,9 +223,11 @@ class Trainer:
             finite_loss = True
             for batch in work.micro_batches:
                 with self.processes.autocast(self.model):
-                    loss, stats = self.method.loss(self.model, batch, work.normalizer)
+                    loss, stats = self.method.loss(self.model, batch, work.totals)
                 finite_loss = finite_loss and bool(torch.isfinite(loss.detach()).all())
-                loss.backward()
+                # the one world-size factor: processes average gradients (as DDP/FSDP do), and the
+                # gradient of the global loss is their sum
+                (loss * self.processes.world_size).backward()
                 for key, value in stats.items():
                     sums[key] += value
             grad_norm, lr, applied = self._optimizer_step(finite_loss)
@@ -184,9 +242,9 @@ class Trainer:
         return metrics
 
     def _optimizer_step(self, finite_loss: bool) -> tuple[float, float, bool]:
-        """Sum gradients over processes, clip, step the optimizer and the schedule: the norm before clipping,
+        """Average gradients over processes, clip, step the optimizer and the schedule: the norm before clipping,
         the lr, and whether the update was applied (not when any process's loss or the norm is non-finite)."""
-        self.processes.sum_gradients(self.parameters)
+        self.processes.average_gradients(self.parameters)
         grads = [p.grad for p in self.parameters if p.grad is not None]
         total_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         grad_norm = float(total_norm)
@@ -245,13 +303,11 @@ class Trainer:
         try:
             if self.step == 0 and train.eval_at_start:
                 eval_metrics = self._run_eval(log)
-            after_step = getattr(self.method, "after_step", None)
             while self.step < self.total_steps and not self.stopped:
                 metrics = self._train_step()
                 self.step += 1
-                if after_step is not None:
-                    extra, self.stopped = after_step(self.model, self.step)
-                    metrics.update(extra)
+                extra, self.stopped = self.method.after_step(self.model, self.step)
+                metrics.update(extra)
                 last = self.step == self.total_steps or self.stopped
                 if self.step % train.log_every == 0 or last:
                     log.log(self.step, metrics)

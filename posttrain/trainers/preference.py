@@ -16,8 +16,9 @@ micro-batch of ``n`` pairs is **one** forward pass over ``2n`` right-padded rows
   ``reward_model.center_coefficient``), as TRL 1.16 ``RewardTrainer``.
 
 Every loss here is a mean over the pairs of the global batch, so a micro-batch contributes
-``Σ_its pairs loss / N_pairs`` (RPO's token mean: ``−Σ π_c / N_chosen tokens``) and any split into
-micro-batches, token budgets (``train.micro_batch_tokens``) or processes gives the gradient of one big batch.
+``Σ_its pairs loss / N_pairs`` (RPO's token mean: ``−Σ π_c / N_chosen tokens``; both counts are the step's
+:class:`~posttrain.trainers.loop.StepTotals` ``pairs`` and ``tokens``) and any split into micro-batches,
+token budgets (``train.micro_batch_tokens``) or processes gives the gradient of one big batch.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from posttrain.data.preference import PreferencePair, TokenizedPairs, tokenize_p
 from posttrain.errors import ConfigError, DataError, location
 from posttrain.models import disabled_adapter
 from posttrain.models.reward import sequence_scores
-from posttrain.ops import bradley_terry_loss, completion_logprobs, dpo_loss, rpo_term
+from posttrain.ops import bradley_terry_losses, completion_logprobs, dpo_loss, rpo_sum
 from posttrain.trainers.distributed import Processes
-from posttrain.trainers.loop import StepBatches
+from posttrain.trainers.inputs import training_records
+from posttrain.trainers.loop import Method, StepBatches, StepTotals
+from posttrain.trainers.regression import RegressionMethod
 
 REFERENCE_FILE = "reference_logps.pt"
 
@@ -50,14 +53,25 @@ class PairBatch:
 
     inputs: dict[str, torch.Tensor]  # collate(): input_ids, attention_mask, position_ids, loss_mask
     indices: torch.Tensor  # [n] pair indices
-    step_chosen_tokens: float  # chosen completion tokens of the whole global batch (RPO's normalizer)
     margins: torch.Tensor | None = None  # [n] reward-model margins
 
 
-class PairMethod:
+class PairMethod(Method):
     """Micro-batching shared by both methods: ``train.batch_size`` pairs a pass, split by token budget."""
 
-    updates_per_step = 1
+    @classmethod
+    def from_config(cls, config: RunConfig, model, tokenizer, processes: Processes) -> tuple[Method, dict]:
+        """The method over the recipe's preference pairs (a regression head over ``text`` + ``label`` records for
+        ``reward_model.objective: regression``)."""
+        if config.method == "reward_model" and config.reward_model.objective == "regression":
+            records, summary = training_records(config.data, "regression")
+            method = RegressionMethod(config, records.records, tokenizer, processes)
+            summary.update(truncated=method.truncated)
+            return method, summary
+        records, summary = training_records(config.data, "preference")
+        method, pairs = build_pair_method(config, records.records, model, tokenizer, processes)
+        summary.update(examples=len(pairs), truncated=pairs.truncated, dropped=pairs.dropped)
+        return method, summary
 
     def __init__(self, config: RunConfig, pairs: list[PreferencePair], pad_id: int, processes: Processes):
         self.config = config
@@ -76,22 +90,20 @@ class PairMethod:
                              train.micro_batch_tokens)
 
     def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
-        chosen_tokens = float(sum(self._chosen_tokens[i] for i in indices))
-        batches = [self.collate(group, chosen_tokens) for group in self.pair_groups(share)]
-        return StepBatches(batches, normalizer=float(len(indices)))
+        totals = StepTotals(pairs=len(indices), tokens=sum(self._chosen_tokens[i] for i in indices))
+        return StepBatches([self.collate(group) for group in self.pair_groups(share)], totals)
 
-    def collate(self, indices: list[int], step_chosen_tokens: float = 0.0) -> PairBatch:
+    def collate(self, indices: list[int]) -> PairBatch:
         pairs = [self.pairs[i] for i in indices]
         inputs = collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], self.pad_id)
         device = self.processes.device
-        return PairBatch({key: value.to(device) for key, value in inputs.items()}, torch.tensor(indices),
-                         step_chosen_tokens)
+        return PairBatch({key: value.to(device) for key, value in inputs.items()}, torch.tensor(indices))
 
 
 # ------------------------------------------------------------------------------------------------- DPO
 
 
-class PreferenceMethod(PairMethod):
+class PreferenceMethod(PairMethod, name="dpo"):
     """DPO and its family (``preference.kind``) for :class:`posttrain.trainers.loop.Trainer`."""
 
     def __init__(self, config: RunConfig, pairs: list[PreferencePair], model, pad_id: int, processes: Processes):
@@ -109,7 +121,7 @@ class PreferenceMethod(PairMethod):
                                   position_ids=inputs["position_ids"], chunk_size=self.config.train.chunk_size)
         return out.logprobs.sum(-1), out.mask.sum(-1)
 
-    def loss(self, model, batch: PairBatch, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model, batch: PairBatch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
         logps, lengths = self.sequence_logps(model, batch)
         pairs = len(batch.indices)
         chosen, rejected = logps[:pairs], logps[pairs:]
@@ -121,12 +133,10 @@ class PreferenceMethod(PairMethod):
         result = dpo_loss(chosen, rejected, *reference, beta=pref.beta, kind=pref.kind,
                           label_smoothing=pref.label_smoothing, gamma=pref.gamma,
                           chosen_lengths=lengths[:pairs], rejected_lengths=lengths[pairs:])
-        loss = result.losses.sum() / normalizer
+        loss = result.losses.sum() / totals.of("pairs")
         stats = {}
         if pref.rpo_alpha:
-            # rpo_term is a token mean over these pairs; rescaled to this batch's share of the global mean
-            local_tokens = lengths[:pairs].sum().clamp(min=1.0)
-            rpo = rpo_term(chosen, lengths[:pairs]) * local_tokens / batch.step_chosen_tokens
+            rpo = rpo_sum(chosen) / totals.of("tokens")
             loss = loss + pref.rpo_alpha * rpo
             stats["rpo_nll"] = float(rpo.detach())
         margins = result.chosen_rewards - result.rejected_rewards
@@ -215,7 +225,7 @@ def write_reference(path: Path, key: str, logps: torch.Tensor) -> None:
 # ---------------------------------------------------------------------------------------- reward model
 
 
-class RewardModelMethod(PairMethod):
+class RewardModelMethod(PairMethod, name="reward_model"):
     """Bradley–Terry reward-model training for :class:`posttrain.trainers.loop.Trainer`."""
 
     def __init__(self, config: RunConfig, pairs: list[PreferencePair], margins: list[float] | None, pad_id: int,
@@ -223,19 +233,19 @@ class RewardModelMethod(PairMethod):
         super().__init__(config, pairs, pad_id, processes)
         self.margins = None if margins is None else torch.tensor(margins, dtype=torch.float32)
 
-    def collate(self, indices: list[int], step_chosen_tokens: float = 0.0) -> PairBatch:
-        batch = super().collate(indices, step_chosen_tokens)
+    def collate(self, indices: list[int]) -> PairBatch:
+        batch = super().collate(indices)
         if self.margins is not None:
             batch.margins = self.margins[batch.indices].to(self.processes.device)
         return batch
 
-    def loss(self, model, batch: PairBatch, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model, batch: PairBatch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
         rewards = sequence_scores(model, batch.inputs)
         pairs = len(batch.indices)
         chosen, rejected = rewards[:pairs], rewards[pairs:]
         margins = None if batch.margins is None else batch.margins.to(rewards.dtype)
-        mean = bradley_terry_loss(chosen, rejected, margins, self.config.reward_model.center_coefficient)
-        loss = mean * pairs / normalizer  # a mean over these pairs → their share of the global mean
+        losses = bradley_terry_losses(chosen, rejected, margins, self.config.reward_model.center_coefficient)
+        loss = losses.sum() / totals.of("pairs")
         margins = (chosen - rejected).detach()
         stats = {
             "loss": float(loss.detach()), "pairs": float(pairs), "correct": float((margins > 0).sum()),

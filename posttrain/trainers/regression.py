@@ -16,15 +16,14 @@ from posttrain.data import micro_batches, padded_batch
 from posttrain.data.regression import encode_texts, regression_text
 from posttrain.errors import DataError
 from posttrain.models.reward import sequence_scores
-from posttrain.ops import regression_loss
+from posttrain.ops import squared_errors
 from posttrain.trainers.distributed import Processes
-from posttrain.trainers.loop import StepBatches
+from posttrain.trainers.loop import Method, StepBatches, StepTotals
 
 
-class RegressionMethod:
-    """MSE regression of a scalar head for :class:`posttrain.trainers.loop.Trainer`."""
-
-    updates_per_step = 1
+class RegressionMethod(Method):
+    """MSE regression of a scalar head for :class:`posttrain.trainers.loop.Trainer` (built by
+    ``method: reward_model`` with ``reward_model.objective: regression``)."""
 
     def __init__(self, config: RunConfig, records: list[dict], tokenizer, processes: Processes):
         self.config, self.processes, self.pad_id = config, processes, tokenizer.pad_token_id
@@ -41,12 +40,12 @@ class RegressionMethod:
         groups = micro_batches(share, [len(self.rows[i]) for i in share], train.batch_size, train.micro_batch_tokens)
         batches = [(padded_batch([self.rows[i] for i in group], self.pad_id, self.processes.device),
                     self.labels[group].to(self.processes.device)) for group in groups]
-        return StepBatches(batches, normalizer=float(len(indices)))
+        return StepBatches(batches, StepTotals(rows=len(indices)))
 
-    def loss(self, model, batch, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model, batch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
         inputs, labels = batch
         scores = sequence_scores(model, inputs)
-        loss = regression_loss(scores, labels, normalizer)
+        loss = squared_errors(scores, labels).sum() / totals.of("rows")
         errors = (scores.detach() - labels).float()
         return loss, {"loss": float(loss.detach()), "rows": float(len(labels)),
                       "squared_error": float((errors**2).sum()), "absolute_error": float(errors.abs().sum()),

@@ -8,9 +8,10 @@ log-probabilities (with top-p/top-k sampling, which changes those, against a for
 before the first update instead).
 
 The loss of a micro-batch is its share of the loss of the **whole generation batch** (all micro-batches
-of all processes): ``grpo``/``dr_grpo`` are scaled by rows_micro/rows_global, ``bnpo`` by
-tokens_micro/tokens_global and ``dapo`` divides by the global token count, so the gradient does not depend
-on how the batch is split (with one micro-batch on one process each kind is exactly TRL 1.16's loss).
+of all processes): the sum :func:`posttrain.ops.policy_loss_sum` divided by the step's total that
+``POLICY_LOSS_TOTALS[rl.loss]`` names (rows for ``grpo``/``dr_grpo``, trained tokens for ``bnpo``/``dapo``),
+so the gradient does not depend on how the batch is split (with one micro-batch on one process each kind is
+exactly TRL 1.16's loss).
 
 LaSeR (Yang et al. 2025, arXiv 2510.14943; methods.md §6): each row is ``prompt, completion, z_c``, where
 the completion ends with EOS; the forward pass that gives the policy log-probabilities also gives
@@ -32,22 +33,25 @@ import torch
 
 from posttrain.config import RunConfig
 from posttrain.data import encode_prompts, micro_batches, prompt_text
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, DataError
 from posttrain.evals.selfreward import reserved_token
+from posttrain.judges.tasks import judge_task_prompts
 from posttrain.models import disabled_adapter, is_peft_model
 from posttrain.ops import (
+    POLICY_LOSS_TOTALS,
     completion_logprobs,
     group_advantages,
     laser_class_weights,
-    laser_loss,
+    laser_loss_sum,
     laser_score,
-    policy_loss,
+    policy_loss_sum,
     self_reward_advantages,
 )
 from posttrain.rewards import build_rewards, check_rewards_for_records
 from posttrain.rollout import Generation, HFEngine, SamplingParams
 from posttrain.trainers.distributed import Processes
-from posttrain.trainers.loop import StepBatches
+from posttrain.trainers.inputs import training_records
+from posttrain.trainers.loop import Method, StepBatches, StepTotals
 from posttrain.trainers.rollouts import (
     append_samples,
     prompts_per_process,
@@ -77,16 +81,26 @@ class RolloutBatch:
     valid: torch.Tensor  # [B] finished with EOS
     class_weights: torch.Tensor  # [B] LaSeR weights over the whole generation batch
     reserved_index: torch.Tensor | None  # [B]
-    global_rows: float
-    global_tokens: float
     integrate: bool
     laser_loss_on: bool
     sequence_tokens: float  # prompt + completion (+ z_c) tokens of all rows; a sampled pad token counts
     scores: torch.Tensor | None = None  # r_s from the first update's forward (reused for μ > 1)
 
 
-class RLMethod:
+class RLMethod(Method, name="grpo"):
     """GRPO-family RL (and LaSeR) for :class:`posttrain.trainers.loop.Trainer`."""
+
+    @classmethod
+    def from_config(cls, config: RunConfig, model, tokenizer, processes: Processes) -> tuple[RLMethod, dict]:
+        records, summary = training_records(config.data, "prompt")
+        judge = config.rl.judge
+        if judge is not None:  # each labelled pair becomes two judge prompts, one per A/B order
+            records.records = judge_task_prompts(records.records, judge.template,
+                                                 hide_critiques=judge.hide_critiques, seed=config.seed)
+            summary.update(tasks=summary["examples"], examples=len(records.records))
+        if not records.records:
+            raise DataError(f"no prompts in {records.source}", fix="check the data path")
+        return cls(config, records.records, model, tokenizer, processes), summary
 
     def __init__(self, config: RunConfig, records: list[dict], model, tokenizer, processes: Processes):
         rl = config.rl
@@ -168,7 +182,7 @@ class RLMethod:
             index = torch.tensor(part)
             micro_batches.append(self._micro_batch(
                 model, [generations[i] for i in part], [trained[i] for i in part], advantages[index],
-                verifier[index], finished[index], weights[index], totals, integrate, loss_on))
+                verifier[index], finished[index], weights[index], integrate, loss_on))
         stats = {
             "reward_sum": float(rewards.sum()), "reward_squares": float((rewards**2).sum()),
             "rollouts": float(len(generations)), "completion_tokens": float(sum(len(g) for g in generations)),
@@ -179,7 +193,7 @@ class RLMethod:
             stats[f"component/{label}"] = float(torch.as_tensor(values, dtype=torch.float64).sum())
         for key, value in scored.extra.items():  # stateful rewards' metrics, averaged over processes
             stats[f"extra/{key}"] = value
-        return StepBatches(micro_batches, normalizer=totals["tokens"], stats=stats)
+        return StepBatches(micro_batches, StepTotals(rows=totals["rows"], tokens=totals["tokens"]), stats=stats)
 
     def _micro_batch_rows(self, generations: list[Generation], integrate: bool) -> list[list[int]]:
         """Rows of each forward pass: ``train.batch_size`` rows, each chunk split longest first into passes of
@@ -193,7 +207,7 @@ class RLMethod:
         return micro_batches(range(len(generations)), lengths, size, self.rl.micro_batch_tokens)
 
     def _micro_batch(self, model, generations: list[Generation], trained: list[bool], advantages, verifier,
-                     finished, weights, totals: dict, integrate: bool, loss_on: bool) -> RolloutBatch:
+                     finished, weights, integrate: bool, loss_on: bool) -> RolloutBatch:
         tail = [] if self.reserved_id is None else [self.reserved_id]
         rows = rollout_rows(generations, self.pad_id, tail, trained)
         device = self.processes.device
@@ -203,7 +217,7 @@ class RLMethod:
             old_logprobs=rows.sampled_logprobs.to(device), ref_logprobs=None,
             advantages=advantages.to(device), verifier=verifier.to(device), valid=finished.to(device),
             class_weights=weights.to(device), reserved_index=rows.tail_index.to(device) if tail else None,
-            global_rows=totals["rows"], global_tokens=totals["tokens"], integrate=integrate, laser_loss_on=loss_on,
+            integrate=integrate, laser_loss_on=loss_on,
             sequence_tokens=rows.sequence_tokens)
         rl = self.rl
         if rl.top_p < 1 or rl.top_k > 0:  # sampling log-probs are of the truncated distribution
@@ -228,7 +242,7 @@ class RLMethod:
                                    chunk_size=self.config.train.chunk_size)
 
     # -- loss -------------------------------------------------------------------------------------
-    def loss(self, model, batch: RolloutBatch, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model, batch: RolloutBatch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
         rl, laser = self.rl, self.rl.laser
         out = self._forward(model, batch, with_entropy=True)
         rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
@@ -243,14 +257,11 @@ class RLMethod:
                 advantages = self_reward_advantages(batch.scores, batch.valid, advantages, rl.group_size,
                                                     laser.tau, laser.filter_threshold)
         mask = batch.completion_mask
-        result = policy_loss(out.logprobs, batch.old_logprobs, advantages, mask, kind=rl.loss,
-                             eps_low=rl.eps_low, eps_high=rl.eps_high, ref_logprobs=batch.ref_logprobs,
-                             beta=rl.beta, num_active_tokens=max(batch.global_tokens, 1.0),
-                             max_completion_length=rl.max_new_tokens)
+        result = policy_loss_sum(out.logprobs, batch.old_logprobs, advantages, mask, kind=rl.loss,
+                                 eps_low=rl.eps_low, eps_high=rl.eps_high, ref_logprobs=batch.ref_logprobs,
+                                 beta=rl.beta, max_completion_length=rl.max_new_tokens)
         tokens = float(mask.sum())
-        share = {"grpo": len(rows) / batch.global_rows, "dr_grpo": len(rows) / batch.global_rows,
-                 "bnpo": tokens / max(batch.global_tokens, 1.0), "dapo": 1.0}[rl.loss]
-        loss = result.loss * share
+        loss = result.loss / totals.of(POLICY_LOSS_TOTALS[rl.loss])
         stats = {
             "policy_loss": float(loss.detach()), "trained_tokens": tokens,
             "clip_low_sum": float(result.clip_low) * tokens, "clip_high_sum": float(result.clip_high) * tokens,
@@ -263,8 +274,8 @@ class RLMethod:
         if scores is not None:
             stats.update(self._laser_stats(batch, scores, reserved_logprob))
             if batch.laser_loss_on and laser.alpha > 0:
-                sr_loss = laser_loss(scores, batch.verifier, batch.valid, class_weights=batch.class_weights)
-                sr_loss = sr_loss * len(rows) / batch.global_rows
+                sr_loss = laser_loss_sum(scores, batch.verifier, batch.valid,
+                                         class_weights=batch.class_weights) / totals.of("rows")
                 loss = loss + laser.alpha * sr_loss
                 stats["self_reward_loss"] = float(sr_loss.detach())
         stats["loss"] = float(loss.detach())

@@ -11,26 +11,20 @@ import torch
 import transformers
 
 from posttrain.config import RunConfig
-from posttrain.data import encode_prompt, prompt_text, tokenize_sft
-from posttrain.errors import ConfigError, DataError, disk_space_checked
+from posttrain.data import encode_prompt, prompt_text
+from posttrain.errors import ConfigError, disk_space_checked
 from posttrain.evals import evaluate_math
 from posttrain.evals.run import require_references
-from posttrain.judges.tasks import judge_task_prompts
 from posttrain.models import load_model, load_tokenizer
 from posttrain.models.reward import load_reward_model
 from posttrain.report import write_report
 from posttrain.rollout import HFEngine, SamplingParams
-from posttrain.trainers import resume
-from posttrain.trainers.distill import DistillMethod
+from posttrain.trainers import distill, preference, resume, rl, sft  # noqa: F401  (each registers its methods)
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import eval_source, load_source
-from posttrain.trainers.loop import Evaluate, Method, Trainer, TrainResult
+from posttrain.trainers.loop import Evaluate, Method, Trainer, TrainResult, method_class
 from posttrain.trainers.memory import release_freed_tensors
-from posttrain.trainers.preference import build_pair_method
-from posttrain.trainers.regression import RegressionMethod
-from posttrain.trainers.rl import RLMethod
 from posttrain.trainers.run_lock import RunLock
-from posttrain.trainers.sft import SFTMethod
 
 
 def seed_everything(seed: int) -> None:
@@ -73,40 +67,9 @@ def math_evaluator(config: RunConfig, tokenizer, processes: Processes) -> Evalua
 
 
 def build_method(config: RunConfig, model, tokenizer, processes: Processes) -> tuple[Method, dict]:
-    """The recipe's method over its training data, and a summary of that data (written to the run)."""
-    data = config.data
-    kind = {"sft": "sft", "dpo": "preference", "reward_model": "preference"}.get(config.method, "prompt")
-    regression = config.method == "reward_model" and config.reward_model.objective == "regression"
-    if regression:
-        kind = "regression"
-    judge_tasks = config.method == "grpo" and config.rl.judge is not None
-    records = load_source(data.train, kind="prompt" if judge_tasks else kind, skip_invalid=data.skip_invalid)
-    summary = {"source": records.source, "examples": len(records.records), "skipped": records.skipped,
-               "truncated": 0, "dropped": 0, "skipped_records": records.problems}
-    if judge_tasks:  # each labelled pair becomes two judge prompts, one per A/B order
-        records.records = judge_task_prompts(records.records, config.rl.judge.template,
-                                             hide_critiques=config.rl.judge.hide_critiques, seed=config.seed)
-        summary.update(tasks=summary["examples"], examples=len(records.records))
-    if config.method in ("grpo", "distill"):
-        if not records.records:
-            raise DataError(f"no prompts in {records.source}", fix="check the data path")
-        method = RLMethod if config.method == "grpo" else DistillMethod
-        return method(config, records.records, model, tokenizer, processes), summary
-    if regression:
-        method = RegressionMethod(config, records.records, tokenizer, processes)
-        summary.update(truncated=method.truncated)
-        return method, summary
-    if config.method in ("dpo", "reward_model"):
-        method, pairs = build_pair_method(config, records.records, model, tokenizer, processes)
-        summary.update(examples=len(pairs), truncated=pairs.truncated, dropped=pairs.dropped)
-        return method, summary
-    tokenized = tokenize_sft(records.records, tokenizer, data.max_length, overlong=data.overlong,
-                             completion_only=data.completion_only)
-    if not tokenized.examples:
-        raise DataError(f"no usable training examples in {records.source}",
-                        fix="check the data path and data.max_length (examples longer than it may all be dropped)")
-    summary.update(examples=len(tokenized.examples), truncated=tokenized.truncated, dropped=tokenized.dropped)
-    return SFTMethod(config, tokenized.examples, tokenizer.pad_token_id, processes.device), summary
+    """The recipe's method (found in the registry by ``config.method``) over its training data, and a summary
+    of that data (written to the run)."""
+    return method_class(config.method).from_config(config, model, tokenizer, processes)
 
 
 def train(config: RunConfig) -> TrainResult:

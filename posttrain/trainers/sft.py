@@ -12,15 +12,28 @@ from __future__ import annotations
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import Example, collate, micro_batches, pack_examples
-from posttrain.ops import completion_logprobs, sft_loss, sft_token_weights
-from posttrain.trainers.loop import StepBatches
+from posttrain.data import Example, collate, micro_batches, pack_examples, tokenize_sft
+from posttrain.errors import DataError
+from posttrain.ops import completion_logprobs, sft_loss_sum, sft_token_weights
+from posttrain.trainers.distributed import Processes
+from posttrain.trainers.inputs import training_records
+from posttrain.trainers.loop import Method, StepBatches, StepTotals
 
 
-class SFTMethod:
+class SFTMethod(Method, name="sft"):
     """The SFT method for :class:`posttrain.trainers.loop.Trainer`."""
 
-    updates_per_step = 1
+    @classmethod
+    def from_config(cls, config: RunConfig, model, tokenizer, processes: Processes) -> tuple[SFTMethod, dict]:
+        data = config.data
+        records, summary = training_records(data, "sft")
+        tokenized = tokenize_sft(records.records, tokenizer, data.max_length, overlong=data.overlong,
+                                 completion_only=data.completion_only)
+        if not tokenized.examples:
+            raise DataError(f"no usable training examples in {records.source}", fix="check the data path and "
+                            "data.max_length (examples longer than it may all be dropped)")
+        summary.update(examples=len(tokenized.examples), truncated=tokenized.truncated, dropped=tokenized.dropped)
+        return cls(config, tokenized.examples, tokenizer.pad_token_id, processes.device), summary
 
     def __init__(self, config: RunConfig, examples: list[Example], pad_id: int, device: torch.device):
         self.config = config
@@ -37,8 +50,8 @@ class SFTMethod:
         # padded rows: regroup each batch by length into forward passes of at most micro_batch_tokens tokens
         budget = 0 if self.config.data.packing else train.micro_batch_tokens
         micro = micro_batches(share, [len(self.examples[i]) for i in share], train.batch_size, budget)
-        return StepBatches([self.collate(part) for part in micro],
-                           normalizer=float(sum(self._targets[i] for i in indices)))
+        totals = StepTotals(rows=len(indices), tokens=sum(self._targets[i] for i in indices))
+        return StepBatches([self.collate(part) for part in micro], totals)
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         examples = [self.examples[i] for i in indices]
@@ -46,12 +59,12 @@ class SFTMethod:
         batch = collate(rows, self.pad_id)
         return {key: value.to(self.device) for key, value in batch.items()}
 
-    def loss(self, model, batch: dict[str, torch.Tensor], normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model, batch: dict[str, torch.Tensor], totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
         # no attention mask: rows are right-padded and packed examples are kept apart by their positions
         out = completion_logprobs(model, batch["input_ids"], batch["loss_mask"], position_ids=batch["position_ids"],
                                   chunk_size=self.config.train.chunk_size)
         sft = self.config.sft
-        loss = sft_loss(out.logprobs, out.mask, sft.loss, sft.tau, num_tokens=normalizer)
+        loss = sft_loss_sum(out.logprobs, out.mask, sft.loss, sft.tau) / totals.of("tokens")
         kept = sft_token_weights(out.logprobs, out.mask, "profit", sft.tau)
         tokens = batch["attention_mask"].sum()
         stats = {
