@@ -36,10 +36,10 @@ from posttrain.evals.run import write_eval
 from posttrain.grading import grade
 from posttrain.judges.formats import resolve_template
 from posttrain.judges.grm import parsed
-from posttrain.judges.grm_scores import similarity_backend
 from posttrain.judges.metrics import group_metrics
 from posttrain.judges.pairs import RIGHT_VERDICT, pair_texts, preference_pairs
 from posttrain.judges.scorers import judge_pairs
+from posttrain.judges.similarity import build_similarity
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
 
@@ -139,7 +139,7 @@ def run_gap_eval(model: str, data: str = "task:arithmetic", n: int | None = 40, 
         engine = HFEngine(load_model(model), load_tokenizer(model), batch_size=batch_size)
     solved = solve_counts(engine, pairs, SamplingParams(temperature=solve_temperature, max_new_tokens=max_new_tokens,
                                                         n=k, seed=seed))
-    backend = similarity_backend(similarity) if similarity else None
+    backend = build_similarity(similarity) if similarity else None
     rows = judge_rows(engine, pairs, template, SamplingParams(temperature=0.0, max_new_tokens=judge_max_new_tokens),
                       backend, threshold)
     for row in rows:
