@@ -118,7 +118,7 @@ class FunctionReward(Reward):
         self.names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
     def __call__(self, prompts, completions, **columns):
-        given = {"prompts": prompts, "completions": completions, **columns}
+        given = {**columns, "prompts": prompts, "completions": completions}
         keywords = given if self.takes_all else {name: given[name] for name in self.names & set(given)}
         return self.fn(**{**keywords, **self.args})
 
