@@ -69,10 +69,10 @@ def test_judge_picks_the_highest_judge_score_first_on_ties():
     assert select_judge(pool, RNG) == 1
 
 
-def test_pointwise_judge_scores_map_to_unit_interval_and_mark_failures():
+def test_pointwise_judge_scores_map_to_unit_interval_and_mark_failures(monkeypatch):
     from dataclasses import dataclass
 
-    from posttrain.judges.judge_model import CACHE
+    from posttrain.judges import judge_model
     from posttrain.models import tiny_tokenizer
 
     @dataclass
@@ -86,11 +86,8 @@ def test_pointwise_judge_scores_map_to_unit_interval_and_mark_failures():
             texts = [self.tokenizer.decode(ids) for ids in prompt_ids]
             return [Judged("[[10]]" if "best" in t else "[[1]]" if "worst" in t else "no score") for t in texts]
 
-    CACHE.engines["scripted-bon"] = Scripted()
-    try:
-        scores = pointwise_judge_scores("scripted-bon", ["Q?"] * 3, ["best", "worst", "other"])
-    finally:
-        CACHE.engines.pop("scripted-bon")
+    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model: Scripted())
+    scores = pointwise_judge_scores("scripted-bon", ["Q?"] * 3, ["best", "worst", "other"])
     assert scores == [1.0, 0.0, -1.0]
     with pytest.raises(ConfigError, match="needs a pointwise template"):
         pointwise_judge_scores("scripted-bon", ["Q?"], ["x"], template="rise")

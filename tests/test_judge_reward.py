@@ -6,7 +6,7 @@ import pytest
 
 from posttrain.config import RewardsConfig
 from posttrain.errors import ConfigError
-from posttrain.judges.judge_model import CACHE
+from posttrain.judges import judge_model
 from posttrain.models import tiny_tokenizer
 from posttrain.rewards import build_rewards
 
@@ -34,15 +34,13 @@ class ScriptedJudge:
 
 
 @pytest.fixture
-def judge():
-    def install(replies: dict[str, str]) -> ScriptedJudge:
-        engine = ScriptedJudge(replies)
-        CACHE.engines["scripted"] = engine
+def judge(monkeypatch):
+    def install(replies: dict[str, str] | ScriptedJudge) -> ScriptedJudge:
+        engine = replies if isinstance(replies, ScriptedJudge) else ScriptedJudge(replies)
+        monkeypatch.setattr(judge_model, "load_judge_engine", lambda model: engine)
         return engine
 
-    yield install
-    CACHE.engines.pop("scripted", None)
-    CACHE.judgments.clear()
+    return install
 
 
 def rewards(**args):
@@ -72,8 +70,7 @@ class PreferCompletion(ScriptedJudge):
 def test_pairwise_mode_needs_both_orders_to_give_full_reward(judge):
     judge({"": "Answer A is better. [[A]]"})  # position bias: the completion wins one order of two
     assert rewards(mode="pairwise").score(["Q?"], ["my answer"], [RECORD]).components["judge"] == [0.5]
-    CACHE.judgments.clear()
-    CACHE.engines["scripted"] = PreferCompletion({})
+    judge(PreferCompletion({}))  # a new reward set: a new judge, with no cached judgments
     assert rewards(mode="pairwise").score(["Q?"], ["my answer"], [RECORD]).components["judge"] == [1.0]
 
 

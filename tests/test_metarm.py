@@ -206,10 +206,7 @@ def test_grm_training_with_the_online_metarm_logs_calibration_and_checkpoints_it
 
     monkeypatch.setattr(grm_rewards, "parsed", scripted)
     monkeypatch.setattr(grm_scores, "parsed", scripted)
-    try:
-        train(load_config(None, overrides))
-    finally:
-        grm_scores._METARMS.clear()
+    train(load_config(None, overrides))
     steps = train_steps(tmp_path / "grm-metarm")
     logged = set(steps[1]) | set(steps[2])  # a step whose tasks all had hidden critiques logs no calibration
     assert {"metarm/mse", "metarm/rollouts", "metarm/updated_examples"} <= logged
@@ -220,7 +217,7 @@ def test_grm_training_with_the_online_metarm_logs_calibration_and_checkpoints_it
 
 
 def test_s2j_on_a_subjective_task_compares_its_solution_with_the_winner_under_a_scalar_reward_model(tmp_path):
-    from posttrain.judges.grm_scores import _scalar_scores
+    from posttrain.judges.grm_scores import ScalarRewardModel
     from posttrain.models import load_tokenizer
     from posttrain.models.reward import load_reward_model, score_sequences
     from posttrain.rewards.grm import s2j_reward
@@ -229,14 +226,15 @@ def test_s2j_on_a_subjective_task_compares_its_solution_with_the_winner_under_a_
     path = str(final_weights(run_dir))
     record = {"gold": "B", "question": "Write a greeting.", "response_a": "go away", "response_b": "Hello GOOD"}
     output = "<solve>Hi there GOOD</solve><critics>B is kind.</critics><choice>[[B]]</choice>"
-    own, winner = _scalar_scores(path, record["question"], ["Hi there GOOD", "Hello GOOD"])
+    scorer = ScalarRewardModel(path)
+    own, winner = scorer.scores(record["question"], ["Hi there GOOD", "Hello GOOD"])
     tokenizer = load_tokenizer(path)
     text = tokenizer.apply_chat_template([{"role": "user", "content": record["question"]},
                                           {"role": "assistant", "content": "Hello GOOD"}], tokenize=False)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the conversation as SFT sees it
     direct = score_sequences(load_reward_model(path, require_head=True), [ids])[0]
     assert winner == pytest.approx(direct, abs=1e-4)
-    assert s2j_reward("", output, record, reward_model=path) == 1.0 + (1.0 if own >= winner else 0.0)
+    assert s2j_reward("", output, record, reward_model=scorer) == 1.0 + (1.0 if own >= winner else 0.0)
 
 
 def test_metarm_cold_start_records_carry_the_rule_reward_of_each_well_formed_critique():

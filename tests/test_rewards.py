@@ -34,21 +34,6 @@ def score(config: RewardsConfig, completions: list[str], records: list[dict] | N
     return build_rewards(config).score(["prompt"] * len(completions), completions, records)
 
 
-@pytest.fixture
-def registered():
-    """Register test rewards under fresh names and remove them afterwards."""
-    added = []
-
-    def add(name: str, fn, **options):
-        register_reward(name, **options)(fn)
-        added.append(name)
-        return name
-
-    yield add
-    for name in added:
-        REWARDS.pop(name, None)
-
-
 # ------------------------------------------------------------------------------------------ built-ins
 
 

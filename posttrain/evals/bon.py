@@ -42,7 +42,7 @@ from posttrain.evals.run import prompt_records
 from posttrain.evals.selfreward import completion_scores, reserved_token
 from posttrain.grading import grade
 from posttrain.judges.formats import get_template
-from posttrain.judges.judge_model import judge_texts, unit_score
+from posttrain.judges.judge_model import JudgeModel, unit_score
 from posttrain.models import load_model, load_tokenizer
 from posttrain.ops import laser_score
 from posttrain.rollout import HFEngine, stop_token_ids
@@ -302,7 +302,8 @@ def pointwise_judge_scores(judge: str, questions: Sequence[str], answers: Sequen
     if chosen.kind != "pointwise":
         raise ConfigError(f"the judge selector needs a pointwise template, got {chosen.name!r} ({chosen.kind})",
                           where="--judge-template", fix="use 'pointwise' or your own pointwise template")
-    texts = judge_texts(judge, [chosen.render(q, a) for q, a in zip(questions, answers, strict=True)], max_new_tokens)
+    messages = [chosen.render(q, a) for q, a in zip(questions, answers, strict=True)]
+    texts = JudgeModel(judge).texts(messages, max_new_tokens)
     scores = [chosen.parse(text) for text in texts]
     return [-1.0 if score is None else unit_score(chosen, score) for score in scores]
 

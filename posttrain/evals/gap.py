@@ -38,10 +38,10 @@ from posttrain.evals.run import write_eval
 from posttrain.grading import grade
 from posttrain.judges.formats import resolve_template
 from posttrain.judges.grm import parsed
-from posttrain.judges.grm_scores import similarity_backend
 from posttrain.judges.metrics import group_metrics
 from posttrain.judges.pairs import RIGHT_VERDICT, pair_texts, preference_pairs
 from posttrain.judges.scorers import judge_pairs
+from posttrain.judges.similarity import build_similarity
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
 from posttrain.rollout.options import ToolOptions
@@ -167,7 +167,7 @@ def run_gap_eval(options: GapOptions, engine: RolloutEngine | None = None) -> di
         engine = HFEngine(load_model(options.model), load_tokenizer(options.model), batch_size=options.batch_size)
     solved = solve_counts(engine, pairs, SamplingParams(temperature=options.solve_temperature,
                                                         max_new_tokens=options.max_new_tokens, n=k, seed=options.seed))
-    backend = similarity_backend(options.similarity) if options.similarity else None
+    backend = build_similarity(options.similarity) if options.similarity else None
     rows = judge_rows(engine, pairs, options.template,
                       SamplingParams(temperature=0.0, max_new_tokens=options.judge_max_new_tokens),
                       backend, options.threshold)

@@ -5,36 +5,50 @@ MetaRM cold-start data (:mod:`posttrain.judges.metarm_data`) are made of.
   section's final answer matches the record's ``reference`` (:func:`posttrain.grading.grade`, exact rationals or
   math-verify); on subjective records (no reference) ``1[RM(q, solve) ≥ RM(q, winning response)]`` under a scalar
   reward model.
-* :func:`rule_reward` — RM-NLHF's rule reward (Wang et al. 2026, arXiv 2601.07349; methods.md §4.3)
+* :func:`rule_rewards` — RM-NLHF's rule reward (Wang et al. 2026, arXiv 2601.07349; methods.md §4.3)
   ``R = o + w·q`` with ``q = 1[sim(generated critique, record critique) ≥ threshold]``, counted only when
-  ``o = 1``; ``sim`` is a :mod:`posttrain.judges.similarity` backend.
+  ``o = 1``; ``sim`` is a :mod:`posttrain.judges.similarity` backend, called once for a whole batch.
 * :func:`metarm_calibration` — the MetaRM's fit to one batch's rule rewards (MSE, Pearson correlation), then,
   online, one MSE pass over them (methods.md §4.5).
 
-The models these load (scalar reward models, similarity backends, MetaRMs) are kept once per process, so a
-MetaRM's online updates persist between batches.
+The models these use (a :class:`ScalarRewardModel`, a similarity backend, a :class:`~posttrain.judges.metarm.MetaRM`)
+are objects their caller owns (a run's reward): nothing is kept per process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from posttrain.data import tokenize_sft
 from posttrain.errors import DataError
 from posttrain.grading import grade
 from posttrain.judges.grm import GRMOutput, outcome, parsed
 from posttrain.judges.metarm import MetaRM, metarm_text
-from posttrain.judges.similarity import build_similarity, pearson
+from posttrain.judges.similarity import SimilarityBackend, pearson
 from posttrain.models import load_tokenizer
 from posttrain.models.reward import load_reward_model, score_sequences
 
-_SCORERS: dict[str, Any] = {}
-_BACKENDS: dict[tuple, Any] = {}
-_METARMS: dict[str, MetaRM] = {}
+
+class ScalarRewardModel:
+    """A saved scalar reward model by name, loaded on first use: its scores of responses to a question."""
+
+    def __init__(self, name: str, max_length: int = 4096):
+        self.name, self.max_length = name, max_length
+        self._loaded = None
+
+    def scores(self, question: str, responses: Sequence[str]) -> list[float]:
+        """The model's scores of ``responses`` to ``question`` (chat-templated as in SFT)."""
+        if self._loaded is None:
+            self._loaded = (load_reward_model(self.name, require_head=True).eval(), load_tokenizer(self.name))
+        model, tokenizer = self._loaded
+        records = [{"prompt": [{"role": "user", "content": question}],
+                    "completion": [{"role": "assistant", "content": text}], "_where": "s2j solve"}
+                   for text in responses]
+        tokenized = tokenize_sft(records, tokenizer, self.max_length)
+        return score_sequences(model, [example.input_ids for example in tokenized])
 
 
-def solve_score(solution: str, record: dict, reward_model: str | None = None) -> float:
+def solve_score(solution: str, record: dict, reward_model: ScalarRewardModel | None = None) -> float:
     """``s``: the solution's final answer against the record's reference; without a reference, whether the
     scalar ``reward_model`` scores the solution at least as high as the winning response."""
     reference = record.get("reference")
@@ -45,52 +59,22 @@ def solve_score(solution: str, record: dict, reward_model: str | None = None) ->
                         "for subjective ones", where=record.get("_where"),
                         fix="give the record a reference, or set args.reward_model to a trained reward model")
     winner = record["response_a"] if record["gold"] == "A" else record["response_b"]
-    own, best = _scalar_scores(reward_model, record["question"], [solution, winner])
+    own, best = reward_model.scores(record["question"], [solution, winner])
     return 1.0 if own >= best else 0.0
 
 
-def _scalar_scores(name: str, question: str, responses: Sequence[str], max_length: int = 4096) -> list[float]:
-    """A scalar reward model's scores of ``responses`` to ``question`` (chat-templated as in SFT)."""
-    if name not in _SCORERS:
-        _SCORERS[name] = (load_reward_model(name, require_head=True).eval(), load_tokenizer(name))
-    model, tokenizer = _SCORERS[name]
-    records = [{"prompt": [{"role": "user", "content": question}],
-                "completion": [{"role": "assistant", "content": text}], "_where": "s2j solve"} for text in responses]
-    tokenized = tokenize_sft(records, tokenizer, max_length)
-    return score_sequences(model, [example.input_ids for example in tokenized])
-
-
-def similarity_backend(backend: str, options: dict[str, Any] | None = None):
-    """A :mod:`posttrain.judges.similarity` backend, built once per (name, options) and process."""
-    options = dict(options or {})
-    key = (backend, tuple(sorted((k, repr(v)) for k, v in options.items())))
-    if key not in _BACKENDS:
-        _BACKENDS[key] = build_similarity(backend, **options)
-    return _BACKENDS[key]
-
-
-def rule_reward(output: GRMOutput, record: dict, backend: str, threshold: float | None,
-                backend_args: dict | None, weight: float) -> float:
-    """``o + w·q`` on a well-formed output of a critique-bearing record (module docstring)."""
-    judged = outcome(output, record)
-    if judged == 0.0:
-        return 0.0
-    scorer = similarity_backend(backend, backend_args)
-    similarity = scorer.scores([output.critique or ""], [record["critique"]])[0]
-    limit = scorer.default_threshold if threshold is None else threshold
-    return judged + weight * (1.0 if similarity >= limit else 0.0)
-
-
-def metarm_model(path: str, online_lr: float = 5e-6) -> MetaRM:
-    """The MetaRM at ``path``, loaded once per process (its online updates persist between batches)."""
-    if path not in _METARMS:
-        _METARMS[path] = MetaRM.load(path, online_lr=online_lr)
-    return _METARMS[path]
-
-
-def load_metarm(path: str, policy_tokenizer, online_lr: float = 5e-6) -> None:
-    """(Re)load the MetaRM at ``path`` for this process, refusing one built on another base model than the policy's."""
-    _METARMS[path] = MetaRM.load(path, policy_tokenizer=policy_tokenizer, online_lr=online_lr)
+def rule_rewards(outputs: Sequence[GRMOutput], records: Sequence[dict], similarity: SimilarityBackend,
+                 threshold: float | None, weight: float) -> list[float]:
+    """``o + w·q`` of well-formed outputs of critique-bearing records (module docstring); the similarity of all
+    right verdicts' critiques in one backend call."""
+    judged = [outcome(output, record) for output, record in zip(outputs, records, strict=True)]
+    right = [index for index, value in enumerate(judged) if value == 1.0]
+    limit = similarity.default_threshold if threshold is None else threshold
+    if right:
+        scores = similarity.scores([outputs[i].critique or "" for i in right], [records[i]["critique"] for i in right])
+        for index, score in zip(right, scores, strict=True):
+            judged[index] += weight * (1.0 if score >= limit else 0.0)
+    return judged
 
 
 def metarm_input(output: GRMOutput, record: dict) -> str:
@@ -98,8 +82,8 @@ def metarm_input(output: GRMOutput, record: dict) -> str:
     return metarm_text(record["question"], record["response_a"], record["response_b"], output.critique or "")
 
 
-def metarm_calibration(completions: Sequence[str], records: Sequence[dict], values: Sequence[float], model: str,
-                       template: str = "grm", online: bool = True, lr: float = 5e-6) -> dict[str, float]:
+def metarm_calibration(completions: Sequence[str], records: Sequence[dict], values: Sequence[float], metarm: MetaRM,
+                       template: str = "grm", online: bool = True) -> dict[str, float]:
     """The MetaRM's fit to this batch's format-valid rollouts of critique-bearing records and their rule rewards
     ``values`` (measured before it trains on them: ``mse``, ``pearson``), then (``online``) one MSE pass."""
     texts, labels = [], []
@@ -110,12 +94,11 @@ def metarm_calibration(completions: Sequence[str], records: Sequence[dict], valu
             labels.append(float(value))
     if not texts:
         return {}
-    meta = metarm_model(model, lr)
-    scores = meta.score(texts)
+    scores = metarm.score(texts)
     metrics = {"rollouts": float(len(texts)),
                "mse": sum((s - y) ** 2 for s, y in zip(scores, labels, strict=True)) / len(texts)}
     if len(set(labels)) > 1:
         metrics["pearson"] = pearson(scores, labels)
     if online:
-        metrics.update({key.removeprefix("metarm/"): value for key, value in meta.update(texts, labels).items()})
+        metrics.update({key.removeprefix("metarm/"): value for key, value in metarm.update(texts, labels).items()})
     return metrics

@@ -2,7 +2,7 @@
 
 The base GRM judges each critique-bearing pair ``k`` times in each order (sampled); every well-formed judgment
 becomes one regression record ``{"text": metarm_text(question, A, B, generated critique), "label": R}`` with
-``R = o + w·q`` its rule reward (:func:`posttrain.judges.grm_scores.rule_reward`: ``q`` from a critique-similarity
+``R = o + w·q`` its rule reward (:func:`posttrain.judges.grm_scores.rule_rewards`: ``q`` from a critique-similarity
 backend, counted only when the verdict is right), so ``R ∈ {0, 1, 1 + w}``. Format failures are left out, as
 in the paper's cold start (4 base-policy rollouts per prompt there). Train the MetaRM on the file with
 ``method: reward_model`` and ``reward_model.objective: regression``.
@@ -18,8 +18,9 @@ from pathlib import Path
 from posttrain.data import encode_prompts, write_jsonl
 from posttrain.errors import DataError
 from posttrain.judges.grm import outcome, parsed
-from posttrain.judges.grm_scores import metarm_input, rule_reward
+from posttrain.judges.grm_scores import metarm_input, rule_rewards
 from posttrain.judges.pairs import preference_pairs
+from posttrain.judges.similarity import build_similarity
 from posttrain.judges.tasks import judge_task_prompts
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
@@ -34,19 +35,22 @@ def metarm_records(engine: RolloutEngine, pairs: Sequence[dict], params: Samplin
     if not prompts:
         raise DataError("MetaRM cold-start data needs pairs with a `critique`", fix="give critique-bearing pairs "
                         "(task:arithmetic pairs carry one)")
-    records, failures = [], 0
+    valid, failures = [], 0
     for generation in engine.generate(encode_prompts(prompts, engine.tokenizer), params):
         task = prompts[generation.prompt_index]
         output = parsed(generation.text, template)
-        if not output.valid:
+        if output.valid:
+            valid.append((output, task))
+        else:
             failures += 1
-            continue
-        label = rule_reward(output, task, backend, threshold, backend_args, weight)
-        records.append({"text": metarm_input(output, task), "label": label, "outcome": outcome(output, task), "task_index": task["task_index"],
-                        "order": task["order"]})
-    labels = Counter(record["label"] for record in records)
+    similarity = build_similarity(backend, **(backend_args or {}))
+    labels = rule_rewards([o for o, _ in valid], [t for _, t in valid], similarity, threshold, weight)
+    records = [{"text": metarm_input(output, task), "label": label, "outcome": outcome(output, task),
+                "task_index": task["task_index"], "order": task["order"]}
+               for (output, task), label in zip(valid, labels, strict=True)]
+    counts = Counter(record["label"] for record in records)
     summary = {"pairs": len(pairs), "judgments": len(prompts) * params.n, "records": len(records),
-               "format_failures": failures, "labels": {str(k): v for k, v in sorted(labels.items())},
+               "format_failures": failures, "labels": {str(k): v for k, v in sorted(counts.items())},
                "template": template, "backend": backend}
     return records, summary
 

@@ -44,7 +44,6 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -136,7 +135,6 @@ def embedding_model_dir() -> Path:
     return Path(str(distribution.locate_file(EMBEDDING_SUBDIR)))
 
 
-@lru_cache(maxsize=4)
 def _embedding_model(model_dir: str):
     from transformers import AutoModel, AutoTokenizer
 

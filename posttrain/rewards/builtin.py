@@ -1,4 +1,8 @@
-"""Built-in rewards: ``math`` (answer correctness), ``format`` (a regex) and ``length`` (over-long penalty)."""
+"""Built-in rewards: ``math`` (answer correctness), ``format`` (a regex) and ``length`` (over-long penalty).
+
+They are cheap, stateless per-sample functions, called through the adapter of :mod:`posttrain.rewards.base`, so
+a sample they cannot score (no reference, no token count) fails alone.
+"""
 
 from __future__ import annotations
 

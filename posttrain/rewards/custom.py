@@ -1,8 +1,9 @@
 """User reward functions loaded from a Python file: ``path: my_rewards.py:score`` in a recipe.
 
 The file is executed as a module of its own (``importlib.util.spec_from_file_location``), not imported
-from ``sys.path``, so it needs no package around it. The named attribute must be a callable taking
-``(prompt, completion, record, **args)`` and returning a number.
+from ``sys.path``, so it needs no package around it. The named attribute must be a callable in one of the two
+forms of :mod:`posttrain.rewards.base`: batched, ``(prompts, completions, **columns) -> list[float | None]`` as in
+TRL, or per sample, ``(prompt, completion, record, **args) -> float``.
 
 In a recipe, a relative ``FILE.py`` is relative to the recipe's folder: :func:`posttrain.config.load_config`
 has made it absolute (:mod:`posttrain.recipe_paths`), so ``base_dir`` only matters for paths given in code.

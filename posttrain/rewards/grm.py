@@ -32,7 +32,9 @@ With ``online: true`` the MetaRM takes one MSE pass after every batch over that 
 critique-bearing records and their rule rewards (logged first: its Pearson correlation with those rule rewards,
 which it has not yet trained on), and its weights and optimizer are saved in every checkpoint.
 
-The rewards here are thin: parsing, outcome, solve score, rule reward and the MetaRM live in :mod:`posttrain.judges`
+``verdict`` is a per-sample function; the others are reward objects that own what they load for their run (the
+scalar reward model, the similarity backend, the MetaRM) and score a batch with one call of each model. The rewards
+here are thin: parsing, outcome, solve score, rule reward and the MetaRM live in :mod:`posttrain.judges`
 (:mod:`~posttrain.judges.grm`, :mod:`~posttrain.judges.grm_scores`, :mod:`~posttrain.judges.metarm`).
 """
 
@@ -46,15 +48,15 @@ from typing import Any
 from posttrain.errors import ConfigError, check_choice
 from posttrain.judges.grm import GRM_TEMPLATES, outcome, parsed
 from posttrain.judges.grm_scores import (
-    load_metarm,
+    ScalarRewardModel,
     metarm_calibration,
     metarm_input,
-    metarm_model,
-    rule_reward,
-    similarity_backend,
+    rule_rewards,
     solve_score,
 )
-from posttrain.judges.metarm import metarm_bonus
+from posttrain.judges.metarm import MetaRM, metarm_bonus
+from posttrain.judges.similarity import build_similarity
+from posttrain.rewards.base import Reward, SampleReward, check_signature, rows_of
 from posttrain.rewards.registry import register_reward
 
 COMBINE = ("sum", "gated")
@@ -89,11 +91,10 @@ def _check_s2j(args: dict[str, Any]) -> None:
                               where=f"rewards.functions[s2j].args.{name}", fix="give e.g. 1.0")
 
 
-@register_reward("s2j", time_limited=False, requires=JUDGE_FIELDS, check=_check_s2j)
 def s2j_reward(prompt: str, completion: str, record: dict, template: str = "s2j", judge_weight: float = 1.0,
-               solve_weight: float = 1.0, combine: str = "sum", reward_model: str | None = None,
+               solve_weight: float = 1.0, combine: str = "sum", reward_model: ScalarRewardModel | None = None,
                format_penalty: float = -1.0) -> float:
-    """Solve-and-judge reward (module docstring)."""
+    """Solve-and-judge reward of one sample (module docstring)."""
     output = parsed(completion, template)
     if not output.valid:
         return format_penalty
@@ -104,33 +105,54 @@ def s2j_reward(prompt: str, completion: str, record: dict, template: str = "s2j"
     return judge_weight * judged + solve_weight * solved
 
 
+@register_reward("s2j", time_limited=False, requires=JUDGE_FIELDS, check=_check_s2j)
+class S2JReward(SampleReward):
+    """:func:`s2j_reward` per sample, with the run's own scalar ``reward_model`` (a path) for subjective tasks."""
+
+    def __init__(self, reward_model: str | None = None, **args: Any):
+        check_signature(s2j_reward, args, "reward 's2j'")
+        scorer = None if reward_model is None else ScalarRewardModel(reward_model)
+        super().__init__(s2j_reward, {**args, "reward_model": scorer})
+
+
 # --------------------------------------------------------------------------------- critique similarity
 
 
-def _check_similarity(args: dict[str, Any]) -> None:
-    _check_template(args)
-    similarity_backend(args.get("backend", "lexical"), args.get("backend_args"))  # fails early if it cannot load
+@register_reward("critique_similarity", time_limited=False, requires=JUDGE_FIELDS, check=_check_template)
+class CritiqueSimilarityReward(Reward):
+    """``o + w·q`` with a critique, ``o`` without one, ``format_penalty`` on a format error; the batch's
+    critiques compared in one call of the run's similarity backend."""
 
+    def __init__(self, template: str = "grm", backend: str = "lexical", threshold: float | None = None,
+                 weight: float = 0.5, backend_args: dict | None = None, format_penalty: float = -1.0):
+        self.template, self.threshold, self.weight, self.format_penalty = template, threshold, weight, format_penalty
+        self.similarity = build_similarity(backend, **(backend_args or {}))  # fails early if it cannot load
 
-@register_reward("critique_similarity", time_limited=False, requires=JUDGE_FIELDS, check=_check_similarity)
-def critique_similarity_reward(prompt: str, completion: str, record: dict, template: str = "grm",
-                               backend: str = "lexical", threshold: float | None = None,
-                               weight: float = 0.5, backend_args: dict | None = None,
-                               format_penalty: float = -1.0) -> float:
-    """``o + w·q`` with a critique, ``o`` without one, ``format_penalty`` on a format error."""
-    output = parsed(completion, template)
-    if not output.valid:
-        return format_penalty
-    if not record.get("critique"):
-        return outcome(output, record)
-    return rule_reward(output, record, backend, threshold, backend_args, weight)
+    def __call__(self, prompts, completions, **columns):
+        records = rows_of(columns, len(completions))
+        outputs = [parsed(completion, self.template) for completion in completions]
+        values: list[float] = [self.format_penalty] * len(completions)
+        critiqued = [i for i, (o, r) in enumerate(zip(outputs, records, strict=True)) if o.valid and r.get("critique")]
+        others = [i for i, (o, r) in enumerate(zip(outputs, records, strict=True)) if o.valid and not r.get("critique")]
+        rules = rule_rewards([outputs[i] for i in critiqued], [records[i] for i in critiqued], self.similarity,
+                             self.threshold, self.weight)
+        for index, value in zip(critiqued, rules, strict=True):
+            values[index] = value
+        for index, value in zip(others, self.uncritiqued([outputs[i] for i in others], [records[i] for i in others]),
+                                strict=True):
+            values[index] = value
+        return values
+
+    def uncritiqued(self, outputs: Sequence, records: Sequence[dict]) -> list[float]:
+        """The reward of well-formed outputs on records without a critique: the outcome ``o``."""
+        return [outcome(output, record) for output, record in zip(outputs, records, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------- MetaRM
 
 
 def _check_metarm(args: dict[str, Any]) -> None:
-    _check_similarity(args)
+    _check_template(args)
     if not args.get("model"):
         raise ConfigError("the metarm reward needs args.model: the directory of a trained MetaRM",
                           where="rewards.functions[metarm].args.model",
@@ -138,47 +160,49 @@ def _check_metarm(args: dict[str, Any]) -> None:
                           "(method: reward_model, reward_model.objective: regression)")
 
 
-def metarm_reward(prompt: str, completion: str, record: dict, model: str, template: str = "grm",
-                  backend: str = "lexical", threshold: float | None = None, weight: float = 0.5,
-                  backend_args: dict | None = None, online: bool = True, lr: float = 5e-6,
-                  format_penalty: float = -1.0) -> float:
-    """The rule reward with a critique; ``o·(1 + w·max(0, s − 1))`` without one (module docstring)."""
-    output = parsed(completion, template)
-    if not output.valid:
-        return format_penalty
-    if record.get("critique"):
-        return rule_reward(output, record, backend, threshold, backend_args, weight)
-    judged = outcome(output, record)
-    if judged == 0.0:
-        return 0.0
-    score = metarm_model(model, lr).score([metarm_input(output, record)])[0]
-    return judged * (1.0 + weight * metarm_bonus(score))
+@register_reward("metarm", time_limited=False, requires=JUDGE_FIELDS, check=_check_metarm)
+class MetaRMReward(CritiqueSimilarityReward):
+    """The rule reward with a critique; ``o·(1 + w·max(0, s − 1))`` without one, the batch's MetaRM scores in one
+    call (module docstring). The run's own MetaRM, trained online after each batch and checkpointed."""
 
+    def __init__(self, model: str | None = None, template: str = "grm", backend: str = "lexical",
+                 threshold: float | None = None, weight: float = 0.5, backend_args: dict | None = None,
+                 online: bool = True, lr: float = 5e-6, format_penalty: float = -1.0):
+        super().__init__(template, backend, threshold, weight, backend_args, format_penalty)
+        self.path, self.online, self.lr = model, online, lr
+        self._metarm: MetaRM | None = None
 
-def metarm_after_batch(prompts: Sequence[str], completions: Sequence[str], records: Sequence[dict],
-                       values: Sequence[float], *, model: str, template: str = "grm", online: bool = True,
-                       lr: float = 5e-6, **_: Any) -> dict[str, float]:
-    """Log the MetaRM's calibration on this batch's critique-bearing rollouts, then (``online``) train on them;
-    logged as ``<label>/<key>``, e.g. ``metarm/pearson``."""
-    return metarm_calibration(completions, records, values, model, template, online, lr)
+    @property
+    def metarm(self) -> MetaRM:
+        """The MetaRM, loaded on first use unless :meth:`prepare` loaded it."""
+        if self._metarm is None:
+            self._metarm = MetaRM.load(self.path, online_lr=self.lr)
+        return self._metarm
 
+    def uncritiqued(self, outputs, records):
+        judged = [outcome(output, record) for output, record in zip(outputs, records, strict=True)]
+        right = [i for i, value in enumerate(judged) if value != 0.0]
+        if right:
+            scores = self.metarm.score([metarm_input(outputs[i], records[i]) for i in right])
+            for index, score in zip(right, scores, strict=True):
+                judged[index] *= 1.0 + self.weight * metarm_bonus(score)
+        return judged
 
-def metarm_prepare(tokenizer, *, model: str, lr: float = 5e-6, **_: Any) -> None:
-    """Load the MetaRM once, refusing one built on another base model than the policy's."""
-    load_metarm(model, tokenizer, lr)
+    def prepare(self, tokenizer) -> None:
+        """Load the MetaRM, refusing one built on another base model than the policy's."""
+        self._metarm = MetaRM.load(self.path, policy_tokenizer=tokenizer, online_lr=self.lr)
 
+    def after_batch(self, prompts, completions, records, values) -> dict[str, float]:
+        """Log the MetaRM's calibration on this batch's critique-bearing rollouts, then (``online``) train on them;
+        logged as ``<label>/<key>``, e.g. ``metarm/pearson``."""
+        return metarm_calibration(completions, records, values, self.metarm, self.template, self.online)
 
-def metarm_save(directory: Path, *, model: str, lr: float = 5e-6, online: bool = True, **_: Any) -> None:
-    """Save the online MetaRM's weights and optimizer into a checkpoint directory."""
-    if online:
-        metarm_model(model, lr).save(Path(directory))
+    def save_state(self, directory: Path) -> None:
+        """The online MetaRM's weights and optimizer into ``directory/metarm.pt``."""
+        if self.online:
+            self.metarm.save(Path(directory))
 
-
-def metarm_load(directory: Path, *, model: str, lr: float = 5e-6, online: bool = True, **_: Any) -> None:
-    """Restore the online MetaRM from a checkpoint directory (a resumed run continues exactly)."""
-    if online and Path(directory).is_dir():
-        metarm_model(model, lr).restore(Path(directory))
-
-
-register_reward("metarm", time_limited=False, requires=JUDGE_FIELDS, check=_check_metarm, after_batch=metarm_after_batch,
-                prepare=metarm_prepare, save_state=metarm_save, load_state=metarm_load)(metarm_reward)
+    def load_state(self, directory: Path) -> None:
+        """Restore the online MetaRM from a checkpoint (a resumed run continues exactly)."""
+        if self.online and Path(directory).is_dir():
+            self.metarm.restore(Path(directory))
