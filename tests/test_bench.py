@@ -5,6 +5,7 @@ Only the plumbing is tested here; benchmark figures come from `posttrain bench s
 
 import pytest
 
+from posttrain.bench.harness import host_info
 from posttrain.bench.sft import SftBenchOptions, run_sft_benchmark
 from posttrain.errors import PosttrainError
 from posttrain.models import save_model, tiny_model, tiny_tokenizer
@@ -22,6 +23,14 @@ def test_sft_benchmark_reports_both_sides_and_ratios(tmp_path):
     assert result["ratio_tokens_per_s"] == pytest.approx(result["posttrain"]["tokens_per_s"] / result["trl"]["tokens_per_s"])
     assert result["ratio_peak_rss"] == pytest.approx(result["posttrain"]["peak_rss_mb"] / result["trl"]["peak_rss_mb"])
     assert result["settings"]["batch_size"] == 2
+    assert result["host"]["cores"] >= 1 and result["host"]["cpu"]
+
+
+def test_host_info_reads_the_model_and_the_precision_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\nflags\t\t: fpu avx2 avx512f avx512_bf16 sse4_2\n")
+    info = host_info(cpuinfo)
+    assert info["cpu"] == "Example CPU @ 2.0GHz" and info["flags"] == ["avx2", "avx512f", "avx512_bf16"]
 
 
 def test_unknown_peer_is_a_clear_error():

@@ -3,13 +3,17 @@
 Each side is a worker module run as ``python -m MODULE JSON_SETTINGS`` that prints one JSON object
 on its last stdout line with ``tokens_per_s``, ``seconds_per_step`` and ``peak_rss_mb``. Sides run
 one after another (never concurrently), in the order A, B, B, A, A, B, ... so that slow drift of
-the machine affects both equally. The summary takes the median of each figure over repeats.
+the machine affects both equally. The summary takes the median of each figure over repeats, and records
+the host (:func:`host_info`: CPU model, core count and the instruction sets that decide whether a precision
+pays — a bf16 matmul is fast with AMX and slower than fp32 without it), since figures of different hosts do
+not compare.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -61,6 +65,25 @@ def alternate(sides: dict[str, tuple[str, dict]], repeats: int) -> dict[str, lis
     return runs
 
 
+# CPU flags that change which precision and kernels are fast
+PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def host_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """The benchmark host: CPU model, cores this process may use, and which of :data:`PRECISION_FLAGS` it has."""
+    model, flags = platform.processor() or platform.machine(), set()
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)),
+            "flags": [flag for flag in PRECISION_FLAGS if flag in flags]}
+
+
 def summarize(runs: dict[str, list[dict]], ours: str, peer: str, settings: dict) -> dict:
     def side(name: str) -> dict:
         results = runs[name]
@@ -72,7 +95,7 @@ def summarize(runs: dict[str, list[dict]], ours: str, peer: str, settings: dict)
             "runs": results,
         }
 
-    summary = {ours: side(ours), peer: side(peer), "settings": settings}
+    summary = {ours: side(ours), peer: side(peer), "settings": settings, "host": host_info()}
     summary["ratio_tokens_per_s"] = summary[ours]["tokens_per_s"] / summary[peer]["tokens_per_s"]
     summary["ratio_peak_rss"] = summary[ours]["peak_rss_mb"] / summary[peer]["peak_rss_mb"]
     return summary
