@@ -136,7 +136,7 @@ def test_laser_integrates_the_log_prob_of_the_reserved_token_after_eos(tmp_path,
     # a separate forward, as the self-reward evaluation does: prompt, completion ending in EOS, z_c
     prompts, completions = [g.prompt_ids for g in generations], [g.token_ids for g in generations]
     eos = tiny_tokenizer().eos_token_id
-    expected_logprobs = reserved_logprobs(model, prompts, completions, eos, method.reserved_id)
+    expected_logprobs = reserved_logprobs(model, prompts, completions, eos, method.laser.reserved_id)
     expected_scores = laser_score(expected_logprobs, C_REF, 0.1)
     plain = group_advantages(torch.tensor([reward("lower", g.text) for g in generations]) + verifier, G)
     expected_advantages = self_reward_advantages(
@@ -150,7 +150,7 @@ def test_laser_integrates_the_log_prob_of_the_reserved_token_after_eos(tmp_path,
 
     monkeypatch.setattr(rl_module, "policy_loss_sum", recording_policy_loss)
     _, stats = method.loss(model, batch, work.totals)
-    torch.testing.assert_close(batch.scores[valid], expected_scores[valid], atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch.laser.scores[valid], expected_scores[valid], atol=1e-6, rtol=0)
     torch.testing.assert_close(used["advantages"], expected_advantages, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(used["advantages"], plain, atol=1e-2)  # the integration changed them
 
@@ -160,9 +160,9 @@ def test_laser_integrates_the_log_prob_of_the_reserved_token_after_eos(tmp_path,
     torch.testing.assert_close(weights.float(), laser_class_weights(verifier, valid))
     expected_loss = float((weights * (expected_scores - verifier) ** 2).sum() / len(valid))
     assert stats["self_reward_loss"] == pytest.approx(expected_loss, rel=1e-4)
-    flipped = batch.verifier.clone()
+    flipped = batch.laser.verifier.clone()
     flipped[~valid] = 1 - flipped[~valid]  # a truncated row's verdict must not matter
-    batch.verifier = flipped
+    batch.laser.verifier = flipped
     assert method.loss(model, batch, work.totals)[1]["self_reward_loss"] == pytest.approx(stats["self_reward_loss"])
 
     metrics = method.summarize({**work.stats, **stats})
