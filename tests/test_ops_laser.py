@@ -5,8 +5,12 @@ import math
 import pytest
 import torch
 
+from posttrain.config import LaserConfig, RLConfig
 from posttrain.errors import DataError
+from posttrain.models import tiny_tokenizer
 from posttrain.ops import laser_class_weights, laser_loss, self_reward_advantages
+from posttrain.trainers.distributed import Processes
+from posttrain.trainers.laser import LaserPlugin
 
 
 def test_class_weights_balance_the_valid_rows():
@@ -88,3 +92,14 @@ def test_self_reward_advantages_reject_groups_of_one():
         self_reward_advantages(torch.zeros(3), torch.ones(3), torch.zeros(3), group_size=1)
     with pytest.raises(ValueError, match="groups of G >= 2"):
         self_reward_advantages(torch.zeros(3), torch.ones(3), torch.zeros(3), group_size=2)
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_the_plugin_weights_follow_rl_laser_balanced(balanced):
+    rl = RLConfig(laser=LaserConfig(enabled=True, balanced=balanced))
+    plugin = LaserPlugin.from_config(rl, ["math"], tiny_tokenizer())
+    finished = torch.tensor([True, True, True, False])
+    extras = plugin.step_extras({"math": [1.0, 0.0, 0.0, 1.0]}, finished, Processes("cpu"), slice(0, 4), step=0)
+    expected = laser_class_weights(torch.tensor([1.0, 0.0, 0.0, 1.0]), finished) if balanced else finished.float()
+    torch.testing.assert_close(extras.class_weights, expected)
+    assert balanced == (not torch.equal(extras.class_weights, finished.float()))

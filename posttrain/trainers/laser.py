@@ -84,10 +84,12 @@ class LaserPlugin:
 
     def step_extras(self, components: dict, finished: torch.Tensor, processes: Processes, local: slice,
                     step: int) -> LaserStep:
-        """The verifier rewards of this process's rollouts and their class weights over all processes."""
+        """The verifier rewards of this process's rollouts and their weights: class-balanced over all processes
+        (``rl.laser.balanced``), else 1 on every finished row."""
         verifier = torch.as_tensor(components[self.laser.verifier], dtype=torch.float32)
         valid_all = processes.gather(finished.float()).bool()  # gloo has no bool all_gather
-        weights = laser_class_weights(processes.gather(verifier), valid_all)[local]
+        weights = laser_class_weights(processes.gather(verifier), valid_all)[local] if self.laser.balanced \
+            else finished.float()
         loss_on, integrate = self.phases(step)
         return LaserStep(verifier, finished, weights, loss_on, integrate)
 
