@@ -92,7 +92,7 @@ def check_data(recorded: dict | None, checkpoint: Path) -> None:
 def data_fingerprints(paths: list[str]) -> dict[str, dict]:
     """Fingerprints of the local data paths among ``paths`` (hub names and tasks have none)."""
     found = {str(Path(p).expanduser().resolve()): path_fingerprint(p) for p in paths}
-    return {path: print_ for path, print_ in found.items() if print_ is not None}
+    return {path: fingerprint for path, fingerprint in found.items() if fingerprint is not None}
 
 
 def resume_candidates(choice: str, run_dir: Path) -> list[Path]:
