@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--teacher-temperature", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--set", dest="posttrain_set", action="append", default=[], metavar="KEY=VALUE",
-                        help="posttrain's run config only (repeatable), e.g. distill.rollout_dtype=bfloat16")
+                        help="posttrain's run config only (repeatable), e.g. rollout.dtype=bfloat16")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run_distill_benchmark(DistillBenchOptions(

@@ -34,7 +34,7 @@ def main() -> None:
         help="default: each side's own default (posttrain off, TRL on)",
     )
     parser.add_argument("--set", dest="posttrain_set", action="append", default=[], metavar="KEY=VALUE",
-                        help="posttrain's run config only (repeatable), e.g. rl.rollout_dtype=bfloat16")
+                        help="posttrain's run config only (repeatable), e.g. rollout.dtype=bfloat16")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run_grpo_benchmark(GrpoBenchOptions(

@@ -1,4 +1,4 @@
-"""What the two precision opt-ins buy on this machine: bf16 rollouts (``rl.rollout_dtype``) and AdamW with bf16
+"""What the two precision opt-ins buy on this machine: bf16 rollouts (``rollout.dtype``) and AdamW with bf16
 moments (``optim.state_dtype``). posttrain alone, no peer.
 
     python benchmarks/bench_precision.py --threads 2 --out docs/results/bench_precision_cpu.json

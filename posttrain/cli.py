@@ -268,7 +268,7 @@ def bench_distill(
     teacher_temperature: Annotated[float, typer.Option(help="T of the self-teacher")] = 2.0,
     repeats: int = 2,
     posttrain_set: Annotated[list[str] | None, typer.Option(
-        "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. distill.rollout_dtype=bfloat16")] = None,
+        "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. rollout.dtype=bfloat16")] = None,
     as_json: AsJson = False,
 ) -> None:
     """TS-OPSD steps (live self-teacher) against TRL's DistillationTrainer with the model as its own teacher."""
@@ -293,7 +293,7 @@ def bench_grpo(
         "--gradient-checkpointing/--no-gradient-checkpointing",
         help="set on both sides (default: each side's own default, posttrain off, TRL on)")] = None,
     posttrain_set: Annotated[list[str] | None, typer.Option(
-        "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. rl.rollout_dtype=bfloat16")] = None,
+        "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. rollout.dtype=bfloat16")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Same GRPO steps (prompts, G, sampling, reward, loss) in posttrain and in the peer, alternated over repeats."""

@@ -103,9 +103,10 @@ class TrainConfig(Section):
         "auto", description="auto (latest checkpoint of this run, if any), never, or a checkpoint path"
     )
     chunk_size: int = Field(1024, gt=0, description="rows of vocabulary-sized logits computed at once")
-    micro_batch_tokens: int = Field(600, ge=0, description="SFT with padded rows: split each batch, longest first, "
-                                    "into forward passes of at most this many padded tokens (0 = no split); "
-                                    "same gradient, less padding and activation memory")
+    micro_batch_tokens: int | None = Field(None, ge=0, description="split each batch (of padded rows), longest "
+                                           "first, into forward passes of at most this many padded tokens (0 = no "
+                                           "split): the same gradient, less padding and activation memory. Default: "
+                                           "600, or 0 for the on-policy methods (short rollouts run faster whole)")
     gradient_checkpointing: bool = Field(
         False, description="recompute layer activations in backward: less memory, ~1/3 more compute"
     )
@@ -212,30 +213,39 @@ class JudgeTaskConfig(Section):
                                   "(seeded by the run's seed): RM-NLHF's data with and without human critiques")
 
 
-class OnPolicySection(Section):
-    """What every trainer that samples its own completions shares: how the rollout engine runs."""
+class RolloutConfig(Section):
+    """How every on-policy method (``grpo``, ``distill``) samples its completions: ``prompts_per_step`` prompts,
+    ``samples_per_prompt`` completions each, from ``softmax(logits / temperature)`` restricted by ``top_k`` and
+    ``top_p`` (:class:`posttrain.rollout.SamplingParams`), by the rollout ``engine``."""
 
-    rollout_batch_size: int = Field(64, gt=0, description="sequences generated at once")
-    rollout_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        None, description="sample with the weights cast to this type (null = the model's own); the learner keeps "
-        "its weights, and the importance ratio is taken against the cast model's sampling log-probs. bfloat16 "
-        "is faster than float32 where bf16 matrix products are (GPUs, CPUs with AVX512-BF16 or AMX); see "
-        "docs/benchmarks.md")
-
-
-class RLConfig(OnPolicySection):
-    """GRPO-family RL with verifiable rewards. Defaults follow TRL 1.16 ``GRPOConfig`` where it has one."""
-
+    engine: Literal["hf", "vllm", "auto"] = Field(
+        "hf", description="hf: the learner's own model.generate; vllm: a vLLM engine in this process, its weights "
+        "synced from the learner after every optimizer step; auto: vllm when it is installed and supports the "
+        "model, else hf (the run logs which)")
     prompts_per_step: int = Field(4, gt=0, description="prompts per step (all processes together)")
-    group_size: int = Field(8, gt=0, description="samples per prompt, G")
+    samples_per_prompt: int | None = Field(None, gt=0, description="completions per prompt; grpo's group size G "
+                                           "(default 8), distill's samples (default 1)")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=0, description="0 = off")
     max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(64, gt=0, description="hf: sequences generated at once")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="sample with the weights cast to this type (null = the model's own); the learner keeps "
+        "its weights, and the importance ratio is taken against the cast model's sampling log-probs. bfloat16 "
+        "is faster than float32 where bf16 matrix products are (GPUs, CPUs with AMX); see docs/benchmarks.md")
+    kv_cache_gib: float | None = Field(None, gt=0, description="vllm: KV cache size in GiB (null = sized for one "
+                                       "step's sequences, twice over, at least 0.25 GiB)")
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm on CUDA: the share of GPU memory the "
+                                          "engine may take (the learner shares the device)")
+    sleep: bool = Field(True, description="vllm on CUDA: free the KV cache and offload the engine's weights during "
+                        "the update, wake for the next rollout")
+
+
+class RLConfig(Section):
+    """GRPO-family RL with verifiable rewards. Defaults follow TRL 1.16 ``GRPOConfig`` where it has one."""
+
     updates_per_step: int = Field(1, gt=0, description="optimizer updates per batch of rollouts, μ")
-    micro_batch_tokens: int = Field(0, ge=0, description="split each train.batch_size chunk of rollouts, longest "
-                                    "first, into passes of at most this many padded tokens (0 = no split): "
-                                    "same gradient, less activation memory, slower on short rollouts")
     loss: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     eps_low: float = Field(0.2, ge=0)
     eps_high: float = Field(0.2, ge=0, description="> eps_low is DAPO's clip-higher (e.g. 0.28)")
@@ -243,31 +253,24 @@ class RLConfig(OnPolicySection):
     scale: Literal["group", "batch", "none"] = "group"
     baseline: Literal["mean", "rloo"] = "mean"
     mask_truncated: bool = Field(False, description="drop completions that hit max_new_tokens from the loss")
+    behaviour_correction: Literal["auto", "off", "token_truncate", "token_mask", "sequence_truncate",
+                                  "sequence_mask"] = Field(
+        "auto", description="importance weights for rollouts drawn by an engine whose probabilities differ from the "
+        "learner's (posttrain.ops.behaviour_correction); auto = token_truncate (TIS) with rollout.engine vllm, off "
+        "with hf (which samples from the learner's own weights)")
+    behaviour_cap: float | None = Field(2.0, gt=0, description="upper bound of the behaviour weights (truncated or "
+                                        "masked above; null = none)")
+    behaviour_floor: float | None = Field(None, ge=0, description="lower bound of the behaviour weights (null = none)")
     rewards: RewardsConfig = RewardsConfig()
     laser: LaserConfig = LaserConfig()
     judge: JudgeTaskConfig | None = Field(None, description="train a generative judge on judge tasks")
 
-    @model_validator(mode="after")
-    def _groups(self) -> RLConfig:
-        if self.group_size < 2 and (self.scale == "group" or self.baseline == "rloo"):
-            raise ValueError("group_size must be >= 2 with scale=group or baseline=rloo (a group of one has no "
-                             "spread); set rl.group_size >= 2 or rl.scale=none")
-        return self
 
-
-class DistillConfig(OnPolicySection):
+class DistillConfig(Section):
     """On-policy distillation: completions sampled from the student, then a token-level divergence against a
     teacher distribution on those tokens (:mod:`posttrain.trainers.distill`). TS-OPSD policy reheating is
     ``teacher: snapshot`` or ``self`` with ``teacher_temperature`` > 1."""
 
-    prompts_per_step: int = Field(4, gt=0, description="prompts per step (all processes together)")
-    samples_per_prompt: int = Field(1, gt=0)
-    temperature: float = Field(1.0, gt=0, description="rollout temperature of the student")
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="rollout top-k (0 = off)")
-    max_new_tokens: int = Field(128, gt=0)
-    micro_batch_tokens: int = Field(0, ge=0, description="split each train.batch_size chunk of rollouts into passes "
-                                    "of at most this many padded tokens (0 = no split); same gradient")
     teacher: Literal["self", "snapshot", "model", "self_context"] = "self"
     teacher_model: str | None = Field(None, description="teacher: model — an HF model with the student's tokenizer")
     teacher_temperature: float = Field(1.0, description="T: the teacher's logits are divided by it (TS-OPSD: T_h > 1)")
@@ -371,6 +374,15 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 METHOD_SECTIONS = {"sft": "sft", "grpo": "rl", "distill": "distill", "dpo": "preference",
                    "reward_model": "reward_model"}
 ON_POLICY_METHODS = ("grpo", "distill")
+DEFAULT_SAMPLES_PER_PROMPT = {"grpo": 8, "distill": 1}
+DEFAULT_MICRO_BATCH_TOKENS = {"sft": 600, "dpo": 600, "reward_model": 600, "grpo": 0, "distill": 0}
+MOVED_KEYS = {
+    **{f"{section}.{key}": f"rollout.{key}" for section in ("rl", "distill")
+       for key in ("prompts_per_step", "temperature", "top_p", "top_k", "max_new_tokens")},
+    "rl.group_size": "rollout.samples_per_prompt", "distill.samples_per_prompt": "rollout.samples_per_prompt",
+    **{f"{section}.rollout_{key}": f"rollout.{key}" for section in ("rl", "distill") for key in ("batch_size", "dtype")},
+    "rl.micro_batch_tokens": "train.micro_batch_tokens", "distill.micro_batch_tokens": "train.micro_batch_tokens",
+}
 
 
 def changed_keys(section: Section, prefix: str) -> list[str]:
@@ -395,6 +407,19 @@ class RunConfig(Section):
     preference: PreferenceConfig = PreferenceConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
     eval: EvalConfig = EvalConfig()
+    rollout: RolloutConfig = RolloutConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """Keys of earlier versions name their new place instead of being just unknown."""
+        if isinstance(data, dict):
+            moved = [f"{old} is now {new}" for old, new in MOVED_KEYS.items()
+                     if isinstance(data.get(old.split(".")[0]), dict) and old.split(".")[1] in data[old.split(".")[0]]]
+            if moved:
+                raise ValueError("; ".join(moved) + " (the sampling settings of every on-policy method are in "
+                                 "`rollout:`); move the keys there")
+        return data
 
     @field_validator("name")
     @classmethod
@@ -412,14 +437,29 @@ class RunConfig(Section):
         ``micro_batch_tokens``)."""
         unused = [key for method, section in METHOD_SECTIONS.items() if method != self.method
                   for key in changed_keys(getattr(self, section), section)]
-        if self.method in ON_POLICY_METHODS:
-            unused += [key for key in changed_keys(self.train, "train")
-                       if key in ("train.grad_accum", "train.micro_batch_tokens")]
+        on_policy = self.method in ON_POLICY_METHODS
+        if on_policy:
+            unused += [key for key in changed_keys(self.train, "train") if key == "train.grad_accum"]
+        else:
+            unused += changed_keys(self.rollout, "rollout")
         if unused:
             section = METHOD_SECTIONS[self.method]
             raise ValueError(f"method {self.method} does not use {', '.join(unused)}; remove "
                              f"{'it' if len(unused) == 1 else 'them'} (method {self.method} is configured in "
-                             f"`{section}:`{' and train.batch_size' if self.method in ON_POLICY_METHODS else ''})")
+                             f"`{section}:`{', `rollout:` and train.batch_size' if on_policy else ''})")
+        return self
+
+    @model_validator(mode="after")
+    def _method_defaults(self) -> RunConfig:
+        """Fill the settings whose default depends on the method, then check the GRPO groups."""
+        if self.train.micro_batch_tokens is None:
+            self.train.micro_batch_tokens = DEFAULT_MICRO_BATCH_TOKENS[self.method]
+        if self.method in ON_POLICY_METHODS and self.rollout.samples_per_prompt is None:
+            self.rollout.samples_per_prompt = DEFAULT_SAMPLES_PER_PROMPT[self.method]
+        if self.method == "grpo" and self.rollout.samples_per_prompt < 2 and (
+                self.rl.scale == "group" or self.rl.baseline == "rloo"):
+            raise ValueError("rollout.samples_per_prompt (the group size) must be >= 2 with rl.scale=group or "
+                             "rl.baseline=rloo (a group of one has no spread); raise it or set rl.scale=none")
         return self
 
     @property
@@ -475,7 +515,8 @@ def _describe_validation_error(error: ValidationError, source: str) -> ConfigErr
         if item["type"] == "extra_forbidden":
             lines.append(f"{location(source, None, field)}: unknown key")
         else:
-            lines.append(f"{location(source, None, field)}: {item['msg']} (got {item.get('input')!r})")
+            got = f" (got {item.get('input')!r})" if item["loc"] else ""
+            lines.append(f"{location(source, None, field)}: {item['msg']}{got}")
     return ConfigError(
         "invalid configuration:\n  " + "\n  ".join(lines),
         fix="correct or remove the keys named above; `posttrain train --help` lists the sections",

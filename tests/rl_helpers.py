@@ -59,7 +59,7 @@ def rl_overrides(tmp_path, name, *settings: str, references: bool = True) -> lis
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     values = {"method": "grpo", "data.train": f"{{path: {data}}}", "train.max_steps": 3, "optim.lr": 1e-2}
     values.update(
-        {"train.batch_size": G, "rl.group_size": G, "rl.prompts_per_step": 2, "rl.max_new_tokens": 8}
+        {"train.batch_size": G, "rollout.samples_per_prompt": G, "rollout.prompts_per_step": 2, "rollout.max_new_tokens": 8}
     )
     return [*tiny_overrides(tmp_path, name, **values), rewards_override(tmp_path, "lower"), *settings]
 
@@ -96,7 +96,7 @@ def eos_prone_model():
 
 def direct_method(tmp_path, model, *settings: str) -> tuple[RLMethod, list]:
     """An RLMethod over VARIED_PROMPTS (all in one step, 12 new tokens) and the micro-batches of step 0."""
-    overrides = [f"rl.prompts_per_step={len(VARIED_PROMPTS)}", "rl.max_new_tokens=12", *settings]
+    overrides = [f"rollout.prompts_per_step={len(VARIED_PROMPTS)}", "rollout.max_new_tokens=12", *settings]
     config = rl_config(tmp_path, "direct", *overrides)
     records = [{"prompt": p, "reference": "1"} for p in VARIED_PROMPTS]
     method = RLMethod(config, records, model, tiny_tokenizer(), Processes("cpu"))

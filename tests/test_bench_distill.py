@@ -15,7 +15,7 @@ def test_distill_benchmark_cli_reports_both_sides_and_ratios(tmp_path):
     model_dir = save_model(tiny_model(), tiny_tokenizer(), tmp_path / "tiny")
     options = "--vs trl --steps 1 --warmup-steps 0 --prompts 3 --max-completion-length 6 --repeats 1 --json"
     done = run_cli("bench", "distill", "--model", str(model_dir), *options.split(),
-                   "--set", "distill.rollout_dtype=bfloat16")
+                   "--set", "rollout.dtype=bfloat16")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads([line for line in done.stdout.splitlines() if line.strip()][-1])
     for side in ("posttrain", "trl"):
@@ -29,7 +29,7 @@ def test_distill_benchmark_cli_reports_both_sides_and_ratios(tmp_path):
     assert result["ratio_peak_rss"] == pytest.approx(result["posttrain"]["peak_rss_mb"] / result["trl"]["peak_rss_mb"])
     settings = result["settings"]
     assert (settings["teacher_temperature"], settings["temperature"], settings["divergence"]) == (2.0, 1.0, "forward_kl")
-    assert settings["posttrain_set"] == ["distill.rollout_dtype=bfloat16"]
+    assert settings["posttrain_set"] == ["rollout.dtype=bfloat16"]
 
 
 @pytest.mark.parametrize(("kwargs", "where"), [

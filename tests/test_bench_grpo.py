@@ -103,9 +103,10 @@ def test_model_both_libraries_cannot_load_is_a_clear_error():
 def test_posttrain_set_changes_posttrain_side_only_and_bad_form_is_an_error(tmp_path):
     settings = {"workdir": str(tmp_path), "seed": 0, "model": "m", "dtype": "float32", "device": "cpu",
                 "data": "d.jsonl", "lr": 1e-6, "steps": 2, "warmup_steps": 1,
-                "posttrain_set": ["rl.rollout_dtype=bfloat16", "train.gradient_checkpointing=true"]}
-    config = posttrain_config(settings, "grpo", 8, {"group_size": 8})
-    assert config["rl"] == {"group_size": 8, "rollout_dtype": "bfloat16"}
+                "posttrain_set": ["rollout.dtype=bfloat16", "train.gradient_checkpointing=true"]}
+    config = posttrain_config(settings, "grpo", 8, {"loss": "dapo"}, {"samples_per_prompt": 8})
+    assert config["rl"] == {"loss": "dapo"}
+    assert config["rollout"] == {"samples_per_prompt": 8, "dtype": "bfloat16"}
     assert config["train"]["gradient_checkpointing"] is True and config["train"]["batch_size"] == 8
     with pytest.raises(ConfigError, match="key.sub=value"):
-        run_grpo_benchmark(GrpoBenchOptions(model="tiny-random", posttrain_set=["rl.rollout_dtype"]))
+        run_grpo_benchmark(GrpoBenchOptions(model="tiny-random", posttrain_set=["rollout.dtype"]))

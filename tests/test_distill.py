@@ -32,7 +32,7 @@ def distill_config(tmp_path, name, *settings: str, answers: bool = True):
     """A 3-step distillation run of the tiny model: 2 prompts × 2 samples × 8 tokens per step."""
     data = write_prompts(tmp_path, answers)
     values = {"method": "distill", "data.train": f"{{path: {data}}}", "train.max_steps": 3, "optim.lr": 1e-2,
-              "distill.prompts_per_step": 2, "distill.samples_per_prompt": 2, "distill.max_new_tokens": 8}
+              "rollout.prompts_per_step": 2, "rollout.samples_per_prompt": 2, "rollout.max_new_tokens": 8}
     return load_config(None, [*tiny_overrides(tmp_path, name, **values), *settings])
 
 
@@ -123,7 +123,7 @@ def test_a_crashed_run_resumes_exactly(tmp_path, monkeypatch):
 
 
 def direct_method(tmp_path, model, *settings):
-    config = distill_config(tmp_path, "direct", "distill.prompts_per_step=4", "distill.max_new_tokens=12", *settings)
+    config = distill_config(tmp_path, "direct", "rollout.prompts_per_step=4", "rollout.max_new_tokens=12", *settings)
     records = [{"prompt": p, "reference": "1", "answer": f"Reference solution {i}"} for i, p in enumerate(PROMPTS[:4])]
     method = DistillMethod(config, records, model, tiny_tokenizer(), Processes("cpu"))
     share = list(range(4))
@@ -134,7 +134,7 @@ def test_token_budget_passes_give_the_gradient_of_one_pass(tmp_path):
     model = tiny_model()
     method, whole = direct_method(tmp_path, model, "train.batch_size=8", "distill.teacher_temperature=2")
     split_method, split = direct_method(tmp_path, model, "train.batch_size=8", "distill.teacher_temperature=2",
-                                        "distill.micro_batch_tokens=30")
+                                        "train.micro_batch_tokens=30")
     assert len(whole.micro_batches) == 1 and len(split.micro_batches) > 2
     loss, grads = step_gradients(model, method, whole)
     split_loss, split_grads = step_gradients(model, split_method, split)

@@ -106,7 +106,7 @@ def test_a_run_whose_rewards_exit_hang_and_sleep_still_trains_logs_and_saves(tmp
     functions = ", ".join(f"{{path: {bad}:{name}}}" for name in ("exits", "sleeps", "spins"))
     rewards = f"rl.rewards={{functions: [{functions}, {{path: {tmp_path / 'r.py'}:lower}}], " \
               "max_error_rate: 1, timeout: 0.1}"
-    result = train(rl_config(tmp_path, "failing", rewards, "train.max_steps=1", "rl.prompts_per_step=1"))
+    result = train(rl_config(tmp_path, "failing", rewards, "train.max_steps=1", "rollout.prompts_per_step=1"))
     steps = train_steps(result.run_dir)
     assert steps[1]["reward_errors"] == 3 * G  # three failing functions on the G samples of one prompt
     assert list_checkpoints(result.run_dir)

@@ -136,7 +136,7 @@ def test_posttrain_train_runs_grpo_on_judge_tasks_with_both_orders_in_every_step
     overrides = tiny_overrides(
         tmp_path, "grm", method="grpo", **{
             "data.train": "{task: judge_arithmetic, n: 8, seed: 0}", "rl.judge": "{template: grm}",
-            "rl.prompts_per_step": 4, "rl.group_size": 2, "rl.max_new_tokens": 8, "train.max_steps": 2,
+            "rollout.prompts_per_step": 4, "rollout.samples_per_prompt": 2, "rollout.max_new_tokens": 8, "train.max_steps": 2,
             "rl.rewards": "{functions: [{name: verdict}]}"})
     done = run_cli("train", "-", *overrides)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -190,7 +190,7 @@ def test_grm_training_with_the_online_metarm_logs_calibration_and_checkpoints_it
     meta_path = str(final_weights(run_dir))
     overrides = tiny_overrides(tmp_path, "grm-metarm", method="grpo", **{
         "data.train": "{task: judge_arithmetic, n: 8, seed: 0}", "rl.judge": "{template: grm, hide_critiques: 0.5}",
-        "rl.prompts_per_step": 4, "rl.group_size": 2, "rl.max_new_tokens": 8, "train.max_steps": 2,
+        "rollout.prompts_per_step": 4, "rollout.samples_per_prompt": 2, "rollout.max_new_tokens": 8, "train.max_steps": 2,
         "train.save_every": 1, "rl.rewards": f"{{functions: [{{name: metarm, args: {{model: {meta_path}}}}}]}}"})
     # the tiny policy writes no well-formed judgment; score a fixed well-formed one instead, right or wrong by
     # the record's gold verdict, so both kinds of record reach the rewards and the MetaRM's calibration

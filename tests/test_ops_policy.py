@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from posttrain.errors import DataError
-from posttrain.ops import group_advantages, policy_loss
+from posttrain.ops import behaviour_correction, group_advantages, policy_loss
 
 
 def trl_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str) -> torch.Tensor:
@@ -254,3 +254,59 @@ def test_policy_loss_rejects_bad_arguments():
         policy_loss(logprobs, logprobs, torch.ones(2), torch.ones(2, 3), beta=0.1)
     with pytest.raises(ValueError, match="advantages have shape"):
         policy_loss(logprobs, logprobs, torch.ones(3), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("kind", ["grpo", "dapo"])
+@pytest.mark.parametrize("weights_shape", ["token", "sequence"])
+def test_behaviour_weights_match_trl_importance_sampling_ratio(kind, weights_shape):
+    """TRL multiplies the clipped surrogate by ``importance_sampling_ratio`` before adding the KL term."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    logprobs, old, ref, advantages, mask = random_batch(seed=3)
+    generator = torch.Generator().manual_seed(4)
+    width = mask.shape[1] if weights_shape == "token" else 1
+    weights = torch.rand(mask.shape[0], width, generator=generator, dtype=torch.float64) * 2
+    trl_logprobs = logprobs.clone().requires_grad_()
+    stub = trl_stub(kind, trl_logprobs, 0.04, 0.2, 0.28, mask.shape[1])
+    stub.use_vllm, stub.vllm_importance_sampling_correction = True, True
+    inputs = {"prompt_ids": torch.zeros(mask.shape[0], 1, dtype=torch.long),
+              "prompt_mask": torch.ones(mask.shape[0], 1, dtype=torch.long),
+              "completion_ids": torch.zeros_like(mask), "completion_mask": mask, "advantages": advantages,
+              "old_per_token_logps": old, "ref_per_token_logps": ref, "num_items_in_batch": mask.sum(),
+              "importance_sampling_ratio": weights}
+    expected = GRPOTrainer._compute_loss(stub, None, inputs)
+    expected.backward()
+    ours_logprobs = logprobs.clone().requires_grad_()
+    result = policy_loss(ours_logprobs, old, advantages, mask, kind=kind, eps_high=0.28, ref_logprobs=ref, beta=0.04,
+                         behaviour_weights=weights)
+    result.loss.backward()
+    torch.testing.assert_close(result.loss, expected.detach())
+    torch.testing.assert_close(ours_logprobs.grad, trl_logprobs.grad)
+
+
+def test_behaviour_correction_modes_by_hand():
+    learner = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, -9.0]])
+    engine = torch.tensor([[-2.0, -1.5, -0.5], [-1.5, -0.5, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    gap = torch.tensor([[1.0, -0.5, 0.0], [0.5, -0.5, 0.0]])  # masked token: no gap
+    token = behaviour_correction(learner, engine, mask, "token_truncate", cap=2.0)
+    torch.testing.assert_close(token.weights, gap.exp().clamp(max=2.0))
+    assert token.max_ratio.item() == pytest.approx(math.e)
+    assert token.mean_abs_gap.item() == pytest.approx(2.5 / 5)
+    assert token.corrected.item() == pytest.approx(1 / 5)
+    masked = behaviour_correction(learner, engine, mask, "token_mask", cap=2.0, floor=0.7)
+    torch.testing.assert_close(masked.weights, torch.where((gap.exp() > 2.0) | (gap.exp() < 0.7), 0.0, gap.exp()))
+    sequence = behaviour_correction(learner, engine, mask, "sequence_truncate", cap=1.5, floor=0.5)
+    torch.testing.assert_close(sequence.weights, torch.tensor([[1.5], [1.0]]))
+    dropped = behaviour_correction(learner, engine, mask, "sequence_mask", cap=1.5)
+    torch.testing.assert_close(dropped.weights, torch.tensor([[0.0], [1.0]]))
+
+
+def test_behaviour_correction_is_one_when_engine_and_learner_agree_and_rejects_bad_arguments():
+    logprobs, _, _, _, mask = random_batch(seed=5)
+    same = behaviour_correction(logprobs, logprobs.clone(), mask)
+    assert torch.equal(same.weights, torch.ones_like(logprobs)) and same.mean_abs_gap.item() == 0.0
+    with pytest.raises(ValueError, match="behaviour correction mode"):
+        behaviour_correction(logprobs, logprobs, mask, mode="clip")
+    with pytest.raises(ValueError, match="one shape"):
+        behaviour_correction(logprobs, logprobs[:, :2], mask)

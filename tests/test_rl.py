@@ -71,7 +71,7 @@ def test_a_run_logs_rewards_entropy_clipping_kl_and_writes_g_samples_per_prompt(
 
 def test_the_policy_learns_a_custom_reward(tmp_path):
     config = rl_config(
-        tmp_path, "learn", "train.max_steps=20", "rl.prompts_per_step=4", "rl.max_new_tokens=12"
+        tmp_path, "learn", "train.max_steps=20", "rollout.prompts_per_step=4", "rollout.max_new_tokens=12"
     )
     rewards = [m["reward"] for _, m in sorted(train_steps(train(config).run_dir).items())]
     assert statistics.fmean(rewards[-5:]) > statistics.fmean(rewards[:5]) + 0.2, rewards
@@ -164,9 +164,9 @@ def test_laser_verifier_must_be_one_of_the_rewards(tmp_path):
 
 
 def test_group_of_one_with_group_scaling_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="group_size"):
-        rl_config(tmp_path, "one", "rl.group_size=1")
-    assert rl_config(tmp_path, "one", "rl.group_size=1", "rl.scale=none").rl.group_size == 1
+    with pytest.raises(ConfigError, match="samples_per_prompt"):
+        rl_config(tmp_path, "one", "rollout.samples_per_prompt=1")
+    assert rl_config(tmp_path, "one", "rollout.samples_per_prompt=1", "rl.scale=none").rollout.samples_per_prompt == 1
 
 
 def test_reserved_token_missing_from_the_vocabulary_is_a_model_error(tmp_path):

@@ -65,8 +65,8 @@ def test_micro_batches_of_one_group_give_the_gradient_of_one_big_batch(tmp_path,
 def test_token_budget_passes_give_the_gradient_of_one_pass(tmp_path, kind):
     model = eos_prone_model()
     settings = [f"rl.loss={kind}", f"train.batch_size={G * len(VARIED_PROMPTS)}"]
-    budget, split = direct_method(tmp_path, model, *settings, "rl.micro_batch_tokens=40")
-    one, whole = direct_method(tmp_path, model, *settings, "rl.micro_batch_tokens=0")
+    budget, split = direct_method(tmp_path, model, *settings, "train.micro_batch_tokens=40")
+    one, whole = direct_method(tmp_path, model, *settings, "train.micro_batch_tokens=0")
     assert len(whole.micro_batches) == 1 and len(split.micro_batches) > 2
     for batch in split.micro_batches:  # rows grouped by length: each pass stays within the budget
         rows, width = batch.input_ids.shape
@@ -83,7 +83,7 @@ def test_token_budget_passes_give_the_gradient_of_one_pass(tmp_path, kind):
 )
 def test_one_micro_batch_is_policy_loss_of_a_full_logits_forward(tmp_path, kind, temperature):
     model = eos_prone_model()
-    settings = [f"rl.loss={kind}", f"rl.temperature={temperature}", "train.batch_size=64"]
+    settings = [f"rl.loss={kind}", f"rollout.temperature={temperature}", "train.batch_size=64"]
     method, work = direct_method(tmp_path, model, *settings)
     (batch,) = work.micro_batches
     generations = method.engine.generations
@@ -177,7 +177,7 @@ def test_laser_integrates_the_log_prob_of_the_reserved_token_after_eos(tmp_path,
 def test_a_laser_run_logs_self_verification_after_the_loss_warm_up(tmp_path, monkeypatch):
     monkeypatch.setattr(run_module, "load_model", lambda *args, **kwargs: eos_prone_model())
     settings = [rewards_override(tmp_path, "lower", "even"), *LASER, "rl.laser.loss_warmup_steps=1"]
-    settings += ["rl.max_new_tokens=12", "rl.prompts_per_step=4", "optim.lr=1e-4"]
+    settings += ["rollout.max_new_tokens=12", "rollout.prompts_per_step=4", "optim.lr=1e-4"]
     steps = train_steps(train(rl_config(tmp_path, "laser", *settings)).run_dir)
     assert "self_reward_loss" not in steps[1]
     assert steps[2]["self_reward_loss"] > 0 and steps[3]["self_reward_loss"] > 0
@@ -190,7 +190,7 @@ def test_a_laser_run_logs_self_verification_after_the_loss_warm_up(tmp_path, mon
 
 
 def test_bf16_rollouts_make_the_cast_model_the_behaviour_policy(tmp_path):
-    """``rl.rollout_dtype=bfloat16``: the importance ratio's denominator is the log-prob under the bf16-weight
+    """``rollout.dtype=bfloat16``: the importance ratio's denominator is the log-prob under the bf16-weight
     model that drew the tokens, not the fp32 policy's; the policy itself stays fp32."""
     import copy
 
@@ -198,7 +198,7 @@ def test_bf16_rollouts_make_the_cast_model_the_behaviour_policy(tmp_path):
     bf16_model = copy.deepcopy(model)
     for parameter in bf16_model.parameters():
         parameter.data = parameter.data.to(torch.bfloat16)
-    method, work = direct_method(tmp_path, model, "rl.rollout_dtype=bfloat16", "train.batch_size=64")
+    method, work = direct_method(tmp_path, model, "rollout.dtype=bfloat16", "train.batch_size=64")
     (batch,) = work.micro_batches
     generations = method.engine.generations
     assert all(p.dtype == torch.float32 for p in model.parameters())

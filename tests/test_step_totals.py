@@ -56,12 +56,28 @@ def test_totals_of_an_empty_step_divide_by_one():
     ("grpo", "sft.loss=dft", "sft.loss"),
     ("dpo", "distill.teacher_temperature=2", "distill.teacher_temperature"),
     ("grpo", "train.grad_accum=2", "train.grad_accum"),
-    ("distill", "train.micro_batch_tokens=100", "train.micro_batch_tokens"),
+    ("sft", "rollout.temperature=0.5", "rollout.temperature"),
     ("reward_model", "preference.beta=0.2", "preference.beta"),
 ])
 def test_a_setting_the_method_does_not_use_is_an_error_naming_it(method, setting, named):
     with pytest.raises(ConfigError, match=f"method {method} does not use {named}"):
         load_config(None, [f"method={method}", setting])
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("rl.group_size=4", "rollout.samples_per_prompt"), ("distill.temperature=0.7", "rollout.temperature"),
+    ("rl.rollout_dtype=bfloat16", "rollout.dtype"), ("distill.micro_batch_tokens=30", "train.micro_batch_tokens"),
+])
+def test_a_key_of_an_earlier_version_names_its_new_place(old, new):
+    with pytest.raises(ConfigError, match=f"{old.split('=')[0]} is now {new}"):
+        load_config(None, ["method=grpo", old])
+
+
+@pytest.mark.parametrize(("method", "samples", "budget"), [("sft", None, 600), ("grpo", 8, 0), ("distill", 1, 0)])
+def test_settings_whose_default_depends_on_the_method(method, samples, budget):
+    config = load_config(None, [f"method={method}"])
+    assert (config.rollout.samples_per_prompt, config.train.micro_batch_tokens) == (samples, budget)
+    assert load_config(None, [f"method={method}", "train.micro_batch_tokens=100"]).train.micro_batch_tokens == 100
 
 
 def test_the_methods_own_settings_and_defaults_of_others_are_accepted():

@@ -42,7 +42,7 @@ class DistillBenchOptions(BenchOptions):
 def run_distill_benchmark(options: DistillBenchOptions) -> dict:
     """Run both sides ``repeats`` times, alternated, and summarize (medians over repeats, ratios).
 
-    ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only, e.g. ``distill.rollout_dtype=bfloat16``.
+    ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only, e.g. ``rollout.dtype=bfloat16``.
     """
     if options.vs != "trl":
         raise PosttrainError(f"unknown peer {options.vs!r} for the distillation benchmark", fix="use --vs trl")

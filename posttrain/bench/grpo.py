@@ -46,7 +46,7 @@ def run_grpo_benchmark(options: GrpoBenchOptions) -> dict:
     """Run both sides ``repeats`` times, alternated, and summarize (medians over repeats, ratios).
 
     ``gradient_checkpointing=None`` runs each side at its own default (posttrain off, TRL on).
-    ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only, e.g. ``rl.rollout_dtype=bfloat16``.
+    ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only, e.g. ``rollout.dtype=bfloat16``.
     """
     if options.vs != "trl":
         raise PosttrainError(f"unknown peer {options.vs!r} for the GRPO benchmark", fix="use --vs trl")

@@ -14,18 +14,20 @@ from posttrain.bench.on_policy import posttrain_config, posttrain_worker
 
 def main(settings: dict) -> dict:
     prompts, group = settings["prompts"], settings["num_generations"]
-    section = {
+    rollout = {
         "prompts_per_step": prompts,
-        "group_size": group,
+        "samples_per_prompt": group,
         "temperature": settings["temperature"],
         "top_p": settings["top_p"],
         "max_new_tokens": settings["max_completion_length"],
+    }
+    section = {
         "updates_per_step": 1,
         "loss": settings["loss"],
         "beta": settings["beta"],
         "rewards": {"functions": [{"name": "math"}]},
     }
-    config = posttrain_config(settings, "grpo", prompts * group, section,
+    config = posttrain_config(settings, "grpo", prompts * group, section, rollout,
                               gradient_checkpointing=bool(settings["gradient_checkpointing"]))
     return posttrain_worker(config, settings["warmup_steps"])
 

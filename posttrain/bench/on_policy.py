@@ -59,8 +59,9 @@ def check_posttrain_set(overrides: list[str]) -> list[str]:
     return list(overrides)
 
 
-def posttrain_config(settings: dict, method: str, batch_size: int, section: dict, **train: object) -> dict:
-    """A run of ``method`` (``section`` is its config section) over the benchmark's model, data and steps, with
+def posttrain_config(settings: dict, method: str, batch_size: int, section: dict, rollout: dict,
+                     **train: object) -> dict:
+    """A run of ``method`` (``section`` is its config section, ``rollout`` its sampling) over the benchmark's model, data and steps, with
     a constant lr, ``batch_size`` rows per forward pass, no evaluation and no final checkpoint; then the
     ``posttrain_set`` overrides of the settings (posttrain's options the peer has no counterpart for)."""
     config = {
@@ -74,6 +75,7 @@ def posttrain_config(settings: dict, method: str, batch_size: int, section: dict
         "train": {"batch_size": batch_size, "max_steps": settings["steps"] + settings["warmup_steps"],
                   "save_final": False, "eval_at_start": False, **train},
         {"grpo": "rl"}.get(method, method): section,
+        "rollout": rollout,
         "eval": {"kind": "none"},
     }
     return apply_overrides(config, settings.get("posttrain_set", []))

@@ -13,9 +13,12 @@ from posttrain.ops.forward import TargetLogprobs, causal_lm_parts, completion_lo
 from posttrain.ops.laser import laser_class_weights, laser_loss, laser_loss_sum, self_reward_advantages
 from posttrain.ops.logprobs import hidden_logprobs, soft_cap, token_entropy, token_logprobs
 from posttrain.ops.policy import (
+    BEHAVIOUR_CORRECTIONS,
     POLICY_LOSS_KINDS,
     POLICY_LOSS_TOTALS,
+    BehaviourCorrection,
     PolicyLoss,
+    behaviour_correction,
     k3_kl,
     policy_loss,
     policy_loss_sum,
@@ -38,6 +41,8 @@ __all__ = [
     "ADVANTAGE_BASELINES",
     "ADVANTAGE_SCALES",
     "DIVERGENCE_KINDS",
+    "BEHAVIOUR_CORRECTIONS",
+    "BehaviourCorrection",
     "POLICY_LOSS_KINDS",
     "POLICY_LOSS_TOTALS",
     "PREFERENCE_KINDS",
@@ -63,6 +68,7 @@ __all__ = [
     "laser_loss_sum",
     "laser_score",
     "policy_loss",
+    "behaviour_correction",
     "policy_loss_sum",
     "profit_keep_mask",
     "rpo_sum",

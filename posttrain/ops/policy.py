@@ -28,6 +28,7 @@ number of accumulation steps, while ``dapo``'s N already spans the generation ba
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -73,6 +74,7 @@ def policy_loss(
     beta: float = 0.0,
     num_active_tokens: float | torch.Tensor | None = None,
     max_completion_length: int | None = None,
+    behaviour_weights: torch.Tensor | None = None,
 ) -> PolicyLoss:
     """Clipped surrogate loss (plus ``β``·k3 KL) reduced per ``kind`` over this batch (the module docstring).
 
@@ -81,9 +83,10 @@ def policy_loss(
     ``ref_logprobs`` and ``advantages`` are detached. ``num_active_tokens`` is ``dapo``'s N (default
     ``Σ mask``) and ``max_completion_length`` is ``dr_grpo``'s L. The KL enters the loss only when
     ``beta > 0``; with ``ref_logprobs`` and ``beta = 0`` it is still reported in the statistics.
+    ``behaviour_weights``: see :func:`policy_loss_sum`.
     """
     result = policy_loss_sum(logprobs, old_logprobs, advantages, mask, kind, eps_low, eps_high, ref_logprobs,
-                             beta, max_completion_length)
+                             beta, max_completion_length, behaviour_weights)
     count = mask.shape[0] if POLICY_LOSS_TOTALS[kind] == "rows" else mask.sum()
     if kind == "dapo" and num_active_tokens is not None:
         count = num_active_tokens
@@ -93,11 +96,17 @@ def policy_loss(
 def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                     kind: str = "dapo", eps_low: float = 0.2, eps_high: float = 0.2,
                     ref_logprobs: torch.Tensor | None = None, beta: float = 0.0,
-                    max_completion_length: int | None = None) -> PolicyLoss:
+                    max_completion_length: int | None = None,
+                    behaviour_weights: torch.Tensor | None = None) -> PolicyLoss:
     """:func:`policy_loss` before the division by the count ``POLICY_LOSS_TOTALS[kind]``: its ``loss`` is the
     sum ``S`` of the module docstring (``grpo``: each row's token mean, summed over rows; ``bnpo``/``dapo``: the
     masked token sum; ``dr_grpo``: the masked token sum ÷ L, L = ``max_completion_length`` or ``mask.shape[1]``).
-    The statistics are this batch's token means, as in :func:`policy_loss`."""
+    The statistics are this batch's token means, as in :func:`policy_loss`.
+
+    ``behaviour_weights`` (``[B, T]`` or ``[B, 1]``, detached; :func:`behaviour_correction`) multiply the clipped
+    surrogate of each token before the KL term is added: ``ℓ_t = −w_t·min(ρA, clip(ρ)A) + β·KL_t``, the
+    correction for rollouts drawn by an engine whose probabilities differ from the learner's (TRL 1.16 applies
+    its ``importance_sampling_ratio`` at the same place)."""
     _check_arguments(logprobs, old_logprobs, advantages, mask, kind, ref_logprobs, beta)
     mask = mask.to(logprobs.dtype)
     advantages = advantages.detach()
@@ -106,6 +115,8 @@ def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     ratio = torch.exp(logprobs - old_logprobs.detach())
     clipped_ratio = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     per_token = -torch.min(ratio * advantages, clipped_ratio * advantages)
+    if behaviour_weights is not None:
+        per_token = per_token * behaviour_weights.detach().to(per_token.dtype)
     kl = None
     if ref_logprobs is not None:
         kl = k3_kl(logprobs, ref_logprobs.detach())
@@ -129,6 +140,55 @@ def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
         ratio=_token_mean(ratio, mask),
         kl=None if kl is None else _token_mean(kl, mask),
     )
+
+
+BEHAVIOUR_CORRECTIONS = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+@dataclass(frozen=True)
+class BehaviourCorrection:
+    """Importance weights for the engine/learner mismatch and how large the mismatch was.
+
+    ``weights`` is ``[B, T]`` (token modes) or ``[B, 1]`` (sequence modes); ``mean_abs_gap`` is the token mean of
+    ``|log π_learner − log μ_engine|``; ``max_ratio`` the largest token ratio ``π/μ`` before truncation or masking;
+    ``corrected`` the fraction of tokens whose weight was truncated or masked.
+    """
+
+    weights: torch.Tensor
+    mean_abs_gap: torch.Tensor
+    max_ratio: torch.Tensor
+    corrected: torch.Tensor
+
+
+def behaviour_correction(learner_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor,
+                         mode: str = "token_truncate", cap: float | None = 2.0,
+                         floor: float | None = None) -> BehaviourCorrection:
+    """Truncated (or masked) importance weights of rollouts sampled by an engine ``μ`` for a learner ``π``.
+
+    Per token ``r_t = exp(log π(y_t) − log μ(y_t))`` (``token_*``) or per row ``r = exp(Σ_t m_t·(log π − log μ))``
+    (``sequence_*``); ``*_truncate``: ``w = clamp(r, floor, cap)``; ``*_mask``: ``w = r`` inside
+    ``[floor, cap]``, else 0. Truncated importance sampling (TIS) is Yao et al. 2025, "Your Efficient RL Framework
+    Secretly Brings You Off-Policy RL Training"; the four modes and their bounds are TRL 1.16's
+    ``vllm_importance_sampling_mode`` / ``_clip_max`` / ``_clip_min`` (computed as in ``GRPOTrainer``). Tokens
+    outside ``mask`` get a zero gap (weight 1 in token modes). Inputs are ``[B, T]``; nothing carries a gradient.
+    """
+    check_choice(mode, BEHAVIOUR_CORRECTIONS, "behaviour correction mode")
+    if learner_logprobs.shape != engine_logprobs.shape or learner_logprobs.shape != mask.shape:
+        raise ValueError(f"learner_logprobs {tuple(learner_logprobs.shape)}, engine_logprobs "
+                         f"{tuple(engine_logprobs.shape)} and mask {tuple(mask.shape)} must have one shape")
+    mask = mask.to(learner_logprobs.dtype)
+    gap = torch.nan_to_num((learner_logprobs.detach() - engine_logprobs.detach()) * mask, nan=0.0)
+    log_ratio = gap.sum(-1, keepdim=True) if mode.startswith("sequence") else gap
+    ratio = torch.exp(log_ratio)
+    low = -math.inf if floor is None else floor
+    high = math.inf if cap is None else cap
+    outside = (ratio < low) | (ratio > high)
+    if mode.endswith("mask"):
+        weights = ratio.masked_fill(outside, 0.0)
+    else:
+        weights = ratio if floor is None and cap is None else ratio.clamp(min=floor, max=cap)
+    return BehaviourCorrection(weights=weights, mean_abs_gap=_token_mean(gap.abs(), mask),
+                               max_ratio=(torch.exp(gap) * mask).max(), corrected=_token_mean(outside, mask))
 
 
 def _token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """On-policy distillation, and TS-OPSD policy reheating as its special case.
 
 One step: ``prompts_per_step`` prompts → completions sampled from the **current student** (the rollout
-engine, ``distill.temperature``, default 1) → per completion token, a divergence between the student
+engine, ``rollout.temperature``, default 1) → per completion token, a divergence between the student
 ``p_θ(·|x, y_<t)`` and a teacher distribution ``q_t`` on those same tokens
 (:func:`posttrain.ops.hidden_divergence`), averaged over all completion tokens of the global batch.
 
@@ -40,7 +40,7 @@ from posttrain.models import disabled_adapter, is_peft_model, load_model, load_t
 from posttrain.models.vocabulary import check_same_output_size, check_same_tokenizer
 from posttrain.ops import causal_lm_parts, completion_logprobs, extrapolated_token_rewards, hidden_divergence
 from posttrain.rewards import build_rewards, check_rewards_for_records
-from posttrain.rollout import Generation, HFEngine, SamplingParams
+from posttrain.rollout import Generation, RolloutEngine, SamplingParams
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import eval_source, load_source, training_records
 from posttrain.trainers.loop import Method, StepBatches, StepTotals
@@ -48,6 +48,7 @@ from posttrain.trainers.rollouts import (
     RolloutRows,
     append_samples,
     prompts_per_process,
+    rollout_engine,
     rollout_rows,
     rollout_seed,
     samples_path,
@@ -99,12 +100,12 @@ class DistillMethod(Method, name="distill"):
         self.records = records
         self.prompts = encode_prompts(records, tokenizer)
         self.num_examples = len(records)
-        self.examples_per_step = prompts_per_process(cfg.prompts_per_step, processes, "distill")
+        self.examples_per_step = prompts_per_process(config.rollout.prompts_per_step, processes)
         self.rewards = None
         if cfg.rewards is not None:
             self.rewards = build_rewards(cfg.rewards)
             check_rewards_for_records(self.rewards, records, config.data.train.path or f"task:{config.data.train.task}")
-        self.engine = HFEngine(model, tokenizer, batch_size=cfg.rollout_batch_size, dtype=cfg.rollout_dtype)
+        self.engine, self.engine_weights = rollout_engine(config, model, tokenizer)
         self.pad_id = self.engine.pad_id
         self.context_prompts = None
         if cfg.teacher == "self_context":
@@ -156,19 +157,20 @@ class DistillMethod(Method, name="distill"):
 
     # -- rollouts ---------------------------------------------------------------------------------
     def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
-        cfg = self.cfg
         if not self._samples_checked:  # a resumed run drops the samples a killed run wrote past its checkpoint
             truncate_metrics(self.samples_path, step)
             self._samples_checked = True
-        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                max_new_tokens=cfg.max_new_tokens, n=cfg.samples_per_prompt,
+        ro = self.config.rollout
+        params = SamplingParams(temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
+                                max_new_tokens=ro.max_new_tokens, n=ro.samples_per_prompt,
                                 seed=rollout_seed(self.config.seed, step, self.processes))
         started = time.perf_counter()
-        generations = self.engine.generate([self.prompts[i] for i in share], params)
+        with self.engine_weights.awake(model, step):
+            generations = self.engine.generate([self.prompts[i] for i in share], params)
         rollout_seconds = time.perf_counter() - started
         stats = {"rollouts": float(len(generations)), "completion_tokens": float(sum(len(g) for g in generations)),
                  "truncated": float(sum(g.finish_reason == "length" for g in generations)),
-                 "rollout_seconds": rollout_seconds}
+                 "rollout_seconds": rollout_seconds, "sync_seconds": self.engine_weights.last_sync_seconds}
         columns = [{} for _ in generations]
         if self.rewards is not None:
             records = [self.records[share[g.prompt_index]] for g in generations]
@@ -184,7 +186,7 @@ class DistillMethod(Method, name="distill"):
         append_samples(self.samples_path, step, share, generations, columns)
         counts = self.processes.sum_values({"rows": stats["rollouts"], "tokens": stats["completion_tokens"]})
         parts = micro_batches(generations, [len(g.prompt_ids) + len(g) for g in generations],
-                              self.config.train.batch_size, cfg.micro_batch_tokens)
+                              self.config.train.batch_size, self.config.train.micro_batch_tokens)
         batches = [self._batch(part, [share[g.prompt_index] for g in part]) for part in parts]
         return StepBatches(batches, StepTotals(rows=counts["rows"], tokens=counts["tokens"]), stats=stats)
 
@@ -257,6 +259,8 @@ class DistillMethod(Method, name="distill"):
                    "entropy": sums["entropy_sum"] / tokens, "completion_length": sums["completion_tokens"] / rollouts,
                    "truncated_fraction": sums["truncated"] / rollouts, "tokens": sums["tokens"],
                    "rollout_seconds": sums["rollout_seconds"] / self.processes.world_size}
+        if self.engine_weights.separate:
+            metrics["sync_seconds"] = sums["sync_seconds"] / self.processes.world_size
         if "token_reward_sum" in sums:
             metrics["token_reward"] = sums["token_reward_sum"] / tokens
         if "reward_sum" in sums:
@@ -274,11 +278,13 @@ class DistillMethod(Method, name="distill"):
         cfg = self.cfg
         if self.held_out is None or step % cfg.entropy_every:
             return {}, False
-        entropy = heldout_entropy(model, self.engine, self.held_out, cfg.max_new_tokens, self.processes)
+        with self.engine_weights.awake(model, step):
+            entropy = heldout_entropy(model, self.engine, self.held_out, self.config.rollout.max_new_tokens,
+                                      self.processes)
         return {"heldout_entropy": entropy}, entropy >= cfg.target_entropy
 
 
-def heldout_entropy(model, engine: HFEngine, prompts: list[list[int]], max_new_tokens: int,
+def heldout_entropy(model, engine: RolloutEngine, prompts: list[list[int]], max_new_tokens: int,
                     processes: Processes) -> float:
     """Mean token entropy at T = 1 of one sampled (T = 1, fixed seed) completion per held-out prompt."""
     was_training = model.training

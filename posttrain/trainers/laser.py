@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from posttrain.config import RLConfig
+from posttrain.config import RunConfig
 from posttrain.errors import ConfigError
 from posttrain.evals.selfreward import reserved_token
 from posttrain.ops import laser_class_weights, laser_loss_sum, laser_score, self_reward_advantages
@@ -57,19 +57,19 @@ class LaserBatch:
 class LaserPlugin:
     """LaSeR's part of an RL step: the reserved token, the self-reward loss and the integrated advantages."""
 
-    def __init__(self, rl, labels, tokenizer):
-        laser = rl.laser
+    def __init__(self, config: RunConfig, labels, tokenizer):
+        laser = config.rl.laser
         if laser.verifier not in labels:
             raise ConfigError(f"rl.laser.verifier = {laser.verifier!r} is not one of the run's rewards "
                               f"{labels}", where="rl.laser.verifier",
                               fix="name the 0/1 reward (usually math) that verifies a completion")
-        self.laser, self.temperature, self.group_size = laser, rl.temperature, rl.group_size
+        self.laser, self.temperature, self.group_size = laser, config.rollout.temperature, config.rollout.samples_per_prompt
         self.reserved_id = reserved_token(tokenizer, laser.token)
 
     @classmethod
-    def from_config(cls, rl: RLConfig, labels, tokenizer) -> LaserPlugin | None:
+    def from_config(cls, config: RunConfig, labels, tokenizer) -> LaserPlugin | None:
         """The plug-in of ``rl.laser``; ``None`` when LaSeR is off."""
-        return cls(rl, labels, tokenizer) if rl.laser.enabled else None
+        return cls(config, labels, tokenizer) if config.rl.laser.enabled else None
 
     def tail_tokens(self) -> list[int]:
         """Appended after each completion (which ends with EOS): ``z_c``."""

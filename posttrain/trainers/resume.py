@@ -35,7 +35,7 @@ RESUMABLE = (
     "train.max_steps", "train.epochs", "train.log_every", "train.save_every", "train.save_final",
     "train.keep_checkpoints", "train.eval_every", "train.eval_at_start", "train.resume", "train.max_nonfinite_steps",
     "train.chunk_size", "train.micro_batch_tokens", "train.gradient_checkpointing",  # the same gradient, computed otherwise
-    "rl.micro_batch_tokens", "distill.micro_batch_tokens", "rl.rewards.timeout",
+    "rl.rewards.timeout",
     "eval", "data.eval",
 )
 

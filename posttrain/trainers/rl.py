@@ -35,12 +35,13 @@ from posttrain.judges.tasks import judge_task_prompts
 from posttrain.models import disabled_adapter, is_peft_model
 from posttrain.ops import (
     POLICY_LOSS_TOTALS,
+    behaviour_correction,
     completion_logprobs,
     group_advantages,
     policy_loss_sum,
 )
 from posttrain.rewards import build_rewards, check_rewards_for_records
-from posttrain.rollout import Generation, HFEngine, SamplingParams
+from posttrain.rollout import Generation, SamplingParams
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import training_records
 from posttrain.trainers.laser import LaserBatch, LaserPlugin, LaserStep
@@ -48,6 +49,7 @@ from posttrain.trainers.loop import Method, StepBatches, StepTotals
 from posttrain.trainers.rollouts import (
     append_samples,
     prompts_per_process,
+    rollout_engine,
     rollout_rows,
     rollout_seed,
     samples_path,
@@ -67,11 +69,12 @@ class RolloutBatch:
     position_ids: torch.Tensor
     target_mask: torch.Tensor  # completion tokens (even masked truncated ones) + tail: what the head projects
     completion_mask: torch.Tensor
-    old_logprobs: torch.Tensor | None
+    old_logprobs: torch.Tensor | None  # None: the learner's own, detached from the loss's forward (one update a step)
     ref_logprobs: torch.Tensor | None
     advantages: torch.Tensor  # [B]
     sequence_tokens: float  # prompt + completion (+ tail) tokens of all rows; a sampled pad token counts
     laser: LaserBatch | None = None
+    engine_logprobs: torch.Tensor | None = None  # the engine's sampling log-probs, when behaviour-corrected
 
 
 class RLMethod(Method, name="grpo"):
@@ -91,21 +94,25 @@ class RLMethod(Method, name="grpo"):
 
     def __init__(self, config: RunConfig, records: list[dict], model, tokenizer, processes: Processes):
         rl = config.rl
-        self.config, self.rl, self.tokenizer, self.processes = config, rl, tokenizer, processes
+        self.config, self.rl, self.rollout, self.tokenizer, self.processes = config, rl, config.rollout, tokenizer, processes
         self.records = records
         self.prompts = encode_prompts(records, tokenizer)
         self.prompt_texts = [prompt_text(record) for record in records]
         self.num_examples = len(records)
-        self.examples_per_step = prompts_per_process(rl.prompts_per_step, processes, "rl")
+        self.examples_per_step = prompts_per_process(config.rollout.prompts_per_step, processes)
         self.updates_per_step = rl.updates_per_step
         self.rewards = build_rewards(rl.rewards)
         check_rewards_for_records(self.rewards, records, config.data.train.path or f"task:{config.data.train.task}")
         self.rewards.prepare(tokenizer)
         if rl.judge is not None:  # both A/B orders of a judge task in the same step
             self.sample_block = 2
-        self.engine = HFEngine(model, tokenizer, batch_size=rl.rollout_batch_size, dtype=rl.rollout_dtype)
+        self.engine, self.engine_weights = rollout_engine(config, model, tokenizer)
         self.pad_id = self.engine.pad_id
-        self.laser = LaserPlugin.from_config(rl, self.rewards.labels, tokenizer)
+        self.correction = rl.behaviour_correction
+        if self.correction == "auto":
+            self.correction = "token_truncate" if self.engine_weights.separate else "off"
+        self.engine_max_ratio = 0.0
+        self.laser = LaserPlugin.from_config(config, self.rewards.labels, tokenizer)
         self.tail = [] if self.laser is None else self.laser.tail_tokens()
         self.reference = None
         if rl.beta > 0 and not is_peft_model(model):
@@ -115,9 +122,9 @@ class RLMethod(Method, name="grpo"):
 
     # -- rollouts ---------------------------------------------------------------------------------
     def _sampling(self, step: int) -> SamplingParams:
-        rl = self.rl
-        return SamplingParams(temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
-                              max_new_tokens=rl.max_new_tokens, n=rl.group_size,
+        ro = self.rollout
+        return SamplingParams(temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
+                              max_new_tokens=ro.max_new_tokens, n=ro.samples_per_prompt,
                               seed=rollout_seed(self.config.seed, step, self.processes))
 
     def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
@@ -126,8 +133,10 @@ class RLMethod(Method, name="grpo"):
             truncate_metrics(self.samples_path, step)
             self._samples_checked = True
         started = time.perf_counter()
-        generations = self.engine.generate([self.prompts[i] for i in share], self._sampling(step))
+        with self.engine_weights.awake(model, step):
+            generations = self.engine.generate([self.prompts[i] for i in share], self._sampling(step))
         rollout_seconds = time.perf_counter() - started
+        self.engine_max_ratio = 0.0
         records = [self.records[share[g.prompt_index]] for g in generations]
         scored = self.rewards.score([self.prompt_texts[share[g.prompt_index]] for g in generations],
                                     [g.text for g in generations],
@@ -137,7 +146,7 @@ class RLMethod(Method, name="grpo"):
         finished = torch.tensor([g.finish_reason == "eos" for g in generations])
         # advantages (and LaSeR's class weights) over the whole generation batch (all processes)
         all_rewards = self.processes.gather(rewards)
-        advantages = group_advantages(all_rewards, rl.group_size, scale=rl.scale, baseline=rl.baseline)
+        advantages = group_advantages(all_rewards, self.rollout.samples_per_prompt, scale=rl.scale, baseline=rl.baseline)
         local = slice(self.processes.rank * len(generations), (self.processes.rank + 1) * len(generations))
         advantages = advantages[local].float()
         laser = None if self.laser is None else \
@@ -156,7 +165,7 @@ class RLMethod(Method, name="grpo"):
             "reward_sum": float(rewards.sum()), "reward_squares": float((rewards**2).sum()),
             "rollouts": float(len(generations)), "completion_tokens": float(sum(len(g) for g in generations)),
             "truncated": float((~finished).sum()), "reward_errors": float(sum(scored.errors.values())),
-            "rollout_seconds": rollout_seconds,
+            "rollout_seconds": rollout_seconds, "sync_seconds": self.engine_weights.last_sync_seconds,
         }
         for label, values in scored.components.items():
             stats[f"component/{label}"] = float(torch.as_tensor(values, dtype=torch.float64).sum())
@@ -166,13 +175,13 @@ class RLMethod(Method, name="grpo"):
 
     def _micro_batch_rows(self, generations: list[Generation], integrate: bool) -> list[list[int]]:
         """Rows of each forward pass: ``train.batch_size`` rows, each chunk split longest first into passes of
-        at most ``rl.micro_batch_tokens`` padded tokens (when set). When LaSeR integrates self-rewards into the
+        at most ``train.micro_batch_tokens`` padded tokens (when set). When LaSeR integrates self-rewards into the
         advantages, passes are whole groups instead (every group's scores must come from one forward)."""
-        size, group = self.config.train.batch_size, self.rl.group_size
+        size, group = self.config.train.batch_size, self.rollout.samples_per_prompt
         lengths = [len(g.prompt_ids) + len(g) + len(self.tail) for g in generations]
         if integrate:
             return micro_batches(range(len(generations)), lengths, max(1, size // group) * group)
-        return micro_batches(range(len(generations)), lengths, size, self.rl.micro_batch_tokens)
+        return micro_batches(range(len(generations)), lengths, size, self.config.train.micro_batch_tokens)
 
     def _micro_batch(self, model, generations: list[Generation], trained: list[bool], advantages,
                      laser: LaserStep | None, index: torch.Tensor) -> RolloutBatch:
@@ -185,9 +194,14 @@ class RLMethod(Method, name="grpo"):
             advantages=advantages.to(device), sequence_tokens=rows.sequence_tokens)
         if laser is not None:
             batch.laser = self.laser.batch_fields(laser, index, rows.tail_index, device)
-        rl = self.rl
-        if rl.top_p < 1 or rl.top_k > 0:  # sampling log-probs are of the truncated distribution
-            batch.old_logprobs = self._logprobs(model, batch)
+        rl, ro = self.rl, self.rollout
+        if self.correction != "off":
+            batch.engine_logprobs = batch.old_logprobs
+        # the ratio's denominator is the learner's own log-prob when the sampling log-probs are of another
+        # distribution: a truncated one (top-p/top-k) or another engine's (behaviour-corrected); with one update
+        # a step it is the loss forward's own, detached, so no extra forward is needed
+        if ro.top_p < 1 or ro.top_k > 0 or self.correction != "off":
+            batch.old_logprobs = self._logprobs(model, batch) if self.updates_per_step > 1 else None
         if rl.beta > 0:
             if self.reference is None:
                 with disabled_adapter(model):
@@ -204,7 +218,7 @@ class RLMethod(Method, name="grpo"):
         # full-length rows, right-padded: causal attention never looks at the padding after a row
         loss_mask = torch.nn.functional.pad(batch.target_mask, (1, 0))  # loss_mask[:, t+1] marks target t
         return completion_logprobs(model, batch.input_ids, loss_mask, position_ids=batch.position_ids,
-                                   temperature=self.rl.temperature, with_entropy=with_entropy,
+                                   temperature=self.rollout.temperature, with_entropy=with_entropy,
                                    chunk_size=self.config.train.chunk_size)
 
     # -- loss -------------------------------------------------------------------------------------
@@ -216,9 +230,15 @@ class RLMethod(Method, name="grpo"):
             scores, reserved_logprob = self.laser.scores(out.logprobs, batch.laser)
             advantages = self.laser.advantages(batch.laser, advantages)
         mask = batch.completion_mask
-        result = policy_loss_sum(out.logprobs, batch.old_logprobs, advantages, mask, kind=rl.loss,
+        old = out.logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs
+        correction = None
+        if batch.engine_logprobs is not None:
+            correction = behaviour_correction(old, batch.engine_logprobs, mask, self.correction, rl.behaviour_cap,
+                                              rl.behaviour_floor)
+        result = policy_loss_sum(out.logprobs, old, advantages, mask, kind=rl.loss,
                                  eps_low=rl.eps_low, eps_high=rl.eps_high, ref_logprobs=batch.ref_logprobs,
-                                 beta=rl.beta, max_completion_length=rl.max_new_tokens)
+                                 beta=rl.beta, max_completion_length=self.rollout.max_new_tokens,
+                                 behaviour_weights=None if correction is None else correction.weights)
         tokens = float(mask.sum())
         loss = result.loss / totals.of(POLICY_LOSS_TOTALS[rl.loss])
         stats = {
@@ -230,6 +250,10 @@ class RLMethod(Method, name="grpo"):
         }
         if result.kl is not None:
             stats["kl_sum"] = float(result.kl) * tokens
+        if correction is not None:
+            stats["engine_gap_sum"] = float(correction.mean_abs_gap) * tokens
+            stats["engine_corrected_sum"] = float(correction.corrected) * tokens
+            self.engine_max_ratio = max(self.engine_max_ratio, float(correction.max_ratio))
         if batch.laser is not None:
             term, laser_stats = self.laser.loss_term(batch.laser, scores, reserved_logprob, totals.of("rows"))
             stats.update(laser_stats)
@@ -261,6 +285,12 @@ class RLMethod(Method, name="grpo"):
             metrics["accuracy"] = metrics["reward_math"]
         if "kl_sum" in sums:
             metrics["kl"] = sums["kl_sum"] / tokens
+        if "engine_gap_sum" in sums:  # the engine/learner mismatch (max: this process's rollouts)
+            metrics.update(engine_logprob_gap=sums["engine_gap_sum"] / tokens,
+                           engine_corrected=sums["engine_corrected_sum"] / tokens,
+                           engine_max_ratio=self.engine_max_ratio)
+        if self.engine_weights.separate:
+            metrics["sync_seconds"] = sums["sync_seconds"] / self.processes.world_size
         if self.laser is not None:
             metrics.update(self.laser.summarize(sums, passes))
         return metrics

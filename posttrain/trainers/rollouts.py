@@ -10,19 +10,34 @@ from pathlib import Path
 
 import torch
 
+from posttrain.config import RunConfig
 from posttrain.data import pad_sequences
 from posttrain.errors import ConfigError
-from posttrain.rollout import Generation
+from posttrain.rollout import Generation, RolloutEngine
+from posttrain.rollout.engines import EngineWeights, build_engine, choose_engine
 from posttrain.trainers.distributed import Processes
 
 
-def prompts_per_process(prompts_per_step: int, processes: Processes, section: str) -> int:
+def prompts_per_process(prompts_per_step: int, processes: Processes) -> int:
     """Each process samples an equal share of a step's prompts; a :class:`ConfigError` when they do not divide."""
     if prompts_per_step % processes.world_size:
-        raise ConfigError(f"{section}.prompts_per_step = {prompts_per_step} is not divisible by the "
-                          f"{processes.world_size} processes", where=f"{section}.prompts_per_step",
+        raise ConfigError(f"rollout.prompts_per_step = {prompts_per_step} is not divisible by the "
+                          f"{processes.world_size} processes", where="rollout.prompts_per_step",
                           fix="use a multiple of the number of processes")
     return prompts_per_step // processes.world_size
+
+
+def rollout_engine(config: RunConfig, model, tokenizer) -> tuple[RolloutEngine, EngineWeights]:
+    """The engine ``rollout.engine`` asks for (``auto`` resolved; the choice is printed with its reason) and the
+    :class:`EngineWeights` that keeps it in step with ``model``."""
+    ro = config.rollout
+    choice = choose_engine(ro.engine, config.model.name)
+    print(f"rollout engine: {choice.kind} ({choice.reason})", flush=True)
+    engine = build_engine(choice, model, tokenizer, batch_size=ro.batch_size, dtype=ro.dtype, seed=config.seed,
+                          sequences=ro.prompts_per_step * ro.samples_per_prompt,
+                          max_model_len=config.data.max_length + ro.max_new_tokens, kv_cache_gib=ro.kv_cache_gib,
+                          gpu_memory_utilization=ro.gpu_memory_utilization)
+    return engine, EngineWeights(engine, sleep=ro.sleep)
 
 
 def rollout_seed(seed: int, step: int, processes: Processes) -> int:

@@ -1,0 +1,145 @@
+"""Choosing and building a rollout engine: ``hf`` (the model's own ``generate``), ``vllm`` (a vLLM engine in this
+process) or ``auto`` (vLLM when it is installed and can load the model, else HF; the choice and its reason are
+reported, never silent).
+
+A learner that samples from its own weights keeps a separate engine (vLLM) in step with
+:class:`EngineWeights`: before a rollout, when the learner has changed since the engine last received its
+weights, they are copied in place (no disk round trip). An :class:`~posttrain.rollout.HFEngine` samples from
+the learner's own model object and never needs that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from posttrain.errors import ConfigError, ModelError
+from posttrain.models.loader import resolve_source
+from posttrain.rollout.base import RolloutEngine
+from posttrain.rollout.hf import HFEngine
+
+ENGINE_KINDS = ("hf", "vllm", "auto")
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine a run uses (``hf`` or ``vllm``), the weights folder vLLM starts from, and why."""
+
+    kind: str
+    weights: str | None
+    reason: str
+
+
+def vllm_weights_folder(model_name: str) -> str:
+    """The folder of HF weights vLLM can load for ``model_name``: the model's directory, or the base model's of
+    a LoRA adapter directory (the learner's merged weights are synced in before the first rollout). A
+    :class:`ModelError` says why there is none (the in-code tiny test model, say)."""
+    source = resolve_source(model_name)
+    if source.kind == "directory":
+        return source.location
+    if source.kind == "adapter":
+        base = json.loads((Path(source.location) / "adapter_config.json").read_text(encoding="utf-8"))
+        return vllm_weights_folder(str(base.get("base_model_name_or_path") or ""))
+    if source.kind == "hub":
+        return source.location
+    raise ModelError(f"model {model_name!r} is built in code and has no weights folder vLLM could load",
+                     fix="save it with save_pretrained and pass that folder, or use rollout.engine=hf")
+
+
+def choose_engine(kind: str, model_name: str, setting: str = "rollout.engine") -> EngineChoice:
+    """Resolve ``kind`` (``hf``, ``vllm``, ``auto``) for ``model_name``. ``vllm`` that cannot run is a
+    :class:`ModelError`; ``auto`` falls back to ``hf`` and says why in ``reason``."""
+    if kind not in ENGINE_KINDS:
+        raise ConfigError(f"{setting} = {kind!r} is not an engine", where=setting,
+                          fix=f"use one of {', '.join(ENGINE_KINDS)}")
+    if kind == "hf":
+        return EngineChoice("hf", None, f"{setting}=hf")
+    from posttrain.rollout.vllm import vllm_problem  # a light import: vLLM itself is imported only when used
+
+    try:
+        weights = vllm_weights_folder(model_name)
+        problem = vllm_problem(weights)
+    except ModelError as error:
+        weights, problem = None, error.what
+    if problem is None:
+        return EngineChoice("vllm", weights, f"{setting}={kind}: vLLM is installed and supports the model")
+    if kind == "vllm":
+        raise ModelError(f"{setting}=vllm cannot be used: {problem}",
+                         fix="install vLLM with `make setup` (see README), or set rollout.engine=hf or auto")
+    return EngineChoice("hf", None, f"{setting}=auto fell back to HF generate: {problem}")
+
+
+def build_engine(choice: EngineChoice, model, tokenizer, *, batch_size: int = 16, dtype: str | None = None,
+                 seed: int = 0, sequences: int = 64, max_model_len: int = 1024, kv_cache_gib: float | None = None,
+                 gpu_memory_utilization: float = 0.3) -> RolloutEngine:
+    """The engine of ``choice``. HF samples from ``model`` itself, ``batch_size`` sequences at once (cast to
+    ``dtype`` for the call when given). vLLM loads ``choice.weights`` in ``dtype`` (default: ``model``'s), for
+    sequences of at most ``max_model_len`` tokens, with a KV cache of ``kv_cache_gib`` (default
+    :func:`kv_cache_size` for ``sequences`` such sequences) and is kept in step by :class:`EngineWeights`."""
+    if choice.kind == "hf":
+        return HFEngine(model, tokenizer, batch_size=batch_size, dtype=dtype)
+    from posttrain.rollout.vllm import VLLMEngine
+
+    if dtype is None:
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else "float32"
+    if kv_cache_gib is None:
+        kv_cache_gib = kv_cache_size(model.config, sequences * max_model_len, dtype) if model is not None else 1.0
+    return VLLMEngine(choice.weights, tokenizer, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                      kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization)
+
+
+def kv_cache_size(model_config, tokens: int, dtype: str, minimum_gib: float = 0.25) -> float:
+    """GiB of KV cache for ``tokens`` tokens, twice over: ``2 (K, V) × layers × kv heads × head dim × bytes``
+    per token, at least ``minimum_gib``."""
+    heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
+    width = 2 if dtype in ("bfloat16", "float16") else 4
+    per_token = 2 * model_config.num_hidden_layers * heads * head_dim * width
+    return max(minimum_gib, 2 * tokens * per_token / 2**30)
+
+
+class EngineWeights:
+    """Keeps an engine that holds its own copy of the weights equal to the learner's.
+
+    ``version`` counts the learner's completed steps; :meth:`ensure` copies the learner's weights into the engine
+    when the engine holds another version (always before the first rollout of a process, so a resumed run, a
+    LoRA learner or a dtype change start right). Engines that sample from the learner's own model object (HF)
+    are left alone.
+    """
+
+    def __init__(self, engine: RolloutEngine, sleep: bool = False):
+        self.engine = engine
+        self.sleep = sleep and hasattr(engine, "sleep")
+        self.synced_version: int | None = None
+        self.last_sync_seconds = 0.0
+
+    @property
+    def separate(self) -> bool:
+        """True when the engine holds its own copy of the weights."""
+        return hasattr(self.engine, "sync_from")
+
+    def ensure(self, model, version: int) -> None:
+        """Copy the learner's weights into the engine unless it holds ``version`` already
+        (``last_sync_seconds``: how long it took, 0 when nothing was done)."""
+        self.last_sync_seconds = 0.0
+        if self.separate and self.synced_version != version:
+            started = time.perf_counter()
+            self.engine.sync_from(model)
+            self.synced_version = version
+            self.last_sync_seconds = time.perf_counter() - started
+
+    @contextlib.contextmanager
+    def awake(self, model, version: int) -> Iterator[None]:
+        """Around a rollout: wake the engine (when it sleeps during updates), sync it, and put it back to sleep."""
+        if self.sleep:
+            self.engine.wake_up()
+        try:
+            self.ensure(model, version)
+            yield
+        finally:
+            if self.sleep:
+                self.engine.sleep()
