@@ -204,3 +204,26 @@ def test_serve_with_an_unknown_engine_is_a_usage_error(model_dir):
     assert result.returncode == 2
     assert "unknown rollout engine 'nope'" in result.stderr and "Traceback" not in result.stderr
 
+
+
+def test_sync_neither_needs_nor_touches_the_learners_default_group(server, model_dir):
+    """A learner that is one rank of a torchrun-style job keeps its default group, and one without stays without."""
+    import torch.distributed as dist
+
+    remote, _, _ = server
+    model = load_model(model_dir, device="cpu")
+    remote.close()  # a fresh sync group, built while this process has a default group of its own
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        default = dist.group.WORLD
+        remote.sync_from(model)
+        assert dist.group.WORLD is default and dist.get_world_size() == 1
+        total = torch.ones(2)
+        dist.all_reduce(total)  # the default group still works
+        assert total.tolist() == [1.0, 1.0]
+    finally:
+        dist.destroy_process_group()
+    assert not dist.is_initialized()
+    remote.sync_from(model)  # the open sync group goes on working with no default group at all
+    assert not dist.is_initialized()
+    assert_same_generations(remote.generate(PROMPTS, GREEDY), local_engine(model).generate(PROMPTS, GREEDY))

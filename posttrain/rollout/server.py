@@ -324,9 +324,11 @@ class RolloutServer:
 
     def update_weights(self, body: dict) -> dict:
         specs = tensor_specs_from_json(body.get("tensors"))
-        group_thread = self.group_thread
+        group_thread, previous = self.group_thread, self.update_thread
         if group_thread is not None:
-            group_thread.join(timeout=float(body.get("join_timeout_s", 60)))
+            group_thread.join(timeout=60)
+        if previous is not None:  # the learner has the last update's status, the thread may not have returned yet
+            previous.join(timeout=5)
         with self.state_lock:
             if self.group is None:
                 reason = f" (joining it failed: {self.group_error})" if self.group_error else ""
