@@ -309,7 +309,9 @@ def bench_grpo(
 def rollout_serve(
     model: Annotated[str, typer.Option(help="model name or directory (for vllm: a directory or hub id)")],
     engine: Annotated[str, typer.Option(help="hf (model.generate) or vllm")] = "hf",
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="address to listen on; the server has no authentication (anyone who "
+                                            "reaches it can replace its weights): keep it on a trusted network")
+                   ] = "127.0.0.1",
     port: int = 8765,
     dtype: Annotated[str, typer.Option(help="weights dtype: auto, float32, bfloat16, float16")] = "auto",
     batch_size: Annotated[int, typer.Option(help="hf: most sequences per generate call")] = 16,
