@@ -22,11 +22,13 @@ data_app = typer.Typer(no_args_is_help=True, help="Make and inspect datasets.")
 model_app = typer.Typer(no_args_is_help=True, help="Inspect and export models.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmark posttrain against peer libraries.")
 judge_app = typer.Typer(no_args_is_help=True, help="Make judge training data.")
+rollout_app = typer.Typer(no_args_is_help=True, help="Serve a rollout engine for learners in other processes.")
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 app.add_typer(judge_app, name="judge")
+app.add_typer(rollout_app, name="rollout")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -301,6 +303,46 @@ def bench_grpo(
 
     result = run_grpo_benchmark(tool_options(context, GrpoBenchOptions))
     typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+
+@rollout_app.command("serve")
+def rollout_serve(
+    model: Annotated[str, typer.Option(help="model name or directory (for vllm: a directory or hub id)")],
+    engine: Annotated[str, typer.Option(help="hf (model.generate) or vllm")] = "hf",
+    host: Annotated[str, typer.Option(help="address to listen on; the server has no authentication (anyone who "
+                                            "reaches it can replace its weights): keep it on a trusted network")
+                   ] = "127.0.0.1",
+    port: int = 8765,
+    dtype: Annotated[str, typer.Option(help="weights dtype: auto, float32, bfloat16, float16")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="hf: most sequences per generate call")] = 16,
+    device: Annotated[str, typer.Option(help="hf: auto, cpu or cuda")] = "auto",
+) -> None:
+    """Host a rollout engine over HTTP; learners sample from it and push weights to it (RemoteEngine)."""
+    from posttrain.errors import check_choice
+    from posttrain.models import load_tokenizer
+    from posttrain.rollout.server import serve
+
+    check_choice(engine, ("hf", "vllm"), "rollout engine", where="--engine")
+    tokenizer = load_tokenizer(model)
+    if engine == "hf":
+        from posttrain.models import load_model
+        from posttrain.rollout import HFEngine
+
+        rollout_engine = HFEngine(load_model(model, dtype=dtype, device=device), tokenizer, batch_size=batch_size)
+    else:
+        try:
+            from posttrain.rollout.vllm import VLLMEngine
+        except ImportError as error:
+            raise PosttrainError(f"the vllm engine is not available here: {error}",
+                                 fix="install vllm (on a CUDA machine), or serve with --engine hf") from None
+        import inspect
+
+        accepted = inspect.signature(VLLMEngine).parameters
+        options = {key: value for key, value in (("dtype", dtype), ("batch_size", batch_size)) if key in accepted}
+        rollout_engine = VLLMEngine(model, tokenizer, **options)
+    info = {"model": model, "engine": engine, "dtype": dtype}
+    serve(rollout_engine, host, port, info,
+          ready=lambda url: typer.echo(f"rollout server ({engine}, {model}) listening on {url}", err=True))
 
 
 def _click_exceptions():

@@ -9,10 +9,14 @@ that honours this contract can replace another without changes to the callers.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from posttrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 FinishReason = Literal["eos", "length"]
 
@@ -103,4 +107,20 @@ class RolloutEngine(Protocol):
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Generation]:
         """Sample ``params.n`` completions for each prompt."""
+        ...
+
+
+@runtime_checkable
+class WeightSyncEngine(RolloutEngine, Protocol):
+    """A rollout engine whose weights a learner can replace in place, between calls to ``generate``.
+
+    ``load_weights`` takes ``(name, tensor)`` pairs with Hugging Face parameter names (as
+    ``model.named_parameters()`` gives them; a tied weight appears once, under either of its names). It may
+    receive a subset of the parameters (the rest keep their values); an unknown name or a shape that does not
+    match raises :class:`posttrain.errors.ModelError` before any weight changes. Tensors may be in another
+    dtype or on another device than the engine's; they are converted on the way in.
+    """
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy the given tensors into the engine's weights."""
         ...

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from transformers import (
@@ -33,7 +33,7 @@ from transformers import (
 from posttrain.data import pad_sequences
 from posttrain.errors import DataError, ModelError, location
 from posttrain.models import resolve_dtype
-from posttrain.rollout.base import Generation, RolloutEngine, SamplingParams
+from posttrain.rollout.base import Generation, SamplingParams, WeightSyncEngine
 
 CHATML_END = "<|im_end|>"
 
@@ -155,7 +155,7 @@ def _eval_mode(model) -> Iterator[None]:
         model.train(was_training)
 
 
-class HFEngine(RolloutEngine):
+class HFEngine(WeightSyncEngine):
     """Samples completions with ``model.generate``; see the module docstring for batching."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, dtype: str | torch.dtype | None = None):
@@ -213,6 +213,30 @@ class HFEngine(RolloutEngine):
                         logprobs=list(only.logprobs),
                     )
         return [results[key] for key in sorted(results)]
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy tensors into the model's parameters by name (see :class:`WeightSyncEngine`).
+
+        Every name and shape is checked before anything is copied, so a bad request changes nothing. A tied
+        weight may come under either of its names; the copy is converted to the parameter's dtype and device.
+        """
+        parameters = dict(self.model.named_parameters(remove_duplicate=False))
+        updates = []
+        for name, tensor in named_tensors:
+            parameter = parameters.get(name)
+            if parameter is None:
+                known = ", ".join(list(parameters)[:3])
+                raise ModelError(f"the model has no parameter named {name!r}", where=location(field=name),
+                                 fix=f"send Hugging Face parameter names of this model (e.g. {known}); "
+                                     "the learner and the engine must hold the same architecture")
+            if tuple(tensor.shape) != tuple(parameter.shape):
+                raise ModelError(f"parameter {name!r} has shape {tuple(parameter.shape)} in the engine's model, "
+                                 f"but the update has shape {tuple(tensor.shape)}", where=location(field=name),
+                                 fix="sync from a model of the same architecture and size")
+            updates.append((parameter, tensor))
+        with torch.no_grad():
+            for parameter, tensor in updates:
+                parameter.copy_(tensor.to(device=parameter.device, dtype=parameter.dtype))
 
     def _processors(self, params: SamplingParams) -> list[LogitsProcessor]:
         """Temperature, top-k and top-p, in that order, as described by :class:`SamplingParams`."""
