@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from posttrain.cli_eval import AsJson, eval_app, out_option, tool_options
+from posttrain.cli_eval import AsJson, Engine, eval_app, out_option, tool_options
 from posttrain.errors import ConfigError, PosttrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Post-training for language models.")
@@ -160,6 +160,7 @@ def judge_synthesize(
     n: Annotated[int | None, typer.Option(help="number of pairs (default: all; 100 for the task)")] = None,
     seed: int = 0,
     batch_size: int = 16,
+    engine: Engine = "hf",
 ) -> None:
     """RISE-style synthesis: SFT judgments from swap-consistent pairs, DPO pairs of judgments from the rest."""
     from posttrain.judges.synthesis import SynthesisOptions, run_synthesis
@@ -180,6 +181,7 @@ def judge_label(
     n: Annotated[int | None, typer.Option(help="number of pairs (default: all; 100 for the task)")] = None,
     max_new_tokens: int = 384,
     batch_size: int = 16,
+    engine: Engine = "hf",
     seed: int = 0,
 ) -> None:
     """Relabel preference pairs with a judge (both orders) for downstream DPO; report agreement with gold."""
@@ -205,6 +207,7 @@ def judge_metarm_data(
     n: Annotated[int | None, typer.Option(help="number of pairs (default: all; 100 for the task)")] = None,
     seed: int = 0,
     batch_size: int = 16,
+    engine: Engine = "hf",
 ) -> None:
     """MetaRM cold-start data: the judge's critiques of critique-bearing pairs, labelled with their rule reward."""
     from posttrain.judges.metarm_data import MetarmDataOptions, run_metarm_data

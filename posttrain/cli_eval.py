@@ -18,6 +18,8 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models.")
 AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 ModelName = Annotated[str, typer.Option(help="model name or directory")]
 Temperature = Annotated[float, typer.Option(help="0 = greedy")]
+Engine = Annotated[str, typer.Option(help="rollout engine: hf (model.generate), vllm, or auto (vllm when installed "
+                                          "and the model is a folder it supports, else hf)")]
 ReservedToken = Annotated[str | None, typer.Option("--reserved-token",
                                                    help="reserved token z_c (default: chosen per tokenizer)")]
 
@@ -47,6 +49,7 @@ def eval_math(
     top_p: float = 1.0,
     max_new_tokens: int = 256,
     batch_size: int = 32,
+    engine: Engine = "hf",
     seed: int = 0,
     out_dir: Annotated[Path | None, out_option("directory for samples.jsonl and the summary math.json")] = None,
     as_json: AsJson = False,
@@ -89,6 +92,7 @@ def eval_selfreward(
     top_p: float = 1.0,
     max_new_tokens: int = 256,
     batch_size: int = 16,
+    engine: Engine = "hf",
     seed: int = 0,
     out_dir: Annotated[Path | None, out_option("directory for samples.jsonl")] = None,
     as_json: AsJson = False,
@@ -113,6 +117,7 @@ def eval_judge(
     top_p: float = 1.0,
     max_new_tokens: int = 512,
     batch_size: int = 16,
+    engine: Engine = "hf",
     seed: int = 0,
     out_dir: Annotated[Path | None, out_option("directory for judge.json and samples.jsonl")] = None,
     as_json: AsJson = False,
@@ -139,6 +144,7 @@ def eval_masterkey(
     top_p: float = 1.0,
     max_new_tokens: int = 512,
     batch_size: int = 16,
+    engine: Engine = "hf",
     seed: int = 0,
     out_dir: Annotated[Path | None, out_option("directory for masterkey.json and samples.jsonl")] = None,
     as_json: AsJson = False,
@@ -167,6 +173,7 @@ def eval_gap(
                                                  "(arithmetic critiques), lexical, embedding, llm, or none")] = "numbers",
     threshold: Annotated[float | None, typer.Option(help="similarity threshold (default: the backend's)")] = None,
     batch_size: int = 16,
+    engine: Engine = "hf",
     seed: int = 0,
     out_dir: Annotated[Path | None, out_option("directory for gap.json and samples.jsonl")] = None,
     samples: Annotated[Path | None, typer.Option(help="recompute the metrics (at --m) from the samples.jsonl of an "
@@ -242,6 +249,7 @@ def eval_bon(
     top_p: float = 1.0,
     max_new_tokens: int = 256,
     batch_size: int = 16,
+    engine: Engine = "hf",
     seed: int = 0,
     judge: Annotated[str | None, typer.Option(help="judge model for the judge selector (pointwise scores)")] = None,
     judge_template: Annotated[str, typer.Option(help="pointwise judge template")] = "pointwise",

@@ -218,10 +218,13 @@ class RolloutConfig(Section):
     ``samples_per_prompt`` completions each, from ``softmax(logits / temperature)`` restricted by ``top_k`` and
     ``top_p`` (:class:`posttrain.rollout.SamplingParams`), by the rollout ``engine``."""
 
-    engine: Literal["hf", "vllm", "auto"] = Field(
+    engine: Literal["hf", "vllm", "auto", "server"] = Field(
         "hf", description="hf: the learner's own model.generate; vllm: a vLLM engine in this process, its weights "
-        "synced from the learner after every optimizer step; auto: vllm when it is installed and supports the "
-        "model, else hf (the run logs which)")
+        "synced from the learner before every rollout; auto: vllm when it is installed and supports the model, "
+        "else hf (the run prints which and why); server: the engine of `posttrain rollout serve` at server_url, "
+        "its weights pushed over torch.distributed (gloo, or NCCL on CUDA)")
+    server_url: str | None = Field(None, description="engine server: the address of `posttrain rollout serve`, "
+                                   "e.g. http://127.0.0.1:8765")
     prompts_per_step: int = Field(4, gt=0, description="prompts per step (all processes together)")
     samples_per_prompt: int | None = Field(None, gt=0, description="completions per prompt; grpo's group size G "
                                            "(default 8), distill's samples (default 1)")
@@ -454,6 +457,9 @@ class RunConfig(Section):
         """Fill the settings whose default depends on the method, then check the GRPO groups."""
         if self.train.micro_batch_tokens is None:
             self.train.micro_batch_tokens = DEFAULT_MICRO_BATCH_TOKENS[self.method]
+        if (self.rollout.engine == "server") != (self.rollout.server_url is not None):
+            raise ValueError("rollout.server_url is the address of a rollout server and goes with "
+                             "rollout.engine=server (start one with `posttrain rollout serve --model M`)")
         if self.method in ON_POLICY_METHODS and self.rollout.samples_per_prompt is None:
             self.rollout.samples_per_prompt = DEFAULT_SAMPLES_PER_PROMPT[self.method]
         if self.method == "grpo" and self.rollout.samples_per_prompt < 2 and (

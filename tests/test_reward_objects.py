@@ -197,7 +197,7 @@ def judge_rewards(mode="verifier"):
 @pytest.mark.parametrize("mode, prompts_per_sample", [("verifier", 1), ("pairwise", 2)])
 def test_the_judge_reward_judges_a_batch_in_one_model_call(monkeypatch, mode, prompts_per_sample):
     engine = CountingJudge({"good": "[[YES]] [[A]]", "": "[[NO]] [[B]]"})
-    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model: engine)
+    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model, kind="hf": engine)
     completions = ["good 0", "bad 1", "good 2", "bad 3", "good 0"]  # the repeat is judged once
     batch = judge_rewards(mode).score(["Q?"] * 5, completions, [*RECORDS, RECORDS[0]])
     assert engine.calls == 1 and len(engine.prompts) == 4 * prompts_per_sample
@@ -205,7 +205,7 @@ def test_the_judge_reward_judges_a_batch_in_one_model_call(monkeypatch, mode, pr
 
 
 def test_a_record_without_reference_fails_its_sample_alone(monkeypatch):
-    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model: ScriptedJudge({"": "[[YES]]"}))
+    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model, kind="hf": ScriptedJudge({"": "[[YES]]"}))
     batch = judge_rewards().score(["Q?"] * 2, ["one", "two"], [RECORDS[0], {"_where": "test:9"}])
     assert batch.components["judge"] == [1.0, 0.0] and batch.errors["judge"] == 1
     assert batch.error_examples["judge"].startswith("sample 1: raised DataError: test:9: the record has no")
@@ -213,12 +213,12 @@ def test_a_record_without_reference_fails_its_sample_alone(monkeypatch):
 
 def test_the_judge_cache_round_trips_through_the_reward_sets_state(monkeypatch, tmp_path):
     first_engine = ScriptedJudge({"good": "[[YES]]", "": "[[NO]]"})
-    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model: first_engine)
+    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model, kind="hf": first_engine)
     first = judge_rewards()
     values = first.score(["Q?"] * 2, ["good", "bad"], RECORDS[:2]).components["judge"]
     first.save_state(tmp_path)
     assert (tmp_path / "rewards" / "judge" / "judgments.json").is_file()
-    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model: FailingJudge())
+    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model, kind="hf": FailingJudge())
     second = judge_rewards()
     second.load_state(tmp_path)
     assert second.score(["Q?"] * 2, ["good", "bad"], RECORDS[:2]).components["judge"] == values == [1.0, 0.0]
@@ -226,7 +226,7 @@ def test_the_judge_cache_round_trips_through_the_reward_sets_state(monkeypatch, 
 
 def test_two_runs_in_one_process_share_no_judge_state(monkeypatch):
     engines = iter([ScriptedJudge({"": "[[YES]]"}), ScriptedJudge({"": "[[NO]]"})])
-    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model: next(engines))
+    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model, kind="hf": next(engines))
     run_a, run_b = judge_rewards(), judge_rewards()
     # the same model name, sample and record: each run judges with its own judge and cache
     assert run_a.score(["Q?"], ["same"], RECORDS[:1]).components["judge"] == [1.0]

@@ -227,3 +227,24 @@ def test_sync_neither_needs_nor_touches_the_learners_default_group(server, model
     remote.sync_from(model)  # the open sync group goes on working with no default group at all
     assert not dist.is_initialized()
     assert_same_generations(remote.generate(PROMPTS, GREEDY), local_engine(model).generate(PROMPTS, GREEDY))
+
+
+def test_a_grpo_run_samples_from_the_server_and_pushes_its_weights_every_step(server, model_dir, tmp_path):
+    """Three GRPO steps with ``rollout.engine=server``: the server's weights are the learner's before each rollout
+    (its greedy output after the run equals the step-2 checkpoint's, the last weights a rollout used)."""
+    from posttrain.trainers.run import train
+    from tests.rl_helpers import rl_config
+
+    remote, _, _ = server
+    config = rl_config(tmp_path, "served", f"model.name={model_dir}", "rollout.engine=server",
+                       f"rollout.server_url={remote.url}", "train.save_every=1", "train.keep_checkpoints=3")
+    run_dir = train(config).run_dir
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "loss" in m]
+    assert len(steps) == 3 and all(m["sync_seconds"] > 0 for m in steps)
+    # a separate engine gets the behaviour correction; the same fp32 weights sample with the learner's log-probs
+    assert all(m["engine_logprob_gap"] < 1e-4 and m["engine_corrected"] == 0 for m in steps)
+    step_two = load_model(str(run_dir / "checkpoints" / "step-2" / "model"))
+    assert_same_generations(remote.generate(PROMPTS, GREEDY), local_engine(step_two).generate(PROMPTS, GREEDY))
+    initial = local_engine(load_model(str(model_dir))).generate(PROMPTS, GREEDY)
+    assert [g.logprobs for g in initial] != [g.logprobs for g in remote.generate(PROMPTS, GREEDY)]

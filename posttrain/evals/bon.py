@@ -45,7 +45,8 @@ from posttrain.judges.formats import get_template
 from posttrain.judges.judge_model import JudgeModel, unit_score
 from posttrain.models import load_model, load_tokenizer
 from posttrain.ops import laser_score
-from posttrain.rollout import HFEngine, stop_token_ids
+from posttrain.rollout import stop_token_ids
+from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import SamplingOptions, comma_list, list_option
 
 BORDA_POWER = 0.5
@@ -234,7 +235,8 @@ def run_bon_eval(options: BonOptions) -> dict:
     samples = max(options.ns)
     params = options.sampling(samples)
     prompt_ids = encode_prompts(records, tokenizer)
-    generations = HFEngine(lm, tokenizer, batch_size=options.batch_size).generate(prompt_ids, params)
+    engine = tool_engine(options.model, options.engine, batch_size=options.batch_size, tokenizer=tokenizer, lm=lm)
+    generations = engine.generate(prompt_ids, params)
     certainty = laser = [0.0] * len(generations)
     needs_laser = any(name in LASER_SELECTORS for name in options.selectors)
     needs_certainty = "self_certainty" in options.selectors

@@ -42,9 +42,9 @@ from posttrain.judges.metrics import group_metrics
 from posttrain.judges.pairs import RIGHT_VERDICT, pair_texts, preference_pairs
 from posttrain.judges.scorers import judge_pairs
 from posttrain.judges.similarity import build_similarity
-from posttrain.models import load_model, load_tokenizer
-from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
-from posttrain.rollout.options import ToolOptions
+from posttrain.rollout import RolloutEngine, SamplingParams
+from posttrain.rollout.engines import tool_engine
+from posttrain.rollout.options import EngineOptions
 
 
 def _rate(numerator: float, denominator: float) -> float | None:
@@ -129,7 +129,7 @@ def judge_rows(engine: RolloutEngine, pairs: Sequence[dict], template_name: str,
     return rows
 
 
-class GapOptions(ToolOptions):
+class GapOptions(EngineOptions):
     """``posttrain eval gap``: ``n`` pairs (None: all), ``k`` solve-only samples per question at
     ``solve_temperature``, solvable with ``m`` of ``k`` right (None: ``k``); the judge ``template``; the critique
     ``similarity`` backend (None or ``"none"``: no spurious-success check) and its ``threshold``."""
@@ -164,7 +164,7 @@ def run_gap_eval(options: GapOptions, engine: RolloutEngine | None = None) -> di
         raise DataError(f"m = {m} must lie in [1, k = {k}]", where="--m", fix="give 1 <= m <= k")
     pairs = preference_pairs(options.data, options.n, options.seed)
     if engine is None:
-        engine = HFEngine(load_model(options.model), load_tokenizer(options.model), batch_size=options.batch_size)
+        engine = tool_engine(options.model, options.engine, batch_size=options.batch_size)
     solved = solve_counts(engine, pairs, SamplingParams(temperature=options.solve_temperature,
                                                         max_new_tokens=options.max_new_tokens, n=k, seed=options.seed))
     backend = build_similarity(options.similarity) if options.similarity else None

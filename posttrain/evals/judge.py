@@ -12,9 +12,9 @@ from posttrain.evals.run import write_eval
 from posttrain.judges.formats import resolve_template
 from posttrain.judges.pairs import preference_pairs
 from posttrain.judges.scorers import SCORERS, judge_pairs, reward_model_pairs
-from posttrain.models import load_model, load_tokenizer
+from posttrain.models import load_tokenizer
 from posttrain.models.reward import load_reward_model
-from posttrain.rollout import HFEngine
+from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import EvalOptions
 
 
@@ -41,7 +41,7 @@ def run_judge_eval(options: JudgeEvalOptions) -> dict:
     tokenizer = load_tokenizer(model)
     if scorer == "judge":
         template = resolve_template(options.template, "pairwise")
-        engine = HFEngine(load_model(model), tokenizer, batch_size=options.batch_size)
+        engine = tool_engine(model, options.engine, batch_size=options.batch_size, tokenizer=tokenizer)
         result = judge_pairs(engine, pairs, template, options.sampling(options.samples))
         setup = {"template": template.name, "samples": options.samples, "temperature": options.temperature}
     else:

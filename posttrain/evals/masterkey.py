@@ -37,8 +37,9 @@ from posttrain.data.tasks.judge_pairs import corrupt_solution
 from posttrain.errors import ConfigError, DataError
 from posttrain.evals.run import prompt_records, require_references, write_eval
 from posttrain.judges.formats import JudgeTemplate, resolve_template
-from posttrain.models import load_model, load_tokenizer
-from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
+from posttrain.models import load_tokenizer
+from posttrain.rollout import RolloutEngine, SamplingParams
+from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import EvalOptions, list_option
 
 QUESTION_KEY = "{question}"
@@ -245,7 +246,7 @@ def run_masterkey_eval(options: MasterkeyOptions) -> dict:
     chosen_keys = master_keys(options.keys)
     records = prompt_records(options.data, options.n, options.seed)
     tokenizer = load_tokenizer(options.model)
-    engine = HFEngine(load_model(options.model), tokenizer, batch_size=options.batch_size)
+    engine = tool_engine(options.model, options.engine, batch_size=options.batch_size, tokenizer=tokenizer)
     summary, rows = masterkey_probe(
         engine, records, chosen_keys, verifier=options.verifier_template, pairwise=options.template,
         probes=options.probes, params=options.sampling(options.samples), seed=options.seed,

@@ -10,6 +10,7 @@ from posttrain.errors import DataError
 from posttrain.evals.math import evaluate_math
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout import HFEngine, SamplingParams
+from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import EvalOptions
 
 TASK_PREFIX = "task:"
@@ -48,9 +49,8 @@ def run_math_eval(options: MathOptions) -> dict:
     """Math accuracy of ``model`` on ``data`` (:func:`~posttrain.evals.math.evaluate_math`): its metrics,
     ``unparsed_references`` among them. With ``out_dir``: ``samples.jsonl`` and the summary ``math.json``."""
     tokenizer = load_tokenizer(options.model)
-    lm = load_model(options.model)
     records = prompt_records(options.data, options.n, options.seed)
-    engine = HFEngine(lm, tokenizer, batch_size=options.batch_size)
+    engine = tool_engine(options.model, options.engine, batch_size=options.batch_size, tokenizer=tokenizer)
     result = evaluate_math(engine, [encode_prompt(r, tokenizer) for r in records],
                            [str(r["reference"]) for r in records], k=options.k, params=options.sampling(options.k),
                            prompts_text=[prompt_text(r) for r in records], out_dir=options.out_dir)

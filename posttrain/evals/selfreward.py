@@ -25,7 +25,8 @@ from posttrain.evals.run import prompt_records
 from posttrain.grading import grade
 from posttrain.models import load_model, load_tokenizer
 from posttrain.ops import causal_lm_parts, hidden_logprobs, laser_score, self_certainty, soft_cap
-from posttrain.rollout import HFEngine, stop_token_ids
+from posttrain.rollout import stop_token_ids
+from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import EvalOptions
 
 # Reserved tokens the LaSeR authors used: Qwen2.5 vocabularies (id 151652) and Llama 3 vocabularies (128002).
@@ -279,8 +280,9 @@ def evaluate_selfreward(model, tokenizer, records: list[dict], options: SelfRewa
     """Score completions with ``r_s`` and compare with the verifier (module docstring).
 
     When the records have a ``completion``, those are scored (every record needs one); otherwise
-    ``options.samples`` completions per prompt are sampled with :class:`~posttrain.rollout.HFEngine` under the
-    options' sampling settings (``model``, ``data`` and ``n`` are not read here). With ``out_dir``, every scored
+    ``options.samples`` completions per prompt are sampled under the options' sampling settings, with HF on
+    ``model`` or, with ``options.engine`` vllm, a vLLM engine on ``options.model`` (``data`` and ``n`` are not
+    read here). With ``out_dir``, every scored
     completion is written to ``out_dir/samples.jsonl``.
     """
     options = options or SelfRewardOptions()
@@ -292,8 +294,9 @@ def evaluate_selfreward(model, tokenizer, records: list[dict], options: SelfRewa
         texts, completions = given_completions(records, tokenizer)
         rows = [{"prompt_index": i, "sample_index": 0, "completion": text} for i, text in enumerate(texts)]
     else:
-        generations = HFEngine(model, tokenizer, batch_size=options.batch_size).generate(
-            prompt_ids, options.sampling(options.samples))
+        engine = tool_engine(options.model, options.engine, batch_size=options.batch_size, tokenizer=tokenizer,
+                             lm=model)
+        generations = engine.generate(prompt_ids, options.sampling(options.samples))
         completions = [g.token_ids for g in generations]
         rows = [
             {

@@ -26,17 +26,18 @@ from collections.abc import Sequence
 from posttrain.data import encode_prompts
 from posttrain.judges.formats import JudgeTemplate
 from posttrain.judges.pairs import pairwise_prompts
-from posttrain.models import load_model, load_tokenizer
-from posttrain.rollout import HFEngine, SamplingParams
+from posttrain.rollout import SamplingParams
+from posttrain.rollout.engines import tool_engine
 
 MODES = ("verifier", "pointwise", "pairwise")
 DEFAULT_TEMPLATES = {"verifier": "verifier", "pointwise": "pointwise", "pairwise": "rise"}
 CACHE_SIZE = 100_000
 
 
-def load_judge_engine(model: str):
-    """A greedy generation engine over the judge ``model`` (a path or hub name)."""
-    return HFEngine(load_model(model).eval(), load_tokenizer(model), batch_size=8)
+def load_judge_engine(model: str, kind: str = "hf"):
+    """A generation engine over the judge ``model`` (a path or hub name): ``hf``, ``vllm`` or ``auto``
+    (:func:`posttrain.rollout.engines.tool_engine`)."""
+    return tool_engine(model, kind, batch_size=8, setting="the judge reward's engine")
 
 
 def unit_score(template: JudgeTemplate, score: float) -> float:
@@ -70,15 +71,17 @@ class JudgeModel:
     """A judge model by name: its engine (loaded on first use) and its judgments (least recently used dropped
     first beyond ``cache_size``), keyed by a SHA-256 digest of their full input."""
 
-    def __init__(self, model: str, cache_size: int = CACHE_SIZE):
-        self.model, self.cache_size = model, cache_size
+    def __init__(self, model: str, cache_size: int = CACHE_SIZE, engine: str = "hf"):
+        self.model, self.cache_size, self.engine_kind = model, cache_size, engine
         self._engine = None
         self.judgments: OrderedDict[str, float] = OrderedDict()
 
     @property
     def engine(self):
+        """The judge's generation engine (``hf``, ``vllm`` or ``auto``: :func:`posttrain.rollout.engines.tool_engine`),
+        loaded on first use."""
         if self._engine is None:
-            self._engine = load_judge_engine(self.model)
+            self._engine = load_judge_engine(self.model, self.engine_kind)
         return self._engine
 
     def texts(self, messages: Sequence[list[dict]], max_new_tokens: int) -> list[str]:

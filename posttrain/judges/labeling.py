@@ -19,9 +19,9 @@ from posttrain.data import write_jsonl
 from posttrain.errors import check_choice
 from posttrain.judges.pairs import preference_pairs
 from posttrain.judges.scorers import judge_pairs
-from posttrain.models import load_model, load_tokenizer
-from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
-from posttrain.rollout.options import ToolOptions
+from posttrain.rollout import RolloutEngine, SamplingParams
+from posttrain.rollout.engines import tool_engine
+from posttrain.rollout.options import EngineOptions
 
 KEEP = ("consistent", "first")
 
@@ -56,7 +56,7 @@ def judge_labels(engine: RolloutEngine, pairs: Sequence[dict], template: str = "
     return labelled, summary
 
 
-class LabelOptions(ToolOptions):
+class LabelOptions(EngineOptions):
     """``posttrain judge label``: the ``judge`` model, the ``pairs`` (a preference file, or ``task:arithmetic``),
     the pairwise ``template``, the ``keep`` rule (module docstring), ``n`` pairs (None: all); greedy judgments."""
 
@@ -75,7 +75,7 @@ def run_labeling(options: LabelOptions) -> dict:
     """``posttrain judge label``: write ``pairs.jsonl`` (judge labels), ``gold.jsonl`` (the same source pairs
     with their gold labels) and ``summary.json`` into ``out_dir``."""
     records = preference_pairs(options.pairs, options.n, options.seed, split="train")
-    engine = HFEngine(load_model(options.judge).eval(), load_tokenizer(options.judge), batch_size=options.batch_size)
+    engine = tool_engine(options.judge, options.engine, batch_size=options.batch_size)
     labelled, summary = judge_labels(engine, records, options.template,
                                      SamplingParams(temperature=0.0, max_new_tokens=options.max_new_tokens),
                                      options.keep)

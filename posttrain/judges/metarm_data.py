@@ -22,8 +22,8 @@ from posttrain.judges.grm_scores import metarm_input, rule_rewards
 from posttrain.judges.pairs import preference_pairs
 from posttrain.judges.similarity import build_similarity
 from posttrain.judges.tasks import judge_task_prompts
-from posttrain.models import load_model, load_tokenizer
-from posttrain.rollout import HFEngine, RolloutEngine, SamplingParams
+from posttrain.rollout import RolloutEngine, SamplingParams
+from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import SamplingOptions
 
 
@@ -73,7 +73,7 @@ class MetarmDataOptions(SamplingOptions):
 def run_metarm_data(options: MetarmDataOptions) -> dict:
     """``posttrain judge metarm-data``: write ``metarm.jsonl`` and ``summary.json`` into ``out_dir``."""
     records = preference_pairs(options.pairs, options.n, options.seed, split="train")
-    engine = HFEngine(load_model(options.judge), load_tokenizer(options.judge), batch_size=options.batch_size)
+    engine = tool_engine(options.judge, options.engine, batch_size=options.batch_size)
     rows, summary = metarm_records(engine, records, options.sampling(options.k), options.template, options.backend,
                                    options.threshold)
     out = Path(options.out_dir)

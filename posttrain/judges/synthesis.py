@@ -27,8 +27,9 @@ from posttrain.errors import DataError
 from posttrain.judges.formats import JudgeTemplate
 from posttrain.judges.pairs import pair_texts, preference_pairs
 from posttrain.judges.scorers import judge_pairs
-from posttrain.models import load_model, load_tokenizer
-from posttrain.rollout import Generation, HFEngine, RolloutEngine, SamplingParams
+from posttrain.models import load_tokenizer
+from posttrain.rollout import Generation, RolloutEngine, SamplingParams
+from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import SamplingOptions
 
 
@@ -149,7 +150,7 @@ def run_synthesis(options: SynthesisOptions) -> dict:
     if judge == "critique":  # the reference judge; prompts are templated with the embedded model's tokenizer
         engine = CritiqueJudge(records, load_tokenizer("smollm2-135m"), style=template)
     else:
-        engine = HFEngine(load_model(judge).eval(), load_tokenizer(judge), batch_size=options.batch_size)
+        engine = tool_engine(judge, options.engine, batch_size=options.batch_size)
     sft, dpo, summary = synthesize_judgments(engine, records, template, options.sampling(options.k))
     summary.update(judge=judge, pairs_source=options.pairs, template=template, temperature=options.temperature)
     write_synthesis(options.out_dir, sft, dpo, summary)

@@ -40,8 +40,8 @@ class JudgeReward(Reward):
     """The judge's score of every completion in [0, 1] (module docstring)."""
 
     def __init__(self, model: str, mode: str = "verifier", template: str | None = None, answer_field: str = "answer",
-                 max_new_tokens: int = 256):
-        self.judge = JudgeModel(model)
+                 max_new_tokens: int = 256, engine: str = "hf"):
+        self.judge = JudgeModel(model, engine=engine)
         self.mode, self.max_new_tokens = mode, max_new_tokens
         self.template = get_template(template or DEFAULT_TEMPLATES[mode])
         self.field = answer_field if mode == "pairwise" else "reference"

@@ -1,7 +1,7 @@
 """Generation engines behind one interface: prompts in; token ids, sampling log-probs, finish reasons out."""
 
 from posttrain.rollout.base import FinishReason, Generation, RolloutEngine, SamplingParams, WeightSyncEngine
-from posttrain.rollout.hf import HFEngine, stop_token_ids
+from posttrain.rollout.hf import HFEngine, pad_token_id, stop_token_ids
 
 __all__ = ["FinishReason", "Generation", "HFEngine", "RolloutEngine", "SamplingParams", "WeightSyncEngine",
-           "stop_token_ids"]
+           "pad_token_id", "stop_token_ids"]

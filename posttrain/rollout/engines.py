@@ -13,16 +13,20 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import AutoConfig
+
 from posttrain.errors import ConfigError, ModelError
+from posttrain.models import load_model, load_tokenizer
 from posttrain.models.loader import resolve_source
 from posttrain.rollout.base import RolloutEngine
 from posttrain.rollout.hf import HFEngine
+from posttrain.rollout.server import RemoteEngine
 
-ENGINE_KINDS = ("hf", "vllm", "auto")
+ENGINE_KINDS = ("hf", "vllm", "auto", "server")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ def choose_engine(kind: str, model_name: str, setting: str = "rollout.engine") -
                           fix=f"use one of {', '.join(ENGINE_KINDS)}")
     if kind == "hf":
         return EngineChoice("hf", None, f"{setting}=hf")
+    if kind == "server":
+        return EngineChoice("server", None, f"{setting}=server")
     from posttrain.rollout.vllm import vllm_problem  # a light import: vLLM itself is imported only when used
 
     try:
@@ -75,14 +81,18 @@ def choose_engine(kind: str, model_name: str, setting: str = "rollout.engine") -
 
 def build_engine(choice: EngineChoice, model, tokenizer, *, batch_size: int = 16, dtype: str | None = None,
                  seed: int = 0, sequences: int = 64, max_model_len: int = 1024, kv_cache_gib: float | None = None,
-                 gpu_memory_utilization: float = 0.3) -> RolloutEngine:
+                 gpu_memory_utilization: float = 0.3, server_url: str | None = None) -> RolloutEngine:
     """The engine of ``choice``. HF samples from ``model`` itself, ``batch_size`` sequences at once (cast to
     ``dtype`` for the call when given). vLLM loads ``choice.weights`` in ``dtype`` (default: ``model``'s), for
     sequences of at most ``max_model_len`` tokens, with a KV cache of ``kv_cache_gib`` (default
-    :func:`kv_cache_size` for ``sequences`` such sequences) and is kept in step by :class:`EngineWeights`."""
+    :func:`kv_cache_size` for ``sequences`` such sequences); ``server`` is the engine at ``server_url``. Both are
+    kept in step with the learner by :class:`EngineWeights`."""
     if choice.kind == "hf":
         return HFEngine(model, tokenizer, batch_size=batch_size, dtype=dtype)
-    from posttrain.rollout.vllm import VLLMEngine
+    if choice.kind == "server":
+        engine = RemoteEngine(server_url)
+        engine.wait_ready(timeout_s=30.0)
+        return engine
 
     if dtype is None:
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else "float32"
@@ -90,6 +100,23 @@ def build_engine(choice: EngineChoice, model, tokenizer, *, batch_size: int = 16
         kv_cache_gib = kv_cache_size(model.config, sequences * max_model_len, dtype) if model is not None else 1.0
     return VLLMEngine(choice.weights, tokenizer, dtype=dtype, seed=seed, max_model_len=max_model_len,
                       kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization)
+
+
+def tool_engine(model_name: str, kind: str = "hf", *, batch_size: int = 16, tokenizer=None, lm=None,
+                max_model_len: int = 2048, setting: str = "engine") -> RolloutEngine:
+    """The engine an evaluation or judge-data tool samples with: HF on ``lm`` (or the model loaded from
+    ``model_name``), or vLLM on ``model_name``'s weights folder, sized for ``batch_size`` sequences at once
+    (``auto`` falls back to HF and prints why)."""
+    choice = choose_engine(kind, model_name, setting)
+    if kind == "auto":
+        print(f"engine: {choice.kind} ({choice.reason})", flush=True)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name)
+    if choice.kind == "hf":
+        return HFEngine(lm if lm is not None else load_model(model_name).eval(), tokenizer, batch_size=batch_size)
+    config = AutoConfig.from_pretrained(choice.weights)
+    dtype = "float32"
+    return VLLMEngine(choice.weights, tokenizer, dtype=dtype, max_model_len=max_model_len,
+                      kv_cache_gib=kv_cache_size(config, batch_size * max_model_len, dtype))
 
 
 def kv_cache_size(model_config, tokens: int, dtype: str, minimum_gib: float = 0.25) -> float:
@@ -111,9 +138,11 @@ class EngineWeights:
     are left alone.
     """
 
-    def __init__(self, engine: RolloutEngine, sleep: bool = False):
+    def __init__(self, engine: RolloutEngine, sleep: bool = False, pushes: bool = True,
+                 barrier: Callable[[], None] = lambda: None):
         self.engine = engine
         self.sleep = sleep and hasattr(engine, "sleep")
+        self.pushes, self.barrier = pushes, barrier  # an engine shared by processes: one pushes, all wait
         self.synced_version: int | None = None
         self.last_sync_seconds = 0.0
 
@@ -128,7 +157,9 @@ class EngineWeights:
         self.last_sync_seconds = 0.0
         if self.separate and self.synced_version != version:
             started = time.perf_counter()
-            self.engine.sync_from(model)
+            if self.pushes:
+                self.engine.sync_from(model)
+            self.barrier()
             self.synced_version = version
             self.last_sync_seconds = time.perf_counter() - started
 

@@ -92,6 +92,12 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return unique
 
 
+def pad_token_id(model, tokenizer) -> int:
+    """The id rows of rollouts are padded with: the tokenizer's pad token, else the first stop token."""
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else stop_token_ids(model, tokenizer)[0]
+
+
 def _plan_calls(prompt_lengths: list[int], samples: int, batch_size: int) -> list[tuple[list[int], int, int]]:
     """Group prompts into generate calls of at most ``batch_size`` rows.
 
@@ -170,8 +176,7 @@ class HFEngine(WeightSyncEngine):
         self.batch_size = batch_size
         self.dtype = dtype
         self.stop_ids = stop_token_ids(model, tokenizer)
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.pad_id = pad_token_id(model, tokenizer)
 
     @property
     def device(self) -> torch.device:

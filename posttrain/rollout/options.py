@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, ValidationError, field_validator
 
@@ -46,7 +46,14 @@ class ToolOptions(Section):
             raise ConfigError(f"{key}: {message}", where=where(key), fix=f"give a valid {key}") from None
 
 
-class SamplingOptions(ToolOptions):
+class EngineOptions(ToolOptions):
+    """A generating tool's choice of rollout engine (:func:`posttrain.rollout.engines.tool_engine`): ``hf``,
+    ``vllm`` or ``auto`` (vLLM when installed and the model has a weights folder it supports, else HF)."""
+
+    engine: Literal["hf", "vllm", "auto"] = "hf"
+
+
+class SamplingOptions(EngineOptions):
     """The sampling settings a generating tool shares; :meth:`sampling` gives its
     :class:`~posttrain.rollout.SamplingParams` (a subclass redeclares a field to change its default)."""
 

@@ -40,7 +40,7 @@ from posttrain.models import disabled_adapter, is_peft_model, load_model, load_t
 from posttrain.models.vocabulary import check_same_output_size, check_same_tokenizer
 from posttrain.ops import causal_lm_parts, completion_logprobs, extrapolated_token_rewards, hidden_divergence
 from posttrain.rewards import build_rewards, check_rewards_for_records
-from posttrain.rollout import Generation, RolloutEngine, SamplingParams
+from posttrain.rollout import Generation, RolloutEngine, SamplingParams, pad_token_id
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import eval_source, load_source, training_records
 from posttrain.trainers.loop import Method, StepBatches, StepTotals
@@ -105,8 +105,8 @@ class DistillMethod(Method, name="distill"):
         if cfg.rewards is not None:
             self.rewards = build_rewards(cfg.rewards)
             check_rewards_for_records(self.rewards, records, config.data.train.path or f"task:{config.data.train.task}")
-        self.engine, self.engine_weights = rollout_engine(config, model, tokenizer)
-        self.pad_id = self.engine.pad_id
+        self.engine, self.engine_weights = rollout_engine(config, model, tokenizer, processes)
+        self.pad_id = pad_token_id(model, tokenizer)
         self.context_prompts = None
         if cfg.teacher == "self_context":
             self.context_prompts = encode_prompts(
@@ -280,17 +280,17 @@ class DistillMethod(Method, name="distill"):
             return {}, False
         with self.engine_weights.awake(model, step):
             entropy = heldout_entropy(model, self.engine, self.held_out, self.config.rollout.max_new_tokens,
-                                      self.processes)
+                                      self.processes, self.pad_id)
         return {"heldout_entropy": entropy}, entropy >= cfg.target_entropy
 
 
 def heldout_entropy(model, engine: RolloutEngine, prompts: list[list[int]], max_new_tokens: int,
-                    processes: Processes) -> float:
+                    processes: Processes, pad_id: int) -> float:
     """Mean token entropy at T = 1 of one sampled (T = 1, fixed seed) completion per held-out prompt."""
     was_training = model.training
     generations = engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, n=1,
                                                           seed=HELD_OUT_SEED))
-    rows = rollout_rows(generations, engine.pad_id)
+    rows = rollout_rows(generations, pad_id)
     device = processes.device
     model.eval()
     with torch.no_grad(), processes.autocast(model):

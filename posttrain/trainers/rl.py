@@ -41,7 +41,7 @@ from posttrain.ops import (
     policy_loss_sum,
 )
 from posttrain.rewards import build_rewards, check_rewards_for_records
-from posttrain.rollout import Generation, SamplingParams
+from posttrain.rollout import Generation, SamplingParams, pad_token_id
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import training_records
 from posttrain.trainers.laser import LaserBatch, LaserPlugin, LaserStep
@@ -106,8 +106,8 @@ class RLMethod(Method, name="grpo"):
         self.rewards.prepare(tokenizer)
         if rl.judge is not None:  # both A/B orders of a judge task in the same step
             self.sample_block = 2
-        self.engine, self.engine_weights = rollout_engine(config, model, tokenizer)
-        self.pad_id = self.engine.pad_id
+        self.engine, self.engine_weights = rollout_engine(config, model, tokenizer, processes)
+        self.pad_id = pad_token_id(model, tokenizer)
         self.correction = rl.behaviour_correction
         if self.correction == "auto":
             self.correction = "token_truncate" if self.engine_weights.separate else "off"

@@ -27,17 +27,21 @@ def prompts_per_process(prompts_per_step: int, processes: Processes) -> int:
     return prompts_per_step // processes.world_size
 
 
-def rollout_engine(config: RunConfig, model, tokenizer) -> tuple[RolloutEngine, EngineWeights]:
+def rollout_engine(config: RunConfig, model, tokenizer, processes: Processes) -> tuple[RolloutEngine, EngineWeights]:
     """The engine ``rollout.engine`` asks for (``auto`` resolved; the choice is printed with its reason) and the
-    :class:`EngineWeights` that keeps it in step with ``model``."""
+    :class:`EngineWeights` that keeps it in step with ``model`` (a server shared by the processes gets the weights
+    from the first process)."""
     ro = config.rollout
     choice = choose_engine(ro.engine, config.model.name)
-    print(f"rollout engine: {choice.kind} ({choice.reason})", flush=True)
+    if processes.is_main:
+        print(f"rollout engine: {choice.kind} ({choice.reason})", flush=True)
     engine = build_engine(choice, model, tokenizer, batch_size=ro.batch_size, dtype=ro.dtype, seed=config.seed,
                           sequences=ro.prompts_per_step * ro.samples_per_prompt,
                           max_model_len=config.data.max_length + ro.max_new_tokens, kv_cache_gib=ro.kv_cache_gib,
-                          gpu_memory_utilization=ro.gpu_memory_utilization)
-    return engine, EngineWeights(engine, sleep=ro.sleep)
+                          gpu_memory_utilization=ro.gpu_memory_utilization, server_url=ro.server_url)
+    shared = choice.kind == "server"
+    return engine, EngineWeights(engine, sleep=ro.sleep, pushes=processes.is_main or not shared,
+                                 barrier=processes.barrier if shared else lambda: None)
 
 
 def rollout_seed(seed: int, step: int, processes: Processes) -> int:
