@@ -2,5 +2,7 @@
 
 from posttrain.rollout.base import FinishReason, Generation, RolloutEngine, SamplingParams
 from posttrain.rollout.hf import HFEngine, stop_token_ids
+from posttrain.rollout.vllm import VLLMEngine, vllm_available
 
-__all__ = ["FinishReason", "Generation", "HFEngine", "RolloutEngine", "SamplingParams", "stop_token_ids"]
+__all__ = ["FinishReason", "Generation", "HFEngine", "RolloutEngine", "SamplingParams", "VLLMEngine", "stop_token_ids",
+           "vllm_available"]
