@@ -46,7 +46,9 @@ def model_dir(model, tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(model_dir, tokenizer):
-    return VLLMEngine(model_dir, tokenizer, dtype="float32", max_model_len=MAX_MODEL_LEN, kv_cache_gib=1)
+    engine = VLLMEngine(model_dir, tokenizer, dtype="float32", max_model_len=MAX_MODEL_LEN, kv_cache_gib=1)
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +266,15 @@ def test_bad_models_are_posttrain_errors(tmp_path, tokenizer, model_dir):
 def test_a_kv_cache_too_small_for_one_sequence_is_a_model_error(model_dir, tokenizer, engine):
     with pytest.raises(ModelError, match="KV cache"):
         VLLMEngine(model_dir, tokenizer, max_model_len=MAX_MODEL_LEN, kv_cache_gib=1e-5)
+
+
+def test_a_second_engine_runs_beside_the_first_and_closes(model_dir, tokenizer, engine, prompts):
+    second = VLLMEngine(model_dir, tokenizer, max_model_len=128, kv_cache_gib=0.25)
+    params = SamplingParams(temperature=0, max_new_tokens=6)
+    assert [g.token_ids for g in second.generate(prompts, params)] == [
+        g.token_ids for g in engine.generate(prompts, params)
+    ]
+    second.close()
+    with pytest.raises(ModelError, match="closed"):
+        second.generate(prompts, params)
+    second.close()

@@ -241,6 +241,12 @@ class VLLMEngine(RolloutEngine):
             torch.set_num_threads = real_set_num_threads
         self._vllm = vllm
 
+    def _live(self):
+        llm = self.__dict__.get("llm")
+        if llm is None:
+            raise ModelError("the vLLM engine has been closed", fix="create a new VLLMEngine")
+        return llm
+
     def _start_error(self, error: Exception, model, kv_cache_gib) -> ModelError:
         message = str(error)
         if any(sign in message.lower() for sign in ("kv cache", "cache blocks", "kv_cache")):
@@ -310,7 +316,7 @@ class VLLMEngine(RolloutEngine):
 
         sampling = self._sampling_params(params)
         with _torch_threads(self.num_threads):
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], sampling,
+            outputs = self._live().generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], sampling,
                                         use_tqdm=False)
         generations: list[Generation] = []
         for prompt_index, (prompt, output) in enumerate(zip(prompt_ids, outputs, strict=True)):
@@ -356,9 +362,10 @@ class VLLMEngine(RolloutEngine):
         """
         if self.sleeping:
             self.wake_up()
+        self._live()
         tensors = ((name, tensor.detach()) for name, tensor in named_tensors)
         try:
-            self.llm.collective_rpc("reload_weights",
+            self._live().collective_rpc("reload_weights",
                                     kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})
         except Exception as error:
             raise ModelError(f"loading weights into the vLLM engine failed: {first_line(error)}",
@@ -372,6 +379,14 @@ class VLLMEngine(RolloutEngine):
         self.load_weights(merged_weights(model))
 
     # memory
+
+    def close(self) -> None:
+        """Shut the engine down and drop it (its KV cache and weights are freed once nothing else holds them).
+        The engine cannot generate afterwards."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            with contextlib.suppress(Exception):
+                llm.llm_engine.engine_core.shutdown()
 
     def sleep(self) -> None:
         """Free the engine's memory while the learner updates: on CUDA with sleep mode, vLLM's ``sleep(level=1)``
