@@ -212,7 +212,7 @@ class VLLMEngine(RolloutEngine):
                 raise ModelError(
                     f"vLLM {vllm.__version__} does not support the architecture {', '.join(architectures)}",
                     where=location(str(model_dir)),
-                    fix="use the HF rollout engine (rollout.engine: hf) for this model",
+                    fix="use the HF rollout engine (posttrain.rollout.HFEngine) for this model",
                 )
         if kv_cache_gib is None and not self.cuda:
             kv_cache_gib = 1.0
