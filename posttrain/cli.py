@@ -333,16 +333,11 @@ def rollout_serve(
 
         rollout_engine = HFEngine(load_model(model, dtype=dtype, device=device), tokenizer, batch_size=batch_size)
     else:
-        try:
-            from posttrain.rollout.vllm import VLLMEngine
-        except ImportError as error:
-            raise PosttrainError(f"the vllm engine is not available here: {error}",
-                                 fix="install vllm (on a CUDA machine), or serve with --engine hf") from None
-        import inspect
+        from posttrain.rollout.engines import choose_engine
+        from posttrain.rollout.vllm import VLLMEngine
 
-        accepted = inspect.signature(VLLMEngine).parameters
-        options = {key: value for key, value in (("dtype", dtype), ("batch_size", batch_size)) if key in accepted}
-        rollout_engine = VLLMEngine(model, tokenizer, **options)
+        weights = choose_engine("vllm", model, setting="--engine").weights
+        rollout_engine = VLLMEngine(weights, tokenizer, dtype="float32" if dtype == "auto" else dtype)
     info = {"model": model, "engine": engine, "dtype": dtype}
     serve(rollout_engine, host, port, info,
           ready=lambda url: typer.echo(f"rollout server ({engine}, {model}) listening on {url}", err=True))

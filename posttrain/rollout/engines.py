@@ -25,6 +25,7 @@ from posttrain.models.loader import resolve_source
 from posttrain.rollout.base import RolloutEngine
 from posttrain.rollout.hf import HFEngine
 from posttrain.rollout.server import RemoteEngine
+from posttrain.rollout.vllm import VLLMEngine, vllm_problem
 
 ENGINE_KINDS = ("hf", "vllm", "auto", "server")
 
@@ -64,8 +65,6 @@ def choose_engine(kind: str, model_name: str, setting: str = "rollout.engine") -
         return EngineChoice("hf", None, f"{setting}=hf")
     if kind == "server":
         return EngineChoice("server", None, f"{setting}=server")
-    from posttrain.rollout.vllm import vllm_problem  # a light import: vLLM itself is imported only when used
-
     try:
         weights = vllm_weights_folder(model_name)
         problem = vllm_problem(weights)

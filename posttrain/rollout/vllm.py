@@ -74,6 +74,23 @@ def _import_vllm():
     return vllm
 
 
+def vllm_problem(model: str | Path) -> str | None:
+    """Why vLLM cannot sample from the model folder (or hub name) ``model`` here, or None when it can: vLLM missing
+    or broken, or an architecture its model registry does not list. Imports vLLM (seconds) when it is installed."""
+    try:
+        vllm = _import_vllm()
+    except ModelError as error:
+        return error.what
+    model_dir = Path(model).expanduser()
+    if not model_dir.is_dir():
+        return None  # a hub name: vLLM resolves it, and says at start-up what it cannot load
+    architectures = list(_model_config(model_dir).get("architectures") or [])
+    supported = set(vllm.ModelRegistry.get_supported_archs())
+    if architectures and not any(architecture in supported for architecture in architectures):
+        return f"vLLM {vllm.__version__} does not support the architecture {', '.join(architectures)}"
+    return None
+
+
 def on_cuda() -> bool:
     return torch.cuda.is_available()
 
