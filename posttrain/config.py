@@ -219,7 +219,7 @@ class RolloutConfig(Section):
     ``top_p`` (:class:`posttrain.rollout.SamplingParams`), by the rollout ``engine``."""
 
     engine: Literal["hf", "vllm", "auto", "server"] = Field(
-        "hf", description="hf: the learner's own model.generate; vllm: a vLLM engine in this process, its weights "
+        "auto", description="hf: the learner's own model.generate; vllm: a vLLM engine in this process, its weights "
         "synced from the learner before every rollout; auto: vllm when it is installed and supports the model, "
         "else hf (the run prints which and why); server: the engine of `posttrain rollout serve` at server_url, "
         "its weights pushed over torch.distributed (gloo, or NCCL on CUDA)")
@@ -234,9 +234,9 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(128, gt=0)
     batch_size: int = Field(64, gt=0, description="hf: sequences generated at once")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        None, description="sample with the weights cast to this type (null = the model's own); the learner keeps "
-        "its weights, and the importance ratio is taken against the cast model's sampling log-probs. bfloat16 "
-        "is faster than float32 where bf16 matrix products are (GPUs, CPUs with AMX); see docs/benchmarks.md")
+        None, description="the engine's weights: hf samples with the weights cast to this type for the call (null = "
+        "the model's own), vllm runs in it (null = bfloat16). The learner keeps its weights, and the importance "
+        "ratio is taken against the engine's sampling log-probs (docs/benchmarks.md has what each costs here)")
     kv_cache_gib: float | None = Field(None, gt=0, description="vllm: KV cache size in GiB (null = sized for one "
                                        "step's sequences, twice over, at least 0.25 GiB)")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm on CUDA: the share of GPU memory the "

@@ -34,7 +34,7 @@ def model_dir(tmp_path_factory):
 
 def vllm_overrides(tmp_path, name, model_dir, *settings):
     return rl_overrides(tmp_path, name, f"model.name={model_dir}", "rollout.engine=vllm", "rollout.kv_cache_gib=0.25",
-                        "data.max_length=64", *settings)
+                        "rollout.dtype=float32", "data.max_length=64", *settings)
 
 
 def test_grpo_with_vllm_syncs_the_engine_before_every_rollout(tmp_path, model_dir, capfd):
@@ -104,8 +104,25 @@ def test_distillation_samples_with_vllm(tmp_path, model_dir, capfd):
     from tests.test_distill import distill_config
 
     config = distill_config(tmp_path, "distill-vllm", f"model.name={model_dir}", "rollout.engine=vllm",
-                            "rollout.kv_cache_gib=0.25", "data.max_length=64")
+                            "rollout.kv_cache_gib=0.25", "data.max_length=64")  # vLLM's default: bf16
     result = train(config)
     assert "rollout engine: vllm" in capfd.readouterr().out
     steps = train_steps(result.run_dir)
     assert steps and all(m["sync_seconds"] > 0 for m in steps.values())
+
+
+def test_eval_math_with_vllm_gives_the_hf_results(tmp_path, model_dir):
+    from posttrain.evals.run import MathOptions, run_math_eval
+
+    options = MathOptions(model=str(model_dir), n=6, max_new_tokens=12, batch_size=8)
+    hf = run_math_eval(options.model_copy(update={"out_dir": tmp_path / "hf"}))
+    vllm = run_math_eval(options.model_copy(update={"engine": "vllm", "out_dir": tmp_path / "vllm"}))
+    assert vllm == hf  # greedy, fp32: the same completions, so the same metrics
+    assert read_jsonl(tmp_path / "vllm" / "samples.jsonl") == read_jsonl(tmp_path / "hf" / "samples.jsonl")
+
+
+def test_engine_vllm_on_a_model_without_a_folder_is_a_usage_error():
+    done = subprocess.run(posttrain_command("eval", "math", "--model", "tiny-random", "--n", "2", "--engine", "vllm"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "engine=vllm cannot be used" in done.stderr
+    assert "Traceback" not in done.stderr

