@@ -50,6 +50,8 @@ VLLM_MAX_TEMPERATURE = 2.0
 DTYPES = ("float32", "bfloat16", "float16")
 
 _availability: bool | None = None
+_OPEN: list = []  # the vllm.LLM of every engine not yet closed, and of those closed but not shut down (see close)
+_CLOSED: list = []
 
 
 def vllm_available() -> bool:
@@ -90,6 +92,22 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def _restore_environment(before: dict[str, str]) -> None:
+    """Undo what importing vLLM and starting an engine did to the process environment, except ``VLLM_*``.
+
+    vLLM sets ``LD_PRELOAD`` (its libgomp), ``LD_LIBRARY_PATH``, ``LOCAL_WORLD_SIZE``, ``NUMEXPR_MAX_THREADS`` and
+    torch-inductor/triton settings in ``os.environ``; they would leak into the learner (accelerate reads
+    ``LOCAL_WORLD_SIZE``) and into every subprocess it starts. The running engine does not read them again.
+    """
+    for name in set(os.environ) | set(before):
+        if name.startswith("VLLM_") or os.environ.get(name) == before.get(name):
+            continue
+        if name in before:
+            os.environ[name] = before[name]
+        else:
+            del os.environ[name]
 
 
 def _model_config(model_dir: Path) -> dict:
@@ -205,6 +223,7 @@ class VLLMEngine(RolloutEngine):
             architectures = list(config.get("architectures") or [])
             generation_config = _generation_config(model_dir)
         self.stop_ids = stop_token_ids(SimpleNamespace(generation_config=generation_config), tokenizer)
+        environment = dict(os.environ)
         vllm = _import_vllm()
         if architectures:
             supported = set(vllm.ModelRegistry.get_supported_archs())
@@ -239,6 +258,8 @@ class VLLMEngine(RolloutEngine):
             raise self._start_error(error, model, kv_cache_gib) from error
         finally:
             torch.set_num_threads = real_set_num_threads
+            _restore_environment(environment)
+        _OPEN.append(self.llm)
         self._vllm = vllm
 
     def _live(self):
@@ -381,12 +402,23 @@ class VLLMEngine(RolloutEngine):
     # memory
 
     def close(self) -> None:
-        """Shut the engine down and drop it (its KV cache and weights are freed once nothing else holds them).
-        The engine cannot generate afterwards."""
+        """Shut the engine down; it cannot generate afterwards.
+
+        All in-process engines share vLLM's process-wide distributed state (a one-process gloo group), and
+        shutting one down, or letting it be garbage-collected, destroys that state under the others. So every
+        engine is also held by this module until closed, and a closed engine is only shut down (its KV cache and
+        weights freed) once no other engine of the process is open; then ``torch.distributed`` is no longer
+        initialized. An engine that is dropped without ``close`` stays in memory until the process ends.
+        """
         llm = self.__dict__.pop("llm", None)
-        if llm is not None:
-            with contextlib.suppress(Exception):
-                llm.llm_engine.engine_core.shutdown()
+        if llm is None:
+            return
+        _OPEN.remove(llm)
+        _CLOSED.append(llm)
+        if not _OPEN:
+            while _CLOSED:
+                with contextlib.suppress(Exception):
+                    _CLOSED.pop().llm_engine.engine_core.shutdown()
 
     def sleep(self) -> None:
         """Free the engine's memory while the learner updates: on CUDA with sleep mode, vLLM's ``sleep(level=1)``
