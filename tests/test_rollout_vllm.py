@@ -130,6 +130,20 @@ def test_starting_an_engine_leaves_the_environment_as_it_was_but_for_vllm_settin
         second.close()
 
 
+def test_importing_vllm_leaves_the_environment_as_it_was_but_for_vllm_settings():
+    import subprocess
+    import sys
+
+    script = (
+        "import os, json; before = dict(os.environ)\n"
+        "from posttrain.rollout.vllm import _import_vllm; _import_vllm()\n"
+        "print(json.dumps(sorted(k for k in set(os.environ) | set(before)\n"
+        "                        if os.environ.get(k) != before.get(k) and not k.startswith('VLLM_'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_stop_ids_are_those_of_the_hf_engine(engine, hf_engine):
     assert engine.stop_ids == hf_engine.stop_ids
 

@@ -68,11 +68,14 @@ def _import_vllm():
     if not vllm_available():
         raise ModelError("the vLLM rollout engine needs the package vllm, which is not installed in this "
                          "Python environment", fix=VLLM_INSTALL_FIX)
+    environment = dict(os.environ)
     try:
         import vllm
     except Exception as error:  # a broken install: wrong torch, torchvision present, missing libraries
         raise ModelError(f"vllm is installed but cannot be imported: {first_line(error)}",
                          fix=VLLM_INSTALL_FIX) from error
+    finally:
+        _restore_environment(environment)
     return vllm
 
 
