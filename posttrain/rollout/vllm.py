@@ -31,6 +31,7 @@ import importlib.util
 import json
 import os
 import re
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -50,8 +51,8 @@ VLLM_MAX_TEMPERATURE = 2.0
 DTYPES = ("float32", "bfloat16", "float16")
 
 _availability: bool | None = None
-_OPEN: list = []  # the vllm.LLM of every engine not yet closed, and of those closed but not shut down (see close)
-_CLOSED: list = []
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # engines not yet closed (see VLLMEngine.close)
+_CLOSED: list = []  # the vllm.LLM of engines closed while others were open: shut down with the last one
 
 
 def vllm_available() -> bool:
@@ -262,7 +263,7 @@ class VLLMEngine(RolloutEngine):
         finally:
             torch.set_num_threads = real_set_num_threads
             _restore_environment(environment)
-        _OPEN.append(self.llm)
+        _OPEN.add(self)
         self._vllm = vllm
 
     def _live(self):
@@ -405,18 +406,19 @@ class VLLMEngine(RolloutEngine):
     # memory
 
     def close(self) -> None:
-        """Shut the engine down; it cannot generate afterwards.
+        """Shut the engine down and free its KV cache and weights; it cannot generate afterwards.
 
         All in-process engines share vLLM's process-wide distributed state (a one-process gloo group), and
-        shutting one down, or letting it be garbage-collected, destroys that state under the others. So every
-        engine is also held by this module until closed, and a closed engine is only shut down (its KV cache and
-        weights freed) once no other engine of the process is open; then ``torch.distributed`` is no longer
-        initialized. An engine that is dropped without ``close`` stays in memory until the process ends.
+        shutting one down destroys that state under the others. So while another engine of the process is open,
+        a closed engine is only parked, and shut down when the last open one closes; then ``torch.distributed``
+        is no longer initialized. An engine dropped without ``close`` is shut down by vLLM when it is
+        garbage-collected, which breaks any other engine of the process: close engines explicitly when several
+        live side by side.
         """
         llm = self.__dict__.pop("llm", None)
         if llm is None:
             return
-        _OPEN.remove(llm)
+        _OPEN.discard(self)
         _CLOSED.append(llm)
         if not _OPEN:
             while _CLOSED:
