@@ -116,6 +116,34 @@ def test_the_engine_leaves_torch_settings_alone(engine, prompts):
         torch.set_num_threads(threads)
 
 
+def test_starting_an_engine_leaves_the_environment_as_it_was_but_for_vllm_settings(model_dir, tokenizer, engine):
+    import os
+
+    before = dict(os.environ)
+    second = VLLMEngine(model_dir, tokenizer, max_model_len=128, kv_cache_gib=0.25)
+    try:
+        changed = {name for name in set(os.environ) | set(before) if os.environ.get(name) != before.get(name)}
+        assert all(name.startswith("VLLM_") for name in changed), changed
+        assert "LD_PRELOAD" not in os.environ or os.environ["LD_PRELOAD"] == before.get("LD_PRELOAD")
+        assert len(second.generate([[1, 5, 6]], SamplingParams(temperature=0, max_new_tokens=3))[0]) == 3
+    finally:
+        second.close()
+
+
+def test_importing_vllm_leaves_the_environment_as_it_was_but_for_vllm_settings():
+    import subprocess
+    import sys
+
+    script = (
+        "import os, json; before = dict(os.environ)\n"
+        "from posttrain.rollout.vllm import _import_vllm; _import_vllm()\n"
+        "print(json.dumps(sorted(k for k in set(os.environ) | set(before)\n"
+        "                        if os.environ.get(k) != before.get(k) and not k.startswith('VLLM_'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_stop_ids_are_those_of_the_hf_engine(engine, hf_engine):
     assert engine.stop_ids == hf_engine.stop_ids
 
@@ -268,7 +296,7 @@ def test_a_kv_cache_too_small_for_one_sequence_is_a_model_error(model_dir, token
         VLLMEngine(model_dir, tokenizer, max_model_len=MAX_MODEL_LEN, kv_cache_gib=1e-5)
 
 
-def test_a_second_engine_runs_beside_the_first_and_closes(model_dir, tokenizer, engine, prompts):
+def test_a_second_engine_runs_beside_the_first_and_closes(model_dir, model, tokenizer, engine, prompts):
     second = VLLMEngine(model_dir, tokenizer, max_model_len=128, kv_cache_gib=0.25)
     params = SamplingParams(temperature=0, max_new_tokens=6)
     assert [g.token_ids for g in second.generate(prompts, params)] == [
@@ -278,6 +306,10 @@ def test_a_second_engine_runs_beside_the_first_and_closes(model_dir, tokenizer, 
     with pytest.raises(ModelError, match="closed"):
         second.generate(prompts, params)
     second.close()
+    # closing one engine leaves the other working
+    assert [g.token_ids for g in engine.generate(prompts, params)] == [
+        g.token_ids for g in HFEngine(model, tokenizer).generate(prompts, params)
+    ]
 
 
 def test_untied_output_layer_is_synced_too(tokenizer, tmp_path, prompts, engine):

@@ -31,6 +31,7 @@ import importlib.util
 import json
 import os
 import re
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -50,6 +51,8 @@ VLLM_MAX_TEMPERATURE = 2.0
 DTYPES = ("float32", "bfloat16", "float16")
 
 _availability: bool | None = None
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # engines not yet closed (see VLLMEngine.close)
+_CLOSED: list = []  # the vllm.LLM of engines closed while others were open: shut down with the last one
 
 
 def vllm_available() -> bool:
@@ -66,11 +69,14 @@ def _import_vllm():
     if not vllm_available():
         raise ModelError("the vLLM rollout engine needs the package vllm, which is not installed in this "
                          "Python environment", fix=VLLM_INSTALL_FIX)
+    environment = dict(os.environ)
     try:
         import vllm
     except Exception as error:  # a broken install: wrong torch, torchvision present, missing libraries
         raise ModelError(f"vllm is installed but cannot be imported: {first_line(error)}",
                          fix=VLLM_INSTALL_FIX) from error
+    finally:
+        _restore_environment(environment)
     return vllm
 
 
@@ -107,6 +113,22 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def _restore_environment(before: dict[str, str]) -> None:
+    """Undo what importing vLLM and starting an engine did to the process environment, except ``VLLM_*``.
+
+    vLLM sets ``LD_PRELOAD`` (its libgomp), ``LD_LIBRARY_PATH``, ``LOCAL_WORLD_SIZE``, ``NUMEXPR_MAX_THREADS`` and
+    torch-inductor/triton settings in ``os.environ``; they would leak into the learner (accelerate reads
+    ``LOCAL_WORLD_SIZE``) and into every subprocess it starts. The running engine does not read them again.
+    """
+    for name in set(os.environ) | set(before):
+        if name.startswith("VLLM_") or os.environ.get(name) == before.get(name):
+            continue
+        if name in before:
+            os.environ[name] = before[name]
+        else:
+            del os.environ[name]
 
 
 def _model_config(model_dir: Path) -> dict:
@@ -222,6 +244,7 @@ class VLLMEngine(RolloutEngine):
             architectures = list(config.get("architectures") or [])
             generation_config = _generation_config(model_dir)
         self.stop_ids = stop_token_ids(SimpleNamespace(generation_config=generation_config), tokenizer)
+        environment = dict(os.environ)
         vllm = _import_vllm()
         if architectures:
             supported = set(vllm.ModelRegistry.get_supported_archs())
@@ -256,6 +279,8 @@ class VLLMEngine(RolloutEngine):
             raise self._start_error(error, model, kv_cache_gib) from error
         finally:
             torch.set_num_threads = real_set_num_threads
+            _restore_environment(environment)
+        _OPEN.add(self)
         self._vllm = vllm
 
     def _live(self):
@@ -398,12 +423,24 @@ class VLLMEngine(RolloutEngine):
     # memory
 
     def close(self) -> None:
-        """Shut the engine down and drop it (its KV cache and weights are freed once nothing else holds them).
-        The engine cannot generate afterwards."""
+        """Shut the engine down and free its KV cache and weights; it cannot generate afterwards.
+
+        All in-process engines share vLLM's process-wide distributed state (a one-process gloo group), and
+        shutting one down destroys that state under the others. So while another engine of the process is open,
+        a closed engine is only parked, and shut down when the last open one closes; then ``torch.distributed``
+        is no longer initialized. An engine dropped without ``close`` is shut down by vLLM when it is
+        garbage-collected, which breaks any other engine of the process: close engines explicitly when several
+        live side by side.
+        """
         llm = self.__dict__.pop("llm", None)
-        if llm is not None:
-            with contextlib.suppress(Exception):
-                llm.llm_engine.engine_core.shutdown()
+        if llm is None:
+            return
+        _OPEN.discard(self)
+        _CLOSED.append(llm)
+        if not _OPEN:
+            while _CLOSED:
+                with contextlib.suppress(Exception):
+                    _CLOSED.pop().llm_engine.engine_core.shutdown()
 
     def sleep(self) -> None:
         """Free the engine's memory while the learner updates: on CUDA with sleep mode, vLLM's ``sleep(level=1)``
