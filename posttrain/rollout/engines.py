@@ -164,6 +164,11 @@ class EngineWeights:
             self.synced_version = version
             self.last_sync_seconds = time.perf_counter() - started
 
+    def close(self) -> None:
+        """Shut a separate engine down (vLLM frees its KV cache and weights; a server keeps running)."""
+        if hasattr(self.engine, "close"):
+            self.engine.close()
+
     @contextlib.contextmanager
     def awake(self, model, version: int) -> Iterator[None]:
         """Around a rollout: wake the engine (when it sleeps during updates), sync it, and put it back to sleep."""

@@ -253,6 +253,9 @@ class DistillMethod(Method, name="distill"):
                  "tokens": batch.student.sequence_tokens, **extra}
         return loss, stats
 
+    def close(self) -> None:
+        self.engine_weights.close()
+
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         rollouts, tokens = max(sums["rollouts"], 1.0), max(sums.get("trained_tokens", 0.0), 1.0)
         metrics = {"loss": sums["loss"], "divergence": sums["divergence_sum"] / tokens,

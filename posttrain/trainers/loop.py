@@ -122,6 +122,9 @@ class Method:
     def load_state(self, directory: Path) -> None:
         """Read what :meth:`save_state` wrote; by default nothing."""
 
+    def close(self) -> None:
+        """Release what the method holds beyond the model (a rollout engine) when the run ends; by default nothing."""
+
 
 def method_class(name: str) -> type[Method]:
     """The registered method called ``name`` (``RunConfig.method`` validates the name)."""

@@ -300,6 +300,9 @@ class RLMethod(Method, name="grpo"):
         checkpoint being written, one directory per process."""
         self.rewards.save_state(Path(directory) / f"rank{self.processes.rank}")
 
+    def close(self) -> None:
+        self.engine_weights.close()
+
     def load_state(self, directory) -> None:
         self.rewards.load_state(Path(directory) / f"rank{self.processes.rank}")
 

@@ -93,6 +93,13 @@ def _train_locked(config: RunConfig, processes: Processes) -> TrainResult:
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     method, summary = build_method(config, model, tokenizer, processes)
+    try:
+        return _fit(config, model, tokenizer, method, summary, processes)
+    finally:
+        method.close()
+
+
+def _fit(config: RunConfig, model, tokenizer, method: Method, summary: dict, processes: Processes) -> TrainResult:
     evaluate = math_evaluator(config, tokenizer, processes)
     if evaluate is not None and config.method == "reward_model":
         raise ConfigError("a reward model cannot be evaluated by generating math answers", where="eval.kind",
