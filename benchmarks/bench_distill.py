@@ -26,12 +26,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--set", dest="posttrain_set", action="append", default=[], metavar="KEY=VALUE",
                         help="posttrain's run config only (repeatable), e.g. rollout.dtype=bfloat16")
+    parser.add_argument("--trl-vllm", action="store_true",
+                        help="TRL samples with its colocated vLLM engine (default: HF generate)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run_distill_benchmark(DistillBenchOptions(
         model=args.model, steps=args.steps, prompts=args.prompts, max_completion_length=args.max_completion_length,
         teacher_temperature=args.teacher_temperature, repeats=args.repeats, warmup_steps=args.warmup_steps,
-        posttrain_set=args.posttrain_set))
+        posttrain_set=args.posttrain_set, trl_vllm=args.trl_vllm))
     print_and_save(result, args.out)
 
 

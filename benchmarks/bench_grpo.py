@@ -35,6 +35,8 @@ def main() -> None:
     )
     parser.add_argument("--set", dest="posttrain_set", action="append", default=[], metavar="KEY=VALUE",
                         help="posttrain's run config only (repeatable), e.g. rollout.dtype=bfloat16")
+    parser.add_argument("--trl-vllm", action="store_true",
+                        help="TRL samples with its colocated vLLM engine (default: HF generate)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run_grpo_benchmark(GrpoBenchOptions(
@@ -47,6 +49,7 @@ def main() -> None:
         warmup_steps=args.warmup_steps,
         lr=args.lr,
         posttrain_set=args.posttrain_set,
+        trl_vllm=args.trl_vllm,
         gradient_checkpointing={"default": None, "on": True, "off": False}[args.gradient_checkpointing],
     ))
     print_and_save(result, args.out)

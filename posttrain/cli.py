@@ -274,6 +274,8 @@ def bench_distill(
     repeats: int = 2,
     posttrain_set: Annotated[list[str] | None, typer.Option(
         "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. rollout.dtype=bfloat16")] = None,
+    trl_vllm: Annotated[bool, typer.Option(
+        "--trl-vllm", help="TRL samples with its colocated vLLM engine (default: HF generate)")] = False,
     as_json: AsJson = False,
 ) -> None:
     """TS-OPSD steps (live self-teacher) against TRL's DistillationTrainer with the model as its own teacher."""
@@ -299,6 +301,8 @@ def bench_grpo(
         help="set on both sides (default: each side's own default, posttrain off, TRL on)")] = None,
     posttrain_set: Annotated[list[str] | None, typer.Option(
         "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. rollout.dtype=bfloat16")] = None,
+    trl_vllm: Annotated[bool, typer.Option(
+        "--trl-vllm", help="TRL samples with its colocated vLLM engine (default: HF generate)")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Same GRPO steps (prompts, G, sampling, reward, loss) in posttrain and in the peer, alternated over repeats."""

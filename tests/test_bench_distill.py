@@ -30,6 +30,7 @@ def test_distill_benchmark_cli_reports_both_sides_and_ratios(tmp_path):
     settings = result["settings"]
     assert (settings["teacher_temperature"], settings["temperature"], settings["divergence"]) == (2.0, 1.0, "forward_kl")
     assert settings["posttrain_set"] == ["rollout.dtype=bfloat16"]
+    assert result["trl_generation"] == "hf-generate"
 
 
 @pytest.mark.parametrize(("kwargs", "where"), [

@@ -5,8 +5,11 @@ Only the plumbing is tested here; benchmark figures come from `posttrain bench g
 """
 
 import json
+import os
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from posttrain.bench.grpo import GrpoBenchOptions, run_grpo_benchmark
 from posttrain.bench.on_policy import benchmark_prompts, posttrain_config
@@ -44,6 +47,7 @@ def test_grpo_benchmark_cli_reports_both_sides_and_ratios(tmp_path):
     assert result["ratio_step_throughput"] == pytest.approx(
         result["trl"]["seconds_per_step"] / result["posttrain"]["seconds_per_step"]
     )
+    assert result["trl_generation"] == "hf-generate"  # TRL's default; --trl-vllm: "vllm-colocate"
     settings = result["settings"]
     assert (settings["prompts"], settings["num_generations"], settings["max_completion_length"]) == (2, 2, 8)
     assert (settings["temperature"], settings["top_p"], settings["loss"], settings["beta"]) == (
@@ -110,3 +114,62 @@ def test_posttrain_set_changes_posttrain_side_only_and_bad_form_is_an_error(tmp_
     assert config["train"]["gradient_checkpointing"] is True and config["train"]["batch_size"] == 8
     with pytest.raises(ConfigError, match="key.sub=value"):
         run_grpo_benchmark(GrpoBenchOptions(model="tiny-random", posttrain_set=["rollout.dtype"]))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_trl_vllm_option_reaches_the_trl_settings(monkeypatch, tmp_path):
+    """--trl-vllm: the TRL worker gets colocated vLLM (in-process engine, no sleep mode) and the result says so."""
+    from posttrain.bench import grpo
+    from posttrain.bench.steps import trl_generation, trl_vllm_args
+
+    workers = {}
+
+    def capture(sides, repeats):
+        workers.update(sides)
+        raise _Stop
+
+    monkeypatch.setattr(grpo, "prepare_benchmark", lambda *_: ("m", tmp_path, tmp_path / "d.jsonl"))
+    monkeypatch.setattr(grpo, "alternate", capture)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")  # a user's own setting is kept
+
+    with pytest.raises(_Stop):
+        run_grpo_benchmark(GrpoBenchOptions())
+    module, settings = workers["trl"]
+    assert module == "posttrain.bench.grpo_trl" and trl_vllm_args(settings) == {}
+    assert trl_generation(settings) == "hf-generate"
+
+    with pytest.raises(_Stop):
+        run_grpo_benchmark(GrpoBenchOptions(trl_vllm=True))
+    settings = workers["trl"][1]
+    assert trl_vllm_args(settings) == {"use_vllm": True, "vllm_mode": "colocate", "vllm_enable_sleep_mode": False}
+    assert trl_generation(settings) == "vllm-colocate"
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and os.environ["VLLM_CPU_KVCACHE_SPACE"] == "4"
+
+
+def test_trl_vllm_on_cpu_syncs_weights_with_vllm_reload():
+    """On the CPU the colocated engine's weights are pushed with vLLM's reload_weights (TRL's direct load_weights
+    fails on vLLM's packed CPU layers); elsewhere TRL's own sync is kept."""
+    from posttrain.bench.steps import sync_by_reload
+
+    calls = []
+    weight = torch.ones(2)
+    llm = SimpleNamespace(collective_rpc=lambda method, kwargs: calls.append((method, list(kwargs["weights_iterator"]),
+                                                                             kwargs["is_checkpoint_format"])),
+                          reset_prefix_cache=lambda: calls.append("reset"))
+    own_sync = object()
+    generation = SimpleNamespace(llm=llm, sync_weights=own_sync, _iter_named_params=lambda: iter([("w", weight)]))
+    trainer = SimpleNamespace(vllm_generation=generation)
+
+    sync_by_reload(trainer, {"trl_vllm": True, "device": "cuda"})
+    sync_by_reload(trainer, {"trl_vllm": False, "device": "cpu"})
+    assert generation.sync_weights is own_sync
+    sync_by_reload(trainer, {"trl_vllm": True, "device": "cpu"})
+    generation.sync_weights()
+    (method, tensors, checkpoint_format), reset = calls
+    assert method == "reload_weights" and checkpoint_format and reset == "reset"
+    assert [name for name, _ in tensors] == ["w"] and torch.equal(tensors[0][1], weight)

@@ -31,12 +31,13 @@ from posttrain.errors import ConfigError, PosttrainError
 class DistillBenchOptions(BenchOptions):
     """``posttrain bench distill``: ``prompts`` per step, one completion each of at most ``max_completion_length``
     tokens, the self-teacher's ``teacher_temperature``; ``posttrain_set`` (``key.sub=value``) changes posttrain's
-    run config only."""
+    run config only; ``trl_vllm`` makes TRL sample with its colocated vLLM engine instead of HF ``generate``."""
 
     prompts: int = 8
     max_completion_length: int = 64
     teacher_temperature: float = 2.0
     posttrain_set: list[str] | None = None
+    trl_vllm: bool = False
 
 
 def run_distill_benchmark(options: DistillBenchOptions) -> dict:
@@ -60,7 +61,7 @@ def run_distill_benchmark(options: DistillBenchOptions) -> dict:
         "prompts": options.prompts, "max_completion_length": options.max_completion_length, "temperature": 1.0,
         "teacher_temperature": options.teacher_temperature, "divergence": "forward_kl", "lr": options.lr, "seed": 0,
         "workdir": str(workdir), "dtype": "float32", "device": "cpu",
-        "posttrain_set": overrides,
+        "posttrain_set": overrides, "trl_vllm": options.trl_vllm,
     }
     runs = alternate({"posttrain": ("posttrain.bench.distill_posttrain", settings),
                       "trl": ("posttrain.bench.distill_trl", settings)}, options.repeats)

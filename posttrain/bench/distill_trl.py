@@ -6,7 +6,8 @@ takes one optimizer update. The dataset is handed over in posttrain's
 :class:`~posttrain.trainers.sampler.EpochSampler` order with ``shuffle_dataset=False``, so step ``k`` of both
 sides sees the same prompts. Completion lengths are the row sums of the ``completion_mask`` that TRL's
 ``_generate_and_score_completions`` returns (tokens through the first end-of-sequence token); step durations
-run from ``on_step_begin`` to ``on_step_end``.
+run from ``on_step_begin`` to ``on_step_end``. Sampling is TRL's HF ``generate`` by default, its colocated vLLM
+engine with ``settings["trl_vllm"]`` (as in :mod:`posttrain.bench.grpo_trl`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ import json
 import sys
 
 from posttrain.bench.harness import peak_rss_mb
-from posttrain.bench.steps import generation_figures, trl_step_timer, trl_training_args
+from posttrain.bench.steps import (
+    generation_figures,
+    sync_by_reload,
+    trl_step_timer,
+    trl_training_args,
+    trl_vllm_args,
+)
 from posttrain.trainers.sampler import EpochSampler
 
 
 def main(settings: dict) -> dict:
+    vllm_args = trl_vllm_args(settings)  # first: it sets vLLM's environment, which TRL's import may read
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -38,6 +46,7 @@ def main(settings: dict) -> dict:
         top_k=0,
         beta=0.0,
         teacher_model_init_kwargs={"dtype": "float32"},
+        **vllm_args,
     )
     completion_lengths: list[list[int]] = []
     durations: list[float] = []
@@ -57,6 +66,7 @@ def main(settings: dict) -> dict:
         processing_class=AutoTokenizer.from_pretrained(settings["model"]),
         callbacks=[trl_step_timer(durations, losses)],
     )
+    sync_by_reload(trainer, settings)
     trainer.train()
     figures = generation_figures(durations, completion_lengths, settings["warmup_steps"])
     return {**figures, "peak_rss_mb": peak_rss_mb(), "final_loss": losses[-1] if losses else None}

@@ -33,13 +33,15 @@ TOP_P = 1.0
 class GrpoBenchOptions(BenchOptions):
     """``posttrain bench grpo``: ``prompts`` per step, ``num_generations`` completions each of at most
     ``max_completion_length`` tokens; ``gradient_checkpointing`` None runs each side at its own default;
-    ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only."""
+    ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only; ``trl_vllm`` makes TRL sample with
+    its colocated vLLM engine instead of HF ``generate``."""
 
     prompts: int = 1
     num_generations: int = 8
     max_completion_length: int = 64
     gradient_checkpointing: bool | None = None
     posttrain_set: list[str] | None = None
+    trl_vllm: bool = False
 
 
 def run_grpo_benchmark(options: GrpoBenchOptions) -> dict:
@@ -82,6 +84,7 @@ def run_grpo_benchmark(options: GrpoBenchOptions) -> dict:
         "device": "cpu",
         "gradient_checkpointing": options.gradient_checkpointing,
         "posttrain_set": overrides,
+        "trl_vllm": options.trl_vllm,
     }
     runs = alternate(
         {

@@ -4,6 +4,10 @@ One step is one generation batch: ``per_device_train_batch_size = prompts × G``
 ``gradient_accumulation_steps = 1`` and ``num_iterations = 1``, so every step samples, scores and takes
 one optimizer update, as posttrain does.
 
+Sampling is TRL's HF ``generate`` by default; ``settings["trl_vllm"]`` makes it TRL's colocated vLLM engine
+(:func:`~posttrain.bench.steps.trl_vllm_args`, weights pushed by :func:`~posttrain.bench.steps.sync_by_reload`
+on the CPU).
+
 * Prompts: posttrain's trainer visits the data in the order of
   :class:`~posttrain.trainers.sampler.EpochSampler` with the run's seed; the dataset is handed to TRL in
   that order with ``shuffle_dataset=False``, so step ``k`` of both sides samples the same prompts.
@@ -23,12 +27,19 @@ import json
 import sys
 
 from posttrain.bench.harness import peak_rss_mb
-from posttrain.bench.steps import generation_figures, trl_step_timer, trl_training_args
+from posttrain.bench.steps import (
+    generation_figures,
+    sync_by_reload,
+    trl_step_timer,
+    trl_training_args,
+    trl_vllm_args,
+)
 from posttrain.rewards.builtin import math_reward
 from posttrain.trainers.sampler import EpochSampler
 
 
 def main(settings: dict) -> dict:
+    vllm_args = trl_vllm_args(settings)  # first: it sets vLLM's environment, which TRL's import may read
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -52,6 +63,7 @@ def main(settings: dict) -> dict:
         loss_type=settings["loss"],
         beta=settings["beta"],
         **({} if gradient_checkpointing is None else {"gradient_checkpointing": gradient_checkpointing}),
+        **vllm_args,
     )
     completion_lengths: list[list[int]] = []  # per generation batch, the token count of each completion
     questions: list[list[str]] = []  # per generation batch, the prompts it sampled (one per group)
@@ -74,6 +86,7 @@ def main(settings: dict) -> dict:
         processing_class=AutoTokenizer.from_pretrained(settings["model"]),
         callbacks=[trl_step_timer(durations, losses)],
     )
+    sync_by_reload(trainer, settings)
     trainer.train()
     figures = generation_figures(durations, completion_lengths, settings["warmup_steps"])
     return {

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from posttrain.bench.harness import peak_rss_mb, summarize
-from posttrain.bench.steps import generation_figures
+from posttrain.bench.steps import generation_figures, trl_generation
 from posttrain.config import RunConfig, apply_overrides, parse_override
 from posttrain.data import make_task
 from posttrain.errors import ConfigError, PosttrainError
@@ -102,5 +102,6 @@ def summarize_on_policy(runs: dict[str, list[dict]], settings: dict) -> dict:
         results = runs[side]
         for key in ("generated_tokens_per_s", "mean_completion_length"):
             summary[side][key] = statistics.median(r[key] for r in results)
+    summary["trl_generation"] = trl_generation(settings)
     summary["ratio_step_throughput"] = summary["trl"]["seconds_per_step"] / summary["posttrain"]["seconds_per_step"]
     return summary

@@ -16,6 +16,7 @@ instead (:func:`token_figures`).
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -73,6 +74,47 @@ def trl_training_args(settings: dict) -> dict:
         "model_init_kwargs": {"dtype": "float32"},
         "disable_tqdm": True,
     }
+
+
+# In-process vLLM (TRL's colocate mode) on the CPU: no engine subprocess, a 1 GiB KV cache.
+TRL_VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+def trl_generation(settings: dict) -> str:
+    """How the TRL side samples: ``vllm-colocate`` (``settings["trl_vllm"]``) or ``hf-generate`` (its default)."""
+    return "vllm-colocate" if settings.get("trl_vllm") else "hf-generate"
+
+
+def trl_vllm_args(settings: dict) -> dict:
+    """The TRL config fields for ``settings["trl_vllm"]``: vLLM in the trainer's process (``vllm_mode="colocate"``),
+    no sleep mode; ``{}`` (TRL's HF ``generate``) otherwise. Sets :data:`TRL_VLLM_ENV` where it is not set."""
+    if not settings.get("trl_vllm"):
+        return {}
+    for name, value in TRL_VLLM_ENV.items():
+        os.environ.setdefault(name, value)
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_enable_sleep_mode": False}
+
+
+def sync_by_reload(trainer, settings: dict) -> None:
+    """On the CPU, make a colocated TRL trainer push its weights into vLLM with vLLM's ``reload_weights``.
+
+    TRL 1.16's ``VLLMGeneration.sync_weights`` calls ``model.load_weights`` on vLLM's model directly. vLLM's CPU
+    backend (0.32) packs every linear layer's weight for oneDNN after loading and leaves an empty parameter without
+    a ``weight_loader`` (``dispatch_cpu_unquantized_gemm(remove_weight=True)``), so that call fails with
+    ``AttributeError: 'Parameter' object has no attribute 'weight_loader'`` at the first sync. ``reload_weights``
+    (in checkpoint format, the same weights TRL sends) loads and repacks them. Nothing changes on other devices.
+    """
+    if not settings.get("trl_vllm") or settings["device"] != "cpu":
+        return
+    generation = trainer.vllm_generation
+
+    def sync_weights() -> None:
+        tensors = ((name, tensor.detach()) for name, tensor in generation._iter_named_params())
+        generation.llm.collective_rpc("reload_weights",
+                                      kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights
 
 
 def trl_step_timer(durations: list[float], losses: list[float]):
