@@ -86,7 +86,7 @@ def test_pointwise_judge_scores_map_to_unit_interval_and_mark_failures(monkeypat
             texts = [self.tokenizer.decode(ids) for ids in prompt_ids]
             return [Judged("[[10]]" if "best" in t else "[[1]]" if "worst" in t else "no score") for t in texts]
 
-    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model: Scripted())
+    monkeypatch.setattr(judge_model, "load_judge_engine", lambda model, kind="hf": Scripted())
     scores = pointwise_judge_scores("scripted-bon", ["Q?"] * 3, ["best", "worst", "other"])
     assert scores == [1.0, 0.0, -1.0]
     with pytest.raises(ConfigError, match="needs a pointwise template"):

@@ -37,7 +37,7 @@ class ScriptedJudge:
 def judge(monkeypatch):
     def install(replies: dict[str, str] | ScriptedJudge) -> ScriptedJudge:
         engine = replies if isinstance(replies, ScriptedJudge) else ScriptedJudge(replies)
-        monkeypatch.setattr(judge_model, "load_judge_engine", lambda model: engine)
+        monkeypatch.setattr(judge_model, "load_judge_engine", lambda model, kind="hf": engine)
         return engine
 
     return install

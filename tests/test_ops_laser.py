@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from posttrain.config import LaserConfig, RLConfig
+from posttrain.config import load_config
 from posttrain.errors import DataError
 from posttrain.models import tiny_tokenizer
 from posttrain.ops import laser_class_weights, laser_loss, self_reward_advantages
@@ -96,8 +96,8 @@ def test_self_reward_advantages_reject_groups_of_one():
 
 @pytest.mark.parametrize("balanced", [True, False])
 def test_the_plugin_weights_follow_rl_laser_balanced(balanced):
-    rl = RLConfig(laser=LaserConfig(enabled=True, balanced=balanced))
-    plugin = LaserPlugin.from_config(rl, ["math"], tiny_tokenizer())
+    config = load_config(None, ["method=grpo", "rl.laser.enabled=true", f"rl.laser.balanced={str(balanced).lower()}"])
+    plugin = LaserPlugin.from_config(config, ["math"], tiny_tokenizer())
     finished = torch.tensor([True, True, True, False])
     extras = plugin.step_extras({"math": [1.0, 0.0, 0.0, 1.0]}, finished, Processes("cpu"), slice(0, 4), step=0)
     expected = laser_class_weights(torch.tensor([1.0, 0.0, 0.0, 1.0]), finished) if balanced else finished.float()

