@@ -73,13 +73,19 @@ def test_a_key_of_an_earlier_version_names_its_new_place(old, new):
         load_config(None, ["method=grpo", old])
 
 
-@pytest.mark.parametrize(("method", "samples", "budget"), [("sft", None, 600), ("grpo", 8, 0), ("distill", 1, 0)])
-def test_settings_whose_default_depends_on_the_method(method, samples, budget):
+@pytest.mark.parametrize(("method", "samples"), [("sft", None), ("grpo", 8), ("distill", 1)])
+def test_samples_per_prompt_defaults_to_the_methods_own(method, samples):
     config = load_config(None, [f"method={method}"])
-    assert (config.rollout.samples_per_prompt, config.train.micro_batch_tokens) == (samples, budget)
+    assert (config.rollout.samples_per_prompt, config.train.micro_batch_tokens) == (samples, 600)
     assert load_config(None, [f"method={method}", "train.micro_batch_tokens=100"]).train.micro_batch_tokens == 100
 
 
 def test_the_methods_own_settings_and_defaults_of_others_are_accepted():
     assert load_config(None, ["method=grpo", "rl.loss=grpo", "sft.loss=nll", "train.batch_size=4"]).rl.loss == "grpo"
     assert load_config(None, ["method=sft", "train.grad_accum=4"]).train.grad_accum == 4
+
+
+def test_a_reward_model_with_a_math_evaluation_is_refused_at_load():
+    with pytest.raises(ConfigError, match="eval.kind=none"):
+        load_config(None, ["method=reward_model", "eval.kind=math"])
+    assert load_config(None, ["method=reward_model", "eval.kind=none"]).eval.kind == "none"

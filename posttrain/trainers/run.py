@@ -12,7 +12,7 @@ import transformers
 
 from posttrain.config import RunConfig
 from posttrain.data import encode_prompt, prompt_text
-from posttrain.errors import ConfigError, disk_space_checked
+from posttrain.errors import disk_space_checked
 from posttrain.evals import evaluate_math
 from posttrain.evals.run import require_references
 from posttrain.models import load_model, load_tokenizer
@@ -101,9 +101,6 @@ def _train_locked(config: RunConfig, processes: Processes) -> TrainResult:
 
 def _fit(config: RunConfig, model, tokenizer, method: Method, summary: dict, processes: Processes) -> TrainResult:
     evaluate = math_evaluator(config, tokenizer, processes)
-    if evaluate is not None and config.method == "reward_model":
-        raise ConfigError("a reward model cannot be evaluated by generating math answers", where="eval.kind",
-                          fix="set eval.kind=none for method: reward_model")
     data_files = resume.data_fingerprints([config.data.train.path] if config.data.train.path else [])
     trainer = Trainer(config, model, tokenizer, method, processes, evaluate, data_files=data_files)
     if processes.is_main:
