@@ -198,7 +198,8 @@ def test_bf16_rollouts_make_the_cast_model_the_behaviour_policy(tmp_path):
     bf16_model = copy.deepcopy(model)
     for parameter in bf16_model.parameters():
         parameter.data = parameter.data.to(torch.bfloat16)
-    method, work = direct_method(tmp_path, model, "rollout.dtype=bfloat16", "train.batch_size=64")
+    method, work = direct_method(tmp_path, model, "rollout.dtype=bfloat16", "train.batch_size=64",
+                                 "train.micro_batch_tokens=0")
     (batch,) = work.micro_batches
     generations = method.engine.generations
     assert all(p.dtype == torch.float32 for p in model.parameters())
