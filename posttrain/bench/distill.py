@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from posttrain.bench.harness import BenchOptions, alternate
 from posttrain.bench.on_policy import (
-    check_counts,
+    check_on_policy_options,
     check_posttrain_set,
     prepare_benchmark,
     summarize_on_policy,
 )
-from posttrain.errors import ConfigError, PosttrainError
+from posttrain.errors import ConfigError
 
 
 class DistillBenchOptions(BenchOptions):
@@ -45,11 +45,7 @@ def run_distill_benchmark(options: DistillBenchOptions) -> dict:
 
     ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only, e.g. ``rollout.dtype=bfloat16``.
     """
-    if options.vs != "trl":
-        raise PosttrainError(f"unknown peer {options.vs!r} for the distillation benchmark", fix="use --vs trl")
-    check_counts(steps=(options.steps, 1), prompts=(options.prompts, 1),
-                 max_completion_length=(options.max_completion_length, 1), repeats=(options.repeats, 1),
-                 warmup_steps=(options.warmup_steps, 0))
+    check_on_policy_options(options, "distillation")
     if not options.teacher_temperature > 0:
         raise ConfigError(f"must be > 0, got {options.teacher_temperature}", where="--teacher-temperature",
                           fix="pass a temperature > 0 (TS-OPSD reheats with 1.5 or 2.0)")

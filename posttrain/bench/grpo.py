@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from posttrain.bench.harness import BenchOptions, alternate
 from posttrain.bench.on_policy import (
-    check_counts,
+    check_on_policy_options,
     check_posttrain_set,
     prepare_benchmark,
     summarize_on_policy,
 )
-from posttrain.errors import ConfigError, PosttrainError
+from posttrain.errors import ConfigError
 
 # Sampling settings shared by both sides (TRL 1.16's GRPOConfig defaults; posttrain's rl defaults).
 TEMPERATURE = 1.0
@@ -50,11 +50,7 @@ def run_grpo_benchmark(options: GrpoBenchOptions) -> dict:
     ``gradient_checkpointing=None`` runs each side at its own default (posttrain off, TRL on).
     ``posttrain_set`` (``key.sub=value``) changes posttrain's run config only, e.g. ``rollout.dtype=bfloat16``.
     """
-    if options.vs != "trl":
-        raise PosttrainError(f"unknown peer {options.vs!r} for the GRPO benchmark", fix="use --vs trl")
-    check_counts(steps=(options.steps, 1), prompts=(options.prompts, 1),
-                 max_completion_length=(options.max_completion_length, 1), repeats=(options.repeats, 1),
-                 warmup_steps=(options.warmup_steps, 0))
+    check_on_policy_options(options, "GRPO")
     if options.num_generations < 2:
         raise ConfigError(
             f"must be at least 2, got {options.num_generations}: a group of one "

@@ -40,6 +40,15 @@ def check_counts(**options: tuple[int, int]) -> None:
                               fix=f"pass {option} {minimum} or more")
 
 
+def check_on_policy_options(options, what: str) -> None:
+    """The checks every on-policy benchmark's options share: the peer is TRL, and the counts are positive."""
+    if options.vs != "trl":
+        raise PosttrainError(f"unknown peer {options.vs!r} for the {what} benchmark", fix="use --vs trl")
+    check_counts(steps=(options.steps, 1), prompts=(options.prompts, 1),
+                 max_completion_length=(options.max_completion_length, 1), repeats=(options.repeats, 1),
+                 warmup_steps=(options.warmup_steps, 0))
+
+
 def prepare_benchmark(model: str, what: str, records: int) -> tuple[str, Path, Path]:
     """The model directory both libraries load, a fresh work directory and a prompts file of ``records`` prompts."""
     source = resolve_source(model)
