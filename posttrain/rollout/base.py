@@ -8,12 +8,13 @@ that honours this contract can replace another without changes to the callers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, DataError, location
 
 if TYPE_CHECKING:
     import torch
@@ -95,6 +96,35 @@ class Generation:
 
     def __len__(self) -> int:
         return len(self.token_ids)
+
+
+def check_prompts(prompt_ids: list[list[int]]) -> None:
+    """A :class:`DataError` naming the first prompt without tokens."""
+    for index, prompt in enumerate(prompt_ids):
+        if len(prompt) == 0:
+            raise DataError(f"prompt {index} has no tokens", where=location(field=f"prompts[{index}]"),
+                            fix="drop empty prompts")
+
+
+def cut_generation(prompt_index: int, sample_index: int, prompt: list[int], tokens: list[int],
+                   logprobs: list[float], stop_ids, tokenizer) -> Generation:
+    """The :class:`Generation` of sampled ``tokens``: kept through the first of ``stop_ids`` (``eos``), or whole
+    (``length``); nothing after the stop token (padding, say) is kept, and the text leaves the stop token out."""
+    stops = set(stop_ids)
+    end = next((i for i, token in enumerate(tokens) if token in stops), None)
+    if end is None:
+        kept, finish_reason, text_tokens = list(tokens), "length", tokens
+    else:
+        kept, finish_reason, text_tokens = list(tokens[: end + 1]), "eos", tokens[:end]
+    return Generation(prompt_index=prompt_index, sample_index=sample_index, prompt_ids=list(prompt),
+                      token_ids=kept, logprobs=list(logprobs[: len(kept)]),
+                      text=tokenizer.decode(text_tokens, skip_special_tokens=False), finish_reason=finish_reason)
+
+
+def repeated(generation: Generation, sample_index: int) -> Generation:
+    """A copy of ``generation`` as sample ``sample_index`` (greedy decoding gives every sample the same)."""
+    return dataclasses.replace(generation, sample_index=sample_index, token_ids=list(generation.token_ids),
+                               logprobs=list(generation.logprobs))
 
 
 @runtime_checkable

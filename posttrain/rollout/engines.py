@@ -81,6 +81,21 @@ def choose_engine(kind: str, model_name: str, setting: str = "rollout.engine") -
     return EngineChoice("hf", None, f"{setting}=auto fell back to HF generate: {problem}")
 
 
+def started_engine(kind: str, model_name: str, build: Callable[[EngineChoice], RolloutEngine],
+                   setting: str = "rollout.engine") -> tuple[RolloutEngine, EngineChoice]:
+    """The engine ``build`` makes for :func:`choose_engine`'s choice, and that choice. With ``auto``, a vLLM engine
+    that fails to start falls back to HF too, with the reason in the returned choice."""
+    choice = choose_engine(kind, model_name, setting)
+    try:
+        return build(choice), choice
+    except ModelError as error:
+        if kind != "auto" or choice.kind == "hf":
+            raise
+        choice = EngineChoice("hf", None, f"{setting}=auto fell back to HF generate: vLLM did not start "
+                                          f"({error.what})")
+        return build(choice), choice
+
+
 def build_engine(choice: EngineChoice, model, tokenizer, *, batch_size: int = 16, dtype: str | None = None,
                  seed: int = 0, sequences: int = 64, max_model_len: int = 1024, kv_cache_gib: float | None = None,
                  gpu_memory_utilization: float = 0.3, server_url: str | None = None) -> RolloutEngine:
@@ -108,16 +123,19 @@ def tool_engine(model_name: str, kind: str = "hf", *, batch_size: int = 16, toke
     """The engine an evaluation or judge-data tool samples with: HF on ``lm`` (or the model loaded from
     ``model_name``), or vLLM on ``model_name``'s weights folder, sized for ``batch_size`` sequences at once
     (``auto`` falls back to HF and prints why)."""
-    choice = choose_engine(kind, model_name, setting)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name)
+
+    def build(choice: EngineChoice) -> RolloutEngine:
+        if choice.kind == "hf":
+            return HFEngine(lm if lm is not None else load_model(model_name).eval(), tokenizer, batch_size=batch_size)
+        config = AutoConfig.from_pretrained(choice.weights)
+        return VLLMEngine(choice.weights, tokenizer, dtype="float32", max_model_len=max_model_len,
+                          kv_cache_gib=kv_cache_size(config, batch_size * max_model_len, "float32"))
+
+    engine, choice = started_engine(kind, model_name, build, setting)
     if kind == "auto":
         print(f"engine: {choice.kind} ({choice.reason})", flush=True)
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name)
-    if choice.kind == "hf":
-        return HFEngine(lm if lm is not None else load_model(model_name).eval(), tokenizer, batch_size=batch_size)
-    config = AutoConfig.from_pretrained(choice.weights)
-    dtype = "float32"
-    return VLLMEngine(choice.weights, tokenizer, dtype=dtype, max_model_len=max_model_len,
-                      kv_cache_gib=kv_cache_size(config, batch_size * max_model_len, dtype))
+    return engine
 
 
 def kv_cache_size(model_config, tokens: int, dtype: str, minimum_gib: float = 0.25) -> float:

@@ -17,7 +17,6 @@ during the call; the model's own weights are untouched.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -31,9 +30,16 @@ from transformers import (
 )
 
 from posttrain.data import pad_sequences
-from posttrain.errors import DataError, ModelError, location
+from posttrain.errors import ModelError, location
 from posttrain.models import resolve_dtype
-from posttrain.rollout.base import Generation, SamplingParams, WeightSyncEngine
+from posttrain.rollout.base import (
+    Generation,
+    SamplingParams,
+    WeightSyncEngine,
+    check_prompts,
+    cut_generation,
+    repeated,
+)
 
 CHATML_END = "<|im_end|>"
 
@@ -187,13 +193,7 @@ class HFEngine(WeightSyncEngine):
 
         Greedy decoding (temperature 0) runs each prompt once and repeats the result ``n`` times.
         """
-        for index, prompt in enumerate(prompt_ids):
-            if len(prompt) == 0:
-                raise DataError(
-                    f"prompt {index} has no tokens",
-                    where=location(field=f"prompts[{index}]"),
-                    fix="drop empty prompts",
-                )
+        check_prompts(prompt_ids)
         distinct = 1 if params.greedy else params.n
         results: dict[tuple[int, int], Generation] = {}
         with _eval_mode(self.model), _seeded(params.seed, self.device), weights_cast_to(self.model, self.dtype):
@@ -204,19 +204,14 @@ class HFEngine(WeightSyncEngine):
                 for row, (tokens, logprobs) in enumerate(rows):
                     prompt_index = indices[row // count]
                     sample_index = first_sample + row % count
-                    results[(prompt_index, sample_index)] = self._to_generation(
-                        prompt_index, sample_index, prompt_ids[prompt_index], tokens, logprobs
-                    )
+                    results[(prompt_index, sample_index)] = cut_generation(
+                        prompt_index, sample_index, prompt_ids[prompt_index], tokens, logprobs, self.stop_ids,
+                        self.tokenizer)
         if params.greedy:
             for prompt_index in range(len(prompt_ids)):
                 only = results[(prompt_index, 0)]
                 for sample_index in range(1, params.n):
-                    results[(prompt_index, sample_index)] = dataclasses.replace(
-                        only,
-                        sample_index=sample_index,
-                        token_ids=list(only.token_ids),
-                        logprobs=list(only.logprobs),
-                    )
+                    results[(prompt_index, sample_index)] = repeated(only, sample_index)
         return [results[key] for key in sorted(results)]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -289,28 +284,3 @@ class HFEngine(WeightSyncEngine):
         logprobs = recorder.finish(sequences).cpu()
         completions = sequences[:, input_ids.shape[1] :].cpu()
         return list(zip(completions.tolist(), logprobs.tolist(), strict=True))
-
-    def _to_generation(
-        self,
-        prompt_index: int,
-        sample_index: int,
-        prompt: list[int],
-        tokens: list[int],
-        logprobs: list[float],
-    ) -> Generation:
-        """Cut a padded completion after its first stop token and decode it."""
-        stops = set(self.stop_ids)
-        end = next((i for i, token in enumerate(tokens) if token in stops), None)
-        if end is None:
-            kept, finish_reason, text_tokens = tokens, "length", tokens
-        else:
-            kept, finish_reason, text_tokens = tokens[: end + 1], "eos", tokens[:end]
-        return Generation(
-            prompt_index=prompt_index,
-            sample_index=sample_index,
-            prompt_ids=list(prompt),
-            token_ids=kept,
-            logprobs=logprobs[: len(kept)],
-            text=self.tokenizer.decode(text_tokens, skip_special_tokens=False),
-            finish_reason=finish_reason,
-        )

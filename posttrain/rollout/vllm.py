@@ -26,7 +26,6 @@ On CPU:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import json
 import os
@@ -40,7 +39,14 @@ import torch
 
 from posttrain.errors import DataError, ModelError, first_line, location
 from posttrain.models import is_peft_model
-from posttrain.rollout.base import Generation, RolloutEngine, SamplingParams
+from posttrain.rollout.base import (
+    Generation,
+    RolloutEngine,
+    SamplingParams,
+    check_prompts,
+    cut_generation,
+    repeated,
+)
 from posttrain.rollout.hf import stop_token_ids
 
 VLLM_INSTALL_FIX = (
@@ -361,10 +367,8 @@ class VLLMEngine(RolloutEngine):
         A seed gives each prompt's request that seed, so a prompt's samples do not depend on the rest of the
         batch.
         """
+        check_prompts(prompt_ids)
         for index, prompt in enumerate(prompt_ids):
-            if len(prompt) == 0:
-                raise DataError(f"prompt {index} has no tokens", where=location(field=f"prompts[{index}]"),
-                                fix="drop empty prompts")
             if len(prompt) + params.max_new_tokens > self.max_model_len:
                 raise DataError(
                     f"prompt {index} has {len(prompt)} tokens; with max_new_tokens = {params.max_new_tokens} it "
@@ -384,34 +388,14 @@ class VLLMEngine(RolloutEngine):
         for prompt_index, (prompt, output) in enumerate(zip(prompt_ids, outputs, strict=True)):
             completions = sorted(output.outputs, key=lambda completion: completion.index)
             for completion in completions:
-                generations.append(self._to_generation(prompt_index, completion.index, prompt, completion))
+                tokens = list(completion.token_ids)
+                # vLLM keeps the stop token in token_ids when it is one of stop_token_ids
+                logprobs = [entry[token].logprob for token, entry in zip(tokens, completion.logprobs, strict=True)]
+                generations.append(cut_generation(prompt_index, completion.index, prompt, tokens, logprobs,
+                                                  self.stop_ids, self.tokenizer))
             if params.greedy:
-                only = generations[-1]
-                for sample_index in range(1, params.n):
-                    generations.append(dataclasses.replace(only, sample_index=sample_index,
-                                                           token_ids=list(only.token_ids),
-                                                           logprobs=list(only.logprobs)))
+                generations.extend(repeated(generations[-1], sample_index) for sample_index in range(1, params.n))
         return generations
-
-    def _to_generation(self, prompt_index: int, sample_index: int, prompt: list[int], completion) -> Generation:
-        tokens = list(completion.token_ids)
-        logprobs = [entry[token].logprob for token, entry in zip(tokens, completion.logprobs, strict=True)]
-        stops = set(self.stop_ids)
-        end = next((i for i, token in enumerate(tokens) if token in stops), None)
-        if end is None:
-            finish_reason, text_tokens = "length", tokens
-        else:
-            # vLLM keeps the stop token in token_ids when it is one of stop_token_ids; cut there all the same
-            tokens, logprobs, finish_reason, text_tokens = tokens[: end + 1], logprobs[: end + 1], "eos", tokens[:end]
-        return Generation(
-            prompt_index=prompt_index,
-            sample_index=sample_index,
-            prompt_ids=list(prompt),
-            token_ids=tokens,
-            logprobs=logprobs,
-            text=self.tokenizer.decode(text_tokens, skip_special_tokens=False),
-            finish_reason=finish_reason,
-        )
 
     # weight sync
 

@@ -12,9 +12,9 @@ import torch
 
 from posttrain.config import RunConfig
 from posttrain.data import pad_sequences
-from posttrain.errors import ConfigError, ModelError
+from posttrain.errors import ConfigError
 from posttrain.rollout import Generation, RolloutEngine
-from posttrain.rollout.engines import EngineChoice, EngineWeights, build_engine, choose_engine
+from posttrain.rollout.engines import EngineWeights, build_engine, started_engine
 from posttrain.trainers.distributed import Processes
 
 
@@ -32,19 +32,12 @@ def rollout_engine(config: RunConfig, model, tokenizer, processes: Processes) ->
     :class:`EngineWeights` that keeps it in step with ``model`` (a server shared by the processes gets the weights
     from the first process)."""
     ro = config.rollout
-    choice = choose_engine(ro.engine, config.model.name)
     settings = dict(batch_size=ro.batch_size, dtype=ro.dtype, seed=config.seed,
                     sequences=ro.prompts_per_step * ro.samples_per_prompt,
                     max_model_len=config.data.max_length + ro.max_new_tokens, kv_cache_gib=ro.kv_cache_gib,
                     gpu_memory_utilization=ro.gpu_memory_utilization, server_url=ro.server_url)
-    try:
-        engine = build_engine(choice, model, tokenizer, **settings)
-    except ModelError as error:
-        if ro.engine != "auto":
-            raise
-        choice = EngineChoice("hf", None, f"rollout.engine=auto fell back to HF generate: vLLM did not start "
-                                          f"({error.what})")
-        engine = build_engine(choice, model, tokenizer, **settings)
+    engine, choice = started_engine(ro.engine, config.model.name,
+                                    lambda choice: build_engine(choice, model, tokenizer, **settings))
     if processes.is_main:
         print(f"rollout engine: {choice.kind} ({choice.reason})", flush=True)
     shared = choice.kind == "server"
