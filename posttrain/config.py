@@ -115,6 +115,18 @@ class TrainConfig(Section):
                                      "row stop the run with an error")
 
 
+class DistConfig(Section):
+    """How several processes (``accelerate launch --num_processes N``) share the training (posttrain.trainers.parallel)."""
+
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="ddp: a full replica per process, gradients averaged in buckets during backward; fsdp: "
+        "FSDP2 (fully_shard) shards parameters, gradients and optimizer state over the processes; auto: fsdp when "
+        "accelerate was launched with --use_fsdp (its config file), else ddp. One process ignores it")
+    reshard_after_forward: bool = Field(
+        True, description="fsdp: free each layer's gathered parameters after its forward and gather them again in "
+        "backward (ZeRO-3, least memory); false keeps them until backward (ZeRO-2-like, less communication)")
+
+
 class SFTConfig(Section):
     loss: Literal["nll", "profit", "profit_lower", "dft"] = "nll"
     tau: float = Field(0.1, ge=0, le=1)
@@ -410,6 +422,7 @@ class RunConfig(Section):
     reward_model: RewardModelConfig = RewardModelConfig()
     eval: EvalConfig = EvalConfig()
     rollout: RolloutConfig = RolloutConfig()
+    dist: DistConfig = DistConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -178,10 +178,13 @@ def token_budget_groups(lengths: Sequence[int], max_tokens: int) -> list[list[in
     return groups
 
 
-def micro_batches(items: Sequence[T], lengths: Sequence[int], batch_size: int, token_budget: int = 0) -> list[list[T]]:
+def micro_batches(items: Sequence[T], lengths: Sequence[int], batch_size: int, token_budget: int = 0,
+                  min_parts: int = 0) -> list[list[T]]:
     """The forward passes of a batch: ``items`` in consecutive chunks of ``batch_size``, each split further by
     :func:`token_budget_groups` when ``token_budget`` is set (``lengths[i]``: the padded length ``items[i]``
-    adds to a row, e.g. both sequences of a preference pair)."""
+    adds to a row, e.g. both sequences of a preference pair). With ``min_parts``, the pass of most padded
+    tokens is halved until there are that many (or every pass holds one item): processes that must run the
+    same number of passes (FSDP) agree on the largest count."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     count = len(items)
@@ -189,4 +192,12 @@ def micro_batches(items: Sequence[T], lengths: Sequence[int], batch_size: int, t
     if token_budget:
         chunks = [[chunk[i] for i in group] for chunk in chunks
                   for group in token_budget_groups([lengths[i] for i in chunk], token_budget)]
+    while len(chunks) < min_parts:
+        splittable = [c for c in chunks if len(c) > 1]
+        if not splittable:
+            break
+        largest = max(splittable, key=lambda c: len(c) * max(lengths[i] for i in c))
+        at = chunks.index(largest)
+        half = len(largest) // 2
+        chunks[at:at + 1] = [largest[:half], largest[half:]]
     return [[items[i] for i in chunk] for chunk in chunks]

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from posttrain.errors import ModelError, location
@@ -29,6 +30,7 @@ from posttrain.models.loader import (
     load_tokenizer,
 )
 from posttrain.models.lora import is_peft_model, unwrap_distributed
+from posttrain.models.sharded import SHARDED_DIR, read_shards
 from posttrain.models.tiny import TINY_MODEL_NAME
 
 BASE_MODEL_SUBDIRECTORY = "base_model"
@@ -191,6 +193,16 @@ def read_run_config(run_dir: Path) -> dict:
     return config
 
 
+def consolidated_model(checkpoint_dir: Path):
+    """The fp32 model of a sharded (FSDP) checkpoint: built from ``model/config.json``, its shards gathered."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(checkpoint_dir / "model")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    read_shards(checkpoint_dir / SHARDED_DIR, model, None, fix="export another checkpoint of the run")
+    return model
+
+
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     """Write ``RUN/checkpoints/step-N`` as a merged fp32 Hugging Face directory with a README.md model card.
 
@@ -219,7 +231,10 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
         base_model = adapter_base_reference(model_dir)
     else:
         base_model = configured_base_model(config)
-    model = load_model(model_dir, dtype="float32", device="cpu")
+    if (checkpoint_dir / SHARDED_DIR).is_dir():  # FSDP shards: the model is built from its config around them
+        model = consolidated_model(checkpoint_dir)
+    else:
+        model = load_model(model_dir, dtype="float32", device="cpu")
     if is_peft_model(model):
         model = model.merge_and_unload()
     tokenizer = load_tokenizer(model_dir)

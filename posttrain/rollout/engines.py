@@ -98,14 +98,15 @@ def started_engine(kind: str, model_name: str, build: Callable[[EngineChoice], R
 
 def build_engine(choice: EngineChoice, model, tokenizer, *, batch_size: int = 16, dtype: str | None = None,
                  seed: int = 0, sequences: int = 64, max_model_len: int = 1024, kv_cache_gib: float | None = None,
-                 gpu_memory_utilization: float = 0.3, server_url: str | None = None) -> RolloutEngine:
+                 gpu_memory_utilization: float = 0.3, server_url: str | None = None,
+                 synced: bool = False) -> RolloutEngine:
     """The engine of ``choice``. HF samples from ``model`` itself, ``batch_size`` sequences at once (cast to
-    ``dtype`` for the call when given). vLLM loads ``choice.weights`` in ``dtype`` (default ``VLLM_DEFAULT_DTYPE``), for
+    ``dtype`` for the call when given; ``synced`` across FSDP processes). vLLM loads ``choice.weights`` in ``dtype`` (default ``VLLM_DEFAULT_DTYPE``), for
     sequences of at most ``max_model_len`` tokens, with a KV cache of ``kv_cache_gib`` (default
     :func:`kv_cache_size` for ``sequences`` such sequences); ``server`` is the engine at ``server_url``. Both are
     kept in step with the learner by :class:`EngineWeights`."""
     if choice.kind == "hf":
-        return HFEngine(model, tokenizer, batch_size=batch_size, dtype=dtype)
+        return HFEngine(model, tokenizer, batch_size=batch_size, dtype=dtype, synced=synced)
     if choice.kind == "server":
         engine = RemoteEngine(server_url)
         engine.wait_ready(timeout_s=30.0)

@@ -170,7 +170,10 @@ def _eval_mode(model) -> Iterator[None]:
 class HFEngine(WeightSyncEngine):
     """Samples completions with ``model.generate``; see the module docstring for batching."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, dtype: str | torch.dtype | None = None):
+    def __init__(self, model, tokenizer, batch_size: int = 16, dtype: str | torch.dtype | None = None,
+                 synced: bool = False):
+        """``synced``: the model is sharded over processes (FSDP) that generate together; a process whose
+        sequences are done keeps running forward passes until every process is (``synced_gpus``)."""
         if batch_size < 1:
             raise ModelError(f"batch_size = {batch_size} is invalid", fix="use a batch_size >= 1")
         dtype = None if dtype is None else resolve_dtype(dtype)
@@ -181,6 +184,7 @@ class HFEngine(WeightSyncEngine):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.dtype = dtype
+        self.synced = synced
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.pad_id = pad_token_id(model, tokenizer)
 
@@ -280,6 +284,7 @@ class HFEngine(WeightSyncEngine):
                 attention_mask=attention_mask.to(self.device),
                 generation_config=config,
                 logits_processor=LogitsProcessorList([*self._processors(params), recorder]),
+                synced_gpus=self.synced,
             )
         logprobs = recorder.finish(sequences).cpu()
         completions = sequences[:, input_ids.shape[1] :].cpu()

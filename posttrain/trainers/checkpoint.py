@@ -1,7 +1,9 @@
 """Atomic checkpoints that let a killed run continue exactly where it stopped.
 
 ``checkpoints/step-N/`` holds the model in HF format (``model/``; a LoRA run stores its adapter),
-the optimizer and scheduler states, every process's RNG states, ``trainer_state.json`` with the step,
+the optimizer and scheduler states (under FSDP, model and optimizer are instead written by every process as
+its own shards into ``sharded/`` with ``torch.distributed.checkpoint``, and ``model/`` holds the model's config
+and tokenizer: ``posttrain model export`` consolidates; a resume on another number of processes re-shards), every process's RNG states, ``trainer_state.json`` with the step,
 the data position, the resolved config and the training data's fingerprint, and ``manifest.json`` with
 the size and SHA-256 of every other file. Each checkpoint is written into a temporary directory and
 renamed into place, so a checkpoint directory either exists whole or not at all; a full disk while
@@ -19,6 +21,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +31,13 @@ from safetensors.torch import load_file
 
 from posttrain.data.fingerprint import file_sha256
 from posttrain.errors import CheckpointError, disk_space_checked
+from posttrain.models import sharded
 from posttrain.models.state_files import load_state_file
 
 STEP_PREFIX = "step-"
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.json"
+SHARDED = sharded.SHARDED_DIR  # model and optimizer shards (torch.distributed.checkpoint)
 RESUME_FIX = "resume from another checkpoint (train.resume=PATH) or start over (train.resume=never)"
 
 
@@ -44,6 +49,8 @@ class TrainerState:
     stopped: bool = False  # the method ended the run early (e.g. distill.target_entropy reached)
     config: dict | None = None  # the resolved config that wrote the checkpoint (None: written before it was kept)
     data_files: dict | None = None  # fingerprint of the training data files (posttrain.data.fingerprint)
+    world_size: int = 1  # processes that wrote it
+    examples_per_step: int | None = None  # examples of one step over all processes (None: not recorded)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -108,21 +115,37 @@ def _writing(target: Path, step: int):
         raise
 
 
-def write_checkpoint(run_dir: Path, state: TrainerState, model, tokenizer, optimizer, scheduler, keep: int) -> Path:
-    """Main process: write model, optimizer, scheduler, trainer state and manifest, then rename into place.
+def write_shards(run_dir: Path, step: int, model, optimizer) -> None:
+    """Every process (FSDP): its shards of the model and optimizer state into the checkpoint being assembled."""
+    target = temporary_dir(run_dir, step)
+    with _writing(target, step):
+        sharded.write_shards(target / SHARDED, unwrap(model), optimizer)
+
+
+def write_checkpoint(run_dir: Path, state: TrainerState, model, tokenizer, optimizer, scheduler, keep: int,
+                     shards_written: bool = False) -> Path:
+    """Main process: write model, optimizer (both already in ``sharded/`` when ``shards_written``), scheduler, trainer
+    state and manifest, then rename into place.
 
     Older checkpoints beyond the newest ``keep`` are deleted only after the new one is in place."""
     target = temporary_dir(run_dir, state.step)
     with _writing(target, state.step):
         target.mkdir(parents=True, exist_ok=True)
-        unwrap(model).save_pretrained(target / "model", safe_serialization=True)
+        inner = unwrap(model)
+        if shards_written:  # what export needs to rebuild the model around the shards
+            inner.config.save_pretrained(target / "model")
+            if getattr(inner, "generation_config", None) is not None:
+                inner.generation_config.save_pretrained(target / "model")
+        else:
+            inner.save_pretrained(target / "model", safe_serialization=True)
+            torch.save(optimizer.state_dict(), target / "optimizer.pt")
         if tokenizer is not None:
             tokenizer.save_pretrained(target / "model")
-        torch.save(optimizer.state_dict(), target / "optimizer.pt")
         torch.save(scheduler.state_dict(), target / "scheduler.pt")
         (target / STATE_FILE).write_text(json.dumps(
             {"step": state.step, "data": state.data, "seed": state.seed, "stopped": state.stopped,
-             "config": state.config, "data_files": state.data_files}))
+             "config": state.config, "data_files": state.data_files, "world_size": state.world_size,
+             "examples_per_step": state.examples_per_step}))
         write_manifest(target)
     final = checkpoint_dir(run_dir) / f"{STEP_PREFIX}{state.step}"
     if final.exists():
@@ -207,23 +230,31 @@ def read_trainer_state(path: Path) -> TrainerState:
     try:
         raw = json.loads(file.read_text())
         return TrainerState(step=raw["step"], data=raw["data"], seed=raw["seed"], stopped=raw.get("stopped", False),
-                            config=raw.get("config"), data_files=raw.get("data_files"))
+                            config=raw.get("config"), data_files=raw.get("data_files"),
+                            world_size=raw.get("world_size", 1), examples_per_step=raw.get("examples_per_step"))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise CheckpointError(f"{file} is corrupt ({type(error).__name__}: {error})", fix=RESUME_FIX) from None
 
 
-def read_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> TrainerState:
-    """Verify the checkpoint, then restore model, optimizer, scheduler and this process's RNG state; return
-    the trainer state."""
+def read_checkpoint(path: Path, model, optimizer, scheduler, rank: int,
+                    check: Callable[[TrainerState], None] | None = None) -> TrainerState:
+    """Verify the checkpoint, let ``check`` refuse its trainer state, then restore model, optimizer, scheduler and
+    this process's RNG state; return the trainer state."""
     path = Path(path)
     verify_checkpoint(path)
     state = read_trainer_state(path)
+    if check is not None:
+        check(state)
     rng_file = path / f"rng-rank{rank}.pt"
-    if not rng_file.is_file():
-        raise CheckpointError(f"{path} was written by fewer processes than are running now (no {rng_file.name})",
-                              fix="resume with the same number of processes as the run that wrote it")
-    load_model_weights(model, path / "model")
-    for name, target in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler)):
+    if not rng_file.is_file():  # more processes than wrote it: those have no random state to continue
+        rng_file = path / "rng-rank0.pt"
+    files = [("scheduler.pt", scheduler)]
+    if (path / SHARDED).is_dir():
+        sharded.read_shards(path / SHARDED, unwrap(model), optimizer, RESUME_FIX)
+    else:
+        load_model_weights(model, path / "model")
+        files.insert(0, ("optimizer.pt", optimizer))
+    for name, target in files:
         try:
             target.load_state_dict(load_state_file(path / name, RESUME_FIX))
         except (KeyError, ValueError, RuntimeError) as error:

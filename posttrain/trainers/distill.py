@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import encode_prompts, micro_batches, prompt_text
+from posttrain.data import encode_prompts, prompt_text
 from posttrain.errors import ConfigError, DataError
 from posttrain.models import disabled_adapter, is_peft_model, load_model, load_tokenizer
 from posttrain.models.vocabulary import check_same_output_size, check_same_tokenizer
@@ -185,8 +185,8 @@ class DistillMethod(Method, name="distill"):
                        for i in range(len(generations))]
         append_samples(self.samples_path, step, share, generations, columns)
         counts = self.processes.sum_values({"rows": stats["rollouts"], "tokens": stats["completion_tokens"]})
-        parts = micro_batches(generations, [len(g.prompt_ids) + len(g) for g in generations],
-                              self.config.train.batch_size, self.config.train.micro_batch_tokens)
+        parts = self.processes.micro_batches(generations, [len(g.prompt_ids) + len(g) for g in generations],
+                                             self.config.train.batch_size, self.config.train.micro_batch_tokens)
         batches = [self._batch(part, [share[g.prompt_index] for g in part]) for part in parts]
         return StepBatches(batches, StepTotals(rows=counts["rows"], tokens=counts["tokens"]), stats=stats)
 
@@ -255,6 +255,9 @@ class DistillMethod(Method, name="distill"):
 
     def close(self) -> None:
         self.engine_weights.close()
+
+    def frozen_models(self) -> list[torch.nn.Module]:
+        return [] if self.teacher is None else [self.teacher]
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         rollouts, tokens = max(sums["rollouts"], 1.0), max(sums.get("trained_tokens", 0.0), 1.0)

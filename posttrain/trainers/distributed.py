@@ -1,10 +1,6 @@
-"""Processes of a run: rank, world size, device, and the two reductions the loop needs.
+"""Processes of a run: rank, world size, device, and the reductions of logged values the loop needs.
 
-The loop normalizes every loss by a count taken over the *global* batch (all micro-batches of
-all processes), so the gradient of the global loss is the **sum** of the processes' gradients.
-:meth:`Processes.average_gradients` averages them (one flat all-reduce, then ÷ world size) exactly as
-DDP and FSDP do, and the loop multiplies each loss by the world size once before ``backward`` — the
-only place the world size enters a gradient, so swapping in an averaging engine changes nothing.
+Gradients are not reduced here: the engines of :mod:`posttrain.trainers.parallel` (DDP, FSDP2) average them.
 Launch several processes with ``accelerate launch`` (or ``torchrun``); one process needs nothing.
 """
 
@@ -15,11 +11,16 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from posttrain.data import micro_batches
+from posttrain.trainers.parallel import FSDP, resolve_strategy
 
 
 class Processes:
-    def __init__(self, device: str = "auto"):
+    """This process's place in the run; ``strategy`` is the engine of :mod:`posttrain.trainers.parallel`
+    (``single`` for one process)."""
+
+    def __init__(self, device: str = "auto", strategy: str = "auto"):
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not dist.is_initialized():
             from accelerate import PartialState
@@ -28,6 +29,9 @@ class Processes:
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.is_main = self.rank == 0
+        self.strategy = resolve_strategy(strategy, self.world_size)
+        # every forward is a collective under FSDP: processes must run the same passes
+        self.lockstep = self.strategy == FSDP
         self.device = self._pick_device(device)
 
     def _pick_device(self, device: str) -> torch.device:
@@ -43,16 +47,21 @@ class Processes:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
-        """Every parameter's gradient becomes the mean over processes (what DDP/FSDP do)."""
+    def max_count(self, count: int) -> int:
+        """The largest ``count`` over the processes."""
         if self.world_size == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-        flat = _flatten_dense_tensors(grads)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.world_size
-        for parameter, reduced in zip(parameters, _unflatten_dense_tensors(flat, grads), strict=True):
-            parameter.grad = reduced
+            return count
+        tensor = torch.tensor([count], dtype=torch.int64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor)
+
+    def micro_batches(self, items, lengths, batch_size: int, token_budget: int = 0) -> list[list]:
+        """:func:`posttrain.data.micro_batches` of this process's items; in lockstep, as many passes on every
+        process (the largest count: passes are halved where there are fewer)."""
+        parts = micro_batches(items, lengths, batch_size, token_budget)
+        if not self.lockstep:
+            return parts
+        return micro_batches(items, lengths, batch_size, token_budget, min_parts=self.max_count(len(parts)))
 
     def sum_values(self, values: dict[str, float]) -> dict[str, float]:
         if self.world_size == 1:

@@ -48,6 +48,7 @@ from posttrain.trainers import checkpoint as ckpt
 from posttrain.trainers import resume
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.optimizer import build_optimizer
+from posttrain.trainers.parallel import ParallelModel
 from posttrain.trainers.run_log import RunLog
 from posttrain.trainers.sampler import EpochSampler
 from posttrain.trainers.schedule import build_scheduler
@@ -125,6 +126,10 @@ class Method:
     def close(self) -> None:
         """Release what the method holds beyond the model (a rollout engine) when the run ends; by default nothing."""
 
+    def frozen_models(self) -> list[torch.nn.Module]:
+        """Frozen copies the method runs (a reference, a teacher), sharded like the policy under FSDP; by default none."""
+        return []
+
 
 def method_class(name: str) -> type[Method]:
     """The registered method called ``name`` (``RunConfig.method`` validates the name)."""
@@ -159,6 +164,10 @@ class Trainer:
         self.method = method
         self.processes = processes
         self.evaluate = evaluate
+        # DDP wraps the model; FSDP shards it in place, so the optimizer is built over the shards after this
+        self.parallel = ParallelModel(model, processes.strategy, processes.device, config.dist)
+        for frozen in method.frozen_models():
+            self.parallel.shard_frozen(frozen)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         optim = config.optim
         self.optimizer = build_optimizer(self.parameters, optim, seed=config.seed)
@@ -183,7 +192,8 @@ class Trainer:
         if found is None:
             return None, {}
         path, state = found
-        changes = resume.check_config(state.config, self.config.model_dump(mode="json"), path)
+        changes = resume.check_config(state.config, self.config.model_dump(mode="json"), path,
+                                      global_batch_checked=state.examples_per_step is not None)
         resume.check_data(state.data_files, path)
         self.sampler.load_state_dict(state.data)
         self.method.load_state(path)
@@ -192,7 +202,14 @@ class Trainer:
         return path, changes
 
     def _restore(self, path: Path) -> ckpt.TrainerState:
-        return ckpt.read_checkpoint(path, self.model, self.optimizer, self.scheduler, self.processes.rank)
+        def fits(state: ckpt.TrainerState) -> None:
+            resume.check_processes(state, path, self.processes.world_size, self._global_examples(),
+                                   self.parallel.sharded)
+
+        return ckpt.read_checkpoint(path, self.model, self.optimizer, self.scheduler, self.processes.rank, check=fits)
+
+    def _global_examples(self) -> int:
+        return self.method.examples_per_step * self.processes.world_size
 
     def _warn(self, text: str) -> None:
         if self.processes.is_main:
@@ -203,12 +220,15 @@ class Trainer:
         ckpt.write_process_state(run_dir, self.step, self.processes.rank)
         self.processes.barrier()
         self.method.save_state(ckpt.temporary_dir(run_dir, self.step))  # every process: its own state
+        if self.parallel.sharded:
+            ckpt.write_shards(run_dir, self.step, self.model, self.optimizer)
         self.processes.barrier()
         if self.processes.is_main:
             state = ckpt.TrainerState(self.step, self.sampler.state_dict(), self.config.seed, self.stopped,
-                                      config=self.config.model_dump(mode="json"), data_files=self.data_files)
+                                      config=self.config.model_dump(mode="json"), data_files=self.data_files,
+                                      world_size=self.processes.world_size, examples_per_step=self._global_examples())
             ckpt.write_checkpoint(run_dir, state, self.model, self.tokenizer, self.optimizer, self.scheduler,
-                                  self.config.train.keep_checkpoints)
+                                  self.config.train.keep_checkpoints, shards_written=self.parallel.sharded)
         self.processes.barrier()
 
     # -- one step ------------------------------------------------------------------------------
@@ -218,21 +238,26 @@ class Trainer:
         indices = self.sampler.next_batch(per_process * world)
         share = indices[rank * per_process : (rank + 1) * per_process]
         started = time.perf_counter()
-        work = self.method.step_batches(self.model, indices, share, self.step)
+        with self.parallel.gathered():
+            work = self.method.step_batches(self.model, indices, share, self.step)
         self.model.train()
         sums: dict[str, float] = defaultdict(float, work.stats)
         skipped = 0
+        passes = work.micro_batches
+        # in lockstep (FSDP) a process with fewer passes repeats its last one with weight 0
+        count = self.processes.max_count(len(passes)) if self.parallel.lockstep else len(passes)
         for _ in range(self.method.updates_per_step):
             finite_loss = True
-            for batch in work.micro_batches:
-                with self.processes.autocast(self.model):
-                    loss, stats = self.method.loss(self.model, batch, work.totals)
-                finite_loss = finite_loss and bool(torch.isfinite(loss.detach()).all())
-                # the one world-size factor: processes average gradients (as DDP/FSDP do), and the
-                # gradient of the global loss is their sum
-                (loss * self.processes.world_size).backward()
+            for index in range(count):
+                batch, weight = (passes[index], 1.0) if index < len(passes) else (passes[-1], 0.0)
+                with self.parallel.synced(last=index == count - 1), self.processes.autocast(self.model):
+                    loss, stats = self.parallel.run(self.method.loss, batch, work.totals)
+                    finite_loss = finite_loss and bool(torch.isfinite(loss.detach()).all())
+                    # the one world-size factor: the engines average gradients over processes, and the
+                    # gradient of the global loss is their sum
+                    (loss * (self.processes.world_size * weight)).backward()
                 for key, value in stats.items():
-                    sums[key] += value
+                    sums[key] += value * weight
             grad_norm, lr, applied = self._optimizer_step(finite_loss)
             skipped += not applied
         seconds = time.perf_counter() - started
@@ -247,10 +272,9 @@ class Trainer:
     def _optimizer_step(self, finite_loss: bool) -> tuple[float, float, bool]:
         """Average gradients over processes, clip, step the optimizer and the schedule: the norm before clipping,
         the lr, and whether the update was applied (not when any process's loss or the norm is non-finite)."""
-        self.processes.average_gradients(self.parameters)
         grads = [p.grad for p in self.parameters if p.grad is not None]
         total_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        grad_norm = float(total_norm)
+        grad_norm = ParallelModel.full_value(total_norm)  # over all shards under FSDP
         nonfinite_losses = self.processes.sum_values({"bad": float(not finite_loss)})["bad"]
         applied = math.isfinite(grad_norm) and nonfinite_losses == 0
         if applied and self.config.optim.max_grad_norm:
@@ -283,9 +307,10 @@ class Trainer:
         if self.evaluate is None:
             return {}
         results = {}
-        if self.processes.is_main:
+        if self.processes.is_main or self.parallel.lockstep:  # in lockstep every process runs the passes
             log.message(f"evaluating at step {self.step} ...")
-            results = {f"eval/{k}": v for k, v in self.evaluate(self.model, self.step).items()}
+            with self.parallel.gathered():
+                results = {f"eval/{k}": v for k, v in self.evaluate(self.model, self.step).items()}
             log.log(self.step, results)
             log.message("  " + "  ".join(f"{k}={v:.4g}" for k, v in results.items()))
         self.processes.barrier()

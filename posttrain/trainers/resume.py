@@ -37,7 +37,11 @@ RESUMABLE = (
     "train.chunk_size", "train.micro_batch_tokens", "train.gradient_checkpointing",  # the same gradient, computed otherwise
     "rl.rewards.timeout",
     "eval", "data.eval",
+    "dist",  # how the processes share the work; a sharded checkpoint loads under any (check_processes)
 )
+# how a step's examples are cut into passes per process: resumable when the checkpoint recorded the step's global
+# number of examples, which check_processes then holds equal (e.g. half the processes with twice the batch_size)
+SAME_GLOBAL_BATCH = ("train.batch_size", "train.grad_accum")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -50,8 +54,9 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def is_resumable(key: str) -> bool:
-    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE)
+def is_resumable(key: str, global_batch_checked: bool = False) -> bool:
+    allowed_keys = RESUMABLE + (SAME_GLOBAL_BATCH if global_batch_checked else ())
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in allowed_keys)
 
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
@@ -61,12 +66,14 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
             if before.get(key) != after.get(key)}
 
 
-def check_config(old: dict | None, new: dict, checkpoint: Path) -> dict[str, tuple[Any, Any]]:
-    """The allowed changes from ``old`` to ``new``; a :class:`ConfigError` listing the others if there are any."""
+def check_config(old: dict | None, new: dict, checkpoint: Path,
+                 global_batch_checked: bool = False) -> dict[str, tuple[Any, Any]]:
+    """The allowed changes from ``old`` to ``new``; a :class:`ConfigError` listing the others if there are any.
+    ``global_batch_checked``: :func:`check_processes` held the step's global examples equal."""
     if old is None:  # written before configs were recorded: nothing to compare
         return {}
     changes = config_changes(old, new)
-    refused = {key: change for key, change in changes.items() if not is_resumable(key)}
+    refused = {key: change for key, change in changes.items() if not is_resumable(key, global_batch_checked)}
     if refused:
         lines = "\n  ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
         raise ConfigError(
@@ -87,6 +94,27 @@ def check_data(recorded: dict | None, checkpoint: Path) -> None:
                 f"{describe_change(path, before, now)}",
                 fix="restore the data the run started with, or train on the new data as a new run (name=...) "
                     "or from scratch (train.resume=never)")
+
+
+def check_processes(state: ckpt.TrainerState, checkpoint: Path, world_size: int, examples_per_step: int,
+                    sharded: bool) -> None:
+    """A :class:`ConfigError` when the checkpoint cannot continue on this launch: another global batch (examples a
+    step over all processes), or a replicated checkpoint loaded into a sharded (FSDP) model. A sharded checkpoint
+    loads on any number of processes, one included (re-sharded); the random streams then differ from a run that
+    kept its processes, so only a resume on the same number continues exactly."""
+    recorded = state.examples_per_step
+    if recorded is not None and recorded != examples_per_step:
+        raise ConfigError(
+            f"the checkpoint {checkpoint} was written by {state.world_size} process(es) taking {recorded} examples a "
+            f"step; this launch of {world_size} process(es) takes {examples_per_step}",
+            fix=f"launch {state.world_size} process(es), or change train.batch_size / train.grad_accum so that "
+                f"batch_size × grad_accum × processes = {recorded}")
+    if sharded and not (Path(checkpoint) / ckpt.SHARDED).is_dir():
+        raise ConfigError(
+            f"the checkpoint {checkpoint} holds whole weights (written by {state.world_size} process(es) without "
+            "FSDP) and this run shards the model (dist.strategy=fsdp)",
+            fix="resume it with dist.strategy=ddp (or one process), or start a sharded run from its weights: "
+                "model.name=CHECKPOINT/model")
 
 
 def data_fingerprints(paths: list[str]) -> dict[str, dict]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.data import encode_prompts, micro_batches, prompt_text
+from posttrain.data import encode_prompts, prompt_text
 from posttrain.errors import DataError
 from posttrain.judges.tasks import judge_task_prompts
 from posttrain.models import disabled_adapter, is_peft_model
@@ -180,8 +180,9 @@ class RLMethod(Method, name="grpo"):
         size, group = self.config.train.batch_size, self.rollout.samples_per_prompt
         lengths = [len(g.prompt_ids) + len(g) + len(self.tail) for g in generations]
         if integrate:
-            return micro_batches(range(len(generations)), lengths, max(1, size // group) * group)
-        return micro_batches(range(len(generations)), lengths, size, self.config.train.micro_batch_tokens)
+            return self.processes.micro_batches(range(len(generations)), lengths, max(1, size // group) * group)
+        return self.processes.micro_batches(range(len(generations)), lengths, size,
+                                            self.config.train.micro_batch_tokens)
 
     def _micro_batch(self, model, generations: list[Generation], trained: list[bool], advantages,
                      laser: LaserStep | None, index: torch.Tensor) -> RolloutBatch:
@@ -302,6 +303,9 @@ class RLMethod(Method, name="grpo"):
 
     def close(self) -> None:
         self.engine_weights.close()
+
+    def frozen_models(self) -> list[torch.nn.Module]:
+        return [] if self.reference is None else [self.reference]
 
     def load_state(self, directory) -> None:
         self.rewards.load_state(Path(directory) / f"rank{self.processes.rank}")

@@ -32,11 +32,19 @@ def rollout_engine(config: RunConfig, model, tokenizer, processes: Processes) ->
     :class:`EngineWeights` that keeps it in step with ``model`` (a server shared by the processes gets the weights
     from the first process)."""
     ro = config.rollout
+    kind = ro.engine
+    if processes.lockstep:  # FSDP: the full weights exist on no process; the shards generate together
+        if kind in ("vllm", "server"):
+            raise ConfigError(f"rollout.engine={kind} needs the full weights on the process that syncs them, and "
+                              "under dist.strategy=fsdp no process holds them", where="rollout.engine",
+                              fix="use rollout.engine=hf with fsdp, or dist.strategy=ddp with vLLM")
+        kind = "hf"
     settings = dict(batch_size=ro.batch_size, dtype=ro.dtype, seed=config.seed,
                     sequences=ro.prompts_per_step * ro.samples_per_prompt,
                     max_model_len=config.data.max_length + ro.max_new_tokens, kv_cache_gib=ro.kv_cache_gib,
-                    gpu_memory_utilization=ro.gpu_memory_utilization, server_url=ro.server_url)
-    engine, choice = started_engine(ro.engine, config.model.name,
+                    gpu_memory_utilization=ro.gpu_memory_utilization, server_url=ro.server_url,
+                    synced=processes.lockstep)
+    engine, choice = started_engine(kind, config.model.name,
                                     lambda choice: build_engine(choice, model, tokenizer, **settings))
     if processes.is_main:
         print(f"rollout engine: {choice.kind} ({choice.reason})", flush=True)

@@ -58,8 +58,9 @@ def math_evaluator(config: RunConfig, tokenizer, processes: Processes) -> Evalua
     run_dir = config.run_dir
 
     def evaluate(model, step: int) -> dict[str, float]:
-        engine = HFEngine(model, tokenizer, batch_size=ev.batch_size)
-        out_dir = run_dir / "eval" / f"step-{step}"
+        # in lockstep (FSDP) every process runs the same generation; the main one writes it
+        engine = HFEngine(model, tokenizer, batch_size=ev.batch_size, synced=processes.lockstep)
+        out_dir = run_dir / "eval" / f"step-{step}" if processes.is_main else None
         return evaluate_math(engine, prompts, references, k=ev.k, params=params, prompts_text=texts,
                              out_dir=out_dir).to_dict()
 
@@ -77,7 +78,7 @@ def train(config: RunConfig) -> TrainResult:
     run is refused), and a full disk anywhere in the run's writes is reported as such."""
     transformers.utils.logging.disable_progress_bar()
     release_freed_tensors()
-    processes = Processes(config.model.device)
+    processes = Processes(config.model.device, config.dist.strategy)
     lock = RunLock(config.run_dir) if processes.is_main else contextlib.nullcontext()
     with lock, disk_space_checked(config.run_dir, "the run's outputs"):
         return _train_locked(config, processes)

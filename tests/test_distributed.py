@@ -1,0 +1,119 @@
+"""Several processes under accelerate's launcher (gloo on the CPU) train exactly as one process with the same global
+batch, under DDP and under FSDP2, for SFT, DPO and GRPO, with gradient accumulation and clipping; FSDP checkpoints
+are sharded, resume exactly, resume as one process, and export to one HF directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from posttrain.config import load_config
+from posttrain.models import export_checkpoint
+from posttrain.models.saving import consolidated_model
+from posttrain.trainers import rl
+from posttrain.trainers.checkpoint import list_checkpoints
+from posttrain.trainers.run import train
+from tests import distributed_run
+from tests.helpers import tiny_overrides, train_steps
+from tests.rl_helpers import rl_overrides
+from tests.test_preference import overrides as dpo_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = Path(sys.executable).parent / "accelerate"
+CLIP = {"sft": 0.05, "dpo": 0.05, "grpo": 0.001}  # below the gradient norms of these runs: every step is clipped
+
+
+def sft(tmp_path, name, batch, steps, *extra):
+    return [*tiny_overrides(tmp_path, name, **{"train.batch_size": batch, "train.grad_accum": 2,
+                                               "train.max_steps": steps, "optim.schedule": "constant"}),
+            f"optim.max_grad_norm={CLIP['sft']}", *extra]
+
+
+def dpo(tmp_path, name, batch):
+    return dpo_overrides(tmp_path, name, f"train.batch_size={batch}", "train.grad_accum=2", "train.max_steps=2",
+                         "train.micro_batch_tokens=64", f"optim.max_grad_norm={CLIP['dpo']}")
+
+
+def grpo(tmp_path, name):
+    return rl_overrides(tmp_path, name, "train.max_steps=2", "rl.beta=0.05", f"optim.max_grad_norm={CLIP['grpo']}")
+
+
+def launch(strategy: str, runs: list[list[str]]) -> None:
+    port = str(29600 + (os.getpid() + len(strategy)) % 1000)
+    engine = ["--use_fsdp", "--fsdp_version", "2"] if strategy == "fsdp" else ["--multi_gpu"]
+    command = [str(LAUNCHER), "launch", *engine, "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "tests.distributed_run", json.dumps(runs)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The reference runs: one process, the whole global batch."""
+    root = tmp_path_factory.mktemp("one")
+    rl.rollout_engine, original = distributed_run.scripted_rollouts, rl.rollout_engine
+    try:
+        for overrides in (sft(root, "sft", 4, 3), dpo(root, "dpo", 4), grpo(root, "grpo")):
+            train(load_config(None, overrides))
+    finally:
+        rl.rollout_engine = original
+    return root
+
+
+@pytest.fixture(scope="module", params=["ddp", "fsdp"])
+def two_processes(request, tmp_path_factory) -> tuple[str, Path]:
+    """The same runs on two processes with half the batch each, plus a run cut after 2 steps and resumed."""
+    root = tmp_path_factory.mktemp(request.param)
+    launch(request.param, [sft(root, "sft", 2, 3), dpo(root, "dpo", 2), grpo(root, "grpo"),
+                           sft(root, "cut", 2, 2), sft(root, "cut", 2, 3), sft(root, "half", 2, 2)])
+    return request.param, root
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    checkpoint = list_checkpoints(run_dir)[-1]
+    if (checkpoint / "sharded").is_dir():
+        return consolidated_model(checkpoint).state_dict()
+    return load_file(checkpoint / "model" / "model.safetensors")
+
+
+def assert_same_run(one: Path, two: Path, steps: range) -> None:
+    first, second = train_steps(one), train_steps(two)
+    for step in steps:
+        for key in ("loss", "grad_norm"):
+            assert second[step][key] == pytest.approx(first[step][key], rel=1e-4, abs=1e-6), (step, key)
+    expected, got = final_weights(one), final_weights(two)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("method,steps", [("sft", 3), ("dpo", 2), ("grpo", 2)])
+def test_two_processes_train_as_one_with_the_same_global_batch(one_process, two_processes, method, steps):
+    strategy, root = two_processes
+    assert train_steps(root / method)[1]["grad_norm"] > CLIP[method], "clipping is not exercised"
+    assert_same_run(one_process / method, root / method, range(1, steps + 1))
+    sharded = (list_checkpoints(root / method)[-1] / "sharded").is_dir()
+    assert sharded == (strategy == "fsdp")
+
+
+def test_a_run_cut_and_resumed_continues_exactly(one_process, two_processes):
+    _, root = two_processes
+    assert_same_run(root / "sft", root / "cut", range(1, 4))
+
+
+def test_a_two_process_run_resumes_as_one_process_and_exports(one_process, two_processes, tmp_path):
+    strategy, root = two_processes
+    if strategy == "ddp":  # replicated checkpoints hold whole weights already
+        pytest.skip("only sharded checkpoints need re-sharding")
+    train(load_config(None, sft(root, "half", 4, 3)))  # the same global batch on one process
+    assert_same_run(one_process / "sft", root / "half", range(1, 4))
+    exported = export_checkpoint(list_checkpoints(root / "half")[-1], tmp_path / "export")
+    for name, tensor in final_weights(one_process / "sft").items():
+        torch.testing.assert_close(load_file(exported / "model.safetensors")[name], tensor, rtol=1e-4, atol=1e-5)
