@@ -117,3 +117,70 @@ def test_a_two_process_run_resumes_as_one_process_and_exports(one_process, two_p
     exported = export_checkpoint(list_checkpoints(root / "half")[-1], tmp_path / "export")
     for name, tensor in final_weights(one_process / "sft").items():
         torch.testing.assert_close(load_file(exported / "model.safetensors")[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- without launching
+
+
+def test_the_strategy_follows_the_launch():
+    from posttrain.errors import ConfigError
+    from posttrain.trainers.parallel import resolve_strategy
+
+    assert resolve_strategy("fsdp", 1) == "single"
+    assert resolve_strategy("auto", 2, {}) == "ddp"
+    assert resolve_strategy("auto", 2, {"ACCELERATE_USE_FSDP": "true"}) == "fsdp"
+    assert resolve_strategy("ddp", 2, {"ACCELERATE_USE_FSDP": "true"}) == "ddp"
+    with pytest.raises(ConfigError, match="DeepSpeed"):
+        resolve_strategy("auto", 2, {"ACCELERATE_USE_DEEPSPEED": "true"})
+
+
+def test_passes_are_halved_until_every_process_has_as_many():
+    from posttrain.data import micro_batches
+
+    lengths = [50, 10, 40, 12, 11]
+    assert len(micro_batches(list(range(5)), lengths, 8, token_budget=100)) == 2  # [0, 2], [3, 4, 1]
+    parts = micro_batches(list(range(5)), lengths, 8, token_budget=100, min_parts=4)
+    assert len(parts) == 4 and sorted(i for part in parts for i in part) == list(range(5))
+    assert len(micro_batches(list(range(2)), [5, 5], 8, min_parts=4)) == 2  # no more passes than items
+
+
+def test_a_checkpoint_index_that_would_run_code_is_refused(tmp_path):
+    import pickle
+
+    from posttrain.errors import CheckpointError
+    from posttrain.models.sharded import check_metadata
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo owned > " + str(tmp_path / "owned"),))
+
+    (tmp_path / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError, match="more than a checkpoint index"):
+        check_metadata(tmp_path, fix="x")
+    assert not (tmp_path / "owned").exists()
+
+
+def test_resuming_on_another_launch_says_what_fits(tmp_path):
+    from posttrain.errors import ConfigError
+    from posttrain.trainers.checkpoint import TrainerState
+    from posttrain.trainers.resume import check_processes
+
+    state = TrainerState(step=2, data={}, seed=0, world_size=2, examples_per_step=8)
+    check_processes(state, tmp_path, world_size=1, examples_per_step=8, sharded=False)
+    with pytest.raises(ConfigError, match="batch_size × grad_accum × processes = 8"):
+        check_processes(state, tmp_path, world_size=4, examples_per_step=16, sharded=False)
+    with pytest.raises(ConfigError, match="holds whole weights"):
+        check_processes(state, tmp_path, world_size=2, examples_per_step=8, sharded=True)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "server"])
+def test_an_engine_that_needs_whole_weights_is_refused_under_fsdp(tmp_path, engine):
+    from types import SimpleNamespace
+
+    from posttrain.errors import ConfigError
+    from posttrain.trainers.rollouts import rollout_engine
+
+    extra = ["rollout.server_url=http://127.0.0.1:1"] if engine == "server" else []
+    config = load_config(None, rl_overrides(tmp_path, "refused", f"rollout.engine={engine}", *extra))
+    with pytest.raises(ConfigError, match="no process holds them"):
+        rollout_engine(config, None, None, SimpleNamespace(lockstep=True))
