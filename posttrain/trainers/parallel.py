@@ -107,7 +107,8 @@ class ParallelModel:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [device.index] if device.type == "cuda" else None
-            self._engine = DistributedDataParallel(self.runner, device_ids=ids)
+            # gradients are views into DDP's communication buckets: no second copy of every gradient
+            self._engine = DistributedDataParallel(self.runner, device_ids=ids, gradient_as_bucket_view=True)
         elif self.strategy == FSDP:
             if hasattr(model, "peft_config"):
                 raise ConfigError("dist.strategy=fsdp does not shard LoRA models yet", where="model.lora",
