@@ -1,12 +1,13 @@
 """Runs recipes one after another in every process of a launch (``accelerate launch -m tests.distributed_run``).
 
-Argument: a JSON list of runs, each a list of ``key=value`` overrides. GRPO runs sample from
+Argument: a JSON list of runs, each a list of ``key=value`` overrides. GRPO and distillation runs sample from
 :class:`ScriptedEngine`, whose completions depend only on the prompt and the sample index, so one process and
 several processes see the same rollouts and their updates can be compared exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
@@ -14,7 +15,7 @@ import sys
 from posttrain.config import load_config
 from posttrain.rollout import Generation
 from posttrain.rollout.engines import EngineWeights
-from posttrain.trainers import rl
+from posttrain.trainers import distill, rl
 from posttrain.trainers.run import train
 
 
@@ -43,10 +44,21 @@ def scripted_rollouts(config, model, tokenizer, processes):
     return engine, EngineWeights(engine)
 
 
+@contextlib.contextmanager
+def scripted():
+    """RL and distillation sample from :class:`ScriptedEngine` inside the block."""
+    originals = rl.rollout_engine, distill.rollout_engine
+    rl.rollout_engine = distill.rollout_engine = scripted_rollouts
+    try:
+        yield
+    finally:
+        rl.rollout_engine, distill.rollout_engine = originals
+
+
 def main(runs: list[list[str]]) -> None:
-    rl.rollout_engine = scripted_rollouts
-    for overrides in runs:
-        train(load_config(None, overrides))
+    with scripted():
+        for overrides in runs:
+            train(load_config(None, overrides))
 
 
 if __name__ == "__main__":

@@ -17,17 +17,17 @@ from safetensors.torch import load_file
 from posttrain.config import load_config
 from posttrain.models import export_checkpoint
 from posttrain.models.saving import consolidated_model
-from posttrain.trainers import rl
 from posttrain.trainers.checkpoint import list_checkpoints
 from posttrain.trainers.run import train
 from tests import distributed_run
 from tests.helpers import tiny_overrides, train_steps
 from tests.rl_helpers import rl_overrides
+from tests.test_distill import write_prompts
 from tests.test_preference import overrides as dpo_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = Path(sys.executable).parent / "accelerate"
-CLIP = {"sft": 0.05, "dpo": 0.05, "grpo": 0.001}  # below the gradient norms of these runs: every step is clipped
+CLIP = {"sft": 0.05, "dpo": 0.05, "grpo": 0.001, "distill": 0.001}  # below the gradient norms of these runs: every step is clipped
 
 
 def sft(tmp_path, name, batch, steps, *extra):
@@ -45,6 +45,14 @@ def grpo(tmp_path, name):
     return rl_overrides(tmp_path, name, "train.max_steps=2", "rl.beta=0.05", f"optim.max_grad_norm={CLIP['grpo']}")
 
 
+def distill(tmp_path, name):
+    """TS-OPSD against a frozen snapshot teacher at T = 2 (sharded like the policy under FSDP)."""
+    values = {"method": "distill", "data.train": f"{{path: {write_prompts(tmp_path)}}}", "train.max_steps": 2,
+              "optim.lr": 1e-2, "rollout.prompts_per_step": 2, "rollout.samples_per_prompt": 2,
+              "rollout.max_new_tokens": 8, "distill.teacher": "snapshot", "distill.teacher_temperature": 2.0}
+    return [*tiny_overrides(tmp_path, name, **values), f"optim.max_grad_norm={CLIP['distill']}"]
+
+
 def launch(strategy: str, runs: list[list[str]]) -> None:
     port = str(29600 + (os.getpid() + len(strategy)) % 1000)
     engine = ["--use_fsdp", "--fsdp_version", "2"] if strategy == "fsdp" else ["--multi_gpu"]
@@ -59,12 +67,9 @@ def launch(strategy: str, runs: list[list[str]]) -> None:
 def one_process(tmp_path_factory) -> Path:
     """The reference runs: one process, the whole global batch."""
     root = tmp_path_factory.mktemp("one")
-    rl.rollout_engine, original = distributed_run.scripted_rollouts, rl.rollout_engine
-    try:
-        for overrides in (sft(root, "sft", 4, 3), dpo(root, "dpo", 4), grpo(root, "grpo")):
+    with distributed_run.scripted():
+        for overrides in (sft(root, "sft", 4, 3), dpo(root, "dpo", 4), grpo(root, "grpo"), distill(root, "distill")):
             train(load_config(None, overrides))
-    finally:
-        rl.rollout_engine = original
     return root
 
 
@@ -72,7 +77,7 @@ def one_process(tmp_path_factory) -> Path:
 def two_processes(request, tmp_path_factory) -> tuple[str, Path]:
     """The same runs on two processes with half the batch each, plus a run cut after 2 steps and resumed."""
     root = tmp_path_factory.mktemp(request.param)
-    launch(request.param, [sft(root, "sft", 2, 3), dpo(root, "dpo", 2), grpo(root, "grpo"),
+    launch(request.param, [sft(root, "sft", 2, 3), dpo(root, "dpo", 2), grpo(root, "grpo"), distill(root, "distill"),
                            sft(root, "cut", 2, 2), sft(root, "cut", 2, 3), sft(root, "half", 2, 2)])
     return request.param, root
 
@@ -94,7 +99,7 @@ def assert_same_run(one: Path, two: Path, steps: range) -> None:
         torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("method,steps", [("sft", 3), ("dpo", 2), ("grpo", 2)])
+@pytest.mark.parametrize("method,steps", [("sft", 3), ("dpo", 2), ("grpo", 2), ("distill", 2)])
 def test_two_processes_train_as_one_with_the_same_global_batch(one_process, two_processes, method, steps):
     strategy, root = two_processes
     assert train_steps(root / method)[1]["grad_norm"] > CLIP[method], "clipping is not exercised"
