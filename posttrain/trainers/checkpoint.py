@@ -3,7 +3,8 @@
 ``checkpoints/step-N/`` holds the model in HF format (``model/``; a LoRA run stores its adapter),
 the optimizer and scheduler states, every process's RNG states, ``trainer_state.json`` with the step,
 the data position, the resolved config and the training data's fingerprint, and ``manifest.json`` with
-the size and SHA-256 of every other file. Each checkpoint is written into a temporary directory and
+the size and SHA-256 of every other file; an fp16 run adds its loss scaler's state (``loss_scaler.pt``,
+:mod:`posttrain.trainers.precision`). Each checkpoint is written into a temporary directory and
 renamed into place, so a checkpoint directory either exists whole or not at all; a full disk while
 writing leaves the previous checkpoints as they were.
 
@@ -33,6 +34,7 @@ from posttrain.models.state_files import load_state_file
 STEP_PREFIX = "step-"
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.json"
+LOSS_SCALER_FILE = "loss_scaler.pt"
 RESUME_FIX = "resume from another checkpoint (train.resume=PATH) or start over (train.resume=never)"
 
 
@@ -108,8 +110,11 @@ def _writing(target: Path, step: int):
         raise
 
 
-def write_checkpoint(run_dir: Path, state: TrainerState, model, tokenizer, optimizer, scheduler, keep: int) -> Path:
-    """Main process: write model, optimizer, scheduler, trainer state and manifest, then rename into place.
+def write_checkpoint(run_dir: Path, state: TrainerState, model, tokenizer, optimizer, scheduler, keep: int,
+                     precision=None) -> Path:
+    """Main process: write model, optimizer, scheduler, the loss scaler of ``precision`` (a
+    :class:`~posttrain.trainers.precision.Precision`; only when it scales), trainer state and manifest, then
+    rename into place.
 
     Older checkpoints beyond the newest ``keep`` are deleted only after the new one is in place."""
     target = temporary_dir(run_dir, state.step)
@@ -120,6 +125,8 @@ def write_checkpoint(run_dir: Path, state: TrainerState, model, tokenizer, optim
             tokenizer.save_pretrained(target / "model")
         torch.save(optimizer.state_dict(), target / "optimizer.pt")
         torch.save(scheduler.state_dict(), target / "scheduler.pt")
+        if precision is not None and precision.state_dict():
+            torch.save(precision.state_dict(), target / LOSS_SCALER_FILE)
         (target / STATE_FILE).write_text(json.dumps(
             {"step": state.step, "data": state.data, "seed": state.seed, "stopped": state.stopped,
              "config": state.config, "data_files": state.data_files}))
@@ -212,9 +219,9 @@ def read_trainer_state(path: Path) -> TrainerState:
         raise CheckpointError(f"{file} is corrupt ({type(error).__name__}: {error})", fix=RESUME_FIX) from None
 
 
-def read_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> TrainerState:
-    """Verify the checkpoint, then restore model, optimizer, scheduler and this process's RNG state; return
-    the trainer state."""
+def read_checkpoint(path: Path, model, optimizer, scheduler, rank: int, precision=None) -> TrainerState:
+    """Verify the checkpoint, then restore model, optimizer, scheduler, the loss scaler of ``precision`` (when it
+    scales) and this process's RNG state; return the trainer state."""
     path = Path(path)
     verify_checkpoint(path)
     state = read_trainer_state(path)
@@ -229,5 +236,11 @@ def read_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> Train
         except (KeyError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{path / name} does not fit this run's {name[:-3]} ({error})",
                                   fix=RESUME_FIX) from None
+    if precision is not None and precision.state_dict():
+        scaler_file = path / LOSS_SCALER_FILE
+        if not scaler_file.is_file():
+            raise CheckpointError(f"{path} has no loss-scaler state ({LOSS_SCALER_FILE}) for this fp16 run",
+                                  fix=RESUME_FIX)
+        precision.load_state_dict(load_state_file(scaler_file, RESUME_FIX))
     set_rng_state(load_state_file(rng_file, RESUME_FIX))
     return state

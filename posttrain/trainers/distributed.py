@@ -10,7 +10,6 @@ Launch several processes with ``accelerate launch`` (or ``torchrun``); one proce
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
@@ -36,12 +35,6 @@ class Processes:
                 return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             return torch.device("cpu")
         return torch.device(device)
-
-    def autocast(self, model: torch.nn.Module):
-        """bf16 autocast on CUDA for float32 weights; nothing on CPU (fp32 there)."""
-        if self.device.type == "cuda" and next(model.parameters()).dtype == torch.float32:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """Every parameter's gradient becomes the mean over processes (what DDP/FSDP do)."""

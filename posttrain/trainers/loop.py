@@ -24,7 +24,9 @@ micro-batches forward and backward, gradients are combined across processes, cli
 that is repeated ``updates_per_step`` times. An update whose loss (on any process) or gradient norm is
 not finite is skipped — the weights and optimizer state stay as they were, the schedule moves on — and
 counted (``skipped_updates``); ``train.max_nonfinite_steps`` skips in a row stop the run with an error,
-its last checkpoint untouched. Evaluation runs at the start, every ``eval_every`` steps and at the end;
+its last checkpoint untouched. Forward and backward run under the run's precision policy
+(``train.precision``: autocast, and for fp16 a loss scale whose overflow skips are not divergence; see
+:mod:`posttrain.trainers.precision`). Evaluation runs at the start, every ``eval_every`` steps and at the end;
 checkpoints every ``save_every`` steps and at the end (see :mod:`posttrain.trainers.checkpoint`); where
 a run resumes from and what may change on resume: :mod:`posttrain.trainers.resume`.
 """
@@ -48,6 +50,7 @@ from posttrain.trainers import checkpoint as ckpt
 from posttrain.trainers import resume
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.optimizer import build_optimizer
+from posttrain.trainers.precision import Precision
 from posttrain.trainers.run_log import RunLog
 from posttrain.trainers.sampler import EpochSampler
 from posttrain.trainers.schedule import build_scheduler
@@ -152,7 +155,8 @@ class Trainer:
     """Runs a method's optimization with logging, evaluation and checkpoints."""
 
     def __init__(self, config: RunConfig, model, tokenizer, method: Method, processes: Processes,
-                 evaluate: Evaluate | None = None, data_files: dict[str, dict] | None = None):
+                 evaluate: Evaluate | None = None, data_files: dict[str, dict] | None = None,
+                 precision: Precision | None = None):
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
@@ -160,6 +164,7 @@ class Trainer:
         self.processes = processes
         self.evaluate = evaluate
         self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.precision = precision or Precision(config.train.precision, model)  # autocast and fp16 loss scaling
         optim = config.optim
         self.optimizer = build_optimizer(self.parameters, optim, seed=config.seed)
         self.total_steps = total_steps(config, method.num_examples, method.examples_per_step, processes.world_size)
@@ -192,7 +197,8 @@ class Trainer:
         return path, changes
 
     def _restore(self, path: Path) -> ckpt.TrainerState:
-        return ckpt.read_checkpoint(path, self.model, self.optimizer, self.scheduler, self.processes.rank)
+        return ckpt.read_checkpoint(path, self.model, self.optimizer, self.scheduler, self.processes.rank,
+                                    precision=self.precision)
 
     def _warn(self, text: str) -> None:
         if self.processes.is_main:
@@ -208,7 +214,7 @@ class Trainer:
             state = ckpt.TrainerState(self.step, self.sampler.state_dict(), self.config.seed, self.stopped,
                                       config=self.config.model_dump(mode="json"), data_files=self.data_files)
             ckpt.write_checkpoint(run_dir, state, self.model, self.tokenizer, self.optimizer, self.scheduler,
-                                  self.config.train.keep_checkpoints)
+                                  self.config.train.keep_checkpoints, precision=self.precision)
         self.processes.barrier()
 
     # -- one step ------------------------------------------------------------------------------
@@ -221,33 +227,38 @@ class Trainer:
         work = self.method.step_batches(self.model, indices, share, self.step)
         self.model.train()
         sums: dict[str, float] = defaultdict(float, work.stats)
-        skipped = 0
+        skipped = overflows = 0
         for _ in range(self.method.updates_per_step):
             finite_loss = True
             for batch in work.micro_batches:
-                with self.processes.autocast(self.model):
+                with self.precision.autocast():
                     loss, stats = self.method.loss(self.model, batch, work.totals)
                 finite_loss = finite_loss and bool(torch.isfinite(loss.detach()).all())
                 # the one world-size factor: processes average gradients (as DDP/FSDP do), and the
                 # gradient of the global loss is their sum
-                (loss * self.processes.world_size).backward()
+                self.precision.backward(loss * self.processes.world_size)
                 for key, value in stats.items():
                     sums[key] += value
-            grad_norm, lr, applied = self._optimizer_step(finite_loss)
+            grad_norm, lr, applied, overflow = self._optimizer_step(finite_loss)
             skipped += not applied
+            overflows += overflow
         seconds = time.perf_counter() - started
         totals = self.processes.sum_values(sums)
         metrics = self.method.summarize(totals)
         metrics.update(lr=lr, grad_norm=grad_norm, seconds_per_step=seconds, epoch=self.sampler.epoch,
-                       skipped_updates=skipped)
+                       skipped_updates=skipped, **self.precision.metrics())
+        if self.precision.scaler is not None:
+            metrics["overflow_updates"] = overflows  # fp16 loss-scale overflows among the skipped updates
         if "tokens" in totals:
             metrics["tokens_per_s"] = totals["tokens"] / seconds
         return metrics
 
-    def _optimizer_step(self, finite_loss: bool) -> tuple[float, float, bool]:
-        """Average gradients over processes, clip, step the optimizer and the schedule: the norm before clipping,
-        the lr, and whether the update was applied (not when any process's loss or the norm is non-finite)."""
+    def _optimizer_step(self, finite_loss: bool) -> tuple[float, float, bool, bool]:
+        """Average gradients over processes, unscale (fp16), clip, step the optimizer and the schedule: the norm
+        before clipping, the lr, whether the update was applied (not when any process's loss or the norm is
+        non-finite), and whether a skip was an fp16 loss-scale overflow (not counted as divergence)."""
         self.processes.average_gradients(self.parameters)
+        self.precision.unscale(self.optimizer)  # after averaging: every process sees the same overflow
         grads = [p.grad for p in self.parameters if p.grad is not None]
         total_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         grad_norm = float(total_norm)
@@ -261,14 +272,19 @@ class Trainer:
         with warnings.catch_warnings():  # torch warns when the schedule moves before any update was applied
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             self.scheduler.step()
+        overflow = self.precision.update(loss_finite=nonfinite_losses == 0)
         self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_in_row = 0 if applied else self.skipped_in_row + 1
-        return grad_norm, lr, applied
+        if not overflow:
+            self.skipped_in_row = 0 if applied else self.skipped_in_row + 1
+        return grad_norm, lr, applied, overflow
 
-    def _check_diverged(self, log: RunLog, skipped: int) -> None:
-        if skipped:
-            log.message(f"step {self.step}: skipped {skipped} update(s) with a non-finite loss or gradient norm "
-                        f"({self.skipped_in_row} in a row); the weights were left unchanged")
+    def _check_diverged(self, log: RunLog, skipped: int, overflows: int = 0) -> None:
+        if overflows:
+            log.message(f"step {self.step}: skipped {overflows} update(s) whose fp16 gradients overflowed; the loss "
+                        f"scale is now {self.precision.metrics()['loss_scale']:g}")
+        if skipped > overflows:
+            log.message(f"step {self.step}: skipped {skipped - overflows} update(s) with a non-finite loss or "
+                        f"gradient norm ({self.skipped_in_row} in a row); the weights were left unchanged")
         limit = self.config.train.max_nonfinite_steps
         if self.skipped_in_row >= limit:
             saved = ckpt.list_checkpoints(self.config.run_dir)
@@ -315,7 +331,7 @@ class Trainer:
                 if self.step % train.log_every == 0 or last:
                     log.log(self.step, metrics)
                 log.advance(self.step, metrics)
-                self._check_diverged(log, metrics["skipped_updates"])
+                self._check_diverged(log, metrics["skipped_updates"], metrics.get("overflow_updates", 0))
                 if self.stopped:
                     log.message(f"stopping at step {self.step}: the method's stop condition was met")
                 if (train.eval_every and self.step % train.eval_every == 0) or last:
