@@ -220,6 +220,8 @@ def judge_metarm_data(
 def bench_sft(
     context: typer.Context,
     vs: Annotated[str, typer.Option(help="peer library")] = "trl",
+    device: Annotated[str, typer.Option(help="cpu (float32 on both sides) or cuda (float32 weights, bf16 autocast "
+                                             "on both sides)")] = "cpu",
     model: str = "smollm2-135m",
     steps: int = 6,
     batch_size: int = 8,
@@ -242,6 +244,8 @@ def bench_sft(
 def bench_dpo(
     context: typer.Context,
     vs: Annotated[str, typer.Option(help="peer library")] = "trl",
+    device: Annotated[str, typer.Option(help="cpu (float32 on both sides) or cuda (float32 weights, bf16 autocast "
+                                             "on both sides)")] = "cpu",
     model: str = "smollm2-135m",
     steps: int = 4,
     batch_size: Annotated[int, typer.Option(help="pairs per step")] = 4,
@@ -265,6 +269,8 @@ def bench_dpo(
 def bench_distill(
     context: typer.Context,
     vs: Annotated[str, typer.Option(help="peer library")] = "trl",
+    device: Annotated[str, typer.Option(help="cpu (float32 on both sides) or cuda (float32 weights, bf16 autocast "
+                                             "on both sides)")] = "cpu",
     model: str = "smollm2-135m",
     steps: Annotated[int, typer.Option(help="timed steps")] = 4,
     warmup_steps: Annotated[int, typer.Option(help="steps run before the timed ones")] = 1,
@@ -289,6 +295,8 @@ def bench_distill(
 def bench_grpo(
     context: typer.Context,
     vs: Annotated[str, typer.Option(help="peer library")] = "trl",
+    device: Annotated[str, typer.Option(help="cpu (float32 on both sides) or cuda (float32 weights, bf16 autocast "
+                                             "on both sides)")] = "cpu",
     model: str = "smollm2-135m",
     steps: Annotated[int, typer.Option(help="timed steps")] = 4,
     warmup_steps: Annotated[int, typer.Option(help="steps run before the timed ones")] = 1,

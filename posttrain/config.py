@@ -110,6 +110,9 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="recompute layer activations in backward: less memory, ~1/3 more compute"
     )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision over float32 master weights: bf16 or fp16 autocast (fp16 with a dynamic "
+        "loss scale), fp32 none; auto = bf16 on CUDA, fp32 on CPU (posttrain.trainers.precision)")
     max_nonfinite_steps: int = Field(3, gt=0, description="optimizer updates whose loss or gradient norm is "
                                      "infinite or NaN are skipped (the weights stay as they were); this many in a "
                                      "row stop the run with an error")

@@ -4,8 +4,9 @@ Only the plumbing is tested here; benchmark figures come from `posttrain bench s
 """
 
 import pytest
+import torch
 
-from posttrain.bench.harness import host_info
+from posttrain.bench.harness import host_info, summarize
 from posttrain.bench.sft import SftBenchOptions, run_sft_benchmark
 from posttrain.errors import PosttrainError
 from posttrain.models import save_model, tiny_model, tiny_tokenizer
@@ -36,3 +37,16 @@ def test_host_info_reads_the_model_and_the_precision_flags(tmp_path):
 def test_unknown_peer_is_a_clear_error():
     with pytest.raises(PosttrainError, match="unknown peer"):
         run_sft_benchmark(SftBenchOptions(vs="nemo"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_benchmarks_are_refused_without_cuda():
+    with pytest.raises(PosttrainError, match="no CUDA device"):
+        run_sft_benchmark(SftBenchOptions(device="cuda"))
+
+
+def test_gpu_memory_is_summarized_when_both_sides_report_it():
+    run = {"tokens_per_s": 1.0, "seconds_per_step": 1.0, "peak_rss_mb": 10.0}
+    runs = {"posttrain": [{**run, "peak_cuda_mb": 300.0}], "trl": [{**run, "peak_cuda_mb": 600.0}]}
+    assert summarize(runs, "posttrain", "trl", {})["ratio_peak_cuda"] == 0.5
+    assert "ratio_peak_cuda" not in summarize({"posttrain": [run], "trl": [run]}, "posttrain", "trl", {})

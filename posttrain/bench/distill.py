@@ -56,7 +56,7 @@ def run_distill_benchmark(options: DistillBenchOptions) -> dict:
         "model": model_dir, "data": str(data_path), "steps": options.steps, "warmup_steps": options.warmup_steps,
         "prompts": options.prompts, "max_completion_length": options.max_completion_length, "temperature": 1.0,
         "teacher_temperature": options.teacher_temperature, "divergence": "forward_kl", "lr": options.lr, "seed": 0,
-        "workdir": str(workdir), "dtype": "float32", "device": "cpu",
+        "workdir": str(workdir), "dtype": "float32", "device": options.device,
         "posttrain_set": overrides, "trl_vllm": options.trl_vllm,
     }
     runs = alternate({"posttrain": ("posttrain.bench.distill_posttrain", settings),

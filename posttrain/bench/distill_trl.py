@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
-from posttrain.bench.harness import peak_rss_mb
+from posttrain.bench.harness import peak_memory
 from posttrain.bench.steps import (
     generation_figures,
     sync_by_reload,
@@ -69,7 +69,7 @@ def main(settings: dict) -> dict:
     sync_by_reload(trainer, settings)
     trainer.train()
     figures = generation_figures(durations, completion_lengths, settings["warmup_steps"])
-    return {**figures, "peak_rss_mb": peak_rss_mb(), "final_loss": losses[-1] if losses else None}
+    return {**figures, **peak_memory(), "final_loss": losses[-1] if losses else None}
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from posttrain.bench.harness import BenchOptions, alternate, summarize
+from posttrain.bench.harness import BenchOptions, alternate, check_device, summarize
 from posttrain.bench.on_policy import check_counts
 from posttrain.config import TrainConfig
 from posttrain.data.tasks.judge_pairs import make_preference_pairs
@@ -78,6 +78,7 @@ def run_dpo_benchmark(options: DpoBenchOptions) -> dict:
                  micro_batch_tokens=(options.micro_batch_tokens or 0, 0))
     if not options.beta > 0:
         raise ConfigError(f"must be > 0, got {options.beta}", where="--beta", fix="pass a β > 0 (TRL's default is 0.1)")
+    check_device(options.device)
     source = resolve_source(options.model)
     if source.kind != "directory":
         raise PosttrainError(f"the DPO benchmark needs a model directory both libraries can load; {options.model!r} is a "
@@ -90,7 +91,7 @@ def run_dpo_benchmark(options: DpoBenchOptions) -> dict:
                 "warmup_steps": options.warmup_steps, "batch_size": options.batch_size,
                 "max_length": options.max_length, "lr": options.lr, "schedule": "constant",
                 "loss": "sigmoid", "beta": options.beta, "reference": "precomputed", "seed": 0, "workdir": str(workdir),
-                "dtype": "float32", "device": "cpu", "micro_batch_tokens": (
+                "dtype": "float32", "device": options.device, "micro_batch_tokens": (
                     TrainConfig.model_fields["micro_batch_tokens"].default if options.micro_batch_tokens is None
                     else options.micro_batch_tokens)}
     runs = alternate({"posttrain": ("posttrain.bench.dpo_posttrain", settings),

@@ -10,7 +10,7 @@ import json
 import sys
 import tempfile
 
-from posttrain.bench.harness import peak_rss_mb
+from posttrain.bench.harness import peak_memory
 from posttrain.bench.steps import token_figures
 from posttrain.config import RunConfig
 from posttrain.trainers.run import train
@@ -39,7 +39,7 @@ def main(settings: dict) -> dict:
     steps = [m for m in read_metrics(config.run_dir / "metrics.jsonl") if "loss" in m]
     figures = token_figures([m["seconds_per_step"] for m in steps], [int(m["tokens"]) for m in steps],
                            [m["loss"] for m in steps], settings["warmup_steps"])
-    return {**figures, "peak_rss_mb": peak_rss_mb()}
+    return {**figures, **peak_memory()}
 
 
 if __name__ == "__main__":

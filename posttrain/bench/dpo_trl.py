@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 
-from posttrain.bench.harness import peak_rss_mb
+from posttrain.bench.harness import peak_memory
 from posttrain.bench.steps import token_figures, trl_step_timer
 from posttrain.trainers.sampler import EpochSampler
 
@@ -30,7 +30,7 @@ def dpo_config(settings: dict):
         gradient_accumulation_steps=1, max_steps=settings["steps"] + settings["warmup_steps"],
         learning_rate=settings["lr"], lr_scheduler_type=settings["schedule"], warmup_steps=0, max_grad_norm=1.0,
         train_sampling_strategy="sequential", logging_steps=1, save_strategy="no", report_to=[],
-        max_length=settings["max_length"], bf16=False, fp16=False, use_cpu=settings["device"] == "cpu",
+        max_length=settings["max_length"], bf16=settings["device"] == "cuda", fp16=False, use_cpu=settings["device"] == "cpu",
         dataloader_num_workers=0, seed=settings["seed"], beta=settings["beta"], loss_type=[settings["loss"]],
         precompute_ref_log_probs=True, model_init_kwargs={"dtype": settings["dtype"]}, disable_tqdm=True,
     )
@@ -63,7 +63,7 @@ def main(settings: dict) -> dict:
     trainer.data_collator = counting_collator
     trainer.train()
     figures = token_figures(durations, tokens, losses, settings["warmup_steps"])
-    return {**figures, "peak_rss_mb": peak_rss_mb()}
+    return {**figures, **peak_memory()}
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def run_grpo_benchmark(options: GrpoBenchOptions) -> dict:
         "seed": 0,
         "workdir": str(workdir),
         "dtype": "float32",
-        "device": "cpu",
+        "device": options.device,
         "gradient_checkpointing": options.gradient_checkpointing,
         "posttrain_set": overrides,
         "trl_vllm": options.trl_vllm,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import sys
 
-from posttrain.bench.harness import peak_rss_mb
+from posttrain.bench.harness import peak_memory
 from posttrain.bench.steps import (
     generation_figures,
     sync_by_reload,
@@ -91,7 +91,7 @@ def main(settings: dict) -> dict:
     figures = generation_figures(durations, completion_lengths, settings["warmup_steps"])
     return {
         **figures,
-        "peak_rss_mb": peak_rss_mb(),
+        **peak_memory(),
         "final_loss": losses[-1] if losses else None,
         "prompts_per_step": questions,
     }

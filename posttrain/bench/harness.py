@@ -1,7 +1,8 @@
 """Shared benchmark plumbing: run each side in a fresh process, alternate sides, summarize.
 
 Each side is a worker module run as ``python -m MODULE JSON_SETTINGS`` that prints one JSON object
-on its last stdout line with ``tokens_per_s``, ``seconds_per_step`` and ``peak_rss_mb``. Sides run
+on its last stdout line with ``tokens_per_s``, ``seconds_per_step`` and ``peak_rss_mb`` (on CUDA also
+``peak_cuda_mb``, the most GPU memory torch held allocated). Sides run
 one after another (never concurrently), in the order A, B, B, A, A, B, ... so that slow drift of
 the machine affects both equally. The summary takes the median of each figure over repeats, and records
 the host (:func:`host_info`: CPU model, core count and the instruction sets that decide whether a precision
@@ -19,6 +20,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 from posttrain.errors import PosttrainError
 from posttrain.rollout.options import ToolOptions
@@ -26,9 +28,12 @@ from posttrain.rollout.options import ToolOptions
 
 class BenchOptions(ToolOptions):
     """What every ``posttrain bench`` run takes: the peer library ``vs``, the ``model``, ``steps`` timed after
-    ``warmup_steps``, ``repeats`` alternated runs per side and the constant learning rate ``lr``."""
+    ``warmup_steps``, ``repeats`` alternated runs per side, the constant learning rate ``lr`` and the ``device``:
+    ``cpu`` (float32 on both sides) or ``cuda`` (float32 weights with bf16 autocast on both sides: posttrain's
+    ``train.precision=auto``, TRL's ``bf16=True``)."""
 
     vs: str = "trl"
+    device: Literal["cpu", "cuda"] = "cpu"
     model: str = "smollm2-135m"
     steps: int = 4
     repeats: int = 2
@@ -39,6 +44,27 @@ class BenchOptions(ToolOptions):
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_memory() -> dict[str, float]:
+    """A worker's memory figures: ``peak_rss_mb``, and ``peak_cuda_mb`` (torch's peak allocated GPU memory, MiB)
+    when it used CUDA."""
+    import torch
+
+    figures = {"peak_rss_mb": peak_rss_mb()}
+    if torch.cuda.is_initialized():
+        figures["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return figures
+
+
+def check_device(device: str) -> None:
+    """A :class:`PosttrainError` when the benchmark asks for CUDA on a machine without it."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PosttrainError("--device cuda was asked for, but torch sees no CUDA device here",
+                                 fix="run the benchmark on a GPU machine, or with --device cpu")
 
 
 def run_worker(module: str, settings: dict, timeout: float = 3600) -> dict:
@@ -91,6 +117,8 @@ def summarize(runs: dict[str, list[dict]], ours: str, peer: str, settings: dict)
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in results),
             "seconds_per_step": statistics.median(r["seconds_per_step"] for r in results),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+            **({"peak_cuda_mb": max(r["peak_cuda_mb"] for r in results)}
+               if all("peak_cuda_mb" in r for r in results) else {}),
             "final_loss": results[-1].get("final_loss"),
             "runs": results,
         }
@@ -98,6 +126,8 @@ def summarize(runs: dict[str, list[dict]], ours: str, peer: str, settings: dict)
     summary = {ours: side(ours), peer: side(peer), "settings": settings, "host": host_info()}
     summary["ratio_tokens_per_s"] = summary[ours]["tokens_per_s"] / summary[peer]["tokens_per_s"]
     summary["ratio_peak_rss"] = summary[ours]["peak_rss_mb"] / summary[peer]["peak_rss_mb"]
+    if "peak_cuda_mb" in summary[ours] and "peak_cuda_mb" in summary[peer]:
+        summary["ratio_peak_cuda"] = summary[ours]["peak_cuda_mb"] / summary[peer]["peak_cuda_mb"]
     return summary
 
 

@@ -13,7 +13,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from posttrain.bench.harness import peak_rss_mb, summarize
+from posttrain.bench.harness import check_device, peak_memory, summarize
 from posttrain.bench.steps import generation_figures, trl_generation
 from posttrain.config import RunConfig, apply_overrides, parse_override
 from posttrain.data import make_task
@@ -41,12 +41,14 @@ def check_counts(**options: tuple[int, int]) -> None:
 
 
 def check_on_policy_options(options, what: str) -> None:
-    """The checks every on-policy benchmark's options share: the peer is TRL, and the counts are positive."""
+    """The checks every on-policy benchmark's options share: the peer is TRL, the counts are positive, and the
+    device exists."""
     if options.vs != "trl":
         raise PosttrainError(f"unknown peer {options.vs!r} for the {what} benchmark", fix="use --vs trl")
     check_counts(steps=(options.steps, 1), prompts=(options.prompts, 1),
                  max_completion_length=(options.max_completion_length, 1), repeats=(options.repeats, 1),
                  warmup_steps=(options.warmup_steps, 0))
+    check_device(options.device)
 
 
 def prepare_benchmark(model: str, what: str, records: int) -> tuple[str, Path, Path]:
@@ -101,7 +103,7 @@ def posttrain_worker(config: dict, warmup_steps: int) -> dict:
         lengths[row["step"]].append(row["tokens"])
     figures = generation_figures([m["seconds_per_step"] for m in steps], [lengths[s] for s in sorted(lengths)],
                                  warmup_steps)
-    return {**figures, "peak_rss_mb": peak_rss_mb(), "final_loss": steps[-1]["loss"]}
+    return {**figures, **peak_memory(), "final_loss": steps[-1]["loss"]}
 
 
 def summarize_on_policy(runs: dict[str, list[dict]], settings: dict) -> dict:

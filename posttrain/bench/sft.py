@@ -13,7 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from posttrain.bench.harness import BenchOptions, alternate, summarize
+from posttrain.bench.harness import BenchOptions, alternate, check_device, summarize
 from posttrain.data import make_task
 from posttrain.errors import PosttrainError
 from posttrain.models.loader import resolve_source
@@ -42,6 +42,7 @@ def run_sft_benchmark(options: SftBenchOptions) -> dict:
     if options.vs != "trl":
         raise PosttrainError(f"unknown peer {options.vs!r} for the SFT benchmark", fix="use --vs trl")
 
+    check_device(options.device)
     source = resolve_source(options.model)
     if source.kind != "directory":
         raise PosttrainError(f"the SFT benchmark needs a model directory both libraries can load; {options.model!r} is a {source.kind}",
@@ -54,7 +55,7 @@ def run_sft_benchmark(options: SftBenchOptions) -> dict:
     settings = {"model": model_dir, "data": str(data_path), "steps": options.steps,
                 "warmup_steps": options.warmup_steps, "batch_size": options.batch_size,
                 "max_length": options.max_length, "lr": options.lr, "workdir": str(workdir),
-                "dtype": "float32", "device": "cpu", "gradient_checkpointing": options.gradient_checkpointing}
+                "dtype": "float32", "device": options.device, "gradient_checkpointing": options.gradient_checkpointing}
     runs = alternate({"posttrain": ("posttrain.bench.sft_posttrain", settings),
                       "trl": ("posttrain.bench.sft_trl", settings)}, options.repeats)
     return summarize(runs, "posttrain", "trl", settings)

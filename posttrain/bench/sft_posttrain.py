@@ -7,7 +7,7 @@ import statistics
 import sys
 import tempfile
 
-from posttrain.bench.harness import peak_rss_mb
+from posttrain.bench.harness import peak_memory
 from posttrain.config import RunConfig
 from posttrain.trainers.run import train
 from posttrain.trainers.run_log import read_metrics
@@ -31,7 +31,7 @@ def main(settings: dict) -> dict:
     seconds = sum(m["seconds_per_step"] for m in timed)
     return {"tokens_per_s": sum(m["tokens"] for m in timed) / seconds,
             "seconds_per_step": statistics.mean(m["seconds_per_step"] for m in timed),
-            "peak_rss_mb": peak_rss_mb(), "final_loss": steps[-1]["loss"], "steps": len(steps)}
+            **peak_memory(), "final_loss": steps[-1]["loss"], "steps": len(steps)}
 
 
 if __name__ == "__main__":

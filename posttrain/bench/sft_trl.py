@@ -7,7 +7,7 @@ import statistics
 import sys
 import time
 
-from posttrain.bench.harness import peak_rss_mb
+from posttrain.bench.harness import peak_memory
 
 
 def main(settings: dict) -> dict:
@@ -24,7 +24,7 @@ def main(settings: dict) -> dict:
         output_dir=settings["workdir"] + "/trl", per_device_train_batch_size=settings["batch_size"],
         gradient_accumulation_steps=1, max_steps=total_steps, learning_rate=settings["lr"],
         lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
-        report_to=[], max_length=settings["max_length"], bf16=False, fp16=False, use_cpu=settings["device"] == "cpu",
+        report_to=[], max_length=settings["max_length"], bf16=settings["device"] == "cuda", fp16=False, use_cpu=settings["device"] == "cpu",
         dataloader_num_workers=0, seed=0,
         **({} if settings["gradient_checkpointing"] is None else {"gradient_checkpointing": settings["gradient_checkpointing"]}), model_init_kwargs={"dtype": torch.float32}, disable_tqdm=True,
     )
@@ -60,7 +60,7 @@ def main(settings: dict) -> dict:
     timed = durations[settings["warmup_steps"]:]
     tokens = real_tokens[settings["warmup_steps"]:total_steps]
     return {"tokens_per_s": sum(tokens) / sum(timed), "seconds_per_step": statistics.mean(timed),
-            "peak_rss_mb": peak_rss_mb(), "final_loss": losses[-1] if losses else None, "steps": len(durations)}
+            **peak_memory(), "final_loss": losses[-1] if losses else None, "steps": len(durations)}
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ def token_figures(durations: list[float], tokens: list[int], losses: list[float]
 
 
 def trl_training_args(settings: dict) -> dict:
-    """The ``TrainingArguments`` both TRL workers share: the steps, a constant lr, clipping at 1, fp32 on the
-    requested device, the data in the given order, no saving or reporting."""
+    """The ``TrainingArguments`` both TRL workers share: the steps, a constant lr, clipping at 1, float32 weights on
+    the requested device (with bf16 autocast on CUDA), the data in the given order, no saving or reporting."""
     return {
         "output_dir": settings["workdir"] + "/trl",
         "gradient_accumulation_steps": 1,
@@ -66,7 +66,7 @@ def trl_training_args(settings: dict) -> dict:
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": [],
-        "bf16": False,
+        "bf16": settings["device"] == "cuda",  # autocast over float32 weights, as posttrain's precision=auto
         "fp16": False,
         "use_cpu": settings["device"] == "cpu",
         "dataloader_num_workers": 0,

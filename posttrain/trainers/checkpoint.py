@@ -5,7 +5,8 @@ the optimizer and scheduler states (under FSDP, model and optimizer are instead 
 its own shards into ``sharded/`` with ``torch.distributed.checkpoint``, and ``model/`` holds the model's config
 and tokenizer: ``posttrain model export`` consolidates; a resume on another number of processes re-shards), every process's RNG states, ``trainer_state.json`` with the step,
 the data position, the resolved config and the training data's fingerprint, and ``manifest.json`` with
-the size and SHA-256 of every other file. Each checkpoint is written into a temporary directory and
+the size and SHA-256 of every other file; an fp16 run adds its loss scaler's state (``loss_scaler.pt``,
+:mod:`posttrain.trainers.precision`). Each checkpoint is written into a temporary directory and
 renamed into place, so a checkpoint directory either exists whole or not at all; a full disk while
 writing leaves the previous checkpoints as they were.
 
@@ -38,6 +39,7 @@ STEP_PREFIX = "step-"
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.json"
 SHARDED = sharded.SHARDED_DIR  # model and optimizer shards (torch.distributed.checkpoint)
+LOSS_SCALER_FILE = "loss_scaler.pt"
 RESUME_FIX = "resume from another checkpoint (train.resume=PATH) or start over (train.resume=never)"
 
 
@@ -123,8 +125,9 @@ def write_shards(run_dir: Path, step: int, model, optimizer) -> None:
 
 
 def write_checkpoint(run_dir: Path, state: TrainerState, model, tokenizer, optimizer, scheduler, keep: int,
-                     shards_written: bool = False) -> Path:
-    """Main process: write model, optimizer (both already in ``sharded/`` when ``shards_written``), scheduler, trainer
+                     precision=None, shards_written: bool = False) -> Path:
+    """Main process: write model, optimizer (both already in ``sharded/`` when ``shards_written``), scheduler, the
+    loss scaler of ``precision`` (a :class:`~posttrain.trainers.precision.Precision`; only when it scales), trainer
     state and manifest, then rename into place.
 
     Older checkpoints beyond the newest ``keep`` are deleted only after the new one is in place."""
@@ -142,6 +145,8 @@ def write_checkpoint(run_dir: Path, state: TrainerState, model, tokenizer, optim
         if tokenizer is not None:
             tokenizer.save_pretrained(target / "model")
         torch.save(scheduler.state_dict(), target / "scheduler.pt")
+        if precision is not None and precision.state_dict():
+            torch.save(precision.state_dict(), target / LOSS_SCALER_FILE)
         (target / STATE_FILE).write_text(json.dumps(
             {"step": state.step, "data": state.data, "seed": state.seed, "stopped": state.stopped,
              "config": state.config, "data_files": state.data_files, "world_size": state.world_size,
@@ -237,9 +242,9 @@ def read_trainer_state(path: Path) -> TrainerState:
 
 
 def read_checkpoint(path: Path, model, optimizer, scheduler, rank: int,
-                    check: Callable[[TrainerState], None] | None = None) -> TrainerState:
-    """Verify the checkpoint, let ``check`` refuse its trainer state, then restore model, optimizer, scheduler and
-    this process's RNG state; return the trainer state."""
+                    check: Callable[[TrainerState], None] | None = None, precision=None) -> TrainerState:
+    """Verify the checkpoint, let ``check`` refuse its trainer state, then restore model, optimizer, scheduler, the
+    loss scaler of ``precision`` (when it scales) and this process's RNG state; return the trainer state."""
     path = Path(path)
     verify_checkpoint(path)
     state = read_trainer_state(path)
@@ -260,5 +265,11 @@ def read_checkpoint(path: Path, model, optimizer, scheduler, rank: int,
         except (KeyError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{path / name} does not fit this run's {name[:-3]} ({error})",
                                   fix=RESUME_FIX) from None
+    if precision is not None and precision.state_dict():
+        scaler_file = path / LOSS_SCALER_FILE
+        if not scaler_file.is_file():
+            raise CheckpointError(f"{path} has no loss-scaler state ({LOSS_SCALER_FILE}) for this fp16 run",
+                                  fix=RESUME_FIX)
+        precision.load_state_dict(load_state_file(scaler_file, RESUME_FIX))
     set_rng_state(load_state_file(rng_file, RESUME_FIX))
     return state

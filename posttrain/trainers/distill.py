@@ -44,6 +44,7 @@ from posttrain.rollout import Generation, RolloutEngine, SamplingParams, pad_tok
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import eval_source, load_source, training_records
 from posttrain.trainers.loop import Method, StepBatches, StepTotals
+from posttrain.trainers.precision import autocast
 from posttrain.trainers.rollouts import (
     RolloutRows,
     append_samples,
@@ -286,12 +287,12 @@ class DistillMethod(Method, name="distill"):
             return {}, False
         with self.engine_weights.awake(model, step):
             entropy = heldout_entropy(model, self.engine, self.held_out, self.config.rollout.max_new_tokens,
-                                      self.processes, self.pad_id)
+                                      self.processes, self.pad_id, self.config.train.precision)
         return {"heldout_entropy": entropy}, entropy >= cfg.target_entropy
 
 
 def heldout_entropy(model, engine: RolloutEngine, prompts: list[list[int]], max_new_tokens: int,
-                    processes: Processes, pad_id: int) -> float:
+                    processes: Processes, pad_id: int, precision: str = "auto") -> float:
     """Mean token entropy at T = 1 of one sampled (T = 1, fixed seed) completion per held-out prompt."""
     was_training = model.training
     generations = engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, n=1,
@@ -299,7 +300,7 @@ def heldout_entropy(model, engine: RolloutEngine, prompts: list[list[int]], max_
     rows = rollout_rows(generations, pad_id)
     device = processes.device
     model.eval()
-    with torch.no_grad(), processes.autocast(model):
+    with torch.no_grad(), autocast(model, precision):
         out = completion_logprobs(model, rows.input_ids.to(device),
                                   torch.nn.functional.pad(rows.target_mask, (1, 0)).to(device),
                                   position_ids=rows.position_ids.to(device), with_entropy=True)

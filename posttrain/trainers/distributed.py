@@ -6,7 +6,6 @@ Launch several processes with ``accelerate launch`` (or ``torchrun``); one proce
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
@@ -40,12 +39,6 @@ class Processes:
                 return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             return torch.device("cpu")
         return torch.device(device)
-
-    def autocast(self, model: torch.nn.Module):
-        """bf16 autocast on CUDA for float32 weights; nothing on CPU (fp32 there)."""
-        if self.device.type == "cuda" and next(model.parameters()).dtype == torch.float32:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def max_count(self, count: int) -> int:
         """The largest ``count`` over the processes."""

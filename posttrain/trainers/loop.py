@@ -24,7 +24,9 @@ micro-batches forward and backward, gradients are combined across processes, cli
 that is repeated ``updates_per_step`` times. An update whose loss (on any process) or gradient norm is
 not finite is skipped — the weights and optimizer state stay as they were, the schedule moves on — and
 counted (``skipped_updates``); ``train.max_nonfinite_steps`` skips in a row stop the run with an error,
-its last checkpoint untouched. Evaluation runs at the start, every ``eval_every`` steps and at the end;
+its last checkpoint untouched. Forward and backward run under the run's precision policy
+(``train.precision``: autocast, and for fp16 a loss scale whose overflow skips are not divergence; see
+:mod:`posttrain.trainers.precision`). Evaluation runs at the start, every ``eval_every`` steps and at the end;
 checkpoints every ``save_every`` steps and at the end (see :mod:`posttrain.trainers.checkpoint`); where
 a run resumes from and what may change on resume: :mod:`posttrain.trainers.resume`.
 """
@@ -49,6 +51,7 @@ from posttrain.trainers import resume
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.optimizer import build_optimizer
 from posttrain.trainers.parallel import ParallelModel
+from posttrain.trainers.precision import Precision
 from posttrain.trainers.run_log import RunLog
 from posttrain.trainers.sampler import EpochSampler
 from posttrain.trainers.schedule import build_scheduler
@@ -157,7 +160,8 @@ class Trainer:
     """Runs a method's optimization with logging, evaluation and checkpoints."""
 
     def __init__(self, config: RunConfig, model, tokenizer, method: Method, processes: Processes,
-                 evaluate: Evaluate | None = None, data_files: dict[str, dict] | None = None):
+                 evaluate: Evaluate | None = None, data_files: dict[str, dict] | None = None,
+                 precision: Precision | None = None):
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
@@ -169,6 +173,11 @@ class Trainer:
         for frozen in method.frozen_models():
             self.parallel.shard_frozen(frozen)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.precision = precision or Precision(config.train.precision, model)  # autocast and fp16 loss scaling
+        if self.precision.scaler is not None and self.parallel.sharded:
+            raise ConfigError("train.precision=fp16 scales the loss by one factor that every process must lower on an "
+                              "overflow, and under FSDP each process sees only its shards' gradients",
+                              where="train.precision", fix="use train.precision=bf16 (no loss scale) with fsdp, or ddp")
         optim = config.optim
         self.optimizer = build_optimizer(self.parameters, optim, seed=config.seed)
         self.total_steps = total_steps(config, method.num_examples, method.examples_per_step, processes.world_size)
@@ -206,7 +215,8 @@ class Trainer:
             resume.check_processes(state, path, self.processes.world_size, self._global_examples(),
                                    self.parallel.sharded)
 
-        return ckpt.read_checkpoint(path, self.model, self.optimizer, self.scheduler, self.processes.rank, check=fits)
+        return ckpt.read_checkpoint(path, self.model, self.optimizer, self.scheduler, self.processes.rank, check=fits,
+                                    precision=self.precision)
 
     def _global_examples(self) -> int:
         return self.method.examples_per_step * self.processes.world_size
@@ -228,7 +238,8 @@ class Trainer:
                                       config=self.config.model_dump(mode="json"), data_files=self.data_files,
                                       world_size=self.processes.world_size, examples_per_step=self._global_examples())
             ckpt.write_checkpoint(run_dir, state, self.model, self.tokenizer, self.optimizer, self.scheduler,
-                                  self.config.train.keep_checkpoints, shards_written=self.parallel.sharded)
+                                  self.config.train.keep_checkpoints, precision=self.precision,
+                                  shards_written=self.parallel.sharded)
         self.processes.barrier()
 
     # -- one step ------------------------------------------------------------------------------
@@ -242,7 +253,7 @@ class Trainer:
             work = self.method.step_batches(self.model, indices, share, self.step)
         self.model.train()
         sums: dict[str, float] = defaultdict(float, work.stats)
-        skipped = 0
+        skipped = overflows = 0
         passes = work.micro_batches
         # in lockstep (FSDP) a process with fewer passes repeats its last one with weight 0
         count = self.processes.max_count(len(passes)) if self.parallel.lockstep else len(passes)
@@ -250,28 +261,34 @@ class Trainer:
             finite_loss = True
             for index in range(count):
                 batch, weight = (passes[index], 1.0) if index < len(passes) else (passes[-1], 0.0)
-                with self.parallel.synced(last=index == count - 1), self.processes.autocast(self.model):
-                    loss, stats = self.parallel.run(self.method.loss, batch, work.totals)
+                with self.parallel.synced(last=index == count - 1):
+                    with self.precision.autocast():
+                        loss, stats = self.parallel.run(self.method.loss, batch, work.totals)
                     finite_loss = finite_loss and bool(torch.isfinite(loss.detach()).all())
                     # the one world-size factor: the engines average gradients over processes, and the
                     # gradient of the global loss is their sum
-                    (loss * (self.processes.world_size * weight)).backward()
+                    self.precision.backward(loss * (self.processes.world_size * weight))
                 for key, value in stats.items():
                     sums[key] += value * weight
-            grad_norm, lr, applied = self._optimizer_step(finite_loss)
+            grad_norm, lr, applied, overflow = self._optimizer_step(finite_loss)
             skipped += not applied
+            overflows += overflow
         seconds = time.perf_counter() - started
         totals = self.processes.sum_values(sums)
         metrics = self.method.summarize(totals)
         metrics.update(lr=lr, grad_norm=grad_norm, seconds_per_step=seconds, epoch=self.sampler.epoch,
-                       skipped_updates=skipped)
+                       skipped_updates=skipped, **self.precision.metrics())
+        if self.precision.scaler is not None:
+            metrics["overflow_updates"] = overflows  # fp16 loss-scale overflows among the skipped updates
         if "tokens" in totals:
             metrics["tokens_per_s"] = totals["tokens"] / seconds
         return metrics
 
-    def _optimizer_step(self, finite_loss: bool) -> tuple[float, float, bool]:
-        """Average gradients over processes, clip, step the optimizer and the schedule: the norm before clipping,
-        the lr, and whether the update was applied (not when any process's loss or the norm is non-finite)."""
+    def _optimizer_step(self, finite_loss: bool) -> tuple[float, float, bool, bool]:
+        """Unscale (fp16), clip, step the optimizer and the schedule, once the engine has averaged the gradients over
+        processes: the norm before clipping, the lr, whether the update was applied (not when any process's loss or
+        the norm is non-finite), and whether a skip was an fp16 loss-scale overflow (not counted as divergence)."""
+        self.precision.unscale(self.optimizer)  # gradients are averaged: every process sees the same overflow
         grads = [p.grad for p in self.parameters if p.grad is not None]
         total_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         grad_norm = ParallelModel.full_value(total_norm)  # over all shards under FSDP
@@ -285,14 +302,19 @@ class Trainer:
         with warnings.catch_warnings():  # torch warns when the schedule moves before any update was applied
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             self.scheduler.step()
+        overflow = self.precision.update(loss_finite=nonfinite_losses == 0)
         self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_in_row = 0 if applied else self.skipped_in_row + 1
-        return grad_norm, lr, applied
+        if not overflow:
+            self.skipped_in_row = 0 if applied else self.skipped_in_row + 1
+        return grad_norm, lr, applied, overflow
 
-    def _check_diverged(self, log: RunLog, skipped: int) -> None:
-        if skipped:
-            log.message(f"step {self.step}: skipped {skipped} update(s) with a non-finite loss or gradient norm "
-                        f"({self.skipped_in_row} in a row); the weights were left unchanged")
+    def _check_diverged(self, log: RunLog, skipped: int, overflows: int = 0) -> None:
+        if overflows:
+            log.message(f"step {self.step}: skipped {overflows} update(s) whose fp16 gradients overflowed; the loss "
+                        f"scale is now {self.precision.metrics()['loss_scale']:g}")
+        if skipped > overflows:
+            log.message(f"step {self.step}: skipped {skipped - overflows} update(s) with a non-finite loss or "
+                        f"gradient norm ({self.skipped_in_row} in a row); the weights were left unchanged")
         limit = self.config.train.max_nonfinite_steps
         if self.skipped_in_row >= limit:
             saved = ckpt.list_checkpoints(self.config.run_dir)
@@ -340,7 +362,7 @@ class Trainer:
                 if self.step % train.log_every == 0 or last:
                     log.log(self.step, metrics)
                 log.advance(self.step, metrics)
-                self._check_diverged(log, metrics["skipped_updates"])
+                self._check_diverged(log, metrics["skipped_updates"], metrics.get("overflow_updates", 0))
                 if self.stopped:
                     log.message(f"stopping at step {self.step}: the method's stop condition was met")
                 if (train.eval_every and self.step % train.eval_every == 0) or last:

@@ -42,6 +42,7 @@ from posttrain.ops import bradley_terry_losses, completion_logprobs, dpo_loss, r
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import training_records
 from posttrain.trainers.loop import Method, StepBatches, StepTotals
+from posttrain.trainers.precision import autocast, resolve
 from posttrain.trainers.regression import RegressionMethod
 
 REFERENCE_FILE = "reference_logps.pt"
@@ -165,9 +166,12 @@ class PreferenceMethod(PairMethod, name="dpo"):
 
     # -- the reference ---------------------------------------------------------------------------
     def reference_key(self, model) -> str:
-        """A hash of everything the reference log-probs depend on: model, dtype, device type and pair tokens."""
+        """A hash of everything the reference log-probs depend on: model, dtype, device type, autocast and pair
+        tokens."""
         parameter = next(model.parameters())
-        digest = hashlib.sha256(f"{self.config.model.name}|{parameter.dtype}|{self.processes.device.type}|"
+        device_type = self.processes.device.type
+        precision = resolve(self.config.train.precision, device_type, parameter.dtype)
+        digest = hashlib.sha256(f"{self.config.model.name}|{parameter.dtype}|{device_type}|{precision}|"
                                 f"{len(self.pairs)}".encode())
         for pair in self.pairs:
             for example in (pair.chosen, pair.rejected):
@@ -200,7 +204,7 @@ class PreferenceMethod(PairMethod, name="dpo"):
         with torch.no_grad(), disabled_adapter(model) if fresh_adapters else contextlib.nullcontext():
             for group in self.pair_groups(order):
                 batch = self.collate(group)
-                with self.processes.autocast(model):
+                with autocast(model, self.config.train.precision):
                     logps, _ = self.sequence_logps(model, batch)
                 result[batch.indices] = logps.float().cpu().view(2, -1).T
         return result

@@ -9,6 +9,9 @@
   :data:`RESUMABLE` only change what is logged, evaluated or kept, how long the run lasts, or how the
   same gradient is computed, and may change; each start of a run is appended to ``history.jsonl`` with
   what changed, so ``config.yaml`` (the settings now in force) never hides what ran before.
+  ``train.precision`` is not among them: another autocast dtype computes other gradients, and an fp16 run's
+  loss scale continues from its checkpoint. A setting added after a checkpoint was written compares as the
+  value that reproduces what the older version did (:data:`ADDED_DEFAULTS`).
 * **Same data.** The training data files' fingerprints are recorded too; a file that changed is a
   :class:`DataError` naming it and how it changed.
 """
@@ -44,6 +47,11 @@ RESUMABLE = (
 SAME_GLOBAL_BATCH = ("train.batch_size", "train.grad_accum")
 
 
+# Settings added after checkpoints of earlier versions were written, with the value that does what those
+# versions did: a checkpoint whose recorded config lacks the key ran with that value.
+ADDED_DEFAULTS = {"train.precision": "auto"}
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists and scalars are leaves."""
     if not isinstance(tree, dict):
@@ -61,7 +69,7 @@ def is_resumable(key: str, global_batch_checked: bool = False) -> bool:
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """Every dotted key whose value differs, as ``(old, new)`` (a key missing on one side is ``None`` there)."""
-    before, after = flatten(old), flatten(new)
+    before, after = {**ADDED_DEFAULTS, **flatten(old)}, flatten(new)
     return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
             if before.get(key) != after.get(key)}
 

@@ -46,6 +46,7 @@ from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import training_records
 from posttrain.trainers.laser import LaserBatch, LaserPlugin, LaserStep
 from posttrain.trainers.loop import Method, StepBatches, StepTotals
+from posttrain.trainers.precision import autocast
 from posttrain.trainers.rollouts import (
     append_samples,
     prompts_per_process,
@@ -212,7 +213,7 @@ class RLMethod(Method, name="grpo"):
         return batch
 
     def _logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
-        with torch.no_grad(), self.processes.autocast(model):
+        with torch.no_grad(), autocast(model, self.config.train.precision):
             return self._forward(model, batch, with_entropy=False).logprobs.detach()
 
     def _forward(self, model, batch: RolloutBatch, with_entropy: bool):

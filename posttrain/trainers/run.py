@@ -24,6 +24,7 @@ from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import eval_source, load_source
 from posttrain.trainers.loop import Evaluate, Method, Trainer, TrainResult, method_class
 from posttrain.trainers.memory import release_freed_tensors
+from posttrain.trainers.precision import Precision
 from posttrain.trainers.run_lock import RunLock
 
 
@@ -34,7 +35,8 @@ def seed_everything(seed: int) -> None:
 
 
 def training_dtype(config: RunConfig) -> str:
-    """Weights are kept in float32 unless the recipe asks otherwise; CUDA adds bf16 autocast on top."""
+    """Weights are kept in float32 unless the recipe asks otherwise (master weights); ``train.precision`` adds
+    autocast on top (:mod:`posttrain.trainers.precision`)."""
     return "float32" if config.model.dtype == "auto" else config.model.dtype
 
 
@@ -93,17 +95,20 @@ def _train_locked(config: RunConfig, processes: Processes) -> TrainResult:
                  lora=config.model.lora, **extra)
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    precision = Precision(config.train.precision, model)  # refuses what cannot be correct before any work
     method, summary = build_method(config, model, tokenizer, processes)
     try:
-        return _fit(config, model, tokenizer, method, summary, processes)
+        return _fit(config, model, tokenizer, method, summary, processes, precision)
     finally:
         method.close()
 
 
-def _fit(config: RunConfig, model, tokenizer, method: Method, summary: dict, processes: Processes) -> TrainResult:
+def _fit(config: RunConfig, model, tokenizer, method: Method, summary: dict, processes: Processes,
+         precision: Precision) -> TrainResult:
     evaluate = math_evaluator(config, tokenizer, processes)
     data_files = resume.data_fingerprints([config.data.train.path] if config.data.train.path else [])
-    trainer = Trainer(config, model, tokenizer, method, processes, evaluate, data_files=data_files)
+    trainer = Trainer(config, model, tokenizer, method, processes, evaluate, data_files=data_files,
+                      precision=precision)
     if processes.is_main:
         summary["steps"] = trainer.total_steps
         config.run_dir.mkdir(parents=True, exist_ok=True)
