@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from posttrain.config import load_config
 from posttrain.models import export_checkpoint
 from posttrain.models.saving import consolidated_model
+from posttrain.trainers import pipeline
 from posttrain.trainers.checkpoint import list_checkpoints
 from posttrain.trainers.run import train
 from tests import distributed_run
@@ -122,6 +123,11 @@ def test_a_two_process_run_resumes_as_one_process_and_exports(one_process, two_p
     exported = export_checkpoint(list_checkpoints(root / "half")[-1], tmp_path / "export")
     for name, tensor in final_weights(one_process / "sft").items():
         torch.testing.assert_close(load_file(exported / "model.safetensors")[name], tensor, rtol=1e-4, atol=1e-5)
+    # a pipeline stage that starts from a sharded run gets its weights exported once
+    stage_start = pipeline.final_weights(root / "sft")
+    assert stage_start.name == "step-3-model" and pipeline.final_weights(root / "sft") == stage_start
+    for name, tensor in final_weights(one_process / "sft").items():
+        torch.testing.assert_close(load_file(stage_start / "model.safetensors")[name], tensor, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------- without launching

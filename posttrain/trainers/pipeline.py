@@ -45,6 +45,7 @@ from posttrain.evals.sharpness import SharpnessOptions, run_sharpness_eval
 from posttrain.judges.labeling import LabelOptions, run_labeling
 from posttrain.judges.metarm_data import MetarmDataOptions, run_metarm_data
 from posttrain.judges.synthesis import SynthesisOptions, run_synthesis
+from posttrain.models import export_checkpoint
 from posttrain.recipe_paths import resolve_name_or_path, substitute_output_dir
 from posttrain.report.runs import read_run
 from posttrain.rollout.options import ToolOptions
@@ -172,12 +173,19 @@ def check_tool_args(stage: Stage, where: str) -> None:
 
 
 def final_weights(run_dir: Path) -> Path:
-    """The model directory of a run's latest checkpoint, as an absolute path."""
+    """The model directory of a run's latest checkpoint, as an absolute path. A sharded (FSDP) checkpoint is
+    exported once, beside the checkpoints (``checkpoints/step-N-model``), and that directory is returned."""
     found = ckpt.list_checkpoints(run_dir)
     if not found:
         raise ConfigError(f"{run_dir} has no checkpoint to start from", where=str(run_dir),
                           fix="let the earlier stage finish (train.save_final must stay on)")
-    return (found[-1] / "model").resolve()
+    latest = found[-1]
+    if not (latest / ckpt.SHARDED).is_dir():
+        return (latest / "model").resolve()
+    exported = latest.with_name(f"{latest.name}-model")
+    if not (exported / "config.json").is_file():
+        export_checkpoint(latest, exported)
+    return exported.resolve()
 
 
 FINAL_PREFIX = "final:"
