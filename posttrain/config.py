@@ -82,13 +82,31 @@ class OptimConfig(Section):
     eps: float = 1e-8
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, le=1)
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = Field(1.0, description="clip the global gradient norm to this; null or 0: no "
+                                        "clipping (the default with optim.update_in_backward, which cannot clip)")
     state_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="precision of AdamW's two moments: float32 (torch.optim.AdamW) or bfloat16 with "
         "stochastic rounding, which halves the optimizer's memory (posttrain.trainers.optimizer)")
+    update_in_backward: bool = Field(
+        False, description="apply each parameter's AdamW update inside the last backward of an update, as soon as "
+        "its gradient is ready, and free that gradient (posttrain.trainers.optimizer.AdamWInBackward): the "
+        "gradients of the whole model never exist at once in that backward. Global-norm clipping is then "
+        "impossible (max_grad_norm must be unset or 0), and it runs on one process only")
+
+
+# train.memory=lean: what it turns on, unless the recipe sets the key itself (RunConfig._memory_mode)
+LEAN_MICRO_BATCH_TOKENS = 600
+LEAN_SETTINGS = {("optim", "state_dtype"): "bfloat16", ("optim", "update_in_backward"): True,
+                 ("train", "gradient_checkpointing"): True, ("train", "micro_batch_tokens"): LEAN_MICRO_BATCH_TOKENS}
 
 
 class TrainConfig(Section):
+    memory: Literal["standard", "lean"] = Field(
+        "standard", description="lean: turn on what saves memory without changing results beyond the documented "
+        "tolerance, unless the recipe sets the key itself: bf16 optimizer moments (optim.state_dtype), the update "
+        "inside backward (optim.update_in_backward, which turns clipping off: optim.max_grad_norm), activation "
+        "checkpointing (train.gradient_checkpointing) and token-budgeted passes (train.micro_batch_tokens); the "
+        "run's config.yaml shows the values in force (docs/benchmarks.md has the measurements)")
     batch_size: int = Field(8, gt=0, description="examples per process per micro-step")
     grad_accum: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0)
@@ -466,6 +484,26 @@ class RunConfig(Section):
                 self.rl.scale == "group" or self.rl.baseline == "rloo"):
             raise ValueError("rollout.samples_per_prompt (the group size) must be >= 2 with rl.scale=group or "
                              "rl.baseline=rloo (a group of one has no spread); raise it or set rl.scale=none")
+        return self
+
+    @model_validator(mode="after")
+    def _memory_mode(self) -> RunConfig:
+        """``train.memory=lean`` sets :data:`LEAN_SETTINGS` where the recipe left the key unset; the update inside
+        backward turns clipping off where ``optim.max_grad_norm`` is unset, and refuses clipping set explicitly."""
+        if self.train.memory == "lean":
+            for (section, key), value in LEAN_SETTINGS.items():
+                part = getattr(self, section)
+                if key not in part.model_fields_set:
+                    setattr(part, key, value)
+        if self.optim.update_in_backward:
+            if "max_grad_norm" not in self.optim.model_fields_set:
+                self.optim.max_grad_norm = None
+            elif self.optim.max_grad_norm:
+                raise ValueError(
+                    f"optim.max_grad_norm={self.optim.max_grad_norm} cannot be applied with optim.update_in_backward "
+                    "(on with train.memory=lean): each parameter is updated as soon as its gradient is ready, before "
+                    "the global gradient norm is known; set optim.max_grad_norm=null (no clipping) or "
+                    "optim.update_in_backward=false (the update after backward, which clips)")
         return self
 
     @property

@@ -21,8 +21,9 @@ needs before step 1.
 
 Per step the loop draws ``examples_per_step × world_size`` example indices, each process runs its
 micro-batches forward and backward, gradients are combined across processes, clipped, and AdamW steps;
-that is repeated ``updates_per_step`` times. An update whose loss (on any process) or gradient norm is
-not finite is skipped — the weights and optimizer state stay as they were, the schedule moves on — and
+that is repeated ``updates_per_step`` times (with ``optim.update_in_backward``, AdamW runs inside the last
+micro-batch's backward instead: :class:`~posttrain.trainers.optimizer.AdamWInBackward`). An update whose loss
+(on any process) or gradient norm is not finite is skipped — the weights and optimizer state stay as they were, the schedule moves on — and
 counted (``skipped_updates``); ``train.max_nonfinite_steps`` skips in a row stop the run with an error,
 its last checkpoint untouched. Evaluation runs at the start, every ``eval_every`` steps and at the end;
 checkpoints every ``save_every`` steps and at the end (see :mod:`posttrain.trainers.checkpoint`); where
@@ -47,7 +48,7 @@ from posttrain.errors import ConfigError, RunStateError
 from posttrain.trainers import checkpoint as ckpt
 from posttrain.trainers import resume
 from posttrain.trainers.distributed import Processes
-from posttrain.trainers.optimizer import build_optimizer
+from posttrain.trainers.optimizer import AdamWInBackward, build_optimizer
 from posttrain.trainers.run_log import RunLog
 from posttrain.trainers.sampler import EpochSampler
 from posttrain.trainers.schedule import build_scheduler
@@ -161,7 +162,7 @@ class Trainer:
         self.evaluate = evaluate
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         optim = config.optim
-        self.optimizer = build_optimizer(self.parameters, optim, seed=config.seed)
+        self.optimizer = build_optimizer(self.parameters, optim, seed=config.seed, world_size=processes.world_size)
         self.total_steps = total_steps(config, method.num_examples, method.examples_per_step, processes.world_size)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps * method.updates_per_step,
                                          optim.warmup_ratio, optim.schedule)
@@ -224,10 +225,12 @@ class Trainer:
         skipped = 0
         for _ in range(self.method.updates_per_step):
             finite_loss = True
-            for batch in work.micro_batches:
+            for index, batch in enumerate(work.micro_batches):
                 with self.processes.autocast(self.model):
                     loss, stats = self.method.loss(self.model, batch, work.totals)
                 finite_loss = finite_loss and bool(torch.isfinite(loss.detach()).all())
+                if index == len(work.micro_batches) - 1 and isinstance(self.optimizer, AdamWInBackward):
+                    self.optimizer.arm(finite_loss)  # the update runs in this backward (none on a non-finite loss)
                 # the one world-size factor: processes average gradients (as DDP/FSDP do), and the
                 # gradient of the global loss is their sum
                 (loss * self.processes.world_size).backward()
@@ -246,7 +249,12 @@ class Trainer:
 
     def _optimizer_step(self, finite_loss: bool) -> tuple[float, float, bool]:
         """Average gradients over processes, clip, step the optimizer and the schedule: the norm before clipping,
-        the lr, and whether the update was applied (not when any process's loss or the norm is non-finite)."""
+        the lr, and whether the update was applied (not when any process's loss or the norm is non-finite).
+        An :class:`AdamWInBackward` optimizer has applied the update in the last backward (one process, no
+        clipping): only its norm and outcome are collected."""
+        if isinstance(self.optimizer, AdamWInBackward):
+            grad_norm, applied = self.optimizer.finish()
+            return grad_norm, self._schedule_step(applied), applied
         self.processes.average_gradients(self.parameters)
         grads = [p.grad for p in self.parameters if p.grad is not None]
         total_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
@@ -255,15 +263,19 @@ class Trainer:
         applied = math.isfinite(grad_norm) and nonfinite_losses == 0
         if applied and self.config.optim.max_grad_norm:
             torch.nn.utils.clip_grads_with_norm_(self.parameters, self.config.optim.max_grad_norm, total_norm)
-        lr = self.scheduler.get_last_lr()[0]
         if applied:
             self.optimizer.step()
+        return grad_norm, self._schedule_step(applied), applied
+
+    def _schedule_step(self, applied: bool) -> float:
+        """Move the schedule on, clear the gradients and count skipped updates; the lr the update used."""
+        lr = self.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # torch warns when the schedule moves before any update was applied
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped_in_row = 0 if applied else self.skipped_in_row + 1
-        return grad_norm, lr, applied
+        return lr
 
     def _check_diverged(self, log: RunLog, skipped: int) -> None:
         if skipped:
