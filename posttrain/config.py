@@ -583,6 +583,11 @@ def load_config(
         raw = resolve_recipe_paths(_read_recipe(path), path.resolve().parent)
     raw = apply_overrides(raw, overrides or [], base=Path(overrides_dir or Path.cwd()).resolve())
     raw = substitute_output_dir(raw, str(raw.get("output_dir", RunConfig.model_fields["output_dir"].default)))
+    return validate_config(raw, source)
+
+
+def validate_config(raw: dict, source: str) -> RunConfig:
+    """``raw`` validated as a :class:`RunConfig`; a :class:`ConfigError` naming each bad key (at ``source``)."""
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -201,3 +201,30 @@ def test_a_lean_run_equals_the_update_after_backward_and_resumes_exactly(tmp_pat
     resumed = train_steps(train(tiny_config(tmp_path, "cut", **lean, **{"train.max_steps": 8})).run_dir)
     assert sorted(resumed) == list(range(1, 9))
     assert_same_steps(whole, resumed, range(4, 9), rel=1e-6)
+
+
+def bench_settings(tmp_path, **extra) -> dict:
+    return {"workdir": str(tmp_path), "seed": 0, "model": "m", "dtype": "float32", "device": "cpu", "data": "d.jsonl",
+            "lr": 1e-6, "steps": 2, "warmup_steps": 1, "batch_size": 4, "max_length": 64, "schedule": "constant",
+            "loss": "sigmoid", "beta": 0.1, "gradient_checkpointing": None, "micro_batch_tokens": None, **extra}
+
+
+def test_bench_set_makes_the_posttrain_side_lean(tmp_path):
+    """The workers' run configs take ``--set`` last and leave the keys lean turns on unset: lean's values apply."""
+    from posttrain.bench import dpo_posttrain, sft_posttrain
+    from posttrain.config import RunConfig
+
+    for worker in (sft_posttrain, dpo_posttrain):
+        config = RunConfig.model_validate(worker.run_config(bench_settings(tmp_path, posttrain_set=["train.memory=lean"])))
+        assert config.optim.update_in_backward and config.optim.max_grad_norm is None
+        assert config.optim.state_dtype == "bfloat16" and config.train.gradient_checkpointing
+        standard = RunConfig.model_validate(worker.run_config(bench_settings(tmp_path)))
+        assert not standard.optim.update_in_backward and standard.optim.max_grad_norm == 1.0
+
+
+@pytest.mark.parametrize("overrides", [["train.memroy=lean"], ["train.memory=fast"], ["train.memory"]])
+def test_a_bad_bench_set_is_a_config_error_before_any_worker_runs(overrides):
+    from posttrain.bench.sft import SftBenchOptions, run_sft_benchmark
+
+    with pytest.raises(ConfigError, match=r"train\.mem"):
+        run_sft_benchmark(SftBenchOptions(posttrain_set=overrides))

@@ -26,7 +26,8 @@ from posttrain.rollout.options import ToolOptions
 
 class BenchOptions(ToolOptions):
     """What every ``posttrain bench`` run takes: the peer library ``vs``, the ``model``, ``steps`` timed after
-    ``warmup_steps``, ``repeats`` alternated runs per side and the constant learning rate ``lr``."""
+    ``warmup_steps``, ``repeats`` alternated runs per side, the constant learning rate ``lr``, and ``posttrain_set``
+    (``key.sub=value`` overrides of posttrain's run config only, e.g. ``train.memory=lean``)."""
 
     vs: str = "trl"
     model: str = "smollm2-135m"
@@ -34,6 +35,7 @@ class BenchOptions(ToolOptions):
     repeats: int = 2
     warmup_steps: int = 1
     lr: float = 1e-6
+    posttrain_set: list[str] | None = None
 
 
 def peak_rss_mb() -> float:
