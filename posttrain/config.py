@@ -94,7 +94,12 @@ class OptimConfig(Section):
         "impossible (max_grad_norm must be unset or 0), and it runs on one process only")
 
 
-# train.memory=lean: what it turns on, unless the recipe sets the key itself (RunConfig._memory_mode)
+# train.memory=lean: what it turns on, unless the recipe sets the key itself (RunConfig._memory_mode).
+# The token budget stays at 600: on the SFT benchmark (8 × 256 tokens, docs/benchmarks.md) lean peaked at 2706 MB
+# with 600-token passes and 2668 MB with one pass (0). With several passes the update inside backward saves
+# little (2706 against 2720 MB after backward: the gradients live whole between passes); with one pass it saves
+# more (2668 against 2889 MB) but the pass's activations take most of it back, and they grow with the batch
+# where 600-token passes keep them bounded.
 LEAN_MICRO_BATCH_TOKENS = 600
 LEAN_SETTINGS = {("optim", "state_dtype"): "bfloat16", ("optim", "update_in_backward"): True,
                  ("train", "gradient_checkpointing"): True, ("train", "micro_batch_tokens"): LEAN_MICRO_BATCH_TOKENS}
@@ -124,7 +129,8 @@ class TrainConfig(Section):
     micro_batch_tokens: int = Field(600, ge=0, description="split each batch (of padded rows), longest first, into "
                                     "forward passes of at most this many padded tokens (0 = no split): the same "
                                     "gradient, less padding and activation memory, and faster on a CPU "
-                                    "(docs/benchmarks.md)")
+                                    "(docs/benchmarks.md); train.memory=lean keeps 600, which bounds activations "
+                                    "at any batch size (LEAN_MICRO_BATCH_TOKENS has the measurements)")
     gradient_checkpointing: bool = Field(
         False, description="recompute layer activations in backward: less memory, ~1/3 more compute"
     )
