@@ -29,12 +29,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--micro-batch-tokens", type=int, default=None,
                         help="posttrain's train.micro_batch_tokens (default: its own; 0 = one pass per step, as TRL)")
+    parser.add_argument("--set", dest="posttrain_set", action="append", default=[], metavar="KEY=VALUE",
+                        help="posttrain's run config only (repeatable), e.g. train.memory=lean")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run_dpo_benchmark(DpoBenchOptions(
         model=args.model, steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
         repeats=args.repeats, warmup_steps=args.warmup_steps, beta=args.beta, lr=args.lr,
-        micro_batch_tokens=args.micro_batch_tokens))
+        micro_batch_tokens=args.micro_batch_tokens, posttrain_set=args.posttrain_set))
     print_and_save(result, args.out)
 
 

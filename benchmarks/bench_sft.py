@@ -24,12 +24,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--gradient-checkpointing", choices=["default", "on", "off"], default="default",
                         help="default: each side's own default (posttrain off, TRL on)")
+    parser.add_argument("--set", dest="posttrain_set", action="append", default=[], metavar="KEY=VALUE",
+                        help="posttrain's run config only (repeatable), e.g. train.memory=lean")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run_sft_benchmark(SftBenchOptions(
         model=args.model, steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
         repeats=args.repeats, warmup_steps=args.warmup_steps,
-        gradient_checkpointing={"default": None, "on": True, "off": False}[args.gradient_checkpointing]))
+        gradient_checkpointing={"default": None, "on": True, "off": False}[args.gradient_checkpointing],
+        posttrain_set=args.posttrain_set))
     print_and_save(result, args.out)
 
 

@@ -216,6 +216,10 @@ def judge_metarm_data(
     typer.echo(json.dumps(summary, indent=2))
 
 
+PosttrainSet = Annotated[list[str] | None, typer.Option(
+    "--set", help="KEY=VALUE for posttrain's run config only (repeatable, validated), e.g. train.memory=lean")]
+
+
 @bench_app.command("sft")
 def bench_sft(
     context: typer.Context,
@@ -231,6 +235,7 @@ def bench_sft(
     gradient_checkpointing: Annotated[bool | None, typer.Option(
         "--gradient-checkpointing/--no-gradient-checkpointing",
         help="set on both sides (default: each side's own default, posttrain off, TRL on)")] = None,
+    posttrain_set: PosttrainSet = None,
     as_json: AsJson = False,
 ) -> None:
     """Same SFT steps in posttrain and in the peer, each in its own process, alternated over repeats."""
@@ -256,6 +261,7 @@ def bench_dpo(
     lr: Annotated[float, typer.Option(help="constant learning rate")] = 1e-6,
     micro_batch_tokens: Annotated[int | None, typer.Option(
         help="posttrain's train.micro_batch_tokens (default: its own; 0 = one pass per step, as TRL)")] = None,
+    posttrain_set: PosttrainSet = None,
     as_json: AsJson = False,
 ) -> None:
     """Same DPO steps (reference log-probs precomputed, not timed) in posttrain and in the peer, alternated."""
@@ -278,8 +284,7 @@ def bench_distill(
     max_completion_length: int = 64,
     teacher_temperature: Annotated[float, typer.Option(help="T of the self-teacher")] = 2.0,
     repeats: int = 2,
-    posttrain_set: Annotated[list[str] | None, typer.Option(
-        "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. rollout.dtype=bfloat16")] = None,
+    posttrain_set: PosttrainSet = None,
     trl_vllm: Annotated[bool, typer.Option(
         "--trl-vllm", help="TRL samples with its colocated vLLM engine (default: HF generate)")] = False,
     as_json: AsJson = False,
@@ -307,8 +312,7 @@ def bench_grpo(
     gradient_checkpointing: Annotated[bool | None, typer.Option(
         "--gradient-checkpointing/--no-gradient-checkpointing",
         help="set on both sides (default: each side's own default, posttrain off, TRL on)")] = None,
-    posttrain_set: Annotated[list[str] | None, typer.Option(
-        "--set", help="KEY=VALUE for posttrain's run config only (repeatable), e.g. rollout.dtype=bfloat16")] = None,
+    posttrain_set: PosttrainSet = None,
     trl_vllm: Annotated[bool, typer.Option(
         "--trl-vllm", help="TRL samples with its colocated vLLM engine (default: HF generate)")] = False,
     as_json: AsJson = False,

@@ -82,13 +82,36 @@ class OptimConfig(Section):
     eps: float = 1e-8
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, le=1)
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = Field(1.0, description="clip the global gradient norm to this; null or 0: no "
+                                        "clipping (the default with optim.update_in_backward, which cannot clip)")
     state_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="precision of AdamW's two moments: float32 (torch.optim.AdamW) or bfloat16 with "
         "stochastic rounding, which halves the optimizer's memory (posttrain.trainers.optimizer)")
+    update_in_backward: bool = Field(
+        False, description="apply each parameter's AdamW update inside the last backward of an update, as soon as "
+        "its gradient is ready, and free that gradient (posttrain.trainers.optimizer.AdamWInBackward): the "
+        "gradients of the whole model never exist at once in that backward. Global-norm clipping is then "
+        "impossible (max_grad_norm must be unset or 0), and it runs on one process only")
+
+
+# train.memory=lean: what it turns on, unless the recipe sets the key itself (RunConfig._memory_mode).
+# The token budget stays at 600: on the SFT benchmark (8 × 256 tokens, docs/benchmarks.md) lean peaked at 2706 MB
+# with 600-token passes and 2668 MB with one pass (0). With several passes the update inside backward saves
+# little (2706 against 2720 MB after backward: the gradients live whole between passes); with one pass it saves
+# more (2668 against 2889 MB) but the pass's activations take most of it back, and they grow with the batch
+# where 600-token passes keep them bounded.
+LEAN_MICRO_BATCH_TOKENS = 600
+LEAN_SETTINGS = {("optim", "state_dtype"): "bfloat16", ("optim", "update_in_backward"): True,
+                 ("train", "gradient_checkpointing"): True, ("train", "micro_batch_tokens"): LEAN_MICRO_BATCH_TOKENS}
 
 
 class TrainConfig(Section):
+    memory: Literal["standard", "lean"] = Field(
+        "standard", description="lean: turn on what saves memory without changing results beyond the documented "
+        "tolerance, unless the recipe sets the key itself: bf16 optimizer moments (optim.state_dtype), the update "
+        "inside backward (optim.update_in_backward, which turns clipping off: optim.max_grad_norm), activation "
+        "checkpointing (train.gradient_checkpointing) and token-budgeted passes (train.micro_batch_tokens); the "
+        "run's config.yaml shows the values in force (docs/benchmarks.md has the measurements)")
     batch_size: int = Field(8, gt=0, description="examples per process per micro-step")
     grad_accum: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0)
@@ -106,7 +129,8 @@ class TrainConfig(Section):
     micro_batch_tokens: int = Field(600, ge=0, description="split each batch (of padded rows), longest first, into "
                                     "forward passes of at most this many padded tokens (0 = no split): the same "
                                     "gradient, less padding and activation memory, and faster on a CPU "
-                                    "(docs/benchmarks.md)")
+                                    "(docs/benchmarks.md); train.memory=lean keeps 600, which bounds activations "
+                                    "at any batch size (LEAN_MICRO_BATCH_TOKENS has the measurements)")
     gradient_checkpointing: bool = Field(
         False, description="recompute layer activations in backward: less memory, ~1/3 more compute"
     )
@@ -484,6 +508,26 @@ class RunConfig(Section):
                              "rl.baseline=rloo (a group of one has no spread); raise it or set rl.scale=none")
         return self
 
+    @model_validator(mode="after")
+    def _memory_mode(self) -> RunConfig:
+        """``train.memory=lean`` sets :data:`LEAN_SETTINGS` where the recipe left the key unset; the update inside
+        backward turns clipping off where ``optim.max_grad_norm`` is unset, and refuses clipping set explicitly."""
+        if self.train.memory == "lean":
+            for (section, key), value in LEAN_SETTINGS.items():
+                part = getattr(self, section)
+                if key not in part.model_fields_set:
+                    setattr(part, key, value)
+        if self.optim.update_in_backward:
+            if "max_grad_norm" not in self.optim.model_fields_set:
+                self.optim.max_grad_norm = None
+            elif self.optim.max_grad_norm:
+                raise ValueError(
+                    f"optim.max_grad_norm={self.optim.max_grad_norm} cannot be applied with optim.update_in_backward "
+                    "(on with train.memory=lean): each parameter is updated as soon as its gradient is ready, before "
+                    "the global gradient norm is known; set optim.max_grad_norm=null (no clipping) or "
+                    "optim.update_in_backward=false (the update after backward, which clips)")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
@@ -561,6 +605,11 @@ def load_config(
         raw = resolve_recipe_paths(_read_recipe(path), path.resolve().parent)
     raw = apply_overrides(raw, overrides or [], base=Path(overrides_dir or Path.cwd()).resolve())
     raw = substitute_output_dir(raw, str(raw.get("output_dir", RunConfig.model_fields["output_dir"].default)))
+    return validate_config(raw, source)
+
+
+def validate_config(raw: dict, source: str) -> RunConfig:
+    """``raw`` validated as a :class:`RunConfig`; a :class:`ConfigError` naming each bad key (at ``source``)."""
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

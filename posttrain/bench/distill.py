@@ -18,13 +18,10 @@ The figures per side and the ratios are those of :mod:`posttrain.bench.on_policy
 
 from __future__ import annotations
 
+from posttrain.bench import distill_posttrain
 from posttrain.bench.harness import BenchOptions, alternate
-from posttrain.bench.on_policy import (
-    check_on_policy_options,
-    check_posttrain_set,
-    prepare_benchmark,
-    summarize_on_policy,
-)
+from posttrain.bench.on_policy import check_on_policy_options, prepare_benchmark, summarize_on_policy
+from posttrain.bench.posttrain_side import check_posttrain_set, check_run_config
 from posttrain.errors import ConfigError
 
 
@@ -36,7 +33,6 @@ class DistillBenchOptions(BenchOptions):
     prompts: int = 8
     max_completion_length: int = 64
     teacher_temperature: float = 2.0
-    posttrain_set: list[str] | None = None
     trl_vllm: bool = False
 
 
@@ -49,7 +45,7 @@ def run_distill_benchmark(options: DistillBenchOptions) -> dict:
     if not options.teacher_temperature > 0:
         raise ConfigError(f"must be > 0, got {options.teacher_temperature}", where="--teacher-temperature",
                           fix="pass a temperature > 0 (TS-OPSD reheats with 1.5 or 2.0)")
-    overrides = check_posttrain_set(options.posttrain_set or [])
+    overrides = check_posttrain_set(options.posttrain_set)
     model_dir, workdir, data_path = prepare_benchmark(options.model, "distill",
                                                       (options.steps + options.warmup_steps) * options.prompts)
     settings = {
@@ -59,6 +55,7 @@ def run_distill_benchmark(options: DistillBenchOptions) -> dict:
         "workdir": str(workdir), "dtype": "float32", "device": options.device,
         "posttrain_set": overrides, "trl_vllm": options.trl_vllm,
     }
+    check_run_config(distill_posttrain.run_config(settings))
     runs = alternate({"posttrain": ("posttrain.bench.distill_posttrain", settings),
                       "trl": ("posttrain.bench.distill_trl", settings)}, options.repeats)
     return summarize_on_policy(runs, settings)

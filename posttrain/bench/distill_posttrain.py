@@ -8,7 +8,9 @@ import sys
 from posttrain.bench.on_policy import posttrain_config, posttrain_worker
 
 
-def main(settings: dict) -> dict:
+def run_config(settings: dict) -> dict:
+    """The run: ``prompts`` completions a step, forward KL against the live self-teacher; then the ``--set``
+    overrides."""
     rollout = {
         "prompts_per_step": settings["prompts"],
         "samples_per_prompt": 1,
@@ -20,8 +22,11 @@ def main(settings: dict) -> dict:
         "teacher_temperature": settings["teacher_temperature"],
         "divergence": settings["divergence"],
     }
-    return posttrain_worker(posttrain_config(settings, "distill", settings["prompts"], section, rollout),
-                            settings["warmup_steps"])
+    return posttrain_config(settings, "distill", settings["prompts"], section, rollout)
+
+
+def main(settings: dict) -> dict:
+    return posttrain_worker(run_config(settings), settings["warmup_steps"])
 
 
 if __name__ == "__main__":

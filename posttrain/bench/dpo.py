@@ -42,9 +42,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from posttrain.bench import dpo_posttrain
 from posttrain.bench.harness import BenchOptions, alternate, check_device, summarize
 from posttrain.bench.on_policy import check_counts
-from posttrain.config import TrainConfig
+from posttrain.bench.posttrain_side import check_posttrain_set, check_run_config
 from posttrain.data.tasks.judge_pairs import make_preference_pairs
 from posttrain.errors import ConfigError, PosttrainError
 from posttrain.models.loader import resolve_source
@@ -69,8 +70,8 @@ class DpoBenchOptions(BenchOptions):
 def run_dpo_benchmark(options: DpoBenchOptions) -> dict:
     """Run both sides ``repeats`` times, alternated, and summarize (medians over repeats, ratios).
 
-    ``micro_batch_tokens`` is posttrain's ``train.micro_batch_tokens`` (None: its default; 0: one forward pass
-    per step as TRL); it changes how a step's pairs are split into passes, not the gradient."""
+    ``micro_batch_tokens`` is posttrain's ``train.micro_batch_tokens`` (None: its default, shown as null in the
+    settings; 0: one forward pass per step as TRL); it changes how a step's pairs are split into passes, not the gradient."""
     if options.vs != "trl":
         raise PosttrainError(f"unknown peer {options.vs!r} for the DPO benchmark", fix="use --vs trl")
     check_counts(steps=(options.steps, 1), batch_size=(options.batch_size, 1), max_length=(options.max_length, 2),
@@ -79,6 +80,7 @@ def run_dpo_benchmark(options: DpoBenchOptions) -> dict:
     if not options.beta > 0:
         raise ConfigError(f"must be > 0, got {options.beta}", where="--beta", fix="pass a β > 0 (TRL's default is 0.1)")
     check_device(options.device)
+    overrides = check_posttrain_set(options.posttrain_set)
     source = resolve_source(options.model)
     if source.kind != "directory":
         raise PosttrainError(f"the DPO benchmark needs a model directory both libraries can load; {options.model!r} is a "
@@ -91,9 +93,9 @@ def run_dpo_benchmark(options: DpoBenchOptions) -> dict:
                 "warmup_steps": options.warmup_steps, "batch_size": options.batch_size,
                 "max_length": options.max_length, "lr": options.lr, "schedule": "constant",
                 "loss": "sigmoid", "beta": options.beta, "reference": "precomputed", "seed": 0, "workdir": str(workdir),
-                "dtype": "float32", "device": options.device, "micro_batch_tokens": (
-                    TrainConfig.model_fields["micro_batch_tokens"].default if options.micro_batch_tokens is None
-                    else options.micro_batch_tokens)}
+                "dtype": "float32", "device": options.device, "micro_batch_tokens": options.micro_batch_tokens,
+                "posttrain_set": overrides}
+    check_run_config(dpo_posttrain.run_config(settings))
     runs = alternate({"posttrain": ("posttrain.bench.dpo_posttrain", settings),
                       "trl": ("posttrain.bench.dpo_trl", settings)}, options.repeats)
     summary = summarize(runs, "posttrain", "trl", settings)

@@ -11,6 +11,7 @@ import sys
 import tempfile
 
 from posttrain.bench.harness import peak_memory
+from posttrain.bench.posttrain_side import with_overrides
 from posttrain.bench.steps import token_figures
 from posttrain.config import RunConfig
 from posttrain.trainers.run import train
@@ -19,18 +20,22 @@ from posttrain.trainers.run_log import read_metrics
 
 def run_config(settings: dict) -> dict:
     """The run: ``batch_size`` pairs an optimizer step, constant lr; ``micro_batch_tokens`` splits a step's pairs
-    into forward passes of at most that many padded tokens (0: one pass, as TRL; the gradient is the same)."""
-    return {
+    into forward passes of at most that many padded tokens (None: posttrain's default; 0: one pass, as TRL; the
+    gradient is the same);
+    clipping at norm 1 is posttrain's default (turned off by ``--set train.memory=lean``); then the ``--set``
+    overrides."""
+    budget = {} if settings["micro_batch_tokens"] is None else {"micro_batch_tokens": settings["micro_batch_tokens"]}
+    return with_overrides({
         "name": "bench", "output_dir": tempfile.mkdtemp(dir=settings["workdir"], prefix="posttrain-"),
         "seed": settings["seed"], "method": "dpo",
         "model": {"name": settings["model"], "dtype": settings["dtype"], "device": settings["device"]},
         "data": {"train": {"path": settings["data"]}, "max_length": settings["max_length"]},
-        "optim": {"lr": settings["lr"], "schedule": settings["schedule"], "warmup_ratio": 0.0, "max_grad_norm": 1.0},
+        "optim": {"lr": settings["lr"], "schedule": settings["schedule"], "warmup_ratio": 0.0},
         "train": {"batch_size": settings["batch_size"], "max_steps": settings["steps"] + settings["warmup_steps"],
-                  "micro_batch_tokens": settings["micro_batch_tokens"], "save_final": False, "eval_at_start": False},
+                  "save_final": False, "eval_at_start": False, **budget},
         "preference": {"kind": settings["loss"], "beta": settings["beta"], "reference": "precompute"},
         "eval": {"kind": "none"},
-    }
+    }, settings)
 
 
 def main(settings: dict) -> dict:

@@ -16,13 +16,10 @@ libraries; each side's ``mean_completion_length`` is reported with the timings t
 
 from __future__ import annotations
 
+from posttrain.bench import grpo_posttrain
 from posttrain.bench.harness import BenchOptions, alternate
-from posttrain.bench.on_policy import (
-    check_on_policy_options,
-    check_posttrain_set,
-    prepare_benchmark,
-    summarize_on_policy,
-)
+from posttrain.bench.on_policy import check_on_policy_options, prepare_benchmark, summarize_on_policy
+from posttrain.bench.posttrain_side import check_posttrain_set, check_run_config
 from posttrain.errors import ConfigError
 
 # Sampling settings shared by both sides (TRL 1.16's GRPOConfig defaults; posttrain's rl defaults).
@@ -40,7 +37,6 @@ class GrpoBenchOptions(BenchOptions):
     num_generations: int = 8
     max_completion_length: int = 64
     gradient_checkpointing: bool | None = None
-    posttrain_set: list[str] | None = None
     trl_vllm: bool = False
 
 
@@ -58,7 +54,7 @@ def run_grpo_benchmark(options: GrpoBenchOptions) -> dict:
             where="--num-generations",
             fix="pass --num-generations 2 or more (the reference setting is 8)",
         )
-    overrides = check_posttrain_set(options.posttrain_set or [])
+    overrides = check_posttrain_set(options.posttrain_set)
     model_dir, workdir, data_path = prepare_benchmark(options.model, "grpo",
                                                       (options.steps + options.warmup_steps) * options.prompts)
     settings = {
@@ -82,6 +78,7 @@ def run_grpo_benchmark(options: GrpoBenchOptions) -> dict:
         "posttrain_set": overrides,
         "trl_vllm": options.trl_vllm,
     }
+    check_run_config(grpo_posttrain.run_config(settings))
     runs = alternate(
         {
             "posttrain": ("posttrain.bench.grpo_posttrain", settings),

@@ -12,7 +12,10 @@ import sys
 from posttrain.bench.on_policy import posttrain_config, posttrain_worker
 
 
-def main(settings: dict) -> dict:
+def run_config(settings: dict) -> dict:
+    """The run: ``prompts × G`` completions a step, one update, DAPO, no KL; activation checkpointing only when the
+    benchmark sets it (otherwise posttrain's default, or what ``train.memory`` turns on); then the ``--set``
+    overrides."""
     prompts, group = settings["prompts"], settings["num_generations"]
     rollout = {
         "prompts_per_step": prompts,
@@ -27,9 +30,13 @@ def main(settings: dict) -> dict:
         "beta": settings["beta"],
         "rewards": {"functions": [{"name": "math"}]},
     }
-    config = posttrain_config(settings, "grpo", prompts * group, section, rollout,
-                              gradient_checkpointing=bool(settings["gradient_checkpointing"]))
-    return posttrain_worker(config, settings["warmup_steps"])
+    gradient_checkpointing = settings["gradient_checkpointing"]
+    return posttrain_config(settings, "grpo", prompts * group, section, rollout,
+                            **({} if gradient_checkpointing is None else {"gradient_checkpointing": gradient_checkpointing}))
+
+
+def main(settings: dict) -> dict:
+    return posttrain_worker(run_config(settings), settings["warmup_steps"])
 
 
 if __name__ == "__main__":

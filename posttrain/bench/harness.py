@@ -28,9 +28,10 @@ from posttrain.rollout.options import ToolOptions
 
 class BenchOptions(ToolOptions):
     """What every ``posttrain bench`` run takes: the peer library ``vs``, the ``model``, ``steps`` timed after
-    ``warmup_steps``, ``repeats`` alternated runs per side, the constant learning rate ``lr`` and the ``device``:
+    ``warmup_steps``, ``repeats`` alternated runs per side, the constant learning rate ``lr``, the ``device``:
     ``cpu`` (float32 on both sides) or ``cuda`` (float32 weights with bf16 autocast on both sides: posttrain's
-    ``train.precision=auto``, TRL's ``bf16=True``)."""
+    ``train.precision=auto``, TRL's ``bf16=True``), and ``posttrain_set`` (``key.sub=value`` overrides of
+    posttrain's run config only, e.g. ``train.memory=lean``)."""
 
     vs: str = "trl"
     device: Literal["cpu", "cuda"] = "cpu"
@@ -39,6 +40,7 @@ class BenchOptions(ToolOptions):
     repeats: int = 2
     warmup_steps: int = 1
     lr: float = 1e-6
+    posttrain_set: list[str] | None = None
 
 
 def peak_rss_mb() -> float:

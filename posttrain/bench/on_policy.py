@@ -14,8 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from posttrain.bench.harness import check_device, peak_memory, summarize
+from posttrain.bench.posttrain_side import with_overrides
 from posttrain.bench.steps import generation_figures, trl_generation
-from posttrain.config import RunConfig, apply_overrides, parse_override
+from posttrain.config import RunConfig
 from posttrain.data import make_task
 from posttrain.errors import ConfigError, PosttrainError
 from posttrain.models.loader import resolve_source
@@ -63,13 +64,6 @@ def prepare_benchmark(model: str, what: str, records: int) -> tuple[str, Path, P
     return source.location, workdir, data_path
 
 
-def check_posttrain_set(overrides: list[str]) -> list[str]:
-    """``--set key.sub=value`` options for posttrain's side, checked for form before any worker starts."""
-    for text in overrides:
-        parse_override(text)
-    return list(overrides)
-
-
 def posttrain_config(settings: dict, method: str, batch_size: int, section: dict, rollout: dict,
                      **train: object) -> dict:
     """A run of ``method`` (``section`` is its config section, ``rollout`` its sampling) over the benchmark's model, data and steps, with
@@ -89,7 +83,7 @@ def posttrain_config(settings: dict, method: str, batch_size: int, section: dict
         "rollout": rollout,
         "eval": {"kind": "none"},
     }
-    return apply_overrides(config, settings.get("posttrain_set", []))
+    return with_overrides(config, settings)
 
 
 def posttrain_worker(config: dict, warmup_steps: int) -> dict:

@@ -13,7 +13,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from posttrain.bench import sft_posttrain
 from posttrain.bench.harness import BenchOptions, alternate, check_device, summarize
+from posttrain.bench.posttrain_side import check_posttrain_set, check_run_config
 from posttrain.data import make_task
 from posttrain.errors import PosttrainError
 from posttrain.models.loader import resolve_source
@@ -41,6 +43,7 @@ def run_sft_benchmark(options: SftBenchOptions) -> dict:
     """``gradient_checkpointing=None`` runs each side at its own default (posttrain off, TRL on)."""
     if options.vs != "trl":
         raise PosttrainError(f"unknown peer {options.vs!r} for the SFT benchmark", fix="use --vs trl")
+    overrides = check_posttrain_set(options.posttrain_set)
 
     check_device(options.device)
     source = resolve_source(options.model)
@@ -55,7 +58,9 @@ def run_sft_benchmark(options: SftBenchOptions) -> dict:
     settings = {"model": model_dir, "data": str(data_path), "steps": options.steps,
                 "warmup_steps": options.warmup_steps, "batch_size": options.batch_size,
                 "max_length": options.max_length, "lr": options.lr, "workdir": str(workdir),
-                "dtype": "float32", "device": options.device, "gradient_checkpointing": options.gradient_checkpointing}
+                "dtype": "float32", "device": options.device, "gradient_checkpointing": options.gradient_checkpointing,
+                "posttrain_set": overrides}
+    check_run_config(sft_posttrain.run_config(settings))
     runs = alternate({"posttrain": ("posttrain.bench.sft_posttrain", settings),
                       "trl": ("posttrain.bench.sft_trl", settings)}, options.repeats)
     return summarize(runs, "posttrain", "trl", settings)

@@ -21,8 +21,9 @@ needs before step 1.
 
 Per step the loop draws ``examples_per_step × world_size`` example indices, each process runs its
 micro-batches forward and backward, gradients are combined across processes, clipped, and AdamW steps;
-that is repeated ``updates_per_step`` times. An update whose loss (on any process) or gradient norm is
-not finite is skipped — the weights and optimizer state stay as they were, the schedule moves on — and
+that is repeated ``updates_per_step`` times (with ``optim.update_in_backward``, AdamW runs inside the last
+micro-batch's backward instead: :class:`~posttrain.trainers.optimizer.AdamWInBackward`). An update whose loss
+(on any process) or gradient norm is not finite is skipped — the weights and optimizer state stay as they were, the schedule moves on — and
 counted (``skipped_updates``); ``train.max_nonfinite_steps`` skips in a row stop the run with an error,
 its last checkpoint untouched. Forward and backward run under the run's precision policy
 (``train.precision``: autocast, and for fp16 a loss scale whose overflow skips are not divergence; see
@@ -49,7 +50,7 @@ from posttrain.errors import ConfigError, RunStateError
 from posttrain.trainers import checkpoint as ckpt
 from posttrain.trainers import resume
 from posttrain.trainers.distributed import Processes
-from posttrain.trainers.optimizer import build_optimizer
+from posttrain.trainers.optimizer import AdamWInBackward, build_optimizer
 from posttrain.trainers.parallel import ParallelModel
 from posttrain.trainers.precision import Precision
 from posttrain.trainers.run_log import RunLog
@@ -174,12 +175,17 @@ class Trainer:
             self.parallel.shard_frozen(frozen)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.precision = precision or Precision(config.train.precision, model)  # autocast and fp16 loss scaling
+        if self.precision.scaler is not None and config.optim.update_in_backward:
+            raise ConfigError("train.precision=fp16 unscales the gradients before any update, and "
+                              "optim.update_in_backward (train.memory=lean) updates each parameter as its gradient "
+                              "arrives", where="train.precision",
+                              fix="use train.precision=bf16 with train.memory=lean, or optim.update_in_backward=false")
         if self.precision.scaler is not None and self.parallel.sharded:
             raise ConfigError("train.precision=fp16 scales the loss by one factor that every process must lower on an "
                               "overflow, and under FSDP each process sees only its shards' gradients",
                               where="train.precision", fix="use train.precision=bf16 (no loss scale) with fsdp, or ddp")
         optim = config.optim
-        self.optimizer = build_optimizer(self.parameters, optim, seed=config.seed)
+        self.optimizer = build_optimizer(self.parameters, optim, seed=config.seed, world_size=processes.world_size)
         self.total_steps = total_steps(config, method.num_examples, method.examples_per_step, processes.world_size)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps * method.updates_per_step,
                                          optim.warmup_ratio, optim.schedule)
@@ -265,6 +271,8 @@ class Trainer:
                     with self.precision.autocast():
                         loss, stats = self.parallel.run(self.method.loss, batch, work.totals)
                     finite_loss = finite_loss and bool(torch.isfinite(loss.detach()).all())
+                    if index == count - 1 and isinstance(self.optimizer, AdamWInBackward):
+                        self.optimizer.arm(finite_loss)  # the update runs in this backward (none on a non-finite loss)
                     # the one world-size factor: the engines average gradients over processes, and the
                     # gradient of the global loss is their sum
                     self.precision.backward(loss * (self.processes.world_size * weight))
@@ -287,7 +295,12 @@ class Trainer:
     def _optimizer_step(self, finite_loss: bool) -> tuple[float, float, bool, bool]:
         """Unscale (fp16), clip, step the optimizer and the schedule, once the engine has averaged the gradients over
         processes: the norm before clipping, the lr, whether the update was applied (not when any process's loss or
-        the norm is non-finite), and whether a skip was an fp16 loss-scale overflow (not counted as divergence)."""
+        the norm is non-finite), and whether a skip was an fp16 loss-scale overflow (not counted as divergence).
+        An :class:`AdamWInBackward` optimizer has applied the update in the last backward (one process, no
+        clipping): only its norm and outcome are collected."""
+        if isinstance(self.optimizer, AdamWInBackward):
+            grad_norm, applied = self.optimizer.finish()
+            return grad_norm, self._schedule_step(applied), applied, False
         self.precision.unscale(self.optimizer)  # gradients are averaged: every process sees the same overflow
         grads = [p.grad for p in self.parameters if p.grad is not None]
         total_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
@@ -296,17 +309,22 @@ class Trainer:
         applied = math.isfinite(grad_norm) and nonfinite_losses == 0
         if applied and self.config.optim.max_grad_norm:
             torch.nn.utils.clip_grads_with_norm_(self.parameters, self.config.optim.max_grad_norm, total_norm)
-        lr = self.scheduler.get_last_lr()[0]
         if applied:
             self.optimizer.step()
+        overflow = self.precision.update(loss_finite=nonfinite_losses == 0)
+        return grad_norm, self._schedule_step(applied, counted=not overflow), applied, overflow
+
+    def _schedule_step(self, applied: bool, counted: bool = True) -> float:
+        """Move the schedule on, clear the gradients and count skipped updates (not an fp16 overflow: ``counted``
+        False); the lr the update used."""
+        lr = self.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # torch warns when the schedule moves before any update was applied
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             self.scheduler.step()
-        overflow = self.precision.update(loss_finite=nonfinite_losses == 0)
         self.optimizer.zero_grad(set_to_none=True)
-        if not overflow:
+        if counted:
             self.skipped_in_row = 0 if applied else self.skipped_in_row + 1
-        return grad_norm, lr, applied, overflow
+        return lr
 
     def _check_diverged(self, log: RunLog, skipped: int, overflows: int = 0) -> None:
         if overflows:

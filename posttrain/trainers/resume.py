@@ -38,6 +38,7 @@ RESUMABLE = (
     "train.max_steps", "train.epochs", "train.log_every", "train.save_every", "train.save_final",
     "train.keep_checkpoints", "train.eval_every", "train.eval_at_start", "train.resume", "train.max_nonfinite_steps",
     "train.chunk_size", "train.micro_batch_tokens", "train.gradient_checkpointing",  # the same gradient, computed otherwise
+    "train.memory",  # only sets other keys, which are compared themselves (optim.update_in_backward must not change)
     "rl.rewards.timeout",
     "eval", "data.eval",
     "dist",  # how the processes share the work; a sharded checkpoint loads under any (check_processes)
