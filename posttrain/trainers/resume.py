@@ -50,7 +50,7 @@ SAME_GLOBAL_BATCH = ("train.batch_size", "train.grad_accum")
 
 # Settings added after checkpoints of earlier versions were written, with the value that does what those
 # versions did: a checkpoint whose recorded config lacks the key ran with that value.
-ADDED_DEFAULTS = {"train.precision": "auto"}
+ADDED_DEFAULTS = {"train.precision": "auto", "optim.update_in_backward": False}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -70,7 +70,7 @@ def is_resumable(key: str, global_batch_checked: bool = False) -> bool:
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """Every dotted key whose value differs, as ``(old, new)`` (a key missing on one side is ``None`` there)."""
-    before, after = {**ADDED_DEFAULTS, **flatten(old)}, flatten(new)
+    before, after = {**ADDED_DEFAULTS, **flatten(old)}, {**ADDED_DEFAULTS, **flatten(new)}
     return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
             if before.get(key) != after.get(key)}
 
