@@ -79,7 +79,8 @@ def two_processes(request, tmp_path_factory) -> tuple[str, Path]:
     """The same runs on two processes with half the batch each, plus a run cut after 2 steps and resumed."""
     root = tmp_path_factory.mktemp(request.param)
     launch(request.param, [sft(root, "sft", 2, 3), dpo(root, "dpo", 2), grpo(root, "grpo"), distill(root, "distill"),
-                           sft(root, "cut", 2, 2), sft(root, "cut", 2, 3), sft(root, "half", 2, 2)])
+                           sft(root, "cut", 2, 2), sft(root, "cut", 2, 3), sft(root, "half", 2, 2),
+                           sft(root, "bf16", 2, 3, "optim.state_dtype=bfloat16")])
     return request.param, root
 
 
@@ -112,6 +113,14 @@ def test_two_processes_train_as_one_with_the_same_global_batch(one_process, two_
 def test_a_run_cut_and_resumed_continues_exactly(one_process, two_processes):
     _, root = two_processes
     assert_same_run(root / "sft", root / "cut", range(1, 4))
+
+
+def test_bf16_moments_train_on_every_engine(two_processes):
+    """bf16 AdamW moments (lean memory) on replicas and on shards: the losses follow the fp32 moments' closely."""
+    _, root = two_processes
+    fp32, bf16 = train_steps(root / "sft"), train_steps(root / "bf16")
+    for step in (2, 3):
+        assert bf16[step]["loss"] == pytest.approx(fp32[step]["loss"], rel=1e-2)
 
 
 def test_a_two_process_run_resumes_as_one_process_and_exports(one_process, two_processes, tmp_path):

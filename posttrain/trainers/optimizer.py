@@ -99,6 +99,11 @@ class RoundingNoise:
 
 
 @torch.no_grad()
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a sharded tensor (a DTensor under FSDP); the tensor itself otherwise."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def adamw_update_(weights: torch.Tensor, grad: torch.Tensor, state: dict, group: dict,
                   noise: RoundingNoise | None = None, index: int = 0) -> None:
     """One AdamW step (the module docstring's formula) of one parameter, in place on ``weights`` and ``state``.
@@ -111,11 +116,13 @@ def adamw_update_(weights: torch.Tensor, grad: torch.Tensor, state: dict, group:
     """
     beta1, beta2 = group["betas"]
     lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+    # an FSDP shard (DTensor) is updated through its local part: the update is elementwise
+    weights, grad = _local(weights), _local(grad)
     state["step"] += 1
     step = float(state["step"])
     step_size = lr / (1 - beta1**step)
     root_correction = (1 - beta2**step) ** 0.5
-    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    exp_avg, exp_avg_sq = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
     if exp_avg.dtype == torch.float32:
         if weight_decay:
             weights.mul_(1 - lr * weight_decay)
