@@ -14,6 +14,7 @@ so the ``config.yaml`` a run writes holds absolute paths and loads the same from
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -510,12 +511,15 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _memory_mode(self) -> RunConfig:
-        """``train.memory=lean`` sets :data:`LEAN_SETTINGS` where the recipe left the key unset; the update inside
-        backward turns clipping off where ``optim.max_grad_norm`` is unset, and refuses clipping set explicitly."""
+        """``train.memory=lean`` sets :data:`LEAN_SETTINGS` where the recipe left the key unset — except the update
+        inside backward in a launch of several processes (``WORLD_SIZE`` > 1), whose engines average gradients after
+        backward; the update inside backward turns clipping off where ``optim.max_grad_norm`` is unset, and refuses
+        clipping set explicitly."""
         if self.train.memory == "lean":
+            several = int(os.environ.get("WORLD_SIZE", "1")) > 1
             for (section, key), value in LEAN_SETTINGS.items():
                 part = getattr(self, section)
-                if key not in part.model_fields_set:
+                if key not in part.model_fields_set and not (several and key == "update_in_backward"):
                     setattr(part, key, value)
         if self.optim.update_in_backward:
             if "max_grad_norm" not in self.optim.model_fields_set:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from posttrain.config import OptimConfig, dump_config
+from posttrain.config import OptimConfig, dump_config, load_config
 from posttrain.errors import ConfigError
 from posttrain.models.tiny import tiny_model
 from posttrain.trainers import resume
@@ -228,3 +228,10 @@ def test_a_bad_bench_set_is_a_config_error_before_any_worker_runs(overrides):
 
     with pytest.raises(ConfigError, match=r"train\.mem"):
         run_sft_benchmark(SftBenchOptions(posttrain_set=overrides))
+
+
+def test_lean_on_several_processes_keeps_the_update_after_backward(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = load_config(None, ["train.memory=lean"])
+    assert not config.optim.update_in_backward and config.optim.max_grad_norm == 1.0
+    assert config.optim.state_dtype == "bfloat16" and config.train.gradient_checkpointing
