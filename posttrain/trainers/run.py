@@ -23,7 +23,7 @@ from posttrain.trainers import distill, preference, resume, rl, sft  # noqa: F40
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import eval_source, load_source
 from posttrain.trainers.loop import Evaluate, Method, Trainer, TrainResult, method_class
-from posttrain.trainers.memory import release_freed_tensors
+from posttrain.trainers.memory import FSDP_CPU_THRESHOLD, release_freed_tensors
 from posttrain.trainers.precision import Precision
 from posttrain.trainers.run_lock import RunLock
 
@@ -79,8 +79,9 @@ def train(config: RunConfig) -> TrainResult:
     """Run a recipe. The main process holds the run directory's lock throughout (a second process on the same
     run is refused), and a full disk anywhere in the run's writes is reported as such."""
     transformers.utils.logging.disable_progress_bar()
-    release_freed_tensors()
     processes = Processes(config.model.device, config.dist.strategy)
+    sharded_on_cpu = processes.lockstep and processes.device.type == "cpu"
+    release_freed_tensors(default=FSDP_CPU_THRESHOLD if sharded_on_cpu else 0)
     lock = RunLock(config.run_dir) if processes.is_main else contextlib.nullcontext()
     with lock, disk_space_checked(config.run_dir, "the run's outputs"):
         return _train_locked(config, processes)
