@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from posttrain.config import load_config
@@ -80,7 +81,7 @@ def two_processes(request, tmp_path_factory) -> tuple[str, Path]:
     root = tmp_path_factory.mktemp(request.param)
     launch(request.param, [sft(root, "sft", 2, 3), dpo(root, "dpo", 2), grpo(root, "grpo"), distill(root, "distill"),
                            sft(root, "cut", 2, 2), sft(root, "cut", 2, 3), sft(root, "half", 2, 2),
-                           sft(root, "bf16", 2, 3, "optim.state_dtype=bfloat16")])
+                           sft(root, "lean", 2, 3, "train.memory=lean")])
     return request.param, root
 
 
@@ -115,12 +116,15 @@ def test_a_run_cut_and_resumed_continues_exactly(one_process, two_processes):
     assert_same_run(root / "sft", root / "cut", range(1, 4))
 
 
-def test_bf16_moments_train_on_every_engine(two_processes):
-    """bf16 AdamW moments (lean memory) on replicas and on shards: the losses follow the fp32 moments' closely."""
+def test_lean_memory_trains_on_every_engine(two_processes):
+    """train.memory=lean on replicas and on shards (bf16 moments, checkpointing; the update after backward on several
+    processes): the losses follow the standard run's closely."""
     _, root = two_processes
-    fp32, bf16 = train_steps(root / "sft"), train_steps(root / "bf16")
+    config = yaml.safe_load((root / "lean" / "config.yaml").read_text())
+    assert config["optim"]["state_dtype"] == "bfloat16" and not config["optim"]["update_in_backward"]
+    standard, lean = train_steps(root / "sft"), train_steps(root / "lean")
     for step in (2, 3):
-        assert bf16[step]["loss"] == pytest.approx(fp32[step]["loss"], rel=1e-2)
+        assert lean[step]["loss"] == pytest.approx(standard[step]["loss"], rel=1e-2)
 
 
 def test_a_two_process_run_resumes_as_one_process_and_exports(one_process, two_processes, tmp_path):

@@ -235,3 +235,9 @@ def test_lean_on_several_processes_keeps_the_update_after_backward(monkeypatch):
     config = load_config(None, ["train.memory=lean"])
     assert not config.optim.update_in_backward and config.optim.max_grad_norm == 1.0
     assert config.optim.state_dtype == "bfloat16" and config.train.gradient_checkpointing
+
+
+def test_lean_on_policy_runs_sample_with_the_learners_own_weights():
+    assert load_config(None, ["method=grpo", "train.memory=lean"]).rollout.engine == "hf"
+    assert load_config(None, ["method=distill", "train.memory=lean", "rollout.engine=vllm"]).rollout.engine == "vllm"
+    assert load_config(None, ["method=grpo"]).rollout.engine == "auto"
