@@ -127,10 +127,9 @@ def test_lean_memory_trains_on_every_engine(two_processes):
         assert lean[step]["loss"] == pytest.approx(standard[step]["loss"], rel=1e-2)
 
 
+@pytest.mark.parametrize("two_processes", ["fsdp"], indirect=True)  # replicated checkpoints hold whole weights
 def test_a_two_process_run_resumes_as_one_process_and_exports(one_process, two_processes, tmp_path):
-    strategy, root = two_processes
-    if strategy == "ddp":  # replicated checkpoints hold whole weights already
-        pytest.skip("only sharded checkpoints need re-sharding")
+    _, root = two_processes
     train(load_config(None, sft(root, "half", 4, 3)))  # the same global batch on one process
     assert_same_run(one_process / "sft", root / "half", range(1, 4))
     exported = export_checkpoint(list_checkpoints(root / "half")[-1], tmp_path / "export")
