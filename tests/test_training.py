@@ -124,7 +124,7 @@ def test_bf16_optimizer_state_learns_and_a_resumed_run_continues_exactly(tmp_pat
     whole = train_steps(train(tiny_config(tmp_path, "whole", **settings, **{"train.max_steps": 8})).run_dir)
     assert whole[8]["loss"] < whole[1]["loss"] * 0.9
     train(tiny_config(tmp_path, "cut", **settings, **{"train.max_steps": 3}))
-    state = torch.load(tmp_path / "cut" / "checkpoints" / "step-3" / "optimizer.pt", weights_only=False)["state"]
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "step-3" / "optimizer.pt", weights_only=True)["state"]
     assert {moment.dtype for s in state.values() for moment in (s["exp_avg"], s["exp_avg_sq"])} == {torch.bfloat16}
     resumed = train_steps(train(tiny_config(tmp_path, "cut", **settings, **{"train.max_steps": 8})).run_dir)
     assert sorted(resumed) == list(range(1, 9))
