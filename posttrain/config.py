@@ -297,7 +297,10 @@ class RLConfig(Section):
     loss: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     eps_low: float = Field(0.2, ge=0)
     eps_high: float = Field(0.2, ge=0, description="> eps_low is DAPO's clip-higher (e.g. 0.28)")
-    beta: float = Field(0.0, ge=0, description="weight of the k3 KL to the reference model")
+    beta: float = Field(0.0, ge=0, description="weight of the KL to the reference model")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="per-token KL estimate (posttrain.ops.kl_estimate): k1 = −r, k2 = r²/2, k3 = e^r − r − 1 "
+        "with r = log π_ref − log π_θ (k3: TRL's)")
     scale: Literal["group", "batch", "none"] = "group"
     baseline: Literal["mean", "rloo"] = "mean"
     mask_truncated: bool = Field(False, description="drop completions that hit max_new_tokens from the loss")

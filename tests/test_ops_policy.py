@@ -310,3 +310,40 @@ def test_behaviour_correction_is_one_when_engine_and_learner_agree_and_rejects_b
         behaviour_correction(logprobs, logprobs, mask, mode="clip")
     with pytest.raises(ValueError, match="one shape"):
         behaviour_correction(logprobs, logprobs[:, :2], mask)
+
+
+def test_kl_estimators_by_hand_and_in_expectation():
+    from posttrain.ops import kl_estimate
+
+    logprobs, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    r = math.log(0.5)  # log π_ref − log π_θ
+    assert kl_estimate(logprobs, ref, "k1").item() == pytest.approx(-r)
+    assert kl_estimate(logprobs, ref, "k2").item() == pytest.approx(0.5 * r * r)
+    assert kl_estimate(logprobs, ref, "k3").item() == pytest.approx(math.exp(r) - r - 1)
+    # tokens drawn from π_θ: k1 and k3 average to KL(π_θ ‖ π_ref); k2 is close when the two are close
+    generator = torch.Generator().manual_seed(0)
+    policy = torch.softmax(torch.randn(6, generator=generator), -1)
+    reference = torch.softmax(torch.log(policy) + 0.3 * torch.randn(6, generator=generator), -1)
+    exact = float((policy * (policy.log() - reference.log())).sum())
+    tokens = torch.multinomial(policy, 200_000, replacement=True, generator=generator)
+    estimates = {kind: float(kl_estimate(policy.log()[tokens], reference.log()[tokens], kind).mean())
+                 for kind in ("k1", "k2", "k3")}
+    assert estimates["k1"] == pytest.approx(exact, rel=0.1) and estimates["k3"] == pytest.approx(exact, rel=0.05)
+    assert estimates["k2"] == pytest.approx(exact, rel=0.15)
+    with pytest.raises(ValueError, match="unknown KL estimator"):
+        kl_estimate(logprobs, ref, "k4")
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_the_chosen_kl_estimator_enters_the_loss(estimator):
+    from posttrain.ops import kl_estimate
+
+    generator = torch.Generator().manual_seed(1)
+    logprobs = -torch.rand(2, 3, generator=generator) - 0.1
+    ref = -torch.rand(2, 3, generator=generator) - 0.1
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    result = policy_loss(logprobs, logprobs, torch.zeros(2), mask, kind="bnpo", ref_logprobs=ref, beta=0.5,
+                         kl_estimator=estimator)
+    kl = (kl_estimate(logprobs, ref, estimator) * mask).sum() / mask.sum()
+    assert result.kl.item() == pytest.approx(kl.item())
+    assert result.loss.item() == pytest.approx(0.5 * kl.item())  # zero advantages: the loss is β·KL

@@ -212,3 +212,20 @@ def test_bf16_rollouts_make_the_cast_model_the_behaviour_policy(tmp_path):
     assert max(gaps) > 1e-3  # the fp32 policy is a different distribution: ratios are not all 1
     recorded = torch.cat([torch.tensor(g.logprobs) for g in generations])
     torch.testing.assert_close(batch.old_logprobs[batch.completion_mask.bool()], recorded)
+
+
+def test_rl_kl_estimator_reaches_the_loss(tmp_path):
+    """rl.kl_estimator picks the per-token estimate the run's KL term and its logged kl use."""
+    from posttrain.ops import kl_estimate
+
+    model = eos_prone_model()
+    method, work = direct_method(tmp_path, model, "rl.beta=0.1", "rl.kl_estimator=k2")
+    with torch.no_grad():  # move the policy away from the reference copied at construction
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    batch = work.micro_batches[0]
+    _, stats = method.loss(model, batch, work.totals)
+    logprobs = method._logprobs(model, batch)
+    mask = batch.target_mask.to(logprobs.dtype)
+    expected = float((kl_estimate(logprobs, batch.ref_logprobs, "k2") * mask).sum())
+    assert expected > 0 and stats["kl_sum"] == pytest.approx(expected, rel=1e-4)

@@ -19,7 +19,7 @@ from posttrain.ops.policy import (
     BehaviourCorrection,
     PolicyLoss,
     behaviour_correction,
-    k3_kl,
+    kl_estimate,
     policy_loss,
     policy_loss_sum,
 )
@@ -62,7 +62,7 @@ __all__ = [
     "group_advantages",
     "hidden_divergence",
     "hidden_logprobs",
-    "k3_kl",
+    "kl_estimate",
     "laser_class_weights",
     "laser_loss",
     "laser_loss_sum",

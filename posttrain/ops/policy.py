@@ -44,7 +44,7 @@ class PolicyLoss:
     """A policy loss and its detached statistics (token means over the response tokens of the batch).
 
     ``clip_low``: fraction of tokens with ``ρ < 1 − ε_low`` and ``A < 0`` (clipped from below);
-    ``clip_high``: ``ρ > 1 + ε_high`` and ``A > 0``; ``clip_region``: either. ``kl`` is the mean k3 KL to
+    ``clip_high``: ``ρ > 1 + ε_high`` and ``A > 0``; ``clip_region``: either. ``kl`` is the mean estimated KL to
     the reference (``None`` without ``ref_logprobs``); ``ratio`` is the mean importance ratio ρ.
     """
 
@@ -56,10 +56,26 @@ class PolicyLoss:
     kl: torch.Tensor | None = None
 
 
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(π_θ ‖ π_ref): ``exp(r) − r − 1`` with ``r = log π_ref − log π_θ``."""
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(π_θ ‖ π_ref) from tokens sampled from π_θ, with ``r = log π_ref − log π_θ``
+    (Schulman, "Approximating KL divergence", 2020; OpenRLHF's and verl's ``kl_estimator`` / ``kl_loss_type``):
+
+    * ``k1 = −r`` — unbiased, high variance, negative on some tokens;
+    * ``k2 = r² / 2`` — biased (second order in r), low variance, never negative;
+    * ``k3 = exp(r) − r − 1`` — unbiased and never negative (TRL's GRPO KL; the default).
+    """
+    if kind not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {kind!r}; expected one of {KL_ESTIMATORS}")
     log_ratio = ref_logprobs - logprobs
+    if kind == "k1":
+        return -log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio.square()
     return torch.exp(log_ratio) - log_ratio - 1
+
 
 
 def policy_loss(
@@ -75,8 +91,10 @@ def policy_loss(
     num_active_tokens: float | torch.Tensor | None = None,
     max_completion_length: int | None = None,
     behaviour_weights: torch.Tensor | None = None,
+    kl_estimator: str = "k3",
 ) -> PolicyLoss:
-    """Clipped surrogate loss (plus ``β``·k3 KL) reduced per ``kind`` over this batch (the module docstring).
+    """Clipped surrogate loss (plus ``β``·KL, estimated per token by ``kl_estimator``: :func:`kl_estimate`) reduced
+    per ``kind`` over this batch (the module docstring).
 
     ``logprobs``, ``old_logprobs``, ``ref_logprobs`` and ``mask`` are ``[B, T]``; ``advantages`` is ``[B]``
     (one per row) or ``[B, T]``. Only ``logprobs`` carries a gradient: ``old_logprobs``,
@@ -86,7 +104,7 @@ def policy_loss(
     ``behaviour_weights``: see :func:`policy_loss_sum`.
     """
     result = policy_loss_sum(logprobs, old_logprobs, advantages, mask, kind, eps_low, eps_high, ref_logprobs,
-                             beta, max_completion_length, behaviour_weights)
+                             beta, max_completion_length, behaviour_weights, kl_estimator)
     count = mask.shape[0] if POLICY_LOSS_TOTALS[kind] == "rows" else mask.sum()
     if kind == "dapo" and num_active_tokens is not None:
         count = num_active_tokens
@@ -97,7 +115,7 @@ def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
                     kind: str = "dapo", eps_low: float = 0.2, eps_high: float = 0.2,
                     ref_logprobs: torch.Tensor | None = None, beta: float = 0.0,
                     max_completion_length: int | None = None,
-                    behaviour_weights: torch.Tensor | None = None) -> PolicyLoss:
+                    behaviour_weights: torch.Tensor | None = None, kl_estimator: str = "k3") -> PolicyLoss:
     """:func:`policy_loss` before the division by the count ``POLICY_LOSS_TOTALS[kind]``: its ``loss`` is the
     sum ``S`` of the module docstring (``grpo``: each row's token mean, summed over rows; ``bnpo``/``dapo``: the
     masked token sum; ``dr_grpo``: the masked token sum ÷ L, L = ``max_completion_length`` or ``mask.shape[1]``).
@@ -119,7 +137,7 @@ def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
         per_token = per_token * behaviour_weights.detach().to(per_token.dtype)
     kl = None
     if ref_logprobs is not None:
-        kl = k3_kl(logprobs, ref_logprobs.detach())
+        kl = kl_estimate(logprobs, ref_logprobs.detach(), kl_estimator)
         if beta > 0:
             per_token = per_token + beta * kl
     masked = per_token * mask

@@ -239,7 +239,8 @@ class RLMethod(Method, name="grpo"):
                                               rl.behaviour_floor)
         result = policy_loss_sum(out.logprobs, old, advantages, mask, kind=rl.loss,
                                  eps_low=rl.eps_low, eps_high=rl.eps_high, ref_logprobs=batch.ref_logprobs,
-                                 beta=rl.beta, max_completion_length=self.rollout.max_new_tokens,
+                                 beta=rl.beta, kl_estimator=rl.kl_estimator,
+                                 max_completion_length=self.rollout.max_new_tokens,
                                  behaviour_weights=None if correction is None else correction.weights)
         tokens = float(mask.sum())
         loss = result.loss / totals.of(POLICY_LOSS_TOTALS[rl.loss])
