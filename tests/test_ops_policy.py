@@ -347,3 +347,18 @@ def test_the_chosen_kl_estimator_enters_the_loss(estimator):
     kl = (kl_estimate(logprobs, ref, estimator) * mask).sum() / mask.sum()
     assert result.kl.item() == pytest.approx(kl.item())
     assert result.loss.item() == pytest.approx(0.5 * kl.item())  # zero advantages: the loss is β·KL
+
+
+def test_the_entropy_bonus_is_reduced_like_the_loss_and_carries_its_gradient():
+    generator = torch.Generator().manual_seed(2)
+    logprobs = -torch.rand(2, 3, generator=generator) - 0.1
+    entropy = torch.rand(2, 3, generator=generator, requires_grad=True)
+    mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    for kind, expected in (("bnpo", (entropy * mask).sum() / mask.sum()),
+                           ("grpo", ((entropy * mask).sum(-1) / mask.sum(-1)).mean())):
+        result = policy_loss(logprobs, logprobs, torch.zeros(2), mask, kind=kind, entropy=entropy, entropy_coef=0.2)
+        assert result.loss.item() == pytest.approx(-0.2 * expected.item())
+    result.loss.backward()  # grpo: −0.2 × each row's token mean, averaged over the 2 rows
+    torch.testing.assert_close(entropy.grad, -0.2 * mask / mask.sum(-1, keepdim=True) / 2)
+    with pytest.raises(ValueError, match="needs the per-token entropy"):
+        policy_loss(logprobs, logprobs, torch.zeros(2), mask, entropy_coef=0.2)

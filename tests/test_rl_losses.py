@@ -229,3 +229,16 @@ def test_rl_kl_estimator_reaches_the_loss(tmp_path):
     mask = batch.target_mask.to(logprobs.dtype)
     expected = float((kl_estimate(logprobs, batch.ref_logprobs, "k2") * mask).sum())
     assert expected > 0 and stats["kl_sum"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_rl_entropy_bonus_lowers_the_loss_by_its_share(tmp_path):
+    """rl.entropy_coef: the step's loss is the policy loss minus c × the entropy, summed over response tokens and
+    divided by the step's tokens (dapo)."""
+    model = eos_prone_model()
+    plain, work = direct_method(tmp_path, model)
+    bonus, _ = direct_method(tmp_path, model, "rl.entropy_coef=0.05")
+    for batch in work.micro_batches:
+        without, stats = plain.loss(model, batch, work.totals)
+        with_bonus, _ = bonus.loss(model, batch, work.totals)
+        expected = float(without) - 0.05 * stats["entropy_sum"] / work.totals.of("tokens")
+        assert float(with_bonus) == pytest.approx(expected, rel=1e-5)

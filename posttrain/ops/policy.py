@@ -2,8 +2,12 @@
 
 Per response token t of row i, with ``ρ = exp(log π_θ − log π_old)`` and the row's advantage ``A_i``:
 
-    ℓ_t = −min(ρ·A_i, clip(ρ, 1 − ε_low, 1 + ε_high)·A_i) + β·KL_t
+    ℓ_t = −min(ρ·A_i, clip(ρ, 1 − ε_low, 1 + ε_high)·A_i) + β·KL_t − c·H_t
     KL_t = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1          (k3 estimator, Schulman 2020)
+
+(:func:`kl_estimate` gives the k1 and k2 estimators too), and ``H_t`` the entropy of π_θ at token t, weighted
+by the entropy bonus ``c`` (OpenRLHF's ``entropy_loss_coef``, verl's ``entropy_coeff``: reduced like the rest
+of ``ℓ``, with its gradient).
 
 ε_high > ε_low is DAPO's clip-higher (Yu et al. 2025, arXiv 2503.14476, §3.1). The kinds differ only in
 how ``ℓ`` is reduced over the masked tokens ``m``:
@@ -92,6 +96,8 @@ def policy_loss(
     max_completion_length: int | None = None,
     behaviour_weights: torch.Tensor | None = None,
     kl_estimator: str = "k3",
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> PolicyLoss:
     """Clipped surrogate loss (plus ``β``·KL, estimated per token by ``kl_estimator``: :func:`kl_estimate`) reduced
     per ``kind`` over this batch (the module docstring).
@@ -104,7 +110,7 @@ def policy_loss(
     ``behaviour_weights``: see :func:`policy_loss_sum`.
     """
     result = policy_loss_sum(logprobs, old_logprobs, advantages, mask, kind, eps_low, eps_high, ref_logprobs,
-                             beta, max_completion_length, behaviour_weights, kl_estimator)
+                             beta, max_completion_length, behaviour_weights, kl_estimator, entropy, entropy_coef)
     count = mask.shape[0] if POLICY_LOSS_TOTALS[kind] == "rows" else mask.sum()
     if kind == "dapo" and num_active_tokens is not None:
         count = num_active_tokens
@@ -115,7 +121,8 @@ def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
                     kind: str = "dapo", eps_low: float = 0.2, eps_high: float = 0.2,
                     ref_logprobs: torch.Tensor | None = None, beta: float = 0.0,
                     max_completion_length: int | None = None,
-                    behaviour_weights: torch.Tensor | None = None, kl_estimator: str = "k3") -> PolicyLoss:
+                    behaviour_weights: torch.Tensor | None = None, kl_estimator: str = "k3",
+                    entropy: torch.Tensor | None = None, entropy_coef: float = 0.0) -> PolicyLoss:
     """:func:`policy_loss` before the division by the count ``POLICY_LOSS_TOTALS[kind]``: its ``loss`` is the
     sum ``S`` of the module docstring (``grpo``: each row's token mean, summed over rows; ``bnpo``/``dapo``: the
     masked token sum; ``dr_grpo``: the masked token sum ÷ L, L = ``max_completion_length`` or ``mask.shape[1]``).
@@ -140,6 +147,10 @@ def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
         kl = kl_estimate(logprobs, ref_logprobs.detach(), kl_estimator)
         if beta > 0:
             per_token = per_token + beta * kl
+    if entropy_coef:
+        if entropy is None:
+            raise ValueError(f"an entropy bonus entropy_coef = {entropy_coef} needs the per-token entropy")
+        per_token = per_token - entropy_coef * entropy
     masked = per_token * mask
     if kind == "grpo":
         loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum()

@@ -240,6 +240,7 @@ class RLMethod(Method, name="grpo"):
         result = policy_loss_sum(out.logprobs, old, advantages, mask, kind=rl.loss,
                                  eps_low=rl.eps_low, eps_high=rl.eps_high, ref_logprobs=batch.ref_logprobs,
                                  beta=rl.beta, kl_estimator=rl.kl_estimator,
+                                 entropy=out.entropy, entropy_coef=rl.entropy_coef,
                                  max_completion_length=self.rollout.max_new_tokens,
                                  behaviour_weights=None if correction is None else correction.weights)
         tokens = float(mask.sum())
