@@ -298,8 +298,9 @@ class RLConfig(Section):
     eps_low: float = Field(0.2, ge=0)
     eps_high: float = Field(0.2, ge=0, description="> eps_low is DAPO's clip-higher (e.g. 0.28)")
     beta: float = Field(0.0, ge=0, description="weight of the KL to the reference model")
-    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus c: the loss subtracts c × the policy's "
-                                "per-token entropy, reduced like the policy loss (posttrain.ops.policy_loss)")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus c: the loss subtracts c × the token mean of "
+                                "the policy's entropy over the step's response tokens, whatever rl.loss (TRL's "
+                                "entropy_coef; posttrain.ops.policy_loss)")
     kl_estimator: Literal["k1", "k2", "k3"] = Field(
         "k3", description="per-token KL estimate (posttrain.ops.kl_estimate): k1 = −r, k2 = r²/2, k3 = e^r − r − 1 "
         "with r = log π_ref − log π_θ (k3: TRL's)")

@@ -349,16 +349,30 @@ def test_the_chosen_kl_estimator_enters_the_loss(estimator):
     assert result.loss.item() == pytest.approx(0.5 * kl.item())  # zero advantages: the loss is β·KL
 
 
-def test_the_entropy_bonus_is_reduced_like_the_loss_and_carries_its_gradient():
-    generator = torch.Generator().manual_seed(2)
-    logprobs = -torch.rand(2, 3, generator=generator) - 0.1
-    entropy = torch.rand(2, 3, generator=generator, requires_grad=True)
-    mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
-    for kind, expected in (("bnpo", (entropy * mask).sum() / mask.sum()),
-                           ("grpo", ((entropy * mask).sum(-1) / mask.sum(-1)).mean())):
-        result = policy_loss(logprobs, logprobs, torch.zeros(2), mask, kind=kind, entropy=entropy, entropy_coef=0.2)
-        assert result.loss.item() == pytest.approx(-0.2 * expected.item())
-    result.loss.backward()  # grpo: −0.2 × each row's token mean, averaged over the 2 rows
-    torch.testing.assert_close(entropy.grad, -0.2 * mask / mask.sum(-1, keepdim=True) / 2)
+@pytest.mark.parametrize("kind", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_entropy_bonus_matches_trl_compute_loss(kind):
+    """TRL 1.16 subtracts ``entropy_coef`` × the token mean of the entropy, whatever the loss type."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    logprobs, old, _, advantages, mask = random_batch(seed=3)
+    entropy = torch.rand(logprobs.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 2
+    trl_logprobs, trl_entropy = logprobs.clone().requires_grad_(), entropy.clone().requires_grad_()
+    stub = trl_stub(kind, trl_logprobs, 0.0, 0.2, 0.28, mask.shape[1])
+    stub._get_per_token_logps_and_entropies = lambda *args, **kwargs: (trl_logprobs, trl_entropy, None)
+    stub._entropy_bonus_enabled, stub.entropy_coef, stub.use_adaptive_entropy = True, 0.3, False
+    stub.accelerator.sync_gradients = True
+    inputs = {"prompt_ids": torch.zeros(mask.shape[0], 1, dtype=torch.long),
+              "prompt_mask": torch.ones(mask.shape[0], 1, dtype=torch.long), "completion_ids": torch.zeros_like(mask),
+              "completion_mask": mask, "advantages": advantages, "old_per_token_logps": old,
+              "num_items_in_batch": mask.sum()}
+    expected = GRPOTrainer._compute_loss(stub, None, inputs)
+    expected.backward()
+    ours_logprobs, ours_entropy = logprobs.clone().requires_grad_(), entropy.clone().requires_grad_()
+    result = policy_loss(ours_logprobs, old, advantages, mask, kind=kind, eps_high=0.28,
+                         max_completion_length=mask.shape[1], entropy=ours_entropy, entropy_coef=0.3)
+    result.loss.backward()
+    torch.testing.assert_close(result.loss, expected.detach())
+    torch.testing.assert_close(ours_logprobs.grad, trl_logprobs.grad)
+    torch.testing.assert_close(ours_entropy.grad, trl_entropy.grad)
     with pytest.raises(ValueError, match="needs the per-token entropy"):
-        policy_loss(logprobs, logprobs, torch.zeros(2), mask, entropy_coef=0.2)
+        policy_loss(logprobs, old, advantages, mask, entropy_coef=0.2)

@@ -233,7 +233,7 @@ def test_rl_kl_estimator_reaches_the_loss(tmp_path):
 
 def test_rl_entropy_bonus_lowers_the_loss_by_its_share(tmp_path):
     """rl.entropy_coef: the step's loss is the policy loss minus c × the entropy, summed over response tokens and
-    divided by the step's tokens (dapo)."""
+    divided by the step's response tokens (the token mean over the step, whatever rl.loss)."""
     model = eos_prone_model()
     plain, work = direct_method(tmp_path, model)
     bonus, _ = direct_method(tmp_path, model, "rl.entropy_coef=0.05")

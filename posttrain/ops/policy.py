@@ -2,12 +2,13 @@
 
 Per response token t of row i, with ``ρ = exp(log π_θ − log π_old)`` and the row's advantage ``A_i``:
 
-    ℓ_t = −min(ρ·A_i, clip(ρ, 1 − ε_low, 1 + ε_high)·A_i) + β·KL_t − c·H_t
+    ℓ_t = −min(ρ·A_i, clip(ρ, 1 − ε_low, 1 + ε_high)·A_i) + β·KL_t
     KL_t = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1          (k3 estimator, Schulman 2020)
 
-(:func:`kl_estimate` gives the k1 and k2 estimators too), and ``H_t`` the entropy of π_θ at token t, weighted
-by the entropy bonus ``c`` (OpenRLHF's ``entropy_loss_coef``, verl's ``entropy_coeff``: reduced like the rest
-of ``ℓ``, with its gradient).
+(:func:`kl_estimate` gives the k1 and k2 estimators too). The entropy bonus ``c`` subtracts ``c·H̄`` from the
+reduced loss, ``H̄ = Σ m H / Σ m`` the token mean of π_θ's per-token entropy over the response tokens, whatever
+the kind (TRL 1.16's ``entropy_coef``: "L = L_policy − coef · H"); :func:`policy_loss_sum` returns ``Σ m H``
+(``entropy_sum``, with its gradient) for a trainer to divide by the step's tokens.
 
 ε_high > ε_low is DAPO's clip-higher (Yu et al. 2025, arXiv 2503.14476, §3.1). The kinds differ only in
 how ``ℓ`` is reduced over the masked tokens ``m``:
@@ -58,6 +59,7 @@ class PolicyLoss:
     clip_region: torch.Tensor
     ratio: torch.Tensor
     kl: torch.Tensor | None = None
+    entropy_sum: torch.Tensor | None = None  # Σ m·H over the response tokens, with gradient (given the entropy)
 
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -107,14 +109,20 @@ def policy_loss(
     ``ref_logprobs`` and ``advantages`` are detached. ``num_active_tokens`` is ``dapo``'s N (default
     ``Σ mask``) and ``max_completion_length`` is ``dr_grpo``'s L. The KL enters the loss only when
     ``beta > 0``; with ``ref_logprobs`` and ``beta = 0`` it is still reported in the statistics.
-    ``behaviour_weights``: see :func:`policy_loss_sum`.
+    ``behaviour_weights``: see :func:`policy_loss_sum`. ``entropy`` (``[B, T]``, π_θ's per-token entropy, with
+    gradient) and ``entropy_coef`` c subtract the bonus ``c · Σ m H / Σ m`` (the module docstring).
     """
+    if entropy_coef and entropy is None:
+        raise ValueError(f"an entropy bonus entropy_coef = {entropy_coef} needs the per-token entropy")
     result = policy_loss_sum(logprobs, old_logprobs, advantages, mask, kind, eps_low, eps_high, ref_logprobs,
-                             beta, max_completion_length, behaviour_weights, kl_estimator, entropy, entropy_coef)
+                             beta, max_completion_length, behaviour_weights, kl_estimator, entropy)
     count = mask.shape[0] if POLICY_LOSS_TOTALS[kind] == "rows" else mask.sum()
     if kind == "dapo" and num_active_tokens is not None:
         count = num_active_tokens
-    return replace(result, loss=result.loss / torch.as_tensor(count, dtype=result.loss.dtype).clamp(min=1.0))
+    loss = result.loss / torch.as_tensor(count, dtype=result.loss.dtype).clamp(min=1.0)
+    if entropy_coef:
+        loss = loss - entropy_coef * result.entropy_sum / mask.sum().clamp(min=1.0)
+    return replace(result, loss=loss)
 
 
 def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
@@ -122,7 +130,7 @@ def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
                     ref_logprobs: torch.Tensor | None = None, beta: float = 0.0,
                     max_completion_length: int | None = None,
                     behaviour_weights: torch.Tensor | None = None, kl_estimator: str = "k3",
-                    entropy: torch.Tensor | None = None, entropy_coef: float = 0.0) -> PolicyLoss:
+                    entropy: torch.Tensor | None = None) -> PolicyLoss:
     """:func:`policy_loss` before the division by the count ``POLICY_LOSS_TOTALS[kind]``: its ``loss`` is the
     sum ``S`` of the module docstring (``grpo``: each row's token mean, summed over rows; ``bnpo``/``dapo``: the
     masked token sum; ``dr_grpo``: the masked token sum ÷ L, L = ``max_completion_length`` or ``mask.shape[1]``).
@@ -147,10 +155,6 @@ def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
         kl = kl_estimate(logprobs, ref_logprobs.detach(), kl_estimator)
         if beta > 0:
             per_token = per_token + beta * kl
-    if entropy_coef:
-        if entropy is None:
-            raise ValueError(f"an entropy bonus entropy_coef = {entropy_coef} needs the per-token entropy")
-        per_token = per_token - entropy_coef * entropy
     masked = per_token * mask
     if kind == "grpo":
         loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum()
@@ -168,6 +172,7 @@ def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
         clip_region=_token_mean(clip_low | clip_high, mask),
         ratio=_token_mean(ratio, mask),
         kl=None if kl is None else _token_mean(kl, mask),
+        entropy_sum=None if entropy is None else (entropy * mask).sum(),
     )
 
 

@@ -240,11 +240,13 @@ class RLMethod(Method, name="grpo"):
         result = policy_loss_sum(out.logprobs, old, advantages, mask, kind=rl.loss,
                                  eps_low=rl.eps_low, eps_high=rl.eps_high, ref_logprobs=batch.ref_logprobs,
                                  beta=rl.beta, kl_estimator=rl.kl_estimator,
-                                 entropy=out.entropy, entropy_coef=rl.entropy_coef,
+                                 entropy=out.entropy,
                                  max_completion_length=self.rollout.max_new_tokens,
                                  behaviour_weights=None if correction is None else correction.weights)
         tokens = float(mask.sum())
         loss = result.loss / totals.of(POLICY_LOSS_TOTALS[rl.loss])
+        if rl.entropy_coef:  # the bonus c·H̄: H̄ the token mean of the entropy over the step (ops.policy_loss)
+            loss = loss - rl.entropy_coef * result.entropy_sum / totals.of("tokens")
         stats = {
             "policy_loss": float(loss.detach()), "trained_tokens": tokens,
             "clip_low_sum": float(result.clip_low) * tokens, "clip_high_sum": float(result.clip_high) * tokens,
