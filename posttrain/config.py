@@ -294,7 +294,9 @@ class RLConfig(Section):
     """GRPO-family RL with verifiable rewards. Defaults follow TRL 1.16 ``GRPOConfig`` where it has one."""
 
     updates_per_step: int = Field(1, gt=0, description="optimizer updates per batch of rollouts, μ")
-    loss: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    loss: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = Field(
+        "dapo", description="the policy loss's reduction (posttrain.ops.policy); gspo: one length-normalized "
+        "importance ratio per sequence (GSPO; its paper clips with eps_low 3e-4, eps_high 4e-4)")
     eps_low: float = Field(0.2, ge=0)
     eps_high: float = Field(0.2, ge=0, description="> eps_low is DAPO's clip-higher (e.g. 0.28)")
     beta: float = Field(0.0, ge=0, description="weight of the KL to the reference model")

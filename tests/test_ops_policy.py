@@ -376,3 +376,28 @@ def test_entropy_bonus_matches_trl_compute_loss(kind):
     torch.testing.assert_close(ours_entropy.grad, trl_entropy.grad)
     with pytest.raises(ValueError, match="needs the per-token entropy"):
         policy_loss(logprobs, old, advantages, mask, entropy_coef=0.2)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_gspo_matches_trl_sequence_level_importance_sampling(beta):
+    """GSPO is TRL 1.16's ``importance_sampling_level="sequence"`` with ``loss_type="grpo"``."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    logprobs, old, ref, advantages, mask = random_batch(seed=5)
+    logprobs = old + (logprobs - old) * 0.01  # sequence ratios near 1: some inside, some outside GSPO's ε
+    trl_logprobs = logprobs.clone().requires_grad_()
+    stub = trl_stub("grpo", trl_logprobs, beta, 3e-4, 4e-4, mask.shape[1])
+    stub.importance_sampling_level = "sequence"
+    inputs = {"prompt_ids": torch.zeros(mask.shape[0], 1, dtype=torch.long),
+              "prompt_mask": torch.ones(mask.shape[0], 1, dtype=torch.long), "completion_ids": torch.zeros_like(mask),
+              "completion_mask": mask, "advantages": advantages, "old_per_token_logps": old,
+              "ref_per_token_logps": ref, "num_items_in_batch": mask.sum()}
+    expected = GRPOTrainer._compute_loss(stub, None, inputs)
+    expected.backward()
+    ours_logprobs = logprobs.clone().requires_grad_()
+    result = policy_loss(ours_logprobs, old, advantages, mask, kind="gspo", eps_low=3e-4, eps_high=4e-4,
+                         ref_logprobs=ref if beta > 0 else None, beta=beta)
+    result.loss.backward()
+    torch.testing.assert_close(result.loss, expected.detach())
+    torch.testing.assert_close(ours_logprobs.grad, trl_logprobs.grad)
+    assert 0 < result.clip_region.item() < 1  # the test exercises both sides of the sequence clip

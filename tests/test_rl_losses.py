@@ -39,7 +39,9 @@ from tests.rl_helpers import (
 )
 
 
-@pytest.mark.parametrize("kind,laser", [("grpo", 0), ("bnpo", 0), ("dr_grpo", 0), ("dapo", 0), ("dapo", 1)])
+@pytest.mark.parametrize(
+    "kind,laser", [("grpo", 0), ("bnpo", 0), ("dr_grpo", 0), ("dapo", 0), ("dapo", 1), ("gspo", 0)]
+)
 def test_micro_batches_of_one_group_give_the_gradient_of_one_big_batch(tmp_path, kind, laser):
     model = eos_prone_model()
     settings = [f"rl.loss={kind}", "rl.mask_truncated=true"]
@@ -79,7 +81,7 @@ def test_token_budget_passes_give_the_gradient_of_one_pass(tmp_path, kind):
 
 
 @pytest.mark.parametrize(
-    "kind,temperature", [("grpo", 1), ("bnpo", 1), ("dr_grpo", 1), ("dapo", 1), ("dapo", 0.7)]
+    "kind,temperature", [("grpo", 1), ("bnpo", 1), ("dr_grpo", 1), ("dapo", 1), ("dapo", 0.7), ("gspo", 1)]
 )
 def test_one_micro_batch_is_policy_loss_of_a_full_logits_forward(tmp_path, kind, temperature):
     model = eos_prone_model()

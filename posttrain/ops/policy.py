@@ -21,6 +21,11 @@ how ``ℓ`` is reduced over the masked tokens ``m``:
 * ``dapo``    — ``Σ m ℓ / N`` with N the number of response tokens of the whole generation batch (DAPO's
   token-level loss), so micro-batches of one generation batch sum to its token mean. N defaults to
   ``Σ m`` (then equal to ``bnpo``).
+* ``gspo``    — GSPO (Zheng et al. 2025, arXiv 2507.18071, eq. 5–7): one importance ratio per sequence, the
+  length-normalized ``s_i = exp(Σ_t m (log π_θ − log π_old) / Σ_t m)``, clipped per sequence (the paper uses
+  ε ≈ 3e-4 / 4e-4), in place of ρ for every token of row i, reduced as ``grpo``. This is TRL 1.16's
+  ``importance_sampling_level="sequence"`` with ``loss_type="grpo"``; the gradient flows through every token's
+  log-prob in ``s_i``.
 
 Each kind is a sum divided by a count: :func:`policy_loss_sum` returns the sum ``S`` (``grpo``:
 ``Σ_i Σ_t m ℓ / Σ_t m``; ``bnpo``/``dapo``: ``Σ m ℓ``; ``dr_grpo``: ``Σ m ℓ / L``) and
@@ -40,8 +45,8 @@ import torch
 
 from posttrain.ops.checks import check_choice
 
-POLICY_LOSS_KINDS = ("grpo", "bnpo", "dr_grpo", "dapo")
-POLICY_LOSS_TOTALS = {"grpo": "rows", "bnpo": "tokens", "dr_grpo": "rows", "dapo": "tokens"}
+POLICY_LOSS_KINDS = ("grpo", "bnpo", "dr_grpo", "dapo", "gspo")
+POLICY_LOSS_TOTALS = {"grpo": "rows", "bnpo": "tokens", "dr_grpo": "rows", "dapo": "tokens", "gspo": "rows"}
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,10 @@ def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     advantages = advantages.detach()
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)
-    ratio = torch.exp(logprobs - old_logprobs.detach())
+    log_ratio = logprobs - old_logprobs.detach()
+    if kind == "gspo":  # one length-normalized ratio per sequence ([B, 1])
+        log_ratio = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+    ratio = torch.exp(log_ratio)
     clipped_ratio = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     per_token = -torch.min(ratio * advantages, clipped_ratio * advantages)
     if behaviour_weights is not None:
@@ -156,7 +164,7 @@ def policy_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
         if beta > 0:
             per_token = per_token + beta * kl
     masked = per_token * mask
-    if kind == "grpo":
+    if kind in ("grpo", "gspo"):
         loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum()
     elif kind == "dr_grpo":
         loss = masked.sum() / (mask.shape[1] if max_completion_length is None else max_completion_length)
