@@ -111,7 +111,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(one_process, two_
     assert sharded == (strategy == "fsdp")
 
 
-def test_a_run_cut_and_resumed_continues_exactly(one_process, two_processes):
+def test_a_run_cut_and_resumed_continues_exactly(two_processes):
     _, root = two_processes
     assert_same_run(root / "sft", root / "cut", range(1, 4))
 

@@ -1,14 +1,16 @@
 """Atomic checkpoints that let a killed run continue exactly where it stopped.
 
 ``checkpoints/step-N/`` holds the model in HF format (``model/``; a LoRA run stores its adapter),
-the optimizer and scheduler states (under FSDP, model and optimizer are instead written by every process as
-its own shards into ``sharded/`` with ``torch.distributed.checkpoint``, and ``model/`` holds the model's config
-and tokenizer: ``posttrain model export`` consolidates; a resume on another number of processes re-shards), every process's RNG states, ``trainer_state.json`` with the step,
-the data position, the resolved config and the training data's fingerprint, and ``manifest.json`` with
+the optimizer and scheduler states, every process's RNG states, ``trainer_state.json`` with the step, the
+data position, the resolved config and the training data's fingerprint, and ``manifest.json`` with
 the size and SHA-256 of every other file; an fp16 run adds its loss scaler's state (``loss_scaler.pt``,
 :mod:`posttrain.trainers.precision`). Each checkpoint is written into a temporary directory and
 renamed into place, so a checkpoint directory either exists whole or not at all; a full disk while
 writing leaves the previous checkpoints as they were.
+
+Under FSDP every process instead writes its own shards of the model and optimizer state into ``sharded/``
+(:mod:`posttrain.models.sharded`), and ``model/`` holds the model's config and tokenizer; ``posttrain model
+export`` consolidates, and a resume on another number of processes re-shards.
 
 Loading never executes code: tensors and plain containers only (``torch.load(weights_only=True)``,
 safetensors, JSON), and every file is checked against the manifest first, so a truncated or

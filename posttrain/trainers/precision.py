@@ -93,9 +93,7 @@ class Precision:
 
     def autocast(self):
         """The context for the training forward passes: autocast to bf16/fp16, or nothing for fp32."""
-        if self.mode == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=HALF_DTYPES[self.mode])
+        return autocast(self.model, self.mode)
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``, on ``S · loss`` under fp16 loss scaling."""
