@@ -42,7 +42,7 @@ endif
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/posttrain train posttrain/recipes/quickstart.yaml
+	$(VENV)/bin/posttrain pipeline posttrain/recipes/demo/pipeline.yaml
 
 test: setup
 	$(PY) -m pytest tests

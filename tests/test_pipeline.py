@@ -54,6 +54,7 @@ def test_a_pipeline_chains_weights_and_writes_comparisons_and_figures(tmp_path):
     report = json.loads((root / "sharpness" / "second-vs-first" / "sharpness.json").read_text())
     assert report["reference"] == str(final_weights(first)) and report["model"] == str(final_weights(second))
     assert (root / "both.png").stat().st_size > 1000
+    assert "first" in (root / "report.html").read_text() and "second" in (root / "report.html").read_text()
     before = (first / "metrics.jsonl").read_text()
     run_pipeline(write_pipeline(tmp_path))  # again: finished stages stay as they are
     assert (first / "metrics.jsonl").read_text() == before
@@ -121,7 +122,7 @@ def test_bad_tool_stages(tmp_path, stage, match):
         load_pipeline(write_pipeline(tmp_path, stages=[stage], sharpness=[], figures=[]))
 
 
-@pytest.mark.parametrize("name", ["ts_opsd/pipeline", "rise_judge/pipeline", "grm/pipeline", "grm/pipeline_nlhf"])
+@pytest.mark.parametrize("name", ["demo/pipeline", "ts_opsd/pipeline", "rise_judge/pipeline", "grm/pipeline", "grm/pipeline_nlhf"])
 def test_shipped_pipelines_and_their_recipes_load(name):
     from pathlib import Path
 
@@ -134,3 +135,28 @@ def test_shipped_pipelines_and_their_recipes_load(name):
             overrides = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in stage.set.items()]
             config = load_config(path.parent / stage.recipe, overrides)
             assert config.model.name == "smollm2-135m"
+
+
+def test_the_chain_table_shows_the_start_and_each_stage_s_last_evaluation():
+    from pathlib import Path
+
+    from posttrain.report import RunData
+    from posttrain.report.chain import chain_rows, chain_table
+
+    config = {"eval": {"k": 4, "temperature": 1.0}}
+    sft = RunData("sft", Path("sft"), config, {
+        "eval/accuracy": [(0, 0.1), (12, 0.5), (24, 0.8)], "eval/pass@4": [(0, 0.3), (24, 0.9)],
+        "eval/pass@1": [(0, 0.1), (24, 0.8)], "eval/num_prompts": [(0, 40), (24, 40)], "loss": [(1, 2.0)]})
+    grpo = RunData("grpo", Path("grpo"), config, {  # no evaluation at its start: the table takes sft's
+        "eval/accuracy": [(8, 0.85)], "eval/pass@4": [(8, 0.95)], "eval/pass@1": [(8, 0.85)]})
+    metrics, rows = chain_rows([sft, grpo])
+    assert metrics == ["eval/accuracy", "eval/pass@1", "eval/pass@4"]  # quality metrics only, pass@k by k
+    assert rows == [("start", [0.1, 0.1, 0.3]), ("after sft", [0.8, 0.8, 0.9]), ("after grpo", [0.85, 0.85, 0.95])]
+    table = chain_table([sft, grpo]).splitlines()
+    assert table[0] == "held-out evaluation (40 held-out prompts, 4 samples each at T = 1)"
+    assert table[1].split() == ["accuracy", "pass@1", "pass@4"]
+    assert table[2].split() == ["start", "0.100", "0.100", "0.300"]
+    assert table[4].split() == ["after", "grpo", "0.850", "0.850", "0.950"]
+    # a run without evaluations: no table; a first run evaluated only later: no start row
+    assert chain_table([RunData("x", Path("x"), {}, {"loss": [(1, 1.0)]})]) == ""
+    assert chain_rows([grpo])[1] == [("after grpo", [0.85, 0.85, 0.95])]

@@ -409,7 +409,9 @@ class VLLMEngine(RolloutEngine):
         if self.sleeping:
             self.wake_up()
         self._live()
-        tensors = ((name, tensor.detach()) for name, tensor in named_tensors)
+        dtype = getattr(torch, self.dtype)  # vLLM warns once per tensor whose dtype differs from its parameter's
+        tensors = ((name, tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach())
+                   for name, tensor in named_tensors)
         try:
             self._live().collective_rpc("reload_weights",
                                     kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})

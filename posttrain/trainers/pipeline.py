@@ -47,6 +47,8 @@ from posttrain.judges.metarm_data import MetarmDataOptions, run_metarm_data
 from posttrain.judges.synthesis import SynthesisOptions, run_synthesis
 from posttrain.models import export_checkpoint
 from posttrain.recipe_paths import resolve_name_or_path, substitute_output_dir
+from posttrain.report import RunData, write_report
+from posttrain.report.chain import chain_table
 from posttrain.report.runs import read_run
 from posttrain.rollout.options import ToolOptions
 from posttrain.trainers import checkpoint as ckpt
@@ -214,7 +216,8 @@ def stage_overrides(pipeline: PipelineConfig, stage: Stage) -> list[str]:
 
 
 def run_pipeline(path: Path, only: list[str] | None = None) -> Path:
-    """Run the stages (or ``only`` those named), then the sharpness comparisons and figures; returns output_dir."""
+    """Run the stages (or ``only`` those named), then the sharpness comparisons and figures, then print what the
+    chain achieved (:func:`write_summary`, which also writes the side-by-side ``report.html``); returns output_dir."""
     pipeline = load_pipeline(path)
     root, folder = Path(pipeline.output_dir), Path(path).parent
     for stage in pipeline.stages:
@@ -231,7 +234,28 @@ def run_pipeline(path: Path, only: list[str] | None = None) -> Path:
     for figure in pipeline.figures:
         if _ready(root, figure.stages, f"figure {figure.name}", only):
             draw_figure(root, figure)
+    summary = write_summary(root, pipeline)
+    if summary:
+        print(f"\n{summary}", flush=True)
     return root
+
+
+def trained_runs(root: Path, pipeline: PipelineConfig) -> list[RunData]:
+    """The train stages that have run, in the pipeline's order."""
+    return [read_run(root / stage.name, stage.name) for stage in pipeline.stages
+            if stage.kind == "train" and (root / stage.name / "metrics.jsonl").is_file()]
+
+
+def write_summary(root: Path, pipeline: PipelineConfig) -> str:
+    """Write ``root/report.html`` (every train stage that has run, side by side) and return what the pipeline
+    achieved: the before/after table of the held-out evaluation (:func:`posttrain.report.chain.chain_table`)
+    and the report's path."""
+    runs = trained_runs(root, pipeline)
+    if not runs:
+        return ""
+    report = write_report([run.path for run in runs], root / "report.html")
+    table = chain_table(runs)
+    return f"{table}\n\nreport: {report}" if table else f"report: {report}"
 
 
 def stage_ran(stage_dir: Path) -> bool:
