@@ -38,6 +38,8 @@ def train(
 ) -> None:
     """Train with a recipe; writes runs/<name>/ (config, metrics, checkpoints, report)."""
     from posttrain.config import load_config
+    from posttrain.report import read_run
+    from posttrain.report.chain import chain_table
     from posttrain.trainers.run import train as run_training
 
     options = [arg for arg in (str(recipe), *(overrides or [])) if arg.startswith("--")]
@@ -52,6 +54,9 @@ def train(
                f"report:     {run_dir / 'report.html'}\ncheckpoint: {run_dir / 'checkpoints'}")
     if result.eval_metrics:
         typer.echo("final eval: " + "  ".join(f"{k}={v:.4g}" for k, v in result.eval_metrics.items()))
+        table = chain_table([read_run(run_dir, run_dir.name)])
+        if table:
+            typer.echo(f"\n{table}")
 
 
 @app.command()

@@ -39,8 +39,12 @@ def test_data_make_eval_math_model_info_and_report(tmp_path):
     info = run_cli("model", "info", "tiny-random")
     assert info.returncode == 0 and "vocab" in info.stdout
 
-    trained = run_cli("train", "-", *tiny_overrides(tmp_path, "r", **{"train.max_steps": 2}))
+    trained = run_cli("train", "-", *tiny_overrides(tmp_path, "r", **{
+        "train.max_steps": 2, "train.eval_at_start": True, "eval.kind": "math", "eval.n": 3, "eval.max_new_tokens": 4}))
     assert trained.returncode == 0, trained.stderr
+    table = trained.stdout[trained.stdout.index("held-out evaluation (3 held-out prompts, greedy)"):].splitlines()
+    assert table[1].split() == ["accuracy", "pass@1", "mean_length"]  # the run ends with its before/after table
+    assert table[2].split()[0] == "start" and table[3].split()[:2] == ["after", "r"]
     reported = run_cli("report", str(tmp_path / "r"), "--out", str(tmp_path / "page.html"))
     assert reported.returncode == 0 and (tmp_path / "page.html").read_text().count("<img") >= 2
 
