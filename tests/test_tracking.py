@@ -14,6 +14,7 @@ from posttrain.config import load_config
 from posttrain.errors import ConfigError
 from posttrain.trainers import tracking
 from posttrain.trainers.run import train
+from posttrain.trainers.run_log import RunLog
 from tests.helpers import read_jsonl, tiny_config
 
 wandb = pytest.importorskip("wandb")
@@ -125,13 +126,20 @@ def test_wandb_gets_the_metrics_config_and_report_and_a_resumed_run_continues_it
 
 
 def test_a_fresh_start_opens_a_new_wandb_run_and_tensorboard_can_be_left_out(tmp_path, offline_wandb):
-    settings = {"logging.report_to": "wandb", "train.max_steps": 1}
-    run_dir = train(tiny_config(tmp_path, "again", **settings)).run_dir
-    first_id = (run_dir / tracking.RUN_ID_FILE).read_text().strip()
-    train(tiny_config(tmp_path, "again", **{**settings, "train.resume": "never"}))
-    second_id = (run_dir / tracking.RUN_ID_FILE).read_text().strip()
-    assert second_id != first_id and len(offline_runs(offline_wandb, second_id)) == 1
-    assert not list(run_dir.glob("events.out.tfevents.*"))
+    config = tiny_config(tmp_path, "again", **{"logging.report_to": "wandb"})
+    config.run_dir.mkdir(parents=True)
+    run_ids = []
+    for start_step in (0, 0, 5):  # a fresh start, another fresh start, a resume from step 5
+        with tracking.wandb_run(config, is_main=True) as tracker:
+            log = RunLog(config.run_dir, total_steps=6, start_step=start_step,
+                         tensorboard="tensorboard" in config.logging.report_to, tracker=tracker)
+            log.log(start_step + 1, {"loss": 1.5})
+            log.close()
+        run_ids.append((config.run_dir / tracking.RUN_ID_FILE).read_text().strip())
+    assert run_ids[0] != run_ids[1] == run_ids[2]
+    first, resumed = offline_runs(offline_wandb, run_ids[1])
+    assert history(first) == {1: {"loss": 1.5}} and history(resumed) == {6: {"loss": 1.5}}
+    assert not list(config.run_dir.glob("events.out.tfevents.*"))
 
 
 def test_a_failed_run_closes_its_wandb_run_with_an_error_code(tmp_path, offline_wandb):
