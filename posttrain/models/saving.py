@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from posttrain.errors import ModelError, location
+from posttrain.models.card import configured_base_model, model_card
 from posttrain.models.embedded import EMBEDDED_MODEL_NAME
 from posttrain.models.loader import (
     ADAPTER_CONFIG_FILE,
@@ -145,9 +146,6 @@ def checkpoint_model_dir(checkpoint_dir: Path) -> Path:
 def checkpoint_card(checkpoint_dir: Path, load_from: str) -> str:
     """The model card (:mod:`posttrain.models.card`) of checkpoint ``RUN/checkpoints/step-N``, from the run's
     ``config.yaml`` and ``metrics.jsonl``; its usage snippet loads from ``load_from``."""
-    # imported here: the card reads metrics with the report package, which loads matplotlib
-    from posttrain.models.card import configured_base_model, model_card
-
     model_dir = checkpoint_model_dir(checkpoint_dir)
     run_dir = checkpoint_dir.parent.parent
     config = read_run_config(run_dir)
