@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from posttrain.config import load_config
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, RunStateError
 from posttrain.trainers import tracking
 from posttrain.trainers.run import train
 from posttrain.trainers.run_log import RunLog
@@ -120,7 +120,7 @@ def test_wandb_gets_the_metrics_config_and_report_and_a_resumed_run_continues_it
 
     train(tiny_config(tmp_path, "tracked", **{**settings, "train.max_steps": 3}))  # resumes at step 2
     assert (run_dir / tracking.RUN_ID_FILE).read_text().strip() == run_id
-    first, resumed = offline_runs(offline_wandb, run_id)
+    *_, resumed = offline_runs(offline_wandb, run_id)
     assert sorted(history(resumed)) == [3]
     assert of_kind(resumed, "run")[0].run_id == run_id
 
@@ -137,8 +137,9 @@ def test_a_fresh_start_opens_a_new_wandb_run_and_tensorboard_can_be_left_out(tmp
             log.close()
         run_ids.append((config.run_dir / tracking.RUN_ID_FILE).read_text().strip())
     assert run_ids[0] != run_ids[1] == run_ids[2]
-    first, resumed = offline_runs(offline_wandb, run_ids[1])
-    assert history(first) == {1: {"loss": 1.5}} and history(resumed) == {6: {"loss": 1.5}}
+    [fresh] = offline_runs(offline_wandb, run_ids[0])
+    *_, resumed = offline_runs(offline_wandb, run_ids[1])  # W&B names offline folders by the second: may be one
+    assert history(fresh) == {1: {"loss": 1.5}} and history(resumed) == {6: {"loss": 1.5}}
     assert not list(config.run_dir.glob("events.out.tfevents.*"))
 
 
@@ -154,6 +155,20 @@ def test_a_failed_run_closes_its_wandb_run_with_an_error_code(tmp_path, offline_
     [records] = offline_runs(offline_wandb, run_id)
     assert history(records) == {1: {"loss": 2.5}}
     assert of_kind(records, "exit")[0].exit_code == 1 and not of_kind(records, "artifact")
+
+
+def test_wandb_that_cannot_start_says_how_to_log_in_or_log_offline(tmp_path, offline_wandb, monkeypatch):
+    def refuse(**_):
+        raise wandb.errors.UsageError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    config = tiny_config(tmp_path, "nologin", **{"logging.report_to": "wandb"})
+    config.run_dir.mkdir(parents=True)
+    with pytest.raises(RunStateError, match="could not start the run: api_key not configured") as error:
+        with tracking.wandb_run(config, is_main=True) as tracker:
+            RunLog(config.run_dir, total_steps=2, start_step=0, tracker=tracker)
+    assert "wandb login" in error.value.fix and "logging.wandb_mode=offline" in error.value.fix
+    assert not list(config.run_dir.glob("events.out.tfevents.*"))  # nothing else was opened
 
 
 def test_wandb_missing_is_a_config_error_with_the_install_command(tmp_path, monkeypatch):

@@ -65,12 +65,12 @@ class RunLog:
             return
         # a fresh start (no checkpoint) replaces whatever an earlier attempt logged, step-0 evaluation included
         truncate_metrics(self.path, start_step if start_step else -1)
+        if self._tracker is not None:  # first: a W&B run that cannot start leaves nothing else open
+            self._tracker.start(resumed=start_step > 0)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
-        if self._tracker is not None:
-            self._tracker.start(resumed=start_step > 0)
         self._progress = Progress(
             TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(),
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
