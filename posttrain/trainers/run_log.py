@@ -1,9 +1,10 @@
 """What a run writes as it goes: ``metrics.jsonl``, TensorBoard events, W&B history and a progress bar.
 
 Only the main process writes. TensorBoard events are written when ``logging.report_to`` names tensorboard; a
-:class:`~posttrain.trainers.tracking.WandbRun` given as ``tracker`` is started here and sent every record. On resume, lines logged after the checkpoint being resumed are
-dropped first, so the file reads as if the run had never stopped. Every line is strict JSON: a
-value that is infinite or NaN is written as ``null`` and its key listed under ``"nonfinite"``.
+:class:`~posttrain.trainers.tracking.WandbRun` given as ``tracker`` is started here and sent every record. On
+resume, lines logged after the checkpoint being resumed are dropped first, so the file reads as if the run had
+never stopped. Every line is strict JSON: a value that is infinite or NaN is written as ``null`` and its key
+listed under ``"nonfinite"``.
 """
 
 from __future__ import annotations

@@ -89,7 +89,9 @@ class WandbRun:
             self.run.log(numbers, step=step)
 
     def finish(self) -> None:
-        """Upload the run's report files as one artifact and close the W&B run."""
+        """Upload the run's report files as one artifact and close the W&B run (if it was started)."""
+        if self.run is None:
+            return
         artifact = self.wandb.Artifact(artifact_name(self.config.name), type=ARTIFACT_TYPE,
                                        description=f"config, metrics and report of posttrain run {self.config.name}")
         for name in REPORT_FILES:
