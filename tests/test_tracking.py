@@ -49,7 +49,8 @@ def offline_runs(wandb_dir: Path, run_id: str) -> list[list]:
     process writes them and completes the files when it stops, so it is stopped first (the next run starts
     another)."""
     wandb.teardown()
-    files = sorted((wandb_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    # offline-run-TIME-ID, with -1, -2, ... added when a run of the same id started in the same second
+    files = sorted((wandb_dir / "wandb").glob(f"offline-run-*-{run_id}*/run-{run_id}.wandb"))
     return [wandb_records(path) for path in files]
 
 
@@ -120,7 +121,7 @@ def test_wandb_gets_the_metrics_config_and_report_and_a_resumed_run_continues_it
 
     train(tiny_config(tmp_path, "tracked", **{**settings, "train.max_steps": 3}))  # resumes at step 2
     assert (run_dir / tracking.RUN_ID_FILE).read_text().strip() == run_id
-    *_, resumed = offline_runs(offline_wandb, run_id)
+    _, resumed = offline_runs(offline_wandb, run_id)
     assert sorted(history(resumed)) == [3]
     assert of_kind(resumed, "run")[0].run_id == run_id
 
@@ -138,8 +139,8 @@ def test_a_fresh_start_opens_a_new_wandb_run_and_tensorboard_can_be_left_out(tmp
         run_ids.append((config.run_dir / tracking.RUN_ID_FILE).read_text().strip())
     assert run_ids[0] != run_ids[1] == run_ids[2]
     [fresh] = offline_runs(offline_wandb, run_ids[0])
-    *_, resumed = offline_runs(offline_wandb, run_ids[1])  # W&B names offline folders by the second: may be one
-    assert history(fresh) == {1: {"loss": 1.5}} and history(resumed) == {6: {"loss": 1.5}}
+    started, resumed = offline_runs(offline_wandb, run_ids[1])
+    assert history(fresh) == history(started) == {1: {"loss": 1.5}} and history(resumed) == {6: {"loss": 1.5}}
     assert not list(config.run_dir.glob("events.out.tfevents.*"))
 
 
