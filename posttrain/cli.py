@@ -141,6 +141,34 @@ def model_export(checkpoint: Path, out: Path) -> None:
     typer.echo(f"exported to {export_checkpoint(checkpoint, out)}")
 
 
+@model_app.command("push")
+def model_push(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint directory: runs/NAME/checkpoints/step-N")],
+    repo_id: Annotated[str, typer.Argument(help="Hugging Face Hub repository: owner/name")],
+    out: Annotated[Path | None, typer.Option(help="folder to prepare (default: runs/NAME/hub/step-N)")] = None,
+    private: Annotated[bool, typer.Option("--private", help="create the repository private")] = False,
+    revision: Annotated[str | None, typer.Option(help="branch to push to, created if missing (default: main)")] = None,
+    token: Annotated[str | None, typer.Option(help="token with write access (default: HF_TOKEN or the stored "
+                                                   "login)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="prepare the folder and list what would be uploaded")
+                       ] = False,
+) -> None:
+    """Push a checkpoint to the Hugging Face Hub: merged safetensors, tokenizer and a model card."""
+    from posttrain.models.push import PushTarget, folder_files, prepare_push_folder, upload_push_folder
+
+    target = PushTarget(repo_id, private=private, revision=revision, token=token)
+    folder = prepare_push_folder(checkpoint, repo_id, out)
+    where = f"{repo_id}{' (private)' if private else ''}, branch {revision or 'main'}"
+    if dry_run:
+        typer.echo(f"dry run: would upload {folder} to {where}:")
+        for name, size in folder_files(folder):
+            typer.echo(f"  {name}  ({size:,} bytes)")
+        return
+    checkpoint_name = f"{checkpoint.resolve().parent.parent.name}/{checkpoint.resolve().name}"
+    url = upload_push_folder(folder, target, commit_message=f"posttrain: {checkpoint_name}")
+    typer.echo(f"pushed {folder} to {where}: {url}")
+
+
 @app.command()
 def report(runs: Annotated[list[Path], typer.Argument(help="run directories to plot together")],
            out: Annotated[Path | None, typer.Option(help="HTML file (default: report.html in the first run)")] = None) -> None:

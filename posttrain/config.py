@@ -17,7 +17,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -426,6 +426,38 @@ class RewardModelConfig(Section):
                                              "use 0.01)")
 
 
+Tracker = Literal["tensorboard", "wandb"]
+TRACKERS: tuple[str, ...] = get_args(Tracker)
+
+
+class LoggingConfig(Section):
+    """Where metrics go besides ``metrics.jsonl`` (always written): :mod:`posttrain.trainers.tracking`."""
+
+    report_to: list[Tracker] = Field(
+        default_factory=lambda: ["tensorboard"], description="trackers the metrics also go to, as in TRL: "
+        "tensorboard, wandb (pip install wandb); a single name, `all`, or `none` (metrics.jsonl only)")
+    wandb_project: str | None = Field(None, description="W&B project (default: WANDB_PROJECT, else posttrain)")
+    wandb_entity: str | None = Field(None, description="W&B team or user (default: WANDB_ENTITY, else your "
+                                     "default entity)")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="W&B mode (default: WANDB_MODE, else online); offline runs sync later with `wandb sync`")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        """TRL's spellings: one name as a string, ``all`` for every tracker, ``none`` (or nothing) for none."""
+        if value is None or value == "none" or value == ["none"]:
+            return []
+        if value == "all" or value == ["all"]:
+            return list(TRACKERS)
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("report_to")
+    @classmethod
+    def _once_each(cls, names: list[str]) -> list[str]:
+        return list(dict.fromkeys(names))
+
+
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 METHOD_SECTIONS = {"sft": "sft", "grpo": "rl", "distill": "distill", "dpo": "preference",
                    "reward_model": "reward_model"}
@@ -464,6 +496,7 @@ class RunConfig(Section):
     eval: EvalConfig = EvalConfig()
     rollout: RolloutConfig = RolloutConfig()
     dist: DistConfig = DistConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="before")
     @classmethod

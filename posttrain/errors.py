@@ -53,6 +53,10 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+class UploadError(PosttrainError):
+    """An upload (to the Hugging Face Hub) failed; what was prepared for it stays on disk for a retry."""
+
+
 class CheckpointError(PosttrainError):
     """A checkpoint is incomplete, corrupt, or was written by a run with other settings."""
 

@@ -15,12 +15,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 
 from posttrain.errors import ModelError, location
+from posttrain.models.card import configured_base_model, model_card
 from posttrain.models.embedded import EMBEDDED_MODEL_NAME
 from posttrain.models.loader import (
     ADAPTER_CONFIG_FILE,
@@ -35,19 +35,6 @@ from posttrain.models.tiny import TINY_MODEL_NAME
 
 BASE_MODEL_SUBDIRECTORY = "base_model"
 NAMED_MODELS = (EMBEDDED_MODEL_NAME, TINY_MODEL_NAME)
-SUMMARY_KEYS = (
-    "name",
-    "recipe",
-    "method",
-    "trainer",
-    "model",
-    "data",
-    "dataset",
-    "loss",
-    "lora",
-    "seed",
-    "steps",
-)
 
 
 def is_loadable_reference(reference: str | None) -> bool:
@@ -114,65 +101,6 @@ def save_model(model, tokenizer, out_dir: str | Path, *, merged: bool = False) -
     return out_dir
 
 
-def describe_value(value: Any) -> str:
-    """A one-line rendering of a config value: mappings as ``key=value`` pairs, lists comma-separated."""
-    if isinstance(value, dict):
-        return ", ".join(f"{key}={describe_value(item)}" for key, item in value.items())
-    if isinstance(value, list | tuple):
-        return ", ".join(describe_value(item) for item in value)
-    return str(value)
-
-
-def configured_base_model(config: dict) -> str | None:
-    """The base model a run config names: its ``model`` entry, or that entry's ``name``/``name_or_path``."""
-    model_entry = config.get("model")
-    if isinstance(model_entry, dict):
-        model_entry = model_entry.get("name_or_path") or model_entry.get("name") or model_entry.get("path")
-    return str(model_entry) if model_entry else None
-
-
-def model_card(
-    run_dir: Path, checkpoint_dir: Path, config: dict, base_model: str | None, out_dir: Path
-) -> str:
-    """A README.md stating the run, checkpoint, base model, recipe and data, and the full resolved config."""
-    front_matter = ["library_name: transformers", *([f"base_model: {base_model}"] if base_model else [])]
-    summary_lines = [f"- **{key}**: {describe_value(config[key])}" for key in config if key in SUMMARY_KEYS]
-    config_yaml = yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip()
-    return "\n".join(
-        [
-            "---",
-            *front_matter,
-            "tags:",
-            "- posttrain",
-            "---",
-            "",
-            f"# {config.get('name') or run_dir.name} ({checkpoint_dir.name})",
-            "",
-            f"Exported by posttrain from checkpoint `{checkpoint_dir.name}` of run `{run_dir.name}`, with any "
-            f"LoRA adapter merged into the weights. Base model: `{base_model or 'not recorded'}`.",
-            "",
-            "## Recipe and data",
-            "",
-            *(summary_lines or ["- (the run's config names no recipe, model or data fields; see below)"]),
-            "",
-            "## Resolved configuration (config.yaml of the run)",
-            "",
-            "```yaml",
-            config_yaml,
-            "```",
-            "",
-            "## Use",
-            "",
-            "```python",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            f"model = AutoModelForCausalLM.from_pretrained({str(out_dir)!r})",
-            f"tokenizer = AutoTokenizer.from_pretrained({str(out_dir)!r})",
-            "```",
-            "",
-        ]
-    )
-
-
 def read_run_config(run_dir: Path) -> dict:
     """The resolved ``config.yaml`` of a run directory, as a mapping."""
     config_path = run_dir / "config.yaml"
@@ -203,15 +131,8 @@ def consolidated_model(checkpoint_dir: Path):
     return model
 
 
-def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write ``RUN/checkpoints/step-N`` as a merged fp32 Hugging Face directory with a README.md model card.
-
-    The checkpoint's model (``step-N/model``, a full model or a LoRA adapter) is loaded on the CPU, any
-    adapter is merged, and model, tokenizer and card are written to a temporary directory that is then
-    renamed to ``out_dir`` (which must not exist, or be empty). Returns ``out_dir``.
-    """
-    checkpoint_dir = Path(checkpoint_dir).resolve()
-    out_dir = Path(out_dir).resolve()
+def checkpoint_model_dir(checkpoint_dir: Path) -> Path:
+    """``step-N/model`` of a checkpoint directory, or a :class:`ModelError` when there is none."""
     model_dir = checkpoint_dir / "model"
     if not model_dir.is_dir():
         raise ModelError(
@@ -219,18 +140,40 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
             where=location(str(checkpoint_dir)),
             fix="pass a checkpoint directory such as runs/NAME/checkpoints/step-100",
         )
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ModelError(
-            f"the output {out_dir} already exists and is not an empty directory",
-            where=location(str(out_dir)),
-            fix="choose a new output directory, or delete this one",
-        )
+    return model_dir
+
+
+def checkpoint_card(checkpoint_dir: Path, load_from: str) -> str:
+    """The model card (:mod:`posttrain.models.card`) of checkpoint ``RUN/checkpoints/step-N``, from the run's
+    ``config.yaml`` and ``metrics.jsonl``; its usage snippet loads from ``load_from``."""
+    model_dir = checkpoint_model_dir(checkpoint_dir)
     run_dir = checkpoint_dir.parent.parent
     config = read_run_config(run_dir)
     if (model_dir / ADAPTER_CONFIG_FILE).is_file():
         base_model = adapter_base_reference(model_dir)
     else:
         base_model = configured_base_model(config)
+    return model_card(run_dir, checkpoint_dir, config, base_model, load_from)
+
+
+def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, *, load_from: str | None = None) -> Path:
+    """Write ``RUN/checkpoints/step-N`` as a merged fp32 Hugging Face directory (safetensors) with a README.md
+    model card (:func:`checkpoint_card`) whose usage snippet loads from ``load_from`` (default ``out_dir``).
+
+    The checkpoint's model (``step-N/model``, a full model or a LoRA adapter; FSDP shards are gathered) is loaded
+    on the CPU, any adapter is merged, and model, tokenizer and card are written to a temporary directory that is
+    then renamed to ``out_dir`` (which must not exist, or be empty). Returns ``out_dir``.
+    """
+    checkpoint_dir = Path(checkpoint_dir).resolve()
+    out_dir = Path(out_dir).resolve()
+    model_dir = checkpoint_model_dir(checkpoint_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ModelError(
+            f"the output {out_dir} already exists and is not an empty directory",
+            where=location(str(out_dir)),
+            fix="choose a new output directory, or delete this one",
+        )
+    card = checkpoint_card(checkpoint_dir, load_from or str(out_dir))
     if (checkpoint_dir / SHARDED_DIR).is_dir():  # FSDP shards: the model is built from its config around them
         model = consolidated_model(checkpoint_dir)
     else:
@@ -244,9 +187,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "README.md").write_text(
-            model_card(run_dir, checkpoint_dir, config, base_model, out_dir), encoding="utf-8"
-        )
+        (staging / "README.md").write_text(card, encoding="utf-8")
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)

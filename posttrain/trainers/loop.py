@@ -56,6 +56,7 @@ from posttrain.trainers.precision import Precision
 from posttrain.trainers.run_log import RunLog
 from posttrain.trainers.sampler import EpochSampler
 from posttrain.trainers.schedule import build_scheduler
+from posttrain.trainers.tracking import WandbRun
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,9 @@ class Trainer:
 
     def __init__(self, config: RunConfig, model, tokenizer, method: Method, processes: Processes,
                  evaluate: Evaluate | None = None, data_files: dict[str, dict] | None = None,
-                 precision: Precision | None = None):
+                 precision: Precision | None = None, tracker: WandbRun | None = None):
         self.config = config
+        self.tracker = tracker  # W&B, started by the run log (posttrain.trainers.tracking)
         self.model = model
         self.tokenizer = tokenizer
         self.method = method
@@ -365,7 +367,8 @@ class Trainer:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
             resume.append_history(run_dir, self.step, checkpoint, changes)
-        log = RunLog(run_dir, self.total_steps, self.step, enabled=self.processes.is_main)
+        log = RunLog(run_dir, self.total_steps, self.step, enabled=self.processes.is_main,
+                     tensorboard="tensorboard" in config.logging.report_to, tracker=self.tracker)
         eval_metrics: dict[str, float] = {}
         metrics: dict[str, float] = {}
         try:

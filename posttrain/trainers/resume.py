@@ -42,6 +42,7 @@ RESUMABLE = (
     "rl.rewards.timeout",
     "eval", "data.eval",
     "dist",  # how the processes share the work; a sharded checkpoint loads under any (check_processes)
+    "logging",  # where the metrics also go
 )
 # how a step's examples are cut into passes per process: resumable when the checkpoint recorded the step's global
 # number of examples, which check_processes then holds equal (e.g. half the processes with twice the batch_size)

@@ -26,6 +26,7 @@ from posttrain.trainers.loop import Evaluate, Method, Trainer, TrainResult, meth
 from posttrain.trainers.memory import FSDP_CPU_THRESHOLD, release_freed_tensors
 from posttrain.trainers.precision import Precision
 from posttrain.trainers.run_lock import RunLock
+from posttrain.trainers.tracking import WandbRun, wandb_run
 
 
 def seed_everything(seed: int) -> None:
@@ -84,10 +85,11 @@ def train(config: RunConfig) -> TrainResult:
     release_freed_tensors(default=FSDP_CPU_THRESHOLD if sharded_on_cpu else 0)
     lock = RunLock(config.run_dir) if processes.is_main else contextlib.nullcontext()
     with lock, disk_space_checked(config.run_dir, "the run's outputs"):
-        return _train_locked(config, processes)
+        with wandb_run(config, processes.is_main) as tracker:
+            return _train_locked(config, processes, tracker)
 
 
-def _train_locked(config: RunConfig, processes: Processes) -> TrainResult:
+def _train_locked(config: RunConfig, processes: Processes, tracker: WandbRun | None) -> TrainResult:
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model.name)
     load = load_reward_model if config.method == "reward_model" else load_model
@@ -99,17 +101,17 @@ def _train_locked(config: RunConfig, processes: Processes) -> TrainResult:
     precision = Precision(config.train.precision, model)  # refuses what cannot be correct before any work
     method, summary = build_method(config, model, tokenizer, processes)
     try:
-        return _fit(config, model, tokenizer, method, summary, processes, precision)
+        return _fit(config, model, tokenizer, method, summary, processes, precision, tracker)
     finally:
         method.close()
 
 
 def _fit(config: RunConfig, model, tokenizer, method: Method, summary: dict, processes: Processes,
-         precision: Precision) -> TrainResult:
+         precision: Precision, tracker: WandbRun | None) -> TrainResult:
     evaluate = math_evaluator(config, tokenizer, processes)
     data_files = resume.data_fingerprints([config.data.train.path] if config.data.train.path else [])
     trainer = Trainer(config, model, tokenizer, method, processes, evaluate, data_files=data_files,
-                      precision=precision)
+                      precision=precision, tracker=tracker)
     if processes.is_main:
         summary["steps"] = trainer.total_steps
         config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,4 +122,6 @@ def _fit(config: RunConfig, model, tokenizer, method: Method, summary: dict, pro
     if processes.is_main:
         write_report([config.run_dir], config.run_dir / "report.html")
     processes.barrier()
+    if tracker is not None:
+        tracker.finish()  # uploads config.yaml, metrics.jsonl and report.html
     return result

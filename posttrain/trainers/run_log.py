@@ -1,8 +1,10 @@
-"""What a run writes as it goes: ``metrics.jsonl``, TensorBoard events and a progress bar.
+"""What a run writes as it goes: ``metrics.jsonl``, TensorBoard events, W&B history and a progress bar.
 
-Only the main process writes. On resume, lines logged after the checkpoint being resumed are
-dropped first, so the file reads as if the run had never stopped. Every line is strict JSON: a
-value that is infinite or NaN is written as ``null`` and its key listed under ``"nonfinite"``.
+Only the main process writes. TensorBoard events are written when ``logging.report_to`` names tensorboard; a
+:class:`~posttrain.trainers.tracking.WandbRun` given as ``tracker`` is started here and sent every record. On
+resume, lines logged after the checkpoint being resumed are dropped first, so the file reads as if the run had
+never stopped. Every line is strict JSON: a value that is infinite or NaN is written as ``null`` and its key
+listed under ``"nonfinite"``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from posttrain.errors import disk_space_checked
+from posttrain.trainers.tracking import WandbRun
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -48,21 +51,27 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 class RunLog:
-    """Appends metrics to ``metrics.jsonl`` and TensorBoard and drives a rich progress bar."""
+    """Appends metrics to ``metrics.jsonl``, TensorBoard (``tensorboard``) and W&B (``tracker``, started here)
+    and drives a rich progress bar."""
 
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True,
+                 tensorboard: bool = True, tracker: WandbRun | None = None):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.console = Console(stderr=True)
         self._writer = None
         self._progress = None
+        self._tracker = tracker if enabled else None
         if not enabled:
             return
         # a fresh start (no checkpoint) replaces whatever an earlier attempt logged, step-0 evaluation included
         truncate_metrics(self.path, start_step if start_step else -1)
-        from torch.utils.tensorboard import SummaryWriter
+        if self._tracker is not None:  # first: a W&B run that cannot start leaves nothing else open
+            self._tracker.start(resumed=start_step > 0)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
+            self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
         self._progress = Progress(
             TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(),
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
@@ -77,10 +86,13 @@ class RunLog:
         record = strict_record({"step": step, "time": round(time.time(), 3), **metrics})
         with disk_space_checked(self.path.parent, self.path.name), self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, allow_nan=False) + "\n")
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self._writer.add_scalar(key, value, step)
-        self._writer.flush()
+        if self._writer is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._writer.add_scalar(key, value, step)
+            self._writer.flush()
+        if self._tracker is not None:
+            self._tracker.log(step, metrics)
 
     def advance(self, step: int, metrics: dict) -> None:
         if not self.enabled:
