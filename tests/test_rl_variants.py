@@ -265,3 +265,21 @@ def test_tiny_runs_with_each_new_option_train(tmp_path):
         assert all(len(rewards) == G for rewards in groups.values())
         if metrics["sampling_rounds"] < 2:  # the step filled up: two groups, none without spread
             assert len(groups) == 2 and all(len(set(rewards)) > 1 for rewards in groups.values())
+
+
+def _gather_rows_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    rows = torch.arange(3 if rank == 0 else 1, dtype=torch.float64) + 10 * rank  # rank 0: 3 rows, rank 1: 1
+    gathered, start = Processes("cpu").gather_rows(rows)
+    torch.save((gathered, start), f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gather_rows_concatenates_parts_of_different_sizes_across_processes(tmp_path):
+    torch.multiprocessing.start_processes(_gather_rows_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+                                          start_method="fork")  # no re-import: the workers start at once
+    for rank, expected_start in ((0, 0), (1, 3)):
+        gathered, start = torch.load(tmp_path / f"rank{rank}.pt")
+        assert gathered.tolist() == [0.0, 1.0, 2.0, 10.0] and start == expected_start

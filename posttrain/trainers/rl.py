@@ -14,6 +14,10 @@ of all processes): the sum :func:`posttrain.ops.policy_loss_sum` divided by the 
 so the gradient does not depend on how the batch is split (with one micro-batch on one process each kind is
 exactly TRL 1.16's loss).
 
+``rl.kl_in=reward`` puts β·KL in the rewards per token (``RolloutBatch.advantages`` is then ``[B, T-1]``:
+:func:`posttrain.ops.kl_penalized_advantages`), ``rl.scale=whiten`` whitens over the step's response tokens and
+``rl.dynamic_sampling`` is :mod:`posttrain.trainers.dynamic_sampling`.
+
 With ``rl.laser.enabled`` a :class:`posttrain.trainers.laser.LaserPlugin` appends the reserved token ``z_c``
 to each row, adds its self-reward loss and, after its warm-ups, mixes the self-rewards into the advantages
 (micro-batches then hold whole groups); its module docstring has the math.
