@@ -317,8 +317,9 @@ class RLConfig(Section):
     kl_in: Literal["loss", "reward"] = Field(
         "loss", description="where β·KL to the reference goes: loss = added to each token's loss (GRPO); reward = "
         "subtracted from the reward per token, KL estimated (rl.kl_estimator) from the sampling-time log-probs, the "
-        "advantage of a token its return Σ_{s≥t} (γ = 1): token-level advantages (REINFORCE++, OpenRLHF, verl's "
-        "use_kl_in_reward; posttrain.ops.kl_penalized_advantages)")
+        "advantage of a token its return Σ_{s≥t} (γ = 1) plus the row's baselined, scaled reward: token-level "
+        "advantages, as REINFORCE++ and OpenRLHF (verl's GRPO instead sums the penalty into the score before the "
+        "group normalization); posttrain.ops.kl_penalized_advantages")
     dynamic_sampling: bool = Field(
         False, description="DAPO's dynamic sampling: drop the groups whose rewards are all equal and sample more "
         "prompts (a seeded draw, posttrain.trainers.dynamic_sampling) until the step's groups are full or "
