@@ -306,8 +306,30 @@ class RLConfig(Section):
     kl_estimator: Literal["k1", "k2", "k3"] = Field(
         "k3", description="per-token KL estimate (posttrain.ops.kl_estimate): k1 = −r, k2 = r²/2, k3 = e^r − r − 1 "
         "with r = log π_ref − log π_θ (k3: TRL's)")
-    scale: Literal["group", "batch", "none"] = "group"
-    baseline: Literal["mean", "rloo"] = "mean"
+    scale: Literal["group", "batch", "none", "whiten"] = Field(
+        "group", description="the advantages' divisor (posttrain.ops.group_advantages): group = each group's reward "
+        "std, batch = the std of all rewards (TRL's batch), none; whiten = subtract the mean and divide by the std "
+        "of the advantages over every response token of the step (REINFORCE++'s global normalization, after the "
+        "baseline and the KL returns; posttrain.ops.whiten_advantages)")
+    baseline: Literal["mean", "rloo", "none"] = Field(
+        "mean", description="subtracted from each reward: the group mean, the mean of the others (RLOO), or none "
+        "(REINFORCE++, whose whitening centers the advantages)")
+    kl_in: Literal["loss", "reward"] = Field(
+        "loss", description="where β·KL to the reference goes: loss = added to each token's loss (GRPO); reward = "
+        "subtracted from the reward per token, KL estimated (rl.kl_estimator) from the sampling-time log-probs, the "
+        "advantage of a token its return Σ_{s≥t} (γ = 1) plus the row's baselined, scaled reward: token-level "
+        "advantages, as REINFORCE++ and OpenRLHF (verl's GRPO instead sums the penalty into the score before the "
+        "group normalization); posttrain.ops.kl_penalized_advantages")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO's dynamic sampling: drop the groups whose rewards are all equal and sample more "
+        "prompts (a seeded draw, posttrain.trainers.dynamic_sampling) until the step's groups are full or "
+        "rl.max_sampling_rounds rounds ran; logs sampling_rounds and dropped_groups")
+    max_sampling_rounds: int = Field(4, ge=1, description="dynamic sampling: generation rounds of a step at most, the "
+                                     "first one included; when reached, the step trains on the groups kept")
+    preset: Literal["reinforce_pp", "reinforce_pp_baseline"] | None = Field(
+        None, description="set the rl keys of a named algorithm (RL_PRESETS) that the recipe leaves unset; the run's "
+        "config.yaml shows the values in force. reinforce_pp: REINFORCE++ (KL in the reward, k1, no baseline, "
+        "global whitening, token-level clipped loss); reinforce_pp_baseline: the same with the group-mean baseline")
     mask_truncated: bool = Field(False, description="drop completions that hit max_new_tokens from the loss")
     behaviour_correction: Literal["auto", "off", "token_truncate", "token_mask", "sequence_truncate",
                                   "sequence_mask"] = Field(
@@ -320,6 +342,19 @@ class RLConfig(Section):
     rewards: RewardsConfig = RewardsConfig()
     laser: LaserConfig = LaserConfig()
     judge: JudgeTaskConfig | None = Field(None, description="train a generative judge on judge tasks")
+
+
+# rl.preset: the rl keys each named algorithm sets where the recipe leaves them unset (RunConfig._rl_preset).
+# REINFORCE++ (Hu et al. 2025, arXiv 2501.03262, Eq. 8–10; OpenRLHF advantage_estimator=reinforce): −β·KL_t with
+# KL_t = log π_old − log π_ref (k1) in each token's reward, the outcome reward on the last token, returns with γ = 1,
+# no baseline, the advantages whitened over all tokens of the batch, PPO's clipped token-level loss.
+# REINFORCE++-baseline (OpenRLHF reinforce_baseline): the group mean subtracted from the reward first. rl.beta is
+# the recipe's (OpenRLHF's example scripts use 1e-4 and 1e-5).
+RL_PRESETS = {
+    "reinforce_pp": {"kl_in": "reward", "kl_estimator": "k1", "baseline": "none", "scale": "whiten", "loss": "dapo"},
+    "reinforce_pp_baseline": {"kl_in": "reward", "kl_estimator": "k1", "baseline": "mean", "scale": "whiten",
+                              "loss": "dapo"},
+}
 
 
 class DistillConfig(Section):
@@ -536,6 +571,23 @@ class RunConfig(Section):
             raise ValueError(f"method {self.method} does not use {', '.join(unused)}; remove "
                              f"{'it' if len(unused) == 1 else 'them'} (method {self.method} is configured in "
                              f"`{section}:`{', `rollout:` and train.batch_size' if on_policy else ''})")
+        return self
+
+    @model_validator(mode="after")
+    def _rl_preset(self) -> RunConfig:
+        """``rl.preset`` sets its :data:`RL_PRESETS` keys where the recipe left them unset; then the rl settings that
+        do not go together are refused."""
+        rl = self.rl
+        for key, value in RL_PRESETS.get(rl.preset, {}).items():
+            if key not in rl.model_fields_set:
+                setattr(rl, key, value)
+        if rl.laser.enabled and (rl.kl_in == "reward" or rl.dynamic_sampling):
+            raise ValueError("rl.laser mixes its self-rewards into one advantage per row over the step's whole "
+                             f"groups; it works with rl.kl_in=loss and without rl.dynamic_sampling (got kl_in={rl.kl_in}, "
+                             f"dynamic_sampling={rl.dynamic_sampling})")
+        if rl.kl_in == "reward" and rl.loss == "gspo":
+            raise ValueError("rl.loss=gspo takes one ratio per sequence and rl.kl_in=reward gives an advantage per "
+                             "token; use rl.kl_in=loss with gspo, or another rl.loss")
         return self
 
     @model_validator(mode="after")

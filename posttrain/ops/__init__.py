@@ -1,6 +1,14 @@
 """Pure tensor math: log-probabilities, entropies and losses. Each formula lives in one function here."""
 
-from posttrain.ops.advantages import ADVANTAGE_BASELINES, ADVANTAGE_SCALES, group_advantages
+from posttrain.ops.advantages import (
+    ADVANTAGE_BASELINES,
+    ADVANTAGE_SCALES,
+    group_advantages,
+    kl_penalized_advantages,
+    token_moments,
+    whiten_advantages,
+    zero_spread_groups,
+)
 from posttrain.ops.distill import (
     DIVERGENCE_KINDS,
     TokenDistill,
@@ -60,6 +68,7 @@ __all__ = [
     "dpo_loss",
     "extrapolated_token_rewards",
     "group_advantages",
+    "kl_penalized_advantages",
     "hidden_divergence",
     "hidden_logprobs",
     "kl_estimate",
@@ -83,5 +92,8 @@ __all__ = [
     "token_divergence",
     "token_entropy",
     "token_logprobs",
+    "token_moments",
     "token_self_certainty",
+    "whiten_advantages",
+    "zero_spread_groups",
 ]

@@ -8,6 +8,8 @@ one prompt). With ``b_i`` the baseline and ``s_i`` the scale,
 * ``baseline="mean"`` — ``b_i`` = mean of the group (GRPO, Shao et al. 2024, arXiv 2402.03300, §4.1.2).
 * ``baseline="rloo"`` — ``b_i`` = mean of the *other* G − 1 rewards of the group (RLOO, Ahmadian et al.
   2024, arXiv 2402.14740, Eq. 5), which equals ``G/(G−1)·(r_i − mean_g)``.
+* ``baseline="none"`` — ``b_i = 0`` (REINFORCE++, Hu et al. 2025, arXiv 2501.03262: the baseline is left to the
+  global whitening, :func:`whiten_advantages`).
 * ``scale="group"`` — ``s_i`` = standard deviation of the rewards of i's group (GRPO).
 * ``scale="batch"`` — ``s_i`` = standard deviation of all rewards in the batch (Hu et al. 2025,
   REINFORCE++ / "batch" scaling in TRL).
@@ -16,6 +18,19 @@ one prompt). With ``b_i`` the baseline and ``s_i`` the scale,
 The standard deviation is the unbiased one (Bessel's correction, ÷ (n − 1)) and ``eps = 1e-4`` is added
 to it, both as TRL 1.16 ``GRPOTrainer._generate_and_score_completions`` (``trl.trainer.utils.nanstd``).
 With ``baseline="mean"`` the result equals TRL's advantages for every scale.
+
+Token-level advantages (REINFORCE++, Hu et al. 2025, arXiv 2501.03262, Eq. 8–10; OpenRLHF's ``compute_reward`` and
+``get_cumulative_returns``, verl's ``apply_kl_penalty``):
+
+* :func:`kl_penalized_advantages` — the KL to the reference as a reward: each response token t of row i earns
+  ``−β·KL_{i,t}`` and the last one also the row's (baselined, scaled) reward ``A_i``; the advantage of token t is
+  its return with γ = 1, ``A_{i,t} = A_i − β·Σ_{s≥t} m_{i,s}·KL_{i,s}``.
+* :func:`whiten_advantages` — global whitening: ``(A − μ) / σ`` with μ and σ² the mean and (population) variance
+  of the advantages over every response token of the step, σ² floored at 1e-8 (OpenRLHF; the statistics of several
+  micro-batches and processes are summed first: :func:`token_moments`).
+
+:func:`zero_spread_groups` marks the groups whose rewards are all equal (DAPO's dynamic sampling drops them,
+Yu et al. 2025, arXiv 2503.14476, §3.2).
 """
 
 from __future__ import annotations
@@ -26,7 +41,8 @@ from posttrain.errors import DataError
 from posttrain.ops.checks import check_choice
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
-ADVANTAGE_BASELINES = ("mean", "rloo")
+ADVANTAGE_BASELINES = ("mean", "rloo", "none")
+WHITEN_EPS = 1e-8
 
 
 def group_advantages(
@@ -49,6 +65,8 @@ def group_advantages(
     group_mean = grouped.mean(dim=1, keepdim=True)
     if baseline == "mean":
         centered = grouped - group_mean
+    elif baseline == "none":
+        centered = grouped
     else:
         leave_one_out_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
         centered = grouped - leave_one_out_mean
@@ -60,6 +78,52 @@ def group_advantages(
     else:
         spread = rewards.std(correction=1) if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
     return centered / (spread + eps)
+
+
+def kl_penalized_advantages(advantages: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
+                            beta: float) -> torch.Tensor:
+    """``A_{i,t} = A_i − β·Σ_{s≥t} m_{i,s}·KL_{i,s}`` (the module docstring): ``[B]`` row advantages, ``[B, T]``
+    per-token KL estimates and response mask in, ``[B, T]`` token advantages out (detached; tokens outside the
+    mask carry no penalty, whatever their KL value)."""
+    if advantages.dim() != 1 or kl.shape != mask.shape or kl.shape[:1] != advantages.shape:
+        raise ValueError(f"expected advantages [B] and kl, mask [B, T]; got {tuple(advantages.shape)}, "
+                         f"{tuple(kl.shape)} and {tuple(mask.shape)}")
+    penalty = torch.where(mask.bool(), kl.detach(), torch.zeros((), dtype=kl.dtype, device=kl.device))
+    returns = penalty.flip(-1).cumsum(-1).flip(-1)  # Σ_{s≥t}
+    return advantages.detach().to(kl.dtype).unsqueeze(1) - beta * returns
+
+
+def token_moments(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[Σ m, Σ m·A, Σ m·A²]`` in float64 over the response tokens ``mask`` (``[B, T]``); ``[B]`` advantages count
+    once per token of their row. Summed over micro-batches and processes, they give :func:`whiten_advantages` the
+    statistics of the whole step."""
+    values = advantages.detach().double()
+    if values.dim() == 1:
+        values = values.unsqueeze(1)
+    weights = mask.double()
+    values = torch.where(mask.bool(), values.expand_as(weights), torch.zeros((), dtype=torch.float64,
+                                                                             device=values.device))
+    return torch.stack([weights.sum(), (weights * values).sum(), (weights * values.square()).sum()])
+
+
+def whiten_advantages(advantages: torch.Tensor, moments: torch.Tensor, eps: float = WHITEN_EPS) -> torch.Tensor:
+    """``(A − μ) / sqrt(max(σ², eps))`` with ``μ = Σ m·A / Σ m`` and ``σ² = Σ m·A² / Σ m − μ²`` from ``moments``
+    (:func:`token_moments`, summed over the step); the shape and dtype of ``advantages`` are kept."""
+    count, total, squares = (float(v) for v in moments)
+    if count <= 0:
+        return advantages
+    mean = total / count
+    variance = max(squares / count - mean * mean, eps)
+    return (advantages - mean) / variance**0.5
+
+
+def zero_spread_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``[N / G]`` booleans: the groups whose rewards are all equal (standard deviation 0 up to ``torch.isclose``,
+    TRL 1.16's ``frac_reward_zero_std`` test); their advantages are 0 and DAPO's dynamic sampling drops them."""
+    _check_arguments(rewards, group_size, "none", "mean")
+    grouped = rewards.double().view(-1, group_size)
+    spread = grouped.std(dim=1, correction=1) if group_size > 1 else torch.zeros(grouped.shape[0], dtype=torch.float64)
+    return torch.isclose(spread, torch.zeros_like(spread))
 
 
 def _check_arguments(rewards: torch.Tensor, group_size: int, scale: str, baseline: str) -> None:

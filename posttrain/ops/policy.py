@@ -1,6 +1,7 @@
 """Clipped policy-gradient loss of the GRPO family, aggregated as TRL 1.16 ``GRPOTrainer._compute_loss``.
 
-Per response token t of row i, with ``ρ = exp(log π_θ − log π_old)`` and the row's advantage ``A_i``:
+Per response token t of row i, with ``ρ = exp(log π_θ − log π_old)`` and the row's advantage ``A_i`` (or the
+token's own ``A_{i,t}`` when advantages are ``[B, T]``: the KL in the reward, :func:`posttrain.ops.kl_penalized_advantages`):
 
     ℓ_t = −min(ρ·A_i, clip(ρ, 1 − ε_low, 1 + ε_high)·A_i) + β·KL_t
     KL_t = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1          (k3 estimator, Schulman 2020)

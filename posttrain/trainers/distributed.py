@@ -72,6 +72,17 @@ class Processes:
         dist.all_gather(parts, values.contiguous())
         return torch.cat(parts)
 
+    def gather_rows(self, values: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The processes' tensors, whose first dimensions may differ, concatenated along dim 0 in rank order, and the
+        row where this process's part starts."""
+        if self.world_size == 1:
+            return values, 0
+        counts = self.gather(torch.tensor([values.shape[0]], dtype=torch.int64)).tolist()
+        padded = torch.zeros((max(counts), *values.shape[1:]), dtype=values.dtype, device=values.device)
+        padded[: values.shape[0]] = values
+        parts = self.gather(padded).split(max(counts))
+        return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)]), sum(counts[: self.rank])
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()

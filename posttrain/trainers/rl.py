@@ -14,6 +14,10 @@ of all processes): the sum :func:`posttrain.ops.policy_loss_sum` divided by the 
 so the gradient does not depend on how the batch is split (with one micro-batch on one process each kind is
 exactly TRL 1.16's loss).
 
+``rl.kl_in=reward`` puts β·KL in the rewards per token (``RolloutBatch.advantages`` is then ``[B, T-1]``:
+:func:`posttrain.ops.kl_penalized_advantages`), ``rl.scale=whiten`` whitens over the step's response tokens and
+``rl.dynamic_sampling`` is :mod:`posttrain.trainers.dynamic_sampling`.
+
 With ``rl.laser.enabled`` a :class:`posttrain.trainers.laser.LaserPlugin` appends the reserved token ``z_c``
 to each row, adds its self-reward loss and, after its warm-ups, mixes the self-rewards into the advantages
 (micro-batches then hold whole groups); its module docstring has the math.
@@ -38,11 +42,16 @@ from posttrain.ops import (
     behaviour_correction,
     completion_logprobs,
     group_advantages,
+    kl_estimate,
+    kl_penalized_advantages,
     policy_loss_sum,
+    token_moments,
+    whiten_advantages,
 )
 from posttrain.rewards import build_rewards, check_rewards_for_records
 from posttrain.rollout import Generation, SamplingParams, pad_token_id
 from posttrain.trainers.distributed import Processes
+from posttrain.trainers.dynamic_sampling import SampledGroups, fill_groups, refill_prompts
 from posttrain.trainers.inputs import training_records
 from posttrain.trainers.laser import LaserBatch, LaserPlugin, LaserStep
 from posttrain.trainers.loop import Method, StepBatches, StepTotals
@@ -72,7 +81,7 @@ class RolloutBatch:
     completion_mask: torch.Tensor
     old_logprobs: torch.Tensor | None  # None: the learner's own, detached from the loss's forward (one update a step)
     ref_logprobs: torch.Tensor | None
-    advantages: torch.Tensor  # [B]
+    advantages: torch.Tensor  # [B], or [B, T-1] per token (rl.kl_in=reward)
     sequence_tokens: float  # prompt + completion (+ tail) tokens of all rows; a sampled pad token counts
     laser: LaserBatch | None = None
     engine_logprobs: torch.Tensor | None = None  # the engine's sampling log-probs, when behaviour-corrected
@@ -122,11 +131,38 @@ class RLMethod(Method, name="grpo"):
         self.samples_path = samples_path(config.run_dir, processes)
 
     # -- rollouts ---------------------------------------------------------------------------------
-    def _sampling(self, step: int) -> SamplingParams:
+    def _sampling(self, step: int, round_: int = 0) -> SamplingParams:
         ro = self.rollout
         return SamplingParams(temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
                               max_new_tokens=ro.max_new_tokens, n=ro.samples_per_prompt,
-                              seed=rollout_seed(self.config.seed, step, self.processes))
+                              seed=rollout_seed(self.config.seed, step, self.processes) + (round_ << 32))
+
+    def _sample_round(self, model, prompts: list[int], step: int, round_: int = 0):
+        """The generations (``prompt_index`` into ``prompts``) of one round of sampling, and their rewards."""
+        with self.engine_weights.awake(model, step):
+            generations = self.engine.generate([self.prompts[i] for i in prompts], self._sampling(step, round_))
+        records = [self.records[prompts[g.prompt_index]] for g in generations]
+        scored = self.rewards.score([self.prompt_texts[prompts[g.prompt_index]] for g in generations],
+                                    [g.text for g in generations],
+                                    [{**r, "finish_reason": g.finish_reason, "completion_tokens": len(g)}
+                                     for r, g in zip(records, generations, strict=True)])
+        return generations, scored
+
+    def _sample_groups(self, model, indices: list[int], share: list[int], step: int) -> SampledGroups:
+        """This step's groups: ``share``'s, or with ``rl.dynamic_sampling`` the informative groups of as many rounds
+        as it takes (:mod:`posttrain.trainers.dynamic_sampling`)."""
+        rl = self.rl
+        if not rl.dynamic_sampling:
+            generations, scored = self._sample_round(model, share, step)
+            return SampledGroups(generations, share, scored, rounds=0, dropped=0)
+
+        def draw(slot: int, quota: int, count: int) -> list[int]:
+            return refill_prompts(self.num_examples, self.sample_block, self.config.seed, step, indices, slot, quota,
+                                  count)
+
+        return fill_groups(lambda prompts, round_: self._sample_round(model, prompts, step, round_), share, indices,
+                           self.processes, self.rollout.samples_per_prompt, self.sample_block,
+                           rl.max_sampling_rounds, draw)
 
     def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
         rl = self.rl
@@ -134,31 +170,27 @@ class RLMethod(Method, name="grpo"):
             truncate_metrics(self.samples_path, step)
             self._samples_checked = True
         started = time.perf_counter()
-        with self.engine_weights.awake(model, step):
-            generations = self.engine.generate([self.prompts[i] for i in share], self._sampling(step))
+        sampled = self._sample_groups(model, indices, share, step)
+        generations, share, scored = sampled.generations, sampled.prompts, sampled.scored
         rollout_seconds = time.perf_counter() - started
         self.engine_max_ratio = 0.0
-        records = [self.records[share[g.prompt_index]] for g in generations]
-        scored = self.rewards.score([self.prompt_texts[share[g.prompt_index]] for g in generations],
-                                    [g.text for g in generations],
-                                    [{**r, "finish_reason": g.finish_reason, "completion_tokens": len(g)}
-                                     for r, g in zip(records, generations, strict=True)])
         rewards = scored.total.double()
         finished = torch.tensor([g.finish_reason == "eos" for g in generations])
         # advantages (and LaSeR's class weights) over the whole generation batch (all processes)
-        all_rewards = self.processes.gather(rewards)
-        advantages = group_advantages(all_rewards, self.rollout.samples_per_prompt, scale=rl.scale, baseline=rl.baseline)
-        local = slice(self.processes.rank * len(generations), (self.processes.rank + 1) * len(generations))
+        all_rewards, start = self.processes.gather_rows(rewards)
+        scale = "none" if rl.scale == "whiten" else rl.scale  # whitening follows, over the tokens
+        advantages = group_advantages(all_rewards, self.rollout.samples_per_prompt, scale=scale, baseline=rl.baseline)
+        local = slice(start, start + len(generations))
         advantages = advantages[local].float()
         laser = None if self.laser is None else \
             self.laser.step_extras(scored.components, finished, self.processes, local, step)
         trained = [not (rl.mask_truncated and g.finish_reason == "length") for g in generations]
         local_tokens = sum(len(g) for g, keep in zip(generations, trained, strict=True) if keep)
         totals = self.processes.sum_values({"rows": len(generations), "tokens": local_tokens})
-        self._write_samples(step, share, generations, scored, advantages)
 
         micro_batches = []
-        for part in self._micro_batch_rows(generations, laser is not None and laser.integrate):
+        parts = self._micro_batch_rows(generations, laser is not None and laser.integrate)
+        for part in parts:
             index = torch.tensor(part)
             micro_batches.append(self._micro_batch(
                 model, [generations[i] for i in part], [trained[i] for i in part], advantages[index], laser, index))
@@ -168,11 +200,52 @@ class RLMethod(Method, name="grpo"):
             "truncated": float((~finished).sum()), "reward_errors": float(sum(scored.errors.values())),
             "rollout_seconds": rollout_seconds, "sync_seconds": self.engine_weights.last_sync_seconds,
         }
+        if rl.dynamic_sampling:
+            stats.update(sampling_rounds=float(sampled.rounds), dropped_groups=float(sampled.dropped))
+        if rl.kl_in == "reward" or rl.scale == "whiten":
+            stats.update(self._token_advantages(model, micro_batches))
+            advantages = self._first_token_advantages(micro_batches, parts, len(generations))
+        self._write_samples(step, share, generations, scored, advantages)
         for label, values in scored.components.items():
             stats[f"component/{label}"] = float(torch.as_tensor(values, dtype=torch.float64).sum())
         for key, value in scored.extra.items():  # stateful rewards' metrics, averaged over processes
             stats[f"extra/{key}"] = value
         return StepBatches(micro_batches, StepTotals(rows=totals["rows"], tokens=totals["tokens"]), stats=stats)
+
+    def _token_advantages(self, model, micro_batches: list[RolloutBatch]) -> dict[str, float]:
+        """``rl.kl_in=reward``: each micro-batch's row advantages become token advantages with the KL returns
+        (:func:`posttrain.ops.kl_penalized_advantages`; the KL of the sampling-time log-probs, or of the learner's
+        before the update where those are another distribution's); ``rl.scale=whiten``: the advantages whitened
+        over every response token of the step, all processes (:func:`posttrain.ops.whiten_advantages`)."""
+        rl, stats = self.rl, {}
+        if rl.kl_in == "reward" and rl.beta > 0:
+            kl_sum = 0.0
+            for batch in micro_batches:
+                old = batch.old_logprobs if batch.old_logprobs is not None else self._logprobs(model, batch)
+                kl = kl_estimate(old, batch.ref_logprobs, rl.kl_estimator)
+                batch.advantages = kl_penalized_advantages(batch.advantages, kl, batch.completion_mask, rl.beta)
+                kl_sum += float(torch.where(batch.completion_mask.bool(), kl, 0.0).sum())
+                batch.ref_logprobs = None  # the KL is in the advantages; the loss has no KL term
+            stats["reward_kl_sum"] = kl_sum
+        if rl.scale == "whiten":
+            local = sum(token_moments(b.advantages, b.completion_mask).cpu() for b in micro_batches)
+            moments = self.processes.sum_values(dict(zip(("count", "total", "squares"), local.tolist(), strict=True)))
+            moments = torch.tensor([moments["count"], moments["total"], moments["squares"]], dtype=torch.float64)
+            for batch in micro_batches:
+                batch.advantages = whiten_advantages(batch.advantages, moments)
+        return stats
+
+    @staticmethod
+    def _first_token_advantages(micro_batches: list[RolloutBatch], parts: list[list[int]], rows: int) -> torch.Tensor:
+        """Each row's advantage at its first completion token (for token advantages: the whole sequence's return)."""
+        values = torch.zeros(rows)
+        for batch, part in zip(micro_batches, parts, strict=True):
+            advantages = batch.advantages.detach().float().cpu()
+            if advantages.dim() == 2:
+                first = batch.target_mask.float().argmax(-1).cpu()
+                advantages = advantages[torch.arange(len(part)), first]
+            values[torch.tensor(part)] = advantages
+        return values
 
     def _micro_batch_rows(self, generations: list[Generation], integrate: bool) -> list[list[int]]:
         """Rows of each forward pass: ``train.batch_size`` rows, each chunk split longest first into passes of
@@ -239,7 +312,7 @@ class RLMethod(Method, name="grpo"):
                                               rl.behaviour_floor)
         result = policy_loss_sum(out.logprobs, old, advantages, mask, kind=rl.loss,
                                  eps_low=rl.eps_low, eps_high=rl.eps_high, ref_logprobs=batch.ref_logprobs,
-                                 beta=rl.beta, kl_estimator=rl.kl_estimator,
+                                 beta=rl.beta if rl.kl_in == "loss" else 0.0, kl_estimator=rl.kl_estimator,
                                  entropy=out.entropy,
                                  max_completion_length=self.rollout.max_new_tokens,
                                  behaviour_weights=None if correction is None else correction.weights)
@@ -291,6 +364,11 @@ class RLMethod(Method, name="grpo"):
             metrics["accuracy"] = metrics["reward_math"]
         if "kl_sum" in sums:
             metrics["kl"] = sums["kl_sum"] / tokens
+        if "reward_kl_sum" in sums:  # the KL in the rewards: once per step, the trained tokens once per update
+            metrics["kl"] = sums["reward_kl_sum"] * passes / tokens
+        if self.rl.dynamic_sampling:  # the same round count on every process; dropped groups summed over them
+            metrics.update(sampling_rounds=sums["sampling_rounds"] / self.processes.world_size,
+                           dropped_groups=sums["dropped_groups"])
         if "engine_gap_sum" in sums:  # the engine/learner mismatch (max: this process's rollouts)
             metrics.update(engine_logprob_gap=sums["engine_gap_sum"] / tokens,
                            engine_corrected=sums["engine_corrected_sum"] / tokens,
