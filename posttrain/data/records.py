@@ -205,14 +205,14 @@ def _normalize_preference(raw: dict, where: str) -> dict:
 
 
 def _normalize_unpaired(raw: dict, where: str) -> dict:
-    label = _required(raw, "label", where)
-    if not isinstance(label, bool):
-        raise _wrong_type(where, "label", label, "true (a desirable completion) or false (an undesirable one)")
     if "chosen" in raw or "rejected" in raw:
         raise DataError("an unpaired record has one completion, but this one has chosen/rejected",
                         where=location(where, field="chosen" if "chosen" in raw else "rejected"),
                         fix="write each pair as two records: prompt + completion=chosen + label=true, and "
                             "prompt + completion=rejected + label=false")
+    label = _required(raw, "label", where)
+    if not isinstance(label, bool):
+        raise _wrong_type(where, "label", label, "true (a desirable completion) or false (an undesirable one)")
     prompt = _required(raw, "prompt", where)
     completion = _required(raw, "completion", where)
     return {**_prompt_completion(prompt, completion, where), "label": label}
