@@ -39,7 +39,11 @@ class KTOMethod(PreferenceMethod):
         self.labels = torch.tensor(labels, dtype=torch.bool)
 
     def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
-        groups = self.pair_groups(share)
+        # one row per example in each pass; in lockstep (FSDP) as many passes on every process, as the forwards
+        # of the reference point are collective there
+        train = self.config.train
+        groups = self.processes.micro_batches(share, [self.pairs[i].longest for i in share], train.batch_size,
+                                              train.micro_batch_tokens)
         reference_point = self.reference_point(model, groups)
         batches = []
         for group in groups:

@@ -244,8 +244,8 @@ class RewardModelMethod(PairMethod, name="reward_model"):
         super().__init__(config, pairs, pad_id, processes)
         self.margins = None if margins is None else torch.tensor(margins, dtype=torch.float32)
 
-    def collate(self, indices: list[int]) -> PairBatch:
-        batch = super().collate(indices)
+    def collate(self, indices: list[int], sides: tuple[str, ...] = ("chosen", "rejected")) -> PairBatch:
+        batch = super().collate(indices, sides)
         if self.margins is not None:
             batch.margins = self.margins[batch.indices].to(self.processes.device)
         return batch
