@@ -8,6 +8,7 @@ import torch
 
 from posttrain.config import load_config
 from posttrain.data import validate_records
+from posttrain.data.preference import tokenize_unpaired
 from posttrain.errors import ConfigError, DataError
 from posttrain.evals.judge import JudgeEvalOptions, run_judge_eval
 from posttrain.models import tiny_model, tiny_tokenizer
@@ -150,6 +151,21 @@ def test_kto_learns_the_labels(tmp_path):
     assert steps[6]["loss"] < steps[1]["loss"] - 0.05 and steps[6]["reward_margin"] > 0.5
     assert all(step["kl"] >= 0 for step in steps.values())
     assert torch.load(run_dir / REFERENCE_FILE)["logps"].shape == (16, 2)
+
+
+def test_unpaired_examples_borrow_another_prompts_completion_and_cut_over_long_ones():
+    rows = [{"prompt": "Q", "completion": "a" * 30, "label": True},  # own side truncated
+            {"prompt": "Q", "completion": "b", "label": False},  # same prompt: never its partner's donor
+            {"prompt": "P" * 40, "completion": "c", "label": True},  # the prompt fills max_length: dropped
+            {"prompt": "R", "completion": "d", "label": False}]
+    records = validate_records(rows, kind="unpaired").records
+    kept = tokenize_unpaired(records, tiny_tokenizer(), max_length=16)
+    assert [pair.index for pair in kept.pairs] == [0, 1, 3] and (kept.truncated, kept.dropped) == (1, 1)
+    assert all(len(pair.chosen) <= 16 and len(pair.rejected) <= 16 for pair in kept.pairs)
+    texts = [tiny_tokenizer().decode(pair.rejected.input_ids) for pair in kept.pairs]
+    assert "b" not in texts[0] and "a" not in texts[1]  # Q's two records borrow from P or R, not each other
+    dropping = tokenize_unpaired(records, tiny_tokenizer(), max_length=16, overlong="drop")
+    assert [pair.index for pair in dropping.pairs] == [1, 3] and dropping.dropped == 2
 
 
 def test_kto_input_errors(tmp_path):

@@ -73,8 +73,7 @@ class PairMethod(Method):
             method = RegressionMethod(config, records.records, tokenizer, processes)
             summary.update(truncated=method.truncated)
             return method, summary
-        unpaired = config.method == "dpo" and config.preference.kind == "kto"
-        records, summary = training_records(config.data, "unpaired" if unpaired else "preference")
+        records, summary = training_records(config.data, "unpaired" if trains_unpaired(config) else "preference")
         method, pairs = build_pair_method(config, records.records, model, tokenizer, processes)
         summary.update(examples=len(pairs), truncated=pairs.truncated, dropped=pairs.dropped)
         return method, summary
@@ -285,7 +284,7 @@ def build_pair_method(config: RunConfig, records: list[dict], model, tokenizer, 
         raise ConfigError(f"method {config.method} trains on right-padded pairs of completions",
                           where="data.packing" if data.packing else "data.completion_only",
                           fix="set data.packing=false and data.completion_only=true")
-    unpaired = config.method == "dpo" and config.preference.kind == "kto"
+    unpaired = trains_unpaired(config)
     if unpaired:
         tokenized = tokenize_unpaired(records, tokenizer, data.max_length, overlong=data.overlong, seed=config.seed)
     else:
@@ -304,6 +303,11 @@ def build_pair_method(config: RunConfig, records: list[dict], model, tokenizer, 
     field = config.reward_model.margin_field
     margins = None if field is None else [_margin(records[pair.index], field) for pair in tokenized.pairs]
     return RewardModelMethod(config, tokenized.pairs, margins, pad_id, processes), tokenized
+
+
+def trains_unpaired(config: RunConfig) -> bool:
+    """Whether the run trains on unpaired records (KTO) rather than preference pairs."""
+    return config.method == "dpo" and config.preference.kind == "kto"
 
 
 def _margin(record: dict, field: str) -> float:
