@@ -107,7 +107,8 @@ def eval_selfreward(
 def eval_judge(
     context: typer.Context,
     model: Annotated[str, typer.Option(help="judge model (or reward model with --scorer reward_model)")] = "smollm2-135m",
-    data: Annotated[str, typer.Option(help="preference file (prompt, chosen, rejected, optional subset), "
+    data: Annotated[str, typer.Option(help="preference file (prompt, chosen, rejected, optional subset; "
+                                           "the prompt may be implicit, shared by chosen and rejected), "
                                            "or task:arithmetic for held-out synthetic pairs")] = "task:arithmetic",
     template: Annotated[str, typer.Option(help="pairwise judge template: rise, j1, or a template file")] = "rise",
     scorer: Annotated[str, typer.Option(help="judge (generative, both orders) or reward_model (scalar score)")] = "judge",

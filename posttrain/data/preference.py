@@ -11,10 +11,18 @@ Over-long pairs follow ``overlong``, as TRL 1.16 ``DPOTrainer`` does with ``trun
 whose prompt alone fills ``max_length``; ``drop`` drops every pair with a side longer than ``max_length``.
 A pair whose two sides are the same tokens after truncation carries no preference and is dropped too.
 Truncated and dropped pairs are counted in the returned :class:`TokenizedPairs`.
+
+:func:`tokenize_unpaired` makes KTO's examples from unpaired records (``prompt``, ``completion``, ``label``) as
+pairs of the same shape: ``chosen`` is the record's own completion, ``rejected`` the *mismatched* one — its prompt
+with the completion of another record, the one before it in an order shuffled by ``seed`` (skipping up to
+:data:`MISMATCH_TRIES` records with the same prompt) — from which KTO estimates its reference point. The
+record's own side follows ``overlong``; the mismatched side, which shares its prompt, is always cut to
+``max_length``.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +30,10 @@ from typing import Any
 
 from posttrain.errors import ConfigError, DataError
 
+from .records import is_conversational
 from .tokenize import OVERLONG_POLICIES, Example, tokenize_sft
+
+MISMATCH_TRIES = 16
 
 
 @dataclass
@@ -58,14 +69,10 @@ def tokenize_pairs(
     records: Iterable[dict], tokenizer: Any, max_length: int, overlong: str = "truncate"
 ) -> TokenizedPairs:
     """Tokenize normalized preference records into pairs (see the module docstring)."""
-    if overlong not in OVERLONG_POLICIES:
-        raise ConfigError(f"unknown over-long policy {overlong!r}", fix="use 'truncate' or 'drop'")
-    if max_length < 2:
-        raise ConfigError(f"max_length must be at least 2, got {max_length}", fix="raise max_length")
+    _check_limits(overlong, max_length)
     records = list(records)
     sides = [_side(record, side) for record in records for side in ("chosen", "rejected")]
-    # no length limit here: over-long pairs are handled pairwise below
-    examples = tokenize_sft(sides, tokenizer, max_length=sys.maxsize, completion_only=True).examples
+    examples = _untruncated(sides, tokenizer)
     result = TokenizedPairs()
     for index, record in enumerate(records):
         chosen, rejected = examples[2 * index], examples[2 * index + 1]
@@ -80,6 +87,63 @@ def tokenize_pairs(
             continue
         result.pairs.append(PreferencePair(chosen, rejected, index, record.get("_where", "")))
     return result
+
+
+def tokenize_unpaired(records: Iterable[dict], tokenizer: Any, max_length: int, overlong: str = "truncate",
+                      seed: int = 0) -> TokenizedPairs:
+    """KTO's (own, mismatched) example pairs of normalized unpaired records (see the module docstring)."""
+    _check_limits(overlong, max_length)
+    records = list(records)
+    if len(records) < 2:
+        raise DataError("KTO needs at least two records: its reference point pairs prompts with other records' "
+                        "completions", where=records[0].get("_where") if records else None,
+                        fix="give more unpaired records")
+    conversational = is_conversational(records[0]["prompt"])
+    for record in records:
+        if is_conversational(record["prompt"]) != conversational:
+            raise DataError("KTO pairs each prompt with another record's completion, so all records need one form; "
+                            f"this one is {'text' if conversational else 'messages'}, the first is not",
+                            where=record.get("_where"), fix="give every record text, or every record messages")
+    donors = _mismatch_donors(records, seed)
+    sides = [{"prompt": record["prompt"], "completion": completion, "_where": record.get("_where", "")}
+             for record, donor in zip(records, donors, strict=True)
+             for completion in (record["completion"], records[donor]["completion"])]
+    examples = _untruncated(sides, tokenizer)
+    result = TokenizedPairs()
+    for index, record in enumerate(records):
+        own, mismatched = examples[2 * index], examples[2 * index + 1]
+        if len(own) > max_length:
+            if overlong == "drop" or _prompt_length(own) >= max_length:
+                result.dropped += 1
+                continue
+            own = _truncated(own, max_length)
+            result.truncated += 1
+        result.pairs.append(PreferencePair(own, _truncated(mismatched, max_length), index, record.get("_where", "")))
+    return result
+
+
+def _mismatch_donors(records: list[dict], seed: int) -> list[int]:
+    """For each record, the record whose completion makes its mismatched pair (see the module docstring)."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    donors = [0] * len(records)
+    for position, index in enumerate(order):
+        candidates = (order[position - step] for step in range(1, min(MISMATCH_TRIES, len(order) - 1) + 1))
+        donors[index] = next((c for c in candidates if records[c]["prompt"] != records[index]["prompt"]),
+                             order[position - 1])
+    return donors
+
+
+def _check_limits(overlong: str, max_length: int) -> None:
+    if overlong not in OVERLONG_POLICIES:
+        raise ConfigError(f"unknown over-long policy {overlong!r}", fix="use 'truncate' or 'drop'")
+    if max_length < 2:
+        raise ConfigError(f"max_length must be at least 2, got {max_length}", fix="raise max_length")
+
+
+def _untruncated(sides: list[dict], tokenizer: Any) -> list[Example]:
+    """Every side tokenized whole: the over-long ones are handled pairwise by the callers."""
+    return tokenize_sft(sides, tokenizer, max_length=sys.maxsize, completion_only=True).examples
 
 
 def _side(record: dict, side: str) -> dict:

@@ -59,7 +59,7 @@ def read_records(
     skip_invalid: bool = False,
     kind: str = "sft",
 ) -> RecordSet:
-    """Read, validate and normalize the records of ``kind`` (``sft``, ``preference`` or ``prompt``).
+    """Read, validate and normalize the records of ``kind`` (``sft``, ``preference``, ``unpaired``, ``prompt`` or ``regression``).
 
     ``split`` selects the split of a ``DatasetDict`` directory or of a hub dataset.
     """

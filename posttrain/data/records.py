@@ -1,7 +1,7 @@
 """Validation and normalization of records in TRL's dataset conventions.
 
 A record is a plain ``dict``. Conversational text is a list of messages ``{"role", "content"}``.
-Three kinds of records are recognised:
+These kinds of records are recognised:
 
 ``sft``
     ``prompt`` + ``completion`` (both strings, or both message lists), ``messages`` (a conversation with
@@ -10,8 +10,13 @@ Three kinds of records are recognised:
     ``prompt=[{"role": "user", "content": question}]``, ``completion=[{"role": "assistant", "content": answer}]``.
 ``preference``
     ``prompt`` + ``chosen`` + ``rejected`` (strings or message lists; ``chosen`` must differ from
-    ``rejected``). When ``chosen`` and ``rejected`` are full conversations that begin with the same
-    messages, that shared beginning is the prompt.
+    ``rejected``). Without ``prompt`` (TRL's implicit-prompt form, also with conversations that begin with
+    the same messages) the prompt is the beginning ``chosen`` and ``rejected`` share, cut at a turn boundary
+    (:mod:`posttrain.data.implicit_prompt`; Anthropic HH transcripts after the last shared
+    ``"\n\nAssistant:"``).
+``unpaired``
+    one completion and whether it is desirable (TRL's unpaired preference form, for KTO): ``prompt`` +
+    ``completion`` (both strings, or both message lists) + ``label`` (``true``: desirable, ``false``: not).
 ``prompt``
     a prompt for generation, RL or evaluation, from ``prompt``, ``question`` or ``messages`` (the messages
     before the final assistant turn).
@@ -33,7 +38,9 @@ from typing import Any
 
 from posttrain.errors import ConfigError, DataError, location
 
-KINDS = ("sft", "preference", "prompt", "regression")
+from .implicit_prompt import ASSISTANT_MARKER, shared_messages, shared_text
+
+KINDS = ("sft", "preference", "unpaired", "prompt", "regression")
 ROLES = ("system", "user", "assistant", "tool")
 ANSWER_MARKER = "####"
 
@@ -61,8 +68,8 @@ def normalize_record(raw: Any, kind: str, where: str) -> dict:
             where=where,
             fix='write each record as an object, e.g. {"prompt": "...", "completion": "..."}',
         )
-    normalizers = {"sft": _normalize_sft, "preference": _normalize_preference, "prompt": _normalize_prompt,
-                   "regression": _normalize_regression}
+    normalizers = {"sft": _normalize_sft, "preference": _normalize_preference, "unpaired": _normalize_unpaired,
+                   "prompt": _normalize_prompt, "regression": _normalize_regression}
     record = dict(raw)
     record.update(normalizers[kind](raw, where))
     reference = _reference(raw, where, kind)
@@ -158,7 +165,7 @@ def _normalize_preference(raw: dict, where: str) -> dict:
         chosen = _messages(chosen, where, "chosen")
         rejected = _messages(rejected, where, "rejected")
         prompt = raw.get("prompt")
-        shared = _shared_prefix_length(chosen, rejected)
+        shared = shared_messages(chosen, rejected)
         if isinstance(prompt, list):
             prompt = _messages(prompt, where, "prompt")
         elif shared:  # implicit prompt: the conversations share their beginning
@@ -166,18 +173,20 @@ def _normalize_preference(raw: dict, where: str) -> dict:
         elif isinstance(prompt, str):
             prompt = [{"role": "user", "content": _text(prompt, where, "prompt")}]
         elif prompt is None:
-            raise DataError(
-                "missing field 'prompt' (chosen and rejected share no leading messages)",
-                where=location(where, field="prompt"),
-                fix="add 'prompt', or begin chosen and rejected with the same prompt messages",
-            )
+            raise _no_shared_prompt(where, "leading messages", "the same prompt messages")
         else:
             raise _wrong_type(where, "prompt", prompt, "a string or a list of messages")
         _require_assistant_turn(chosen, where, "chosen")
         _require_assistant_turn(rejected, where, "rejected")
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     if isinstance(chosen, str) and isinstance(rejected, str):
-        prompt = _required(raw, "prompt", where)
+        prompt = raw.get("prompt")
+        if prompt is None:  # implicit prompt: the texts share their beginning
+            shared = shared_text(_text(chosen, where, "chosen"), _text(rejected, where, "rejected"))
+            if not shared:
+                raise _no_shared_prompt(where, "beginning that ends at a turn boundary",
+                                        f"the same prompt (text through {ASSISTANT_MARKER!r}, as in Anthropic HH)")
+            prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
         if not isinstance(prompt, str):
             raise _wrong_type(where, "prompt", prompt, "a string (chosen and rejected are strings)")
         return {
@@ -193,6 +202,20 @@ def _normalize_preference(raw: dict, where: str) -> dict:
         where=location(where, field="rejected"),
         fix="give chosen and rejected both as strings, or both as lists of messages",
     )
+
+
+def _normalize_unpaired(raw: dict, where: str) -> dict:
+    if "chosen" in raw or "rejected" in raw:
+        raise DataError("an unpaired record has one completion, but this one has chosen/rejected",
+                        where=location(where, field="chosen" if "chosen" in raw else "rejected"),
+                        fix="write each pair as two records: prompt + completion=chosen + label=true, and "
+                            "prompt + completion=rejected + label=false")
+    label = _required(raw, "label", where)
+    if not isinstance(label, bool):
+        raise _wrong_type(where, "label", label, "true (a desirable completion) or false (an undesirable one)")
+    prompt = _required(raw, "prompt", where)
+    completion = _required(raw, "completion", where)
+    return {**_prompt_completion(prompt, completion, where), "label": label}
 
 
 def _normalize_prompt(raw: dict, where: str) -> dict:
@@ -299,14 +322,12 @@ def _require_assistant_turn(messages: list[dict], where: str, field: str) -> Non
             )
 
 
-def _shared_prefix_length(first: list[dict], second: list[dict]) -> int:
-    """Number of leading messages two conversations share (same role and content)."""
-    shared = 0
-    for a, b in zip(first, second, strict=False):
-        if a["role"] != b["role"] or a["content"] != b["content"]:
-            break
-        shared += 1
-    return shared
+def _no_shared_prompt(where: str, what: str, begin_with: str) -> DataError:
+    return DataError(
+        f"missing field 'prompt', and chosen and rejected share no {what} to take as the prompt",
+        where=location(where, field="prompt"),
+        fix=f"add 'prompt', or begin chosen and rejected with {begin_with}",
+    )
 
 
 # --------------------------------------------------------------------------------------------- helpers

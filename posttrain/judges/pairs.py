@@ -1,7 +1,7 @@
 """Preference pairs as a judge reads them, and one pair judged in both orders.
 
 A pair is a preference record (``prompt``, ``chosen``, ``rejected``: text or messages, as
-:mod:`posttrain.data.records` reads them). :func:`pair_texts` gives the texts a judge reads;
+:mod:`posttrain.data.records` reads them; a file may leave the prompt implicit in ``chosen`` and ``rejected``). :func:`pair_texts` gives the texts a judge reads;
 :func:`preference_pairs` reads pairs from a file or makes synthetic ones (``task:arithmetic``, the
 ``judge_arithmetic`` task of :mod:`posttrain.data.tasks.judge_pairs`).
 

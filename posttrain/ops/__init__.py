@@ -18,6 +18,7 @@ from posttrain.ops.distill import (
     token_divergence,
 )
 from posttrain.ops.forward import TargetLogprobs, causal_lm_parts, completion_logprobs
+from posttrain.ops.kto import KTOLoss, kto_loss, kto_reference_point
 from posttrain.ops.laser import laser_class_weights, laser_loss, laser_loss_sum, self_reward_advantages
 from posttrain.ops.logprobs import hidden_logprobs, soft_cap, token_entropy, token_logprobs
 from posttrain.ops.policy import (
@@ -54,6 +55,7 @@ __all__ = [
     "POLICY_LOSS_KINDS",
     "POLICY_LOSS_TOTALS",
     "PREFERENCE_KINDS",
+    "KTOLoss",
     "PolicyLoss",
     "PreferenceLoss",
     "SFT_KINDS",
@@ -66,6 +68,8 @@ __all__ = [
     "completion_logprobs",
     "distill_divergence",
     "dpo_loss",
+    "kto_loss",
+    "kto_reference_point",
     "extrapolated_token_rewards",
     "group_advantages",
     "kl_penalized_advantages",

@@ -17,9 +17,13 @@ in tokens. With ``h = (π_c − ref_c) − (π_r − ref_r)`` and label noise ``
 * ``simpo``   — SimPO (Meng et al. 2024, arXiv 2405.14734, Eq. 6), reference-free, with the same optional
   ε as ``sigmoid`` (TRL ``CPOTrainer``, ``loss_type="simpo"``):
   ``z = β·(π_c/|y_c| − π_r/|y_r|) − γ``, loss ``−(1−ε)·log σ(z) − ε·log σ(−z)``.
+* ``orpo``    — ORPO's odds-ratio term (Hong et al. 2024, arXiv 2403.07691, Eqs. 4–7), reference-free, β its
+  weight λ, as TRL 1.16 ``ORPOTrainer.odds_ratio_loss``: with the average log-probs ``a = π/|y|`` and
+  ``log odds(y) = a − log(1 − exp(a))``, loss ``−β·log σ(log odds(y_c) − log odds(y_r))``. The full ORPO
+  objective adds the NLL of the chosen completions (weight 1): the trainer adds :func:`rpo_term`.
 
 Implicit rewards (detached, for logging): ``β·(π − ref)`` for the reference-based kinds (also ``ipo``,
-whose rewards TRL does not length-normalize) and ``β·π/|y|`` for ``simpo``. Lengths are clamped to at
+whose rewards TRL does not length-normalize) and ``β·π/|y|`` for ``simpo`` and ``orpo``. Lengths are clamped to at
 least 1 token, as TRL clamps them for ``ipo``.
 
 :func:`rpo_term` is the NLL on the chosen completions that RPO adds to DPO (Pang et al. 2024, arXiv
@@ -29,6 +33,7 @@ least 1 token, as TRL clamps them for ``ipo``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,9 +41,10 @@ import torch.nn.functional as F
 
 from posttrain.ops.checks import check_choice
 
-PREFERENCE_KINDS = ("sigmoid", "robust", "ipo", "hinge", "simpo")
+PREFERENCE_KINDS = ("sigmoid", "robust", "ipo", "hinge", "simpo", "orpo")
 LABEL_SMOOTHING_KINDS = ("sigmoid", "robust", "simpo")
-LENGTH_NORMALIZED_KINDS = ("ipo", "simpo")
+LENGTH_NORMALIZED_KINDS = ("ipo", "simpo", "orpo")
+REFERENCE_FREE_KINDS = ("simpo", "orpo")
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,9 @@ def dpo_loss(
     """Per-pair preference loss of ``kind`` (see the module docstring for each formula).
 
     ``chosen_logps``/``rejected_logps`` are summed completion log-probs ``[B]`` and carry the gradient;
-    the reference sums are detached. ``ipo`` and ``simpo`` also need ``chosen_lengths`` and
-    ``rejected_lengths`` (completion tokens per row); ``simpo`` takes no reference log-probs and ``gamma``
-    is its target margin γ. ``label_smoothing`` is ε in [0, 0.5) for ``sigmoid``, ``robust`` and ``simpo``.
+    the reference sums are detached. ``ipo``, ``simpo`` and ``orpo`` also need ``chosen_lengths`` and
+    ``rejected_lengths`` (completion tokens per row); ``simpo`` and ``orpo`` take no reference log-probs;
+    ``gamma`` is SimPO's target margin γ. ``label_smoothing`` is ε in [0, 0.5) for ``sigmoid``, ``robust`` and ``simpo``.
     """
     _check_arguments(
         kind,
@@ -79,12 +85,16 @@ def dpo_loss(
         chosen_lengths,
         rejected_lengths,
     )
-    if kind == "simpo":
+    if kind in REFERENCE_FREE_KINDS:
         chosen_scores = chosen_logps / _lengths(chosen_lengths, chosen_logps)
         rejected_scores = rejected_logps / _lengths(rejected_lengths, rejected_logps)
-        logits = beta * (chosen_scores - rejected_scores) - gamma
+        if kind == "simpo":
+            losses = _smoothed_logistic(beta * (chosen_scores - rejected_scores) - gamma, label_smoothing)
+        else:  # orpo, in float32 at least as TRL computes it
+            chosen_scores, rejected_scores = (_at_least_float32(scores) for scores in (chosen_scores, rejected_scores))
+            losses = -beta * F.logsigmoid(_log_odds(chosen_scores) - _log_odds(rejected_scores))
         return PreferenceLoss(
-            losses=_smoothed_logistic(logits, label_smoothing),
+            losses=losses,
             chosen_rewards=beta * chosen_scores.detach(),
             rejected_rewards=beta * rejected_scores.detach(),
         )
@@ -178,6 +188,18 @@ def _smoothed_logistic(logits: torch.Tensor, label_smoothing: float) -> torch.Te
     return -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
 
 
+def _log_odds(average_logps: torch.Tensor) -> torch.Tensor:
+    """``log(p / (1 − p))`` of ``p = exp(a)``: ``a − log(1 − exp(a))``, the second term computed as ``log1p(−exp(a))``
+    below ``−log 2`` and ``log(−expm1(a))`` above, where each is accurate (Mächler's log1mexp)."""
+    log_one_minus = torch.where(average_logps < -math.log(2), torch.log1p(-torch.exp(average_logps)),
+                                torch.log(-torch.expm1(average_logps)))
+    return average_logps - log_one_minus
+
+
+def _at_least_float32(values: torch.Tensor) -> torch.Tensor:
+    return values if values.dtype == torch.float64 else values.float()
+
+
 def _lengths(lengths: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return lengths.to(like.dtype).clamp(min=1.0)
 
@@ -207,10 +229,10 @@ def _check_arguments(
         raise ValueError(f"gamma (SimPO's target margin) is {gamma} but the loss kind is {kind!r}; "
                          "set gamma to 0 or use kind 'simpo'")
     has_reference = (ref_chosen_logps is not None, ref_rejected_logps is not None)
-    if kind == "simpo" and any(has_reference):
-        raise ValueError("the 'simpo' loss is reference-free but reference log-probs were given; "
-                         "drop the reference model for SimPO, or use a reference-based kind")
-    if kind != "simpo" and not all(has_reference):
+    if kind in REFERENCE_FREE_KINDS and any(has_reference):
+        raise ValueError(f"the {kind!r} loss is reference-free but reference log-probs were given; "
+                         "drop the reference model, or use a reference-based kind")
+    if kind not in REFERENCE_FREE_KINDS and not all(has_reference):
         raise ValueError(f"the {kind!r} loss needs reference log-probs for both the chosen and the rejected completions; "
                          "pass ref_chosen_logps and ref_rejected_logps (a reference model's summed log-probs)")
     if kind in LENGTH_NORMALIZED_KINDS and (chosen_lengths is None or rejected_lengths is None):

@@ -9,7 +9,9 @@ micro-batch of ``n`` pairs is **one** forward pass over ``2n`` right-padded rows
   starting weights, computed once for every pair before the first step (with fresh LoRA adapters: the
   model with its adapters disabled, :func:`posttrain.models.disabled_adapter`) and cached in
   ``runs/<name>/reference_logps.pt`` under a hash of the pairs' tokens and the model, so a resumed run
-  reuses them. ``simpo`` is reference-free and computes none.
+  reuses them. ``simpo`` and ``orpo`` are reference-free and compute none; ``orpo`` adds the NLL of the chosen
+  completions (its ``L_SFT``) as RPO does with weight 1. ``kto`` trains on unpaired records instead
+  (:class:`posttrain.trainers.kto.KTOMethod`).
 * ``reward_model`` — a one-label sequence-classification head on the LM (:func:`posttrain.models.reward.load_reward_model`); the
   reward of a row is the head's score at its last real token, the loss
   :func:`posttrain.ops.bradley_terry_loss` (with ``reward_model.margin_field`` and
@@ -34,7 +36,7 @@ import torch
 
 from posttrain.config import RunConfig
 from posttrain.data import collate, micro_batches
-from posttrain.data.preference import PreferencePair, TokenizedPairs, tokenize_pairs
+from posttrain.data.preference import PreferencePair, TokenizedPairs, tokenize_pairs, tokenize_unpaired
 from posttrain.errors import ConfigError, DataError, location
 from posttrain.models import disabled_adapter
 from posttrain.models.reward import sequence_scores
@@ -55,6 +57,8 @@ class PairBatch:
     inputs: dict[str, torch.Tensor]  # collate(): input_ids, attention_mask, position_ids, loss_mask
     indices: torch.Tensor  # [n] pair indices
     margins: torch.Tensor | None = None  # [n] reward-model margins
+    labels: torch.Tensor | None = None  # [n] KTO: whether each completion is desirable
+    reference_point: torch.Tensor | None = None  # KTO's z₀ of the step
 
 
 class PairMethod(Method):
@@ -69,7 +73,7 @@ class PairMethod(Method):
             method = RegressionMethod(config, records.records, tokenizer, processes)
             summary.update(truncated=method.truncated)
             return method, summary
-        records, summary = training_records(config.data, "preference")
+        records, summary = training_records(config.data, "unpaired" if trains_unpaired(config) else "preference")
         method, pairs = build_pair_method(config, records.records, model, tokenizer, processes)
         summary.update(examples=len(pairs), truncated=pairs.truncated, dropped=pairs.dropped)
         return method, summary
@@ -94,9 +98,10 @@ class PairMethod(Method):
         totals = StepTotals(pairs=len(indices), tokens=sum(self._chosen_tokens[i] for i in indices))
         return StepBatches([self.collate(group) for group in self.pair_groups(share)], totals)
 
-    def collate(self, indices: list[int]) -> PairBatch:
+    def collate(self, indices: list[int], sides: tuple[str, ...] = ("chosen", "rejected")) -> PairBatch:
+        """The rows of ``sides`` of the pairs ``indices``, side after side."""
         pairs = [self.pairs[i] for i in indices]
-        inputs = collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], self.pad_id)
+        inputs = collate([getattr(pair, side) for side in sides for pair in pairs], self.pad_id)
         device = self.processes.device
         return PairBatch({key: value.to(device) for key, value in inputs.items()}, torch.tensor(indices))
 
@@ -136,10 +141,11 @@ class PreferenceMethod(PairMethod, name="dpo"):
                           chosen_lengths=lengths[:pairs], rejected_lengths=lengths[pairs:])
         loss = result.losses.sum() / totals.of("pairs")
         stats = {}
-        if pref.rpo_alpha:
-            rpo = rpo_sum(chosen) / totals.of("tokens")
-            loss = loss + pref.rpo_alpha * rpo
-            stats["rpo_nll"] = float(rpo.detach())
+        nll_weight = 1.0 if pref.kind == "orpo" else pref.rpo_alpha  # ORPO's L_SFT, RPO's α
+        if nll_weight:
+            nll = rpo_sum(chosen) / totals.of("tokens")
+            loss = loss + nll_weight * nll
+            stats["chosen_nll"] = float(nll.detach())
         margins = result.chosen_rewards - result.rejected_rewards
         stats.update({
             "loss": float(loss.detach()),
@@ -160,8 +166,8 @@ class PreferenceMethod(PairMethod, name="dpo"):
                    "reward_margin": sums["margin_sum"] / pairs, "tokens": sums["tokens"]}
         for name in ("chosen_reward", "rejected_reward", "chosen_logp", "rejected_logp"):
             metrics[name] = sums[f"{name}_sum"] / pairs
-        if "rpo_nll" in sums:
-            metrics["rpo_nll"] = sums["rpo_nll"]
+        if "chosen_nll" in sums:
+            metrics["chosen_nll"] = sums["chosen_nll"]
         return metrics
 
     # -- the reference ---------------------------------------------------------------------------
@@ -237,8 +243,8 @@ class RewardModelMethod(PairMethod, name="reward_model"):
         super().__init__(config, pairs, pad_id, processes)
         self.margins = None if margins is None else torch.tensor(margins, dtype=torch.float32)
 
-    def collate(self, indices: list[int]) -> PairBatch:
-        batch = super().collate(indices)
+    def collate(self, indices: list[int], sides: tuple[str, ...] = ("chosen", "rejected")) -> PairBatch:
+        batch = super().collate(indices, sides)
         if self.margins is not None:
             batch.margins = self.margins[batch.indices].to(self.processes.device)
         return batch
@@ -271,22 +277,37 @@ class RewardModelMethod(PairMethod, name="reward_model"):
 
 def build_pair_method(config: RunConfig, records: list[dict], model, tokenizer, processes: Processes
                       ) -> tuple[PairMethod, TokenizedPairs]:
-    """The ``dpo`` or ``reward_model`` method over normalized preference records, and the tokenized pairs."""
+    """The ``dpo`` or ``reward_model`` method over normalized preference records (unpaired records for
+    ``preference.kind: kto``), and the tokenized pairs."""
     data = config.data
     if data.packing or (config.method == "dpo" and not data.completion_only):
         raise ConfigError(f"method {config.method} trains on right-padded pairs of completions",
                           where="data.packing" if data.packing else "data.completion_only",
                           fix="set data.packing=false and data.completion_only=true")
-    tokenized = tokenize_pairs(records, tokenizer, data.max_length, overlong=data.overlong)
+    unpaired = trains_unpaired(config)
+    if unpaired:
+        tokenized = tokenize_unpaired(records, tokenizer, data.max_length, overlong=data.overlong, seed=config.seed)
+    else:
+        tokenized = tokenize_pairs(records, tokenizer, data.max_length, overlong=data.overlong)
     if not tokenized.pairs:
         raise DataError("no usable preference pairs", where=str(data.train.path or data.train.task),
                         fix="check the data path and data.max_length (pairs whose prompt fills it are dropped)")
     pad_id = tokenizer.pad_token_id
+    if unpaired:
+        from posttrain.trainers.kto import KTOMethod  # it builds on PreferenceMethod
+
+        labels = [records[pair.index]["label"] for pair in tokenized.pairs]
+        return KTOMethod(config, tokenized.pairs, labels, model, pad_id, processes), tokenized
     if config.method == "dpo":
         return PreferenceMethod(config, tokenized.pairs, model, pad_id, processes), tokenized
     field = config.reward_model.margin_field
     margins = None if field is None else [_margin(records[pair.index], field) for pair in tokenized.pairs]
     return RewardModelMethod(config, tokenized.pairs, margins, pad_id, processes), tokenized
+
+
+def trains_unpaired(config: RunConfig) -> bool:
+    """Whether the run trains on unpaired records (KTO) rather than preference pairs."""
+    return config.method == "dpo" and config.preference.kind == "kto"
 
 
 def _margin(record: dict, field: str) -> float:
