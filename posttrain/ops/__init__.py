@@ -10,6 +10,7 @@ from posttrain.ops.distill import (
     token_divergence,
 )
 from posttrain.ops.forward import TargetLogprobs, causal_lm_parts, completion_logprobs
+from posttrain.ops.gae import Moments, gae_advantages, masked_moments, token_rewards, whiten
 from posttrain.ops.laser import laser_class_weights, laser_loss, laser_loss_sum, self_reward_advantages
 from posttrain.ops.logprobs import hidden_logprobs, soft_cap, token_entropy, token_logprobs
 from posttrain.ops.policy import (
@@ -36,6 +37,7 @@ from posttrain.ops.preference import (
 )
 from posttrain.ops.scores import laser_score, self_certainty, token_self_certainty
 from posttrain.ops.sft import SFT_KINDS, profit_keep_mask, sft_loss, sft_loss_sum, sft_token_weights
+from posttrain.ops.value import ValueLoss, value_loss_sum
 
 __all__ = [
     "ADVANTAGE_BASELINES",
@@ -46,11 +48,13 @@ __all__ = [
     "POLICY_LOSS_KINDS",
     "POLICY_LOSS_TOTALS",
     "PREFERENCE_KINDS",
+    "Moments",
     "PolicyLoss",
     "PreferenceLoss",
     "SFT_KINDS",
     "TargetLogprobs",
     "TokenDistill",
+    "ValueLoss",
     "bradley_terry_loss",
     "bradley_terry_losses",
     "regression_loss",
@@ -59,6 +63,7 @@ __all__ = [
     "distill_divergence",
     "dpo_loss",
     "extrapolated_token_rewards",
+    "gae_advantages",
     "group_advantages",
     "hidden_divergence",
     "hidden_logprobs",
@@ -67,6 +72,7 @@ __all__ = [
     "laser_loss",
     "laser_loss_sum",
     "laser_score",
+    "masked_moments",
     "policy_loss",
     "behaviour_correction",
     "policy_loss_sum",
@@ -83,5 +89,8 @@ __all__ = [
     "token_divergence",
     "token_entropy",
     "token_logprobs",
+    "token_rewards",
+    "value_loss_sum",
+    "whiten",
     "token_self_certainty",
 ]

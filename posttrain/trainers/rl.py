@@ -72,7 +72,7 @@ class RolloutBatch:
     completion_mask: torch.Tensor
     old_logprobs: torch.Tensor | None  # None: the learner's own, detached from the loss's forward (one update a step)
     ref_logprobs: torch.Tensor | None
-    advantages: torch.Tensor  # [B]
+    advantages: torch.Tensor  # [B] one per row (GRPO), or [B, T-1] per token (PPO: GAE)
     sequence_tokens: float  # prompt + completion (+ tail) tokens of all rows; a sampled pad token counts
     laser: LaserBatch | None = None
     engine_logprobs: torch.Tensor | None = None  # the engine's sampling log-probs, when behaviour-corrected
@@ -80,6 +80,8 @@ class RolloutBatch:
 
 class RLMethod(Method, name="grpo"):
     """GRPO-family RL (and LaSeR) for :class:`posttrain.trainers.loop.Trainer`."""
+
+    writes_advantages = True  # samples.jsonl has each rollout's advantage
 
     @classmethod
     def from_config(cls, config: RunConfig, model, tokenizer, processes: Processes) -> tuple[RLMethod, dict]:
@@ -116,10 +118,18 @@ class RLMethod(Method, name="grpo"):
         self.laser = LaserPlugin.from_config(config, self.rewards.labels, tokenizer)
         self.tail = [] if self.laser is None else self.laser.tail_tokens()
         self.reference = None
-        if rl.beta > 0 and not is_peft_model(model):
+        if self._uses_reference() and not is_peft_model(model):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self._samples_checked = False
         self.samples_path = samples_path(config.run_dir, processes)
+
+    def _uses_reference(self) -> bool:
+        """Whether the reference model's log-probs are needed (the KL term)."""
+        return self.rl.beta > 0
+
+    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """One advantage per rollout from the rewards of the whole generation batch: the group advantages."""
+        return group_advantages(rewards, self.rollout.samples_per_prompt, scale=self.rl.scale, baseline=self.rl.baseline)
 
     # -- rollouts ---------------------------------------------------------------------------------
     def _sampling(self, step: int) -> SamplingParams:
@@ -147,7 +157,7 @@ class RLMethod(Method, name="grpo"):
         finished = torch.tensor([g.finish_reason == "eos" for g in generations])
         # advantages (and LaSeR's class weights) over the whole generation batch (all processes)
         all_rewards = self.processes.gather(rewards)
-        advantages = group_advantages(all_rewards, self.rollout.samples_per_prompt, scale=rl.scale, baseline=rl.baseline)
+        advantages = self._advantages(all_rewards)
         local = slice(self.processes.rank * len(generations), (self.processes.rank + 1) * len(generations))
         advantages = advantages[local].float()
         laser = None if self.laser is None else \
@@ -196,7 +206,7 @@ class RLMethod(Method, name="grpo"):
             advantages=advantages.to(device), sequence_tokens=rows.sequence_tokens)
         if laser is not None:
             batch.laser = self.laser.batch_fields(laser, index, rows.tail_index, device)
-        rl, ro = self.rl, self.rollout
+        ro = self.rollout
         if self.correction != "off":
             batch.engine_logprobs = batch.old_logprobs
         # the ratio's denominator is the learner's own log-prob when the sampling log-probs are of another
@@ -204,7 +214,7 @@ class RLMethod(Method, name="grpo"):
         # a step it is the loss forward's own, detached, so no extra forward is needed
         if ro.top_p < 1 or ro.top_k > 0 or self.correction != "off":
             batch.old_logprobs = self._logprobs(model, batch) if self.updates_per_step > 1 else None
-        if rl.beta > 0:
+        if self._uses_reference():
             if self.reference is None:
                 with disabled_adapter(model):
                     batch.ref_logprobs = self._logprobs(model, batch)
@@ -216,17 +226,20 @@ class RLMethod(Method, name="grpo"):
         with torch.no_grad(), autocast(model, self.config.train.precision):
             return self._forward(model, batch, with_entropy=False).logprobs.detach()
 
-    def _forward(self, model, batch: RolloutBatch, with_entropy: bool):
+    def _forward(self, model, batch: RolloutBatch, with_entropy: bool, with_hidden: bool = False):
         # full-length rows, right-padded: causal attention never looks at the padding after a row
         loss_mask = torch.nn.functional.pad(batch.target_mask, (1, 0))  # loss_mask[:, t+1] marks target t
         return completion_logprobs(model, batch.input_ids, loss_mask, position_ids=batch.position_ids,
                                    temperature=self.rollout.temperature, with_entropy=with_entropy,
-                                   chunk_size=self.config.train.chunk_size)
+                                   chunk_size=self.config.train.chunk_size, with_hidden=with_hidden)
 
     # -- loss -------------------------------------------------------------------------------------
     def loss(self, model, batch: RolloutBatch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.policy_objective(self._forward(model, batch, with_entropy=True), batch, totals)
+
+    def policy_objective(self, out, batch: RolloutBatch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
+        """The micro-batch's policy loss (and LaSeR's term) from the loss forward ``out``, and its statistics."""
         rl = self.rl
-        out = self._forward(model, batch, with_entropy=True)
         advantages = batch.advantages
         if batch.laser is not None:
             scores, reserved_logprob = self.laser.scores(out.logprobs, batch.laser)
@@ -317,7 +330,8 @@ class RLMethod(Method, name="grpo"):
 
     def _write_samples(self, step: int, share: list[int], generations: list[Generation], scored,
                        advantages: torch.Tensor) -> None:
-        columns = [{"reward": float(scored.total[i]), "advantage": float(advantages[i]),
+        columns = [{"reward": float(scored.total[i]),
+                    **({"advantage": float(advantages[i])} if self.writes_advantages else {}),
                     **{f"reward_{k}": float(v[i]) for k, v in scored.components.items()}}
                    for i in range(len(generations))]
         append_samples(self.samples_path, step, share, generations, columns)
