@@ -94,12 +94,13 @@ def eos_prone_model():
     return model
 
 
-def direct_method(tmp_path, model, *settings: str) -> tuple[RLMethod, list]:
-    """An RLMethod over VARIED_PROMPTS (all in one step, 12 new tokens) and the micro-batches of step 0."""
+def direct_method(tmp_path, model, *settings: str, method_class: type[RLMethod] = RLMethod) -> tuple[RLMethod, list]:
+    """An RLMethod (or a subclass: ``method_class``) over VARIED_PROMPTS (all in one step, 12 new tokens) and the
+    micro-batches of step 0."""
     overrides = [f"rollout.prompts_per_step={len(VARIED_PROMPTS)}", "rollout.max_new_tokens=12", *settings]
     config = rl_config(tmp_path, "direct", *overrides)
     records = [{"prompt": p, "reference": "1"} for p in VARIED_PROMPTS]
-    method = RLMethod(config, records, model, tiny_tokenizer(), Processes("cpu"))
+    method = method_class(config, records, model, tiny_tokenizer(), Processes("cpu"))
     method.engine = RecordingEngine(method.engine)
     share = list(range(len(VARIED_PROMPTS)))
     return method, method.step_batches(model, share, share, step=0)
