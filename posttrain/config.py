@@ -351,11 +351,11 @@ class PPOConfig(Section):
 
     @model_validator(mode="after")
     def _value_model_settings(self) -> PPOConfig:
-        separate_only = {"critic_model", "critic_lr"} & self.model_fields_set
+        separate_only = [f"ppo.{key}" for key in ("critic_model", "critic_lr") if getattr(self, key) is not None]
         if self.value_model == "value_head" and separate_only:
-            raise ValueError(f"{', '.join(sorted(f'ppo.{k}' for k in separate_only))} set the separate critic, but "
-                             "ppo.value_model is value_head; remove them or use ppo.value_model=separate")
-        if self.value_model == "separate" and "vf_coef" in self.model_fields_set:
+            raise ValueError(f"{', '.join(separate_only)} set the separate critic, but ppo.value_model is "
+                             "value_head; remove them or use ppo.value_model=separate")
+        if self.value_model == "separate" and self.vf_coef != PPOConfig.model_fields["vf_coef"].default:
             raise ValueError("ppo.vf_coef weighs the value loss in the policy's loss (value_model: value_head); the "
                              "separate critic has its own optimizer: set ppo.critic_lr instead")
         return self
