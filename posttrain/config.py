@@ -347,7 +347,8 @@ class PPOConfig(Section):
                            "on every response token (needs a reference model; rl.beta puts a KL term in the loss "
                            "instead)")
     critic_warmup_steps: int = Field(0, ge=0, description="steps at the start that train only the critic (separate: "
-                                     "the policy is not updated; value_head: the policy's loss term is weighted 0)")
+                                     "the policy is not updated, its lr schedule still advances; value_head: the "
+                                     "policy's loss term is weighted 0)")
 
     @model_validator(mode="after")
     def _value_model_settings(self) -> PPOConfig:

@@ -45,6 +45,14 @@ def test_ppo_settings_belong_to_method_ppo_and_group_advantages_do_not(tmp_path)
         ppo_config(tmp_path, "e", **{"ppo.value_model": "value_head", "ppo.critic_lr": 1e-4})
 
 
+def test_a_value_head_on_a_lora_model_is_refused_before_any_step(tmp_path):
+    config = ppo_config(tmp_path, "lora", **{"ppo.value_model": "value_head",
+                                             "model.lora": "{r: 4, alpha: 8, dropout: 0.0}"})
+    with pytest.raises(ConfigError, match="use ppo.value_model=separate with model.lora"):
+        train(config)
+    assert not (tmp_path / "lora" / "metrics.jsonl").exists()
+
+
 # -- the normalization rule on direct calls ------------------------------------------------------------------
 
 
