@@ -145,6 +145,9 @@ def test_a_run_trains_checkpoints_its_critic_and_resumes_exactly(tmp_path, value
         assert whole[1]["grad_norm"] == 0.0 and whole[2]["grad_norm"] > 0  # step 1 trained only the critic
         assert whole[1]["critic_grad_norm"] > 0
         assert (ckpt.list_checkpoints(run_dir)[-1] / "critic" / "optimizer.pt").is_file()
+    else:  # step 1's loss is the value loss alone, weighted by vf_coef (the policy's term weighted 0)
+        assert whole[1]["loss"] == pytest.approx(config.ppo.vf_coef * whole[1]["value_loss"], rel=1e-5)
+        assert whole[2]["loss"] != pytest.approx(config.ppo.vf_coef * whole[2]["value_loss"], rel=1e-3)
     samples = read_jsonl(run_dir / "samples.jsonl")
     assert len(samples) == 4 * 2 and "advantage" not in samples[0]  # PPO's advantages are per token
 
