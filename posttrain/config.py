@@ -552,7 +552,7 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _method_defaults(self) -> RunConfig:
-        """Checks across sections; the samples per prompt of the on-policy method (grpo 8, distill 1)."""
+        """Checks across sections; the samples per prompt of the on-policy method (grpo 8, ppo 1, distill 1)."""
         if self.method == "reward_model" and self.eval.kind == "math":
             raise ValueError("a reward model cannot be evaluated by generating math answers; set eval.kind=none for "
                              "method: reward_model")
