@@ -357,6 +357,43 @@ RL_PRESETS = {
 }
 
 
+class PPOConfig(Section):
+    """PPO with a learned critic (``method: ppo``, :mod:`posttrain.trainers.ppo`): per-token rewards, GAE advantages
+    and a value model trained on the returns with value clipping. The policy side (rewards, clip range ε, updates
+    per step, the loss's reduction, a KL loss term) is the ``rl:`` section. Defaults follow OpenRLHF (γ = 1,
+    λ = 0.95, value clip 0.2, whitened advantages) and TRL's former ``PPOConfig`` (vf_coef 0.1)."""
+
+    value_model: Literal["separate", "value_head"] = Field(
+        "separate", description="separate: a critic model of its own (a one-label sequence classifier, its body "
+        "initialized from critic_model), trained with its own AdamW (OpenRLHF, verl); value_head: a linear head on "
+        "the policy's last hidden states, trained with the policy's loss + vf_coef × the value loss (shared trunk)")
+    critic_model: str | None = Field(None, description="separate: the critic's starting weights, a causal LM or a "
+                                     "saved reward model (whose head is kept); null: model.name")
+    critic_lr: float | None = Field(None, gt=0, description="separate: the critic's learning rate (null: optim.lr); "
+                                    "the rest of its optimizer and schedule are optim's")
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount γ over the tokens of a completion")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ: 1 = Monte-Carlo returns minus values, 0 = TD errors")
+    vf_coef: float = Field(0.1, gt=0, description="value_head: weight of the value loss in the shared loss")
+    value_clip: float | None = Field(0.2, gt=0, description="ε_v: the new values are clipped to old ± ε_v in the "
+                                     "value loss (null: no clipping)")
+    whiten_advantages: bool = Field(True, description="normalize the advantages to mean 0, variance 1 over the "
+                                    "response tokens of the step")
+    critic_warmup_steps: int = Field(0, ge=0, description="steps at the start that train only the critic (separate: "
+                                     "the policy is not updated, its lr schedule still advances; value_head: the "
+                                     "policy's loss term is weighted 0)")
+
+    @model_validator(mode="after")
+    def _value_model_settings(self) -> PPOConfig:
+        separate_only = [f"ppo.{key}" for key in ("critic_model", "critic_lr") if getattr(self, key) is not None]
+        if self.value_model == "value_head" and separate_only:
+            raise ValueError(f"{', '.join(separate_only)} set the separate critic, but ppo.value_model is "
+                             "value_head; remove them or use ppo.value_model=separate")
+        if self.value_model == "separate" and self.vf_coef != PPOConfig.model_fields["vf_coef"].default:
+            raise ValueError("ppo.vf_coef weighs the value loss in the policy's loss (value_model: value_head); the "
+                             "separate critic has its own optimizer: set ppo.critic_lr instead")
+        return self
+
+
 class DistillConfig(Section):
     """On-policy distillation: completions sampled from the student, then a token-level divergence against a
     teacher distribution on those tokens (:mod:`posttrain.trainers.distill`). TS-OPSD policy reheating is
@@ -507,10 +544,13 @@ class LoggingConfig(Section):
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-METHOD_SECTIONS = {"sft": "sft", "grpo": "rl", "distill": "distill", "dpo": "preference",
-                   "reward_model": "reward_model"}
-ON_POLICY_METHODS = ("grpo", "distill")
-DEFAULT_SAMPLES_PER_PROMPT = {"grpo": 8, "distill": 1}
+METHOD_SECTIONS = {"sft": ("sft",), "grpo": ("rl",), "ppo": ("rl", "ppo"), "distill": ("distill",),
+                   "dpo": ("preference",), "reward_model": ("reward_model",)}
+ON_POLICY_METHODS = ("grpo", "ppo", "distill")
+DEFAULT_SAMPLES_PER_PROMPT = {"grpo": 8, "ppo": 1, "distill": 1}
+# PPO's KL is in its token rewards (Ziegler et al. 2019, OpenRLHF, verl) unless the recipe says otherwise
+PPO_RL_DEFAULTS = {"kl_in": "reward", "kl_estimator": "k1"}
+PPO_UNUSED_RL_KEYS = ("scale", "baseline", "laser")  # group advantages and LaSeR: GAE replaces them
 MOVED_KEYS = {
     **{f"{section}.{key}": f"rollout.{key}" for section in ("rl", "distill")
        for key in ("prompts_per_step", "temperature", "top_p", "top_k", "max_new_tokens")},
@@ -531,13 +571,14 @@ class RunConfig(Section):
                       "digits and . _ + - (not starting with . or -)")
     output_dir: str = "runs"
     seed: int = 0
-    method: Literal["sft", "grpo", "distill", "dpo", "reward_model"] = "sft"
+    method: Literal["sft", "grpo", "ppo", "distill", "dpo", "reward_model"] = "sft"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     sft: SFTConfig = SFTConfig()
     rl: RLConfig = RLConfig()
+    ppo: PPOConfig = PPOConfig()
     distill: DistillConfig = DistillConfig()
     preference: PreferenceConfig = PreferenceConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
@@ -572,18 +613,21 @@ class RunConfig(Section):
         changed from its defaults, ``train.grad_accum`` or ``train.micro_batch_tokens`` with an on-policy method
         (its step is ``prompts_per_step`` prompts, split into passes by ``train.batch_size`` and its own
         ``micro_batch_tokens``)."""
-        unused = [key for method, section in METHOD_SECTIONS.items() if method != self.method
-                  for key in changed_keys(getattr(self, section), section)]
+        used = METHOD_SECTIONS[self.method]
+        unused = [key for section in dict.fromkeys(s for sections in METHOD_SECTIONS.values() for s in sections)
+                  if section not in used for key in changed_keys(getattr(self, section), section)]
+        if self.method == "ppo":
+            unused += [key for key in changed_keys(self.rl, "rl") if key.split(".")[1] in PPO_UNUSED_RL_KEYS]
         on_policy = self.method in ON_POLICY_METHODS
         if on_policy:
             unused += [key for key in changed_keys(self.train, "train") if key == "train.grad_accum"]
         else:
             unused += changed_keys(self.rollout, "rollout")
         if unused:
-            section = METHOD_SECTIONS[self.method]
+            sections = ", ".join(f"`{section}:`" for section in used)
             raise ValueError(f"method {self.method} does not use {', '.join(unused)}; remove "
                              f"{'it' if len(unused) == 1 else 'them'} (method {self.method} is configured in "
-                             f"`{section}:`{', `rollout:` and train.batch_size' if on_policy else ''})")
+                             f"{sections}{', `rollout:` and train.batch_size' if on_policy else ''})")
         return self
 
     @model_validator(mode="after")
@@ -605,13 +649,18 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _method_defaults(self) -> RunConfig:
-        """Checks across sections; the samples per prompt of the on-policy method (grpo 8, distill 1)."""
+        """Checks across sections; the samples per prompt of the on-policy method (grpo 8, ppo 1, distill 1); PPO's
+        KL in the reward (:data:`PPO_RL_DEFAULTS`, where the recipe leaves them unset)."""
         if self.method == "reward_model" and self.eval.kind == "math":
             raise ValueError("a reward model cannot be evaluated by generating math answers; set eval.kind=none for "
                              "method: reward_model")
         if (self.rollout.engine == "server") != (self.rollout.server_url is not None):
             raise ValueError("rollout.server_url is the address of a rollout server and goes with "
                              "rollout.engine=server (start one with `posttrain rollout serve --model M`)")
+        if self.method == "ppo":
+            for key, value in PPO_RL_DEFAULTS.items():
+                if key not in self.rl.model_fields_set:
+                    setattr(self.rl, key, value)
         if self.method in ON_POLICY_METHODS and self.rollout.samples_per_prompt is None:
             self.rollout.samples_per_prompt = DEFAULT_SAMPLES_PER_PROMPT[self.method]
         if self.method == "grpo" and self.rollout.samples_per_prompt < 2 and (

@@ -94,13 +94,14 @@ def eos_prone_model():
     return model
 
 
-def direct_method(tmp_path, model, *settings: str, prepare=None) -> tuple[RLMethod, list]:
-    """An RLMethod over VARIED_PROMPTS (all in one step, 12 new tokens) and the micro-batches of step 0
-    (``prepare(method)`` called before the step)."""
+def direct_method(tmp_path, model, *settings: str, prepare=None,
+                  method_class: type[RLMethod] = RLMethod) -> tuple[RLMethod, list]:
+    """An RLMethod (or a subclass: ``method_class``) over VARIED_PROMPTS (all in one step, 12 new tokens) and the
+    micro-batches of step 0 (``prepare(method)`` called before the step)."""
     overrides = [f"rollout.prompts_per_step={len(VARIED_PROMPTS)}", "rollout.max_new_tokens=12", *settings]
     config = rl_config(tmp_path, "direct", *overrides)
     records = [{"prompt": p, "reference": "1"} for p in VARIED_PROMPTS]
-    method = RLMethod(config, records, model, tiny_tokenizer(), Processes("cpu"))
+    method = method_class(config, records, model, tiny_tokenizer(), Processes("cpu"))
     method.engine = RecordingEngine(method.engine)
     if prepare is not None:
         prepare(method)

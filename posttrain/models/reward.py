@@ -2,7 +2,8 @@
 
 :func:`load_reward_model` builds one for training (a new head on any LM posttrain can load, or a saved reward
 model, optionally with LoRA) or, with ``require_head=True``, loads only a saved scalar reward model for
-evaluation. :func:`sequence_scores` is the head applied at each row's last real token.
+evaluation. :func:`sequence_scores` is the head applied at each row's last real token, :func:`token_scores` at
+every token (a PPO critic's values).
 """
 
 from __future__ import annotations
@@ -23,8 +24,15 @@ from posttrain.models.tiny import TINY_MODEL_NAME, tiny_model
 REWARD_MODEL_FIX = "pass the directory of a reward model (an *ForSequenceClassification model with num_labels=1)"
 
 
-def sequence_scores(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The one-label head's score ``[B]`` at the last real token of each right-padded row."""
+def head_scores(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """A one-label head on hidden states ``[..., H]``: scores ``[...]``, at least float32 (bf16 scores: the loss in
+    float32)."""
+    scores = head(hidden).squeeze(-1)
+    return scores.to(torch.promote_types(scores.dtype, torch.float32))
+
+
+def token_scores(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The one-label head's score ``[B, T]`` at every position of right-padded rows (a PPO critic's values)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = getattr(inner, "score", None)
     if head is None:
@@ -32,10 +40,14 @@ def sequence_scores(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
                          fix="train reward models with method: reward_model, which loads a sequence classifier")
     hidden = inner.base_model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
                               use_cache=False).last_hidden_state
+    return head_scores(head, hidden)
+
+
+def sequence_scores(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The one-label head's score ``[B]`` at the last real token of each right-padded row."""
+    scores = token_scores(model, inputs)
     last = inputs["attention_mask"].sum(-1) - 1
-    pooled = hidden[torch.arange(len(last), device=last.device), last]
-    scores = head(pooled).squeeze(-1)
-    return scores.to(torch.promote_types(scores.dtype, torch.float32))  # bf16 scores: the loss in float32
+    return scores[torch.arange(len(last), device=last.device), last]
 
 
 def load_reward_model(name: str, *, dtype: str = "auto", device: str = "auto", lora=None,

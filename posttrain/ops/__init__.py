@@ -6,6 +6,7 @@ from posttrain.ops.advantages import (
     group_advantages,
     kl_penalized_advantages,
     token_moments,
+    token_rewards,
     whiten_advantages,
     zero_spread_groups,
 )
@@ -18,6 +19,7 @@ from posttrain.ops.distill import (
     token_divergence,
 )
 from posttrain.ops.forward import TargetLogprobs, causal_lm_parts, completion_logprobs
+from posttrain.ops.gae import gae_advantages
 from posttrain.ops.kto import KTOLoss, kto_loss, kto_reference_point
 from posttrain.ops.laser import laser_class_weights, laser_loss, laser_loss_sum, self_reward_advantages
 from posttrain.ops.logprobs import hidden_logprobs, soft_cap, token_entropy, token_logprobs
@@ -45,6 +47,7 @@ from posttrain.ops.preference import (
 )
 from posttrain.ops.scores import laser_score, self_certainty, token_self_certainty
 from posttrain.ops.sft import SFT_KINDS, profit_keep_mask, sft_loss, sft_loss_sum, sft_token_weights
+from posttrain.ops.value import ValueLoss, value_loss_sum
 
 __all__ = [
     "ADVANTAGE_BASELINES",
@@ -61,6 +64,7 @@ __all__ = [
     "SFT_KINDS",
     "TargetLogprobs",
     "TokenDistill",
+    "ValueLoss",
     "bradley_terry_loss",
     "bradley_terry_losses",
     "regression_loss",
@@ -71,6 +75,7 @@ __all__ = [
     "kto_loss",
     "kto_reference_point",
     "extrapolated_token_rewards",
+    "gae_advantages",
     "group_advantages",
     "kl_penalized_advantages",
     "hidden_divergence",
@@ -97,6 +102,8 @@ __all__ = [
     "token_entropy",
     "token_logprobs",
     "token_moments",
+    "token_rewards",
+    "value_loss_sum",
     "token_self_certainty",
     "whiten_advantages",
     "zero_spread_groups",

@@ -22,9 +22,13 @@ With ``baseline="mean"`` the result equals TRL's advantages for every scale.
 Token-level advantages (REINFORCE++, Hu et al. 2025, arXiv 2501.03262, Eq. 8–10; OpenRLHF's ``compute_reward`` and
 ``get_cumulative_returns``, verl's ``apply_kl_penalty``):
 
-* :func:`kl_penalized_advantages` — the KL to the reference as a reward: each response token t of row i earns
-  ``−β·KL_{i,t}`` and the last one also the row's (baselined, scaled) reward ``A_i``; the advantage of token t is
-  its return with γ = 1, ``A_{i,t} = A_i − β·Σ_{s≥t} m_{i,s}·KL_{i,s}``.
+* :func:`token_rewards` — the KL to the reference as a reward: each response token t of row i earns
+  ``−β·KL_{i,t}`` and the last one also the row's score ``R_i``, ``r_{i,t} = −β·m_{i,t}·KL_{i,t} + [t = last]·R_i``
+  (Ziegler et al. 2019, arXiv 1909.08593, eq. 2; Ouyang et al. 2022 §3.5; ``KL_t = log π_old − log π_ref`` is the
+  ``k1`` estimate of :func:`posttrain.ops.kl_estimate`). PPO turns them into GAE advantages
+  (:func:`posttrain.ops.gae_advantages`).
+* :func:`kl_penalized_advantages` — without a critic, the advantage of token t is its return with γ = 1 from the
+  row's (baselined, scaled) reward ``A_i``: ``A_{i,t} = A_i − β·Σ_{s≥t} m_{i,s}·KL_{i,s}``.
 * :func:`whiten_advantages` — global whitening: ``(A − μ) / σ`` with μ and σ² the mean and (population) variance
   of the advantages over every response token of the step, σ² floored at 1e-8 (OpenRLHF; the statistics of several
   micro-batches and processes are summed first: :func:`token_moments`).
@@ -80,17 +84,38 @@ def group_advantages(
     return centered / (spread + eps)
 
 
+def token_rewards(scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None,
+                  kl_coef: float = 0.0) -> torch.Tensor:
+    """Per-token rewards ``r_t = −β·m_t·KL_t + [t = last response token]·R`` (the module docstring).
+
+    ``scores`` is ``[B]`` (each sequence's reward ``R``), ``mask`` and ``kl`` are ``[B, T]``. A row without response
+    tokens gets no reward. Returns ``[B, T]``, 0 outside ``mask``.
+    """
+    if scores.shape != mask.shape[:1]:
+        raise ValueError(f"scores have shape {tuple(scores.shape)}, expected [{mask.shape[0]}] (one per row)")
+    if kl_coef and kl is None:
+        raise ValueError(f"a KL coefficient {kl_coef} in the reward needs the per-token KL")
+    mask = mask.to(torch.float32 if not scores.is_floating_point() else scores.dtype)
+    rewards = torch.zeros_like(mask)
+    if kl_coef:  # tokens outside the mask carry no penalty, whatever their KL value
+        rewards = rewards - kl_coef * torch.where(mask.bool(), kl.detach().to(mask.dtype), 0.0)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = torch.where(mask.bool(), positions, -1).max(dim=1).values  # -1: a row without response tokens
+    rows = torch.nonzero(last >= 0).squeeze(1)
+    rewards[rows, last[rows]] += scores[rows].to(mask.dtype)
+    return rewards
+
+
 def kl_penalized_advantages(advantages: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
                             beta: float) -> torch.Tensor:
     """``A_{i,t} = A_i − β·Σ_{s≥t} m_{i,s}·KL_{i,s}`` (the module docstring): ``[B]`` row advantages, ``[B, T]``
-    per-token KL estimates and response mask in, ``[B, T]`` token advantages out (detached; tokens outside the
-    mask carry no penalty, whatever their KL value)."""
+    per-token KL estimates and response mask in, ``[B, T]`` token advantages out (detached): the returns of the
+    KL penalties of :func:`token_rewards`, plus the row's advantage."""
     if advantages.dim() != 1 or kl.shape != mask.shape or kl.shape[:1] != advantages.shape:
         raise ValueError(f"expected advantages [B] and kl, mask [B, T]; got {tuple(advantages.shape)}, "
                          f"{tuple(kl.shape)} and {tuple(mask.shape)}")
-    penalty = torch.where(mask.bool(), kl.detach(), torch.zeros((), dtype=kl.dtype, device=kl.device))
-    returns = penalty.flip(-1).cumsum(-1).flip(-1)  # Σ_{s≥t}
-    return advantages.detach().to(kl.dtype).unsqueeze(1) - beta * returns
+    penalties = token_rewards(torch.zeros(kl.shape[0], dtype=kl.dtype, device=kl.device), mask, kl, beta)
+    return advantages.detach().to(kl.dtype).unsqueeze(1) + penalties.flip(-1).cumsum(-1).flip(-1)
 
 
 def token_moments(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

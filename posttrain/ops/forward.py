@@ -22,6 +22,7 @@ class TargetLogprobs:
     logprobs: torch.Tensor  # [B, T-1]
     mask: torch.Tensor  # [B, T-1], 1 where input_ids[:, t+1] is a target
     entropy: torch.Tensor | None  # [B, T-1] when requested
+    hidden: torch.Tensor | None = None  # [B, T, H] the body's last hidden states, when requested
 
 
 def causal_lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
@@ -43,12 +44,14 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
+    with_hidden: bool = False,
 ) -> TargetLogprobs:
     """``log p_θ(x_{t+1} | x_{≤t})`` for every target token ``x_{t+1}`` (``loss_mask[:, t+1] == 1``).
 
     ``attention_mask=None`` with ``position_ids`` restarting at 0 marks packed sequences; the model
     then attends only within each example (transformers builds the block-diagonal mask; see
     :mod:`posttrain.data.batching`). The body runs with ``use_cache=False``, which that detection needs.
+    ``with_hidden`` also returns the body's last hidden states (a value head on the same forward).
     """
     body, head, softcap = causal_lm_parts(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -66,4 +69,4 @@ def completion_logprobs(
     if entropy is not None:
         full_entropy = entropy.new_zeros(shape)
         full_entropy[target_mask] = entropy
-    return TargetLogprobs(full_logps, target_mask.to(logps.dtype), full_entropy)
+    return TargetLogprobs(full_logps, target_mask.to(logps.dtype), full_entropy, hidden if with_hidden else None)

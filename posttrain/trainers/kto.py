@@ -30,8 +30,9 @@ from posttrain.trainers.preference import PairBatch, PreferenceMethod
 OWN, MISMATCHED = ("chosen",), ("rejected",)  # the sides of a tokenized unpaired example
 
 
-class KTOMethod(PreferenceMethod):
-    """KTO for :class:`posttrain.trainers.loop.Trainer` (built by ``build_pair_method``; see the module docstring)."""
+class KTOMethod(PreferenceMethod, name="kto"):
+    """KTO for :class:`posttrain.trainers.loop.Trainer` (built by ``build_pair_method`` for ``method: dpo`` with
+    ``preference.kind: kto``, which finds it in the method registry under "kto"; see the module docstring)."""
 
     def __init__(self, config: RunConfig, pairs: list[PreferencePair], labels: list[bool], model, pad_id: int,
                  processes: Processes):

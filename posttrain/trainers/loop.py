@@ -137,7 +137,8 @@ class Method:
 
 
 def method_class(name: str) -> type[Method]:
-    """The registered method called ``name`` (``RunConfig.method`` validates the name)."""
+    """The registered method called ``name`` (``RunConfig.method`` validates the name; a method's variants are
+    registered too, e.g. "kto", which ``method: dpo`` builds for ``preference.kind: kto``)."""
     return METHODS[name]
 
 

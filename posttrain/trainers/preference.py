@@ -43,7 +43,7 @@ from posttrain.models.reward import sequence_scores
 from posttrain.ops import bradley_terry_losses, completion_logprobs, dpo_loss, rpo_sum
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import training_records
-from posttrain.trainers.loop import Method, StepBatches, StepTotals
+from posttrain.trainers.loop import Method, StepBatches, StepTotals, method_class
 from posttrain.trainers.precision import autocast, resolve
 from posttrain.trainers.regression import RegressionMethod
 
@@ -293,11 +293,9 @@ def build_pair_method(config: RunConfig, records: list[dict], model, tokenizer, 
         raise DataError("no usable preference pairs", where=str(data.train.path or data.train.task),
                         fix="check the data path and data.max_length (pairs whose prompt fills it are dropped)")
     pad_id = tokenizer.pad_token_id
-    if unpaired:
-        from posttrain.trainers.kto import KTOMethod  # it builds on PreferenceMethod
-
+    if unpaired:  # KTO builds on PreferenceMethod (posttrain.trainers.kto), registered as the method "kto"
         labels = [records[pair.index]["label"] for pair in tokenized.pairs]
-        return KTOMethod(config, tokenized.pairs, labels, model, pad_id, processes), tokenized
+        return method_class("kto")(config, tokenized.pairs, labels, model, pad_id, processes), tokenized
     if config.method == "dpo":
         return PreferenceMethod(config, tokenized.pairs, model, pad_id, processes), tokenized
     field = config.reward_model.margin_field

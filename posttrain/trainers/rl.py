@@ -81,7 +81,7 @@ class RolloutBatch:
     completion_mask: torch.Tensor
     old_logprobs: torch.Tensor | None  # None: the learner's own, detached from the loss's forward (one update a step)
     ref_logprobs: torch.Tensor | None
-    advantages: torch.Tensor  # [B], or [B, T-1] per token (rl.kl_in=reward)
+    advantages: torch.Tensor  # [B] one per row (GRPO), or [B, T-1] per token (rl.kl_in=reward; PPO: GAE)
     sequence_tokens: float  # prompt + completion (+ tail) tokens of all rows; a sampled pad token counts
     laser: LaserBatch | None = None
     engine_logprobs: torch.Tensor | None = None  # the engine's sampling log-probs, when behaviour-corrected
@@ -89,6 +89,8 @@ class RolloutBatch:
 
 class RLMethod(Method, name="grpo"):
     """GRPO-family RL (and LaSeR) for :class:`posttrain.trainers.loop.Trainer`."""
+
+    writes_advantages = True  # samples.jsonl has each rollout's advantage
 
     @classmethod
     def from_config(cls, config: RunConfig, model, tokenizer, processes: Processes) -> tuple[RLMethod, dict]:
@@ -125,10 +127,20 @@ class RLMethod(Method, name="grpo"):
         self.laser = LaserPlugin.from_config(config, self.rewards.labels, tokenizer)
         self.tail = [] if self.laser is None else self.laser.tail_tokens()
         self.reference = None
-        if rl.beta > 0 and not is_peft_model(model):
+        if self._uses_reference() and not is_peft_model(model):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self._samples_checked = False
         self.samples_path = samples_path(config.run_dir, processes)
+
+    def _uses_reference(self) -> bool:
+        """Whether the reference model's log-probs are needed (the KL term)."""
+        return self.rl.beta > 0
+
+    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """One advantage per rollout from the rewards of the whole generation batch: the group advantages
+        (``rl.scale=whiten`` whitens later, over the tokens)."""
+        scale = "none" if self.rl.scale == "whiten" else self.rl.scale
+        return group_advantages(rewards, self.rollout.samples_per_prompt, scale=scale, baseline=self.rl.baseline)
 
     # -- rollouts ---------------------------------------------------------------------------------
     def _sampling(self, step: int, round_: int = 0) -> SamplingParams:
@@ -178,8 +190,7 @@ class RLMethod(Method, name="grpo"):
         finished = torch.tensor([g.finish_reason == "eos" for g in generations])
         # advantages (and LaSeR's class weights) over the whole generation batch (all processes)
         all_rewards, start = self.processes.gather_rows(rewards)
-        scale = "none" if rl.scale == "whiten" else rl.scale  # whitening follows, over the tokens
-        advantages = group_advantages(all_rewards, self.rollout.samples_per_prompt, scale=scale, baseline=rl.baseline)
+        advantages = self._advantages(all_rewards)
         local = slice(start, start + len(generations))
         advantages = advantages[local].float()
         laser = None if self.laser is None else \
@@ -214,26 +225,37 @@ class RLMethod(Method, name="grpo"):
 
     def _token_advantages(self, model, micro_batches: list[RolloutBatch]) -> dict[str, float]:
         """``rl.kl_in=reward``: each micro-batch's row advantages become token advantages with the KL returns
-        (:func:`posttrain.ops.kl_penalized_advantages`; the KL of the sampling-time log-probs, or of the learner's
-        before the update where those are another distribution's); ``rl.scale=whiten``: the advantages whitened
-        over every response token of the step, all processes (:func:`posttrain.ops.whiten_advantages`)."""
+        (:func:`posttrain.ops.kl_penalized_advantages`, the KL from :meth:`_reward_kl`); ``rl.scale=whiten``: the
+        advantages whitened over every response token of the step (:meth:`_whiten`)."""
         rl, stats = self.rl, {}
         if rl.kl_in == "reward" and rl.beta > 0:
             kl_sum = 0.0
             for batch in micro_batches:
-                old = batch.old_logprobs if batch.old_logprobs is not None else self._logprobs(model, batch)
-                kl = kl_estimate(old, batch.ref_logprobs, rl.kl_estimator)
+                kl = self._reward_kl(model, batch)
                 batch.advantages = kl_penalized_advantages(batch.advantages, kl, batch.completion_mask, rl.beta)
                 kl_sum += float(torch.where(batch.completion_mask.bool(), kl, 0.0).sum())
-                batch.ref_logprobs = None  # the KL is in the advantages; the loss has no KL term
             stats["reward_kl_sum"] = kl_sum
         if rl.scale == "whiten":
-            local = sum(token_moments(b.advantages, b.completion_mask).cpu() for b in micro_batches)
-            moments = self.processes.sum_values(dict(zip(("count", "total", "squares"), local.tolist(), strict=True)))
-            moments = torch.tensor([moments["count"], moments["total"], moments["squares"]], dtype=torch.float64)
-            for batch in micro_batches:
-                batch.advantages = whiten_advantages(batch.advantages, moments)
+            self._whiten(micro_batches)
         return stats
+
+    def _reward_kl(self, model, batch: RolloutBatch) -> torch.Tensor:
+        """``rl.kl_in=reward``: the per-token ``rl.kl_estimator`` estimate of the KL to the reference, of the
+        sampling-time log-probs (or of the learner's before the update where those are another distribution's).
+        The batch's reference log-probs are dropped: the KL is in the rewards, the loss has no KL term."""
+        old = batch.old_logprobs if batch.old_logprobs is not None else self._logprobs(model, batch)
+        kl = kl_estimate(old, batch.ref_logprobs, self.rl.kl_estimator)
+        batch.ref_logprobs = None
+        return kl
+
+    def _whiten(self, micro_batches: list[RolloutBatch]) -> None:
+        """The advantages whitened over every response token of the step, all processes
+        (:func:`posttrain.ops.whiten_advantages`)."""
+        local = sum(token_moments(b.advantages, b.completion_mask).cpu() for b in micro_batches)
+        moments = self.processes.sum_values(dict(zip(("count", "total", "squares"), local.tolist(), strict=True)))
+        moments = torch.tensor([moments["count"], moments["total"], moments["squares"]], dtype=torch.float64)
+        for batch in micro_batches:
+            batch.advantages = whiten_advantages(batch.advantages, moments)
 
     @staticmethod
     def _first_token_advantages(micro_batches: list[RolloutBatch], parts: list[list[int]], rows: int) -> torch.Tensor:
@@ -269,7 +291,7 @@ class RLMethod(Method, name="grpo"):
             advantages=advantages.to(device), sequence_tokens=rows.sequence_tokens)
         if laser is not None:
             batch.laser = self.laser.batch_fields(laser, index, rows.tail_index, device)
-        rl, ro = self.rl, self.rollout
+        ro = self.rollout
         if self.correction != "off":
             batch.engine_logprobs = batch.old_logprobs
         # the ratio's denominator is the learner's own log-prob when the sampling log-probs are of another
@@ -277,7 +299,7 @@ class RLMethod(Method, name="grpo"):
         # a step it is the loss forward's own, detached, so no extra forward is needed
         if ro.top_p < 1 or ro.top_k > 0 or self.correction != "off":
             batch.old_logprobs = self._logprobs(model, batch) if self.updates_per_step > 1 else None
-        if rl.beta > 0:
+        if self._uses_reference():
             if self.reference is None:
                 with disabled_adapter(model):
                     batch.ref_logprobs = self._logprobs(model, batch)
@@ -289,17 +311,20 @@ class RLMethod(Method, name="grpo"):
         with torch.no_grad(), autocast(model, self.config.train.precision):
             return self._forward(model, batch, with_entropy=False).logprobs.detach()
 
-    def _forward(self, model, batch: RolloutBatch, with_entropy: bool):
+    def _forward(self, model, batch: RolloutBatch, with_entropy: bool, with_hidden: bool = False):
         # full-length rows, right-padded: causal attention never looks at the padding after a row
         loss_mask = torch.nn.functional.pad(batch.target_mask, (1, 0))  # loss_mask[:, t+1] marks target t
         return completion_logprobs(model, batch.input_ids, loss_mask, position_ids=batch.position_ids,
                                    temperature=self.rollout.temperature, with_entropy=with_entropy,
-                                   chunk_size=self.config.train.chunk_size)
+                                   chunk_size=self.config.train.chunk_size, with_hidden=with_hidden)
 
     # -- loss -------------------------------------------------------------------------------------
     def loss(self, model, batch: RolloutBatch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.policy_objective(self._forward(model, batch, with_entropy=True), batch, totals)
+
+    def policy_objective(self, out, batch: RolloutBatch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
+        """The micro-batch's policy loss (and LaSeR's term) from the loss forward ``out``, and its statistics."""
         rl = self.rl
-        out = self._forward(model, batch, with_entropy=True)
         advantages = batch.advantages
         if batch.laser is not None:
             scores, reserved_logprob = self.laser.scores(out.logprobs, batch.laser)
@@ -395,7 +420,8 @@ class RLMethod(Method, name="grpo"):
 
     def _write_samples(self, step: int, share: list[int], generations: list[Generation], scored,
                        advantages: torch.Tensor) -> None:
-        columns = [{"reward": float(scored.total[i]), "advantage": float(advantages[i]),
+        columns = [{"reward": float(scored.total[i]),
+                    **({"advantage": float(advantages[i])} if self.writes_advantages else {}),
                     **{f"reward_{k}": float(v[i]) for k, v in scored.components.items()}}
                    for i in range(len(generations))]
         append_samples(self.samples_path, step, share, generations, columns)
