@@ -1,0 +1,82 @@
+"""One PNG per metric against the step, runs overlaid, with the wall clock in minutes.
+
+Drawn with matplotlib's Agg canvas (no display, no global pyplot state). With one run the top axis reads
+the wall-clock minutes at each step (:func:`posttrain.report.summary.wall_minutes`, interpolated linearly
+between logged steps); with several runs each legend entry gives that run's wall time instead, since one
+step axis cannot carry several clocks.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from posttrain.report.runs import RunData
+
+MARKER_MAX_POINTS = 30  # sparse series (periodic evals) get a marker on every point
+FIGURE_INCHES = (5.6, 3.3)
+DPI = 100
+
+
+def extrapolating_interp(x, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Piecewise-linear ``f(x)`` through ``(xp, fp)`` (``xp`` increasing), continued past both ends with the
+    slope of the end segments (so an axis margin does not pile ticks onto the first or last point)."""
+    x = np.asarray(x, dtype=float)
+    y = np.interp(x, xp, fp)
+    left = (fp[1] - fp[0]) / (xp[1] - xp[0])
+    right = (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+    y = np.where(x < xp[0], fp[0] + (x - xp[0]) * left, y)
+    return np.where(x > xp[-1], fp[-1] + (x - xp[-1]) * right, y)
+
+
+def minutes_axis(axes, minutes: list[tuple[float, float]]) -> None:
+    """A top x axis in wall-clock minutes, from ``(step, minutes)`` points (at least two steps apart)."""
+    steps = np.array([step for step, _ in minutes], dtype=float)
+    clock = np.array([value for _, value in minutes], dtype=float)
+    clock = clock + np.arange(len(clock)) * 1e-6  # strictly increasing, so the inverse is a function too
+
+    def to_minutes(x):
+        return extrapolating_interp(x, steps, clock)
+
+    def to_steps(x):
+        return extrapolating_interp(x, clock, steps)
+
+    top = axes.secondary_xaxis("top", functions=(to_minutes, to_steps))
+    top.set_xlabel("wall-clock minutes", fontsize="small")
+    top.tick_params(labelsize="small")
+
+
+def plot_metric(metric: str, runs: list[RunData], minutes: dict[str, list[tuple[float, float]]]) -> bytes:
+    """PNG bytes of ``metric`` against step, one line per run that logged it, with a legend.
+
+    ``minutes[run.name]`` is that run's ``(step, wall-clock minutes)``."""
+    figure = Figure(figsize=FIGURE_INCHES, dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for position, run in enumerate(runs):  # a run keeps its colour in every plot
+        points = run.series.get(metric)
+        if not points:
+            continue
+        steps, values = zip(*points, strict=True)
+        label = run.name
+        if len(runs) > 1 and minutes.get(run.name):
+            label += f" ({minutes[run.name][-1][1]:.1f} min)"
+        marker = "o" if len(points) <= MARKER_MAX_POINTS else None
+        axes.plot(steps, values, label=label, marker=marker, markersize=3, linewidth=1.4, color=f"C{position % 10}")
+    axes.set_title(metric, fontsize="medium")
+    axes.set_xlabel("step", fontsize="small")
+    axes.tick_params(labelsize="small")
+    axes.grid(alpha=0.3)
+    if len(runs) > 1:
+        axes.legend(fontsize="x-small")
+    else:
+        clock = minutes.get(runs[0].name, [])
+        if len(clock) >= 2 and clock[-1][1] > clock[0][1]:
+            minutes_axis(axes, clock)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
