@@ -275,3 +275,11 @@ def test_bad_config_is_an_error(tmp_path):
     (run_dir / "config.yaml").write_text("a: [unclosed\n")
     with pytest.raises(DataError, match="config.yaml"):
         write_report([run_dir], tmp_path / "report.html")
+
+
+def test_number_and_duration_formats():
+    from posttrain.report.html import format_duration, format_value
+
+    assert [format_value(v) for v in (None, 3.0, 0.123456, 12345.6, -2.5e-7)] == ["–", "3", "0.1235", "12346",
+                                                                                 "-2.5e-07"]
+    assert [format_duration(s) for s in (None, 44.6, 200, 3725)] == ["–", "45 s", "3 min 20 s", "1 h 02 min"]

@@ -44,11 +44,12 @@ details { margin-top: 0.8em; } summary { cursor: pointer; color: #335; }
 
 
 def format_value(value: float | None) -> str:
-    """Integers as integers, other numbers to 4 significant digits, a missing value as ``–``."""
+    """Integers as integers, 1000 and above without decimals, other numbers to 4 significant digits, a missing
+    value as ``–``."""
     if value is None:
         return "–"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
+    if abs(value) < 1e15 and (value == int(value) or abs(value) >= 1000):
+        return f"{value:.0f}"
     return f"{value:.4g}"
 
 
@@ -112,8 +113,7 @@ def summary_section(runs: list[RunData], summaries: list[RunSummary]) -> str:
         (["data", *(s.data for s in summaries)], ""),
         (["steps", *(format_steps(s) for s in summaries)], ""),
         (["wall time", *(format_duration(s.wall_seconds) for s in summaries)], ""),
-        (["tokens/s", *(format_value(None if s.tokens_per_s is None else round(s.tokens_per_s, 1))
-                        for s in summaries)], ""),
+        (["tokens/s", *(format_value(s.tokens_per_s) for s in summaries)], ""),
     ]
     evals = dict.fromkeys(change.metric for s in summaries for change in s.evals)
     rows += [([metric, *(format_change(s, metric) for s in summaries)], "") for metric in evals]

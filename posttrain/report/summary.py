@@ -2,8 +2,9 @@
 evaluation moved.
 
 - **Wall time** is the active time of the run: from the start of the session that logged the first record
-  (``history.jsonl``; the first record's time when there is none) to the last record, less the idle gap
-  before each resume (the time between the last record before a resume and that resume's start).
+  (``history.jsonl``, written when the training loop starts, after the model and data are loaded; the first
+  record's time when there is none) to the last record, less the idle gap before each resume (the time
+  between the last record before a resume and that resume's start).
 - **Tokens/s** is the time-weighted mean of the logged ``tokens_per_s``, Σ tokens_per_s·seconds_per_step /
   Σ seconds_per_step over the logged steps (that is Σ tokens / Σ seconds when every step is logged); the
   plain mean when ``seconds_per_step`` was not logged.
