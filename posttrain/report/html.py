@@ -173,24 +173,28 @@ def notes(runs: list[RunData], summaries: list[RunSummary]) -> str:
     return "".join(f'<p class="note">{html.escape(line)}</p>' for line in lines)
 
 
-def figures(metrics: list[str], runs: list[RunData], minutes: dict[str, list[tuple[float, float]]]) -> str:
-    encoded = (base64.b64encode(plot_metric(metric, runs, minutes)).decode("ascii") for metric in metrics)
+def figures(metrics: list[str], runs: list[RunData], minutes: dict[str, list[tuple[float, float]]],
+            labels: dict[str, str]) -> str:
+    encoded = (base64.b64encode(plot_metric(metric, runs, minutes, labels)).decode("ascii") for metric in metrics)
     return '<div class="plots">' + "".join(
         f'<figure><img alt="{html.escape(metric)}" src="data:image/png;base64,{data}"></figure>'
         for metric, data in zip(metrics, encoded, strict=True)
     ) + "</div>"
 
 
-def plots_section(runs: list[RunData], constants: list[str]) -> str:
-    """The key plots, then one sub-section per prefix group."""
+def plots_section(runs: list[RunData], summaries: list[RunSummary], constants: list[str]) -> str:
+    """The key plots, then one sub-section per prefix group; legend entries carry each run's wall time."""
     key, groups = plot_layout(runs, constants)
     if not key and not groups:
         return "<h2>Metrics</h2><p>No changing numeric metric logged.</p>"
     minutes = {run.name: wall_minutes(run) for run in runs}
-    parts = [f"<h2>Key metrics</h2>{figures(key, runs, minutes)}"] if key else []
+    labels = {run.name: run.name if summary.wall_seconds is None else
+              f"{run.name} ({format_duration(summary.wall_seconds)})" for run, summary in zip(runs, summaries, strict=True)}
+    parts = [f"<h2>Key metrics</h2>{figures(key, runs, minutes, labels)}"] if key else []
     if groups:
         parts.append("<h2>More metrics</h2>")
-        parts += [f"<h3>{html.escape(prefix)}</h3>{figures(members, runs, minutes)}" for prefix, members in groups]
+        parts += [f"<h3>{html.escape(prefix)}</h3>{figures(members, runs, minutes, labels)}"
+                  for prefix, members in groups]
     return "".join(parts)
 
 
@@ -206,7 +210,7 @@ def render_page(runs: list[RunData]) -> str:
         f"<style>{STYLE}</style></head><body>"
         f'<h1>{html.escape(title)}</h1><ul class="runs">{run_list}</ul>{notes(runs, summaries)}'
         f"<h2>{heading}</h2>{summary_section(runs, summaries)}"
-        f"{plots_section(runs, constants)}"
+        f"{plots_section(runs, summaries, constants)}"
         f"<h2>Constants</h2>{constants_section(runs, constants)}"
         f"<h2>Details</h2>{last_values_section(runs)}{config_section(runs)}"
         "</body></html>\n"

@@ -2,8 +2,8 @@
 
 Drawn with matplotlib's Agg canvas (no display, no global pyplot state). With one run the top axis reads
 the wall-clock minutes at each step (:func:`posttrain.report.summary.wall_minutes`, interpolated linearly
-between logged steps); with several runs each legend entry gives that run's wall time instead, since one
-step axis cannot carry several clocks.
+between logged steps); with several runs each legend entry gives that run's wall time instead (the caller's
+``labels``), since one step axis cannot carry several clocks.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import io
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from posttrain.report.runs import RunData
 
@@ -49,10 +50,12 @@ def minutes_axis(axes, minutes: list[tuple[float, float]]) -> None:
     top.tick_params(labelsize="small")
 
 
-def plot_metric(metric: str, runs: list[RunData], minutes: dict[str, list[tuple[float, float]]]) -> bytes:
-    """PNG bytes of ``metric`` against step, one line per run that logged it, with a legend.
+def plot_metric(metric: str, runs: list[RunData], minutes: dict[str, list[tuple[float, float]]],
+                labels: dict[str, str] | None = None) -> bytes:
+    """PNG bytes of ``metric`` against step, one line per run that logged it; several runs get a legend.
 
-    ``minutes[run.name]`` is that run's ``(step, wall-clock minutes)``."""
+    ``minutes[run.name]`` is that run's ``(step, wall-clock minutes)``; ``labels[run.name]`` its legend entry
+    (default: its name)."""
     figure = Figure(figsize=FIGURE_INCHES, dpi=DPI)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -61,14 +64,14 @@ def plot_metric(metric: str, runs: list[RunData], minutes: dict[str, list[tuple[
         if not points:
             continue
         steps, values = zip(*points, strict=True)
-        label = run.name
-        if len(runs) > 1 and minutes.get(run.name):
-            label += f" ({minutes[run.name][-1][1]:.1f} min)"
+        label = (labels or {}).get(run.name, run.name)
         marker = "o" if len(points) <= MARKER_MAX_POINTS else None
         axes.plot(steps, values, label=label, marker=marker, markersize=3, linewidth=1.4, color=f"C{position % 10}")
     axes.set_title(metric, fontsize="medium")
     axes.set_xlabel("step", fontsize="small")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     axes.tick_params(labelsize="small")
+    axes.ticklabel_format(axis="y", useOffset=False)  # an offset label ("+5.548") would sit on the top axis
     axes.grid(alpha=0.3)
     if len(runs) > 1:
         axes.legend(fontsize="x-small")
