@@ -283,3 +283,13 @@ def test_number_and_duration_formats():
     assert [format_value(v) for v in (None, 3.0, 0.123456, 12345.6, -2.5e-7)] == ["–", "3", "0.1235", "12346",
                                                                                  "-2.5e-07"]
     assert [format_duration(s) for s in (None, 44.6, 200, 3725)] == ["–", "45 s", "3 min 20 s", "1 h 02 min"]
+
+
+def test_a_comparison_does_not_replace_a_runs_own_report(tmp_path):
+    from posttrain.report import default_report_path
+
+    first, second = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    assert default_report_path([first]) == first / "report.html"
+    assert default_report_path([first, second]) == tmp_path / "runs" / "compare-a+b.html"
+    many = [tmp_path / "runs" / f"a-very-long-run-name-{index}" for index in range(5)]
+    assert default_report_path(many) == tmp_path / "runs" / "compare-a-very-long-run-name-0+4-more.html"

@@ -217,6 +217,21 @@ def render_page(runs: list[RunData]) -> str:
     )
 
 
+COMPARISON_NAME_CHARS = 80  # longest run-name part of a comparison's default file name
+
+
+def default_report_path(run_dirs: list[Path]) -> Path:
+    """``report.html`` in a single run; for several runs ``compare-<a>+<b>….html`` beside the first run, so a
+    comparison never replaces a run's own report."""
+    paths = [Path(run_dir) for run_dir in run_dirs]
+    if len(paths) == 1:
+        return paths[0] / "report.html"
+    names = "+".join(path.resolve().name for path in paths)
+    if len(names) > COMPARISON_NAME_CHARS:
+        names = f"{paths[0].resolve().name}+{len(paths) - 1}-more"
+    return paths[0].resolve().parent / f"compare-{names}.html"
+
+
 def write_report(run_dirs: list[Path], out_path: Path) -> Path:
     """Read the runs in ``run_dirs`` and write their report to ``out_path`` (atomically); return it."""
     if not run_dirs:
