@@ -38,7 +38,8 @@ def key_metric_order(runs: list[RunData]) -> list[str]:
     """The key metrics of the runs' methods, in order, each once (several methods: the first run's first)."""
     names: dict[str, None] = {}
     for run in runs:
-        names.update(dict.fromkeys(KEY_METRICS.get(run.config.get("method", "sft"), DEFAULT_KEY_METRICS)))
+        method = run.config.get("method", "sft") if run.config else None  # a config without `method` ran sft
+        names.update(dict.fromkeys(KEY_METRICS.get(method, DEFAULT_KEY_METRICS)))
     return list(names)
 
 
