@@ -166,10 +166,12 @@ def test_comparison_shows_exactly_the_differing_settings(sft_run, tmp_path):
     nll = make_run(tmp_path, "nll-run", records, sft_config(**{"name": "b", "sft.loss": "nll", "optim.lr": 1e-4,
                                                                "train.eval_every": 2}))
     page = write_report([sft_run, nll], tmp_path / "report.html").read_text()
-    table = section(page, "Comparison")
+    table, other_versions = section(page, "Comparison").split("<details>")
     settings = rows(table, "setting")
-    assert settings == [["name", "a", "b"], ["optim.lr", "0.0002", "0.0001"], ["sft.loss", "profit", "nll"],
-                        ["train.eval_every", "–", "2"]]
+    assert settings == [["name", "a", "b"], ["optim.lr", "0.0002", "0.0001"], ["sft.loss", "profit", "nll"]]
+    # a setting one config has nothing of (another posttrain version's schema) is folded below
+    assert "1 setting(s) not in every run's config" in other_versions
+    assert rows(other_versions) == [["train.eval_every", "–", "2"]]
     header = {cells[0]: cells[1:] for cells in rows(table)}
     assert header["method"] == ["sft (profit)", "sft (nll)"]
     assert header["eval/accuracy"] == ["0.25 → 0.5 (+0.25)", "0.25 → 0.375 (+0.125)"]
@@ -293,3 +295,21 @@ def test_a_comparison_does_not_replace_a_runs_own_report(tmp_path):
     assert default_report_path([first, second]) == tmp_path / "runs" / "compare-a+b.html"
     many = [tmp_path / "runs" / f"a-very-long-run-name-{index}" for index in range(5)]
     assert default_report_path(many) == tmp_path / "runs" / "compare-a-very-long-run-name-0+4-more.html"
+
+
+def test_minute_ticks_do_not_bunch_where_steps_took_long():
+    from posttrain.report.plots import spaced_ticks
+
+    candidates = [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+    positions = [0.0, 0.1, 0.2, 0.3, 2.0, 4.0, 6.0]  # the first 15 minutes went by within 0.3 steps
+    assert spaced_ticks(candidates, positions, span=6.0, count=6) == [0.0, 20.0, 25.0, 30.0]
+
+
+def test_a_section_set_in_one_run_and_null_in_another_is_a_difference(tmp_path):
+    plain = make_run(tmp_path, "plain", [{"step": 1, "loss": 1.0}], {"method": "grpo", "rl": {"judge": None}})
+    judge = make_run(tmp_path, "judge", [{"step": 1, "loss": 1.0}],
+                     {"method": "grpo", "rl": {"judge": {"template": "grm"}}})
+    page = write_report([plain, judge], tmp_path / "report.html").read_text()
+    assert "<details><summary>" not in section(page, "Comparison")
+    assert rows(section(page, "Comparison"), "setting") == [["rl.judge", "None", "–"],
+                                                            ["rl.judge.template", "–", "grm"]]

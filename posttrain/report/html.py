@@ -105,6 +105,16 @@ def differing_settings(runs: list[RunData]) -> list[tuple[str, list[str]]]:
     return [(key, values) for key, values in rows if len(set(values)) > 1]
 
 
+def in_every_schema(key: str, runs: list[RunData]) -> bool:
+    """Whether every run's config has ``key`` or a setting on its path (``rl.judge: null`` in one run and
+    ``rl.judge.template`` in another are one setting set differently); a key some run's config has nothing
+    of was added or renamed between posttrain versions."""
+    def related(config_key: str) -> bool:
+        return config_key == key or config_key.startswith(key + ".") or key.startswith(config_key + ".")
+
+    return all(any(related(config_key) for config_key in flatten_config(run.config)) for run in runs)
+
+
 def summary_section(runs: list[RunData], summaries: list[RunSummary]) -> str:
     """The header table: one value column per run; for several runs the differing settings below."""
     rows = [
@@ -117,11 +127,16 @@ def summary_section(runs: list[RunData], summaries: list[RunSummary]) -> str:
     ]
     evals = dict.fromkeys(change.metric for s in summaries for change in s.evals)
     rows += [([metric, *(format_change(s, metric) for s in summaries)], "") for metric in evals]
-    if len(runs) > 1:
-        settings = differing_settings(runs)
-        rows += [([key, *values], "setting") for key, values in settings]
     header = ["", *(run.name for run in runs)] if len(runs) > 1 else ["", "value"]
-    return table(header, rows, css="summary")
+    if len(runs) == 1:
+        return table(header, rows, css="summary")
+    settings = differing_settings(runs)
+    rows += [([key, *values], "setting") for key, values in settings if in_every_schema(key, runs)]
+    other_versions = [([key, *values], "") for key, values in settings if not in_every_schema(key, runs)]
+    folded = (f"<details><summary>{len(other_versions)} setting(s) not in every run's config (another posttrain "
+              f"version)</summary>{table(['setting', *(run.name for run in runs)], other_versions)}</details>"
+              if other_versions else "")
+    return table(header, rows, css="summary") + folded
 
 
 def constants_section(runs: list[RunData], constants: list[str]) -> str:

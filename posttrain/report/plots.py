@@ -13,13 +13,14 @@ import io
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from posttrain.report.runs import RunData
 
 MARKER_MAX_POINTS = 30  # sparse series (periodic evals) get a marker on every point
 FIGURE_INCHES = (5.6, 3.3)
 DPI = 100
+MINUTE_TICKS = 7  # at most about this many labels on the minutes axis
 
 
 def extrapolating_interp(x, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
@@ -31,6 +32,18 @@ def extrapolating_interp(x, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     right = (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
     y = np.where(x < xp[0], fp[0] + (x - xp[0]) * left, y)
     return np.where(x > xp[-1], fp[-1] + (x - xp[-1]) * right, y)
+
+
+def spaced_ticks(candidates, positions, span: float, count: int) -> list[float]:
+    """The ``candidates`` (minute values, increasing) whose ``positions`` on the step axis are at least
+    ``span / count`` apart, from the left: where a stretch of steps took long (an evaluation, a slow step)
+    evenly spaced minutes would bunch up and their labels overlap."""
+    kept, last = [], -np.inf
+    for tick, position in zip(candidates, positions, strict=True):
+        if position - last >= span / count:
+            kept.append(float(tick))
+            last = position
+    return kept
 
 
 def minutes_axis(axes, minutes: list[tuple[float, float]]) -> None:
@@ -46,6 +59,10 @@ def minutes_axis(axes, minutes: list[tuple[float, float]]) -> None:
         return extrapolating_interp(x, clock, steps)
 
     top = axes.secondary_xaxis("top", functions=(to_minutes, to_steps))
+    candidates = MaxNLocator(nbins=3 * MINUTE_TICKS, steps=[1, 2, 5, 10]).tick_values(clock[0], clock[-1])
+    candidates = candidates[(candidates >= clock[0]) & (candidates <= clock[-1])]
+    top.set_xticks(spaced_ticks(candidates, to_steps(candidates), steps[-1] - steps[0], MINUTE_TICKS))
+    top.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     top.set_xlabel("wall-clock minutes", fontsize="small")
     top.tick_params(labelsize="small")
 
