@@ -46,6 +46,22 @@ def spaced_ticks(candidates, positions, span: float, count: int) -> list[float]:
     return kept
 
 
+def minute_ticks(clock: np.ndarray, to_steps, span: float) -> list[float]:
+    """Round minute values for the top axis: the finest evenly spaced set (at most ``MINUTE_TICKS`` + 1 values)
+    whose labels stay at least half an average label spacing apart on the step axis, else the finest set thinned
+    by :func:`spaced_ticks`."""
+    def inside(nbins: int) -> np.ndarray:
+        values = MaxNLocator(nbins=nbins, steps=[1, 2, 5, 10]).tick_values(clock[0], clock[-1])
+        return values[(values >= clock[0]) & (values <= clock[-1])]
+
+    for nbins in range(3 * MINUTE_TICKS, 1, -1):
+        values = inside(nbins)
+        if 2 <= len(values) <= MINUTE_TICKS + 1 and np.diff(to_steps(values)).min() >= span / (2 * MINUTE_TICKS):
+            return [float(value) for value in values]
+    values = inside(3 * MINUTE_TICKS)
+    return spaced_ticks(values, to_steps(values), span, MINUTE_TICKS)
+
+
 def minutes_axis(axes, minutes: list[tuple[float, float]]) -> None:
     """A top x axis in wall-clock minutes, from ``(step, minutes)`` points (at least two steps apart)."""
     steps = np.array([step for step, _ in minutes], dtype=float)
@@ -59,9 +75,7 @@ def minutes_axis(axes, minutes: list[tuple[float, float]]) -> None:
         return extrapolating_interp(x, clock, steps)
 
     top = axes.secondary_xaxis("top", functions=(to_minutes, to_steps))
-    candidates = MaxNLocator(nbins=3 * MINUTE_TICKS, steps=[1, 2, 5, 10]).tick_values(clock[0], clock[-1])
-    candidates = candidates[(candidates >= clock[0]) & (candidates <= clock[-1])]
-    top.set_xticks(spaced_ticks(candidates, to_steps(candidates), steps[-1] - steps[0], MINUTE_TICKS))
+    top.set_xticks(minute_ticks(clock, to_steps, steps[-1] - steps[0]))
     top.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     top.set_xlabel("wall-clock minutes", fontsize="small")
     top.tick_params(labelsize="small")
