@@ -170,12 +170,15 @@ def model_push(
 
 
 @app.command()
-def report(runs: Annotated[list[Path], typer.Argument(help="run directories to plot together")],
-           out: Annotated[Path | None, typer.Option(help="HTML file (default: report.html in the first run)")] = None) -> None:
-    """Plot one or more runs (loss, accuracy, masked fraction, tokens/s) into one HTML page."""
-    from posttrain.report import write_report
+def report(runs: Annotated[list[Path], typer.Argument(help="run directories; several are compared (the settings "
+                                                          "that differ, overlaid plots)")],
+           out: Annotated[Path | None, typer.Option(help="HTML file (default: report.html in the run; for several "
+                                                         "runs compare-<names>.html next to the first)")] = None) -> None:
+    """One HTML page: a summary (method, model, data, steps, wall time, tokens/s, eval first → last), the method's
+    key plots, the other metrics by prefix, constants as rows."""
+    from posttrain.report import default_report_path, write_report
 
-    typer.echo(f"report: {write_report(runs, out or runs[0] / 'report.html')}")
+    typer.echo(f"report: {write_report(runs, out or default_report_path(runs))}")
 
 
 @judge_app.command("synthesize")

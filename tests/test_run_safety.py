@@ -148,6 +148,8 @@ def test_nan_loss_never_reaches_the_weights_and_stops_the_run_with_an_error(tmp_
         train(tiny_config(tmp_path, "nan", **{"model.name": str(model_dir), "train.max_steps": 10}))
     lines = (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
+    report = (tmp_path / "nan" / "report.html").read_text()  # the failed run's report says how far it got
+    assert "logged up to step 3 of 10" in report
     for line in lines:  # strict JSON: no bare NaN
         record = json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl"))
         assert record["loss"] is None and "loss" in record["nonfinite"] and record["skipped_updates"] == 1

@@ -1,4 +1,5 @@
-"""Reading run directories: the logged metrics and the resolved config of each run."""
+"""Reading run directories: the logged metrics, their wall-clock times, the resolved config and the run's
+planned length and start times (``data_summary.json``, ``history.jsonl``) of each run."""
 
 from __future__ import annotations
 
@@ -13,13 +14,20 @@ from posttrain.errors import DataError, location
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "data_summary.json"
+HISTORY_FILE = "history.jsonl"
 STEP_KEY = "step"
+TIME_KEY = "time"  # the epoch seconds at which a record was logged: the wall clock, not a metric
+BOOKKEEPING_KEYS = ("nonfinite",)  # the list of keys a record wrote as null (counted through those nulls)
 
 
 @dataclass
 class RunData:
     """One run: ``series[metric]`` is a list of ``(step, value)`` in logging order.
 
+    ``clock`` holds ``(step, epoch seconds)`` of every record that has a time; ``starts`` the epoch seconds
+    of each start or resume of the run (``history.jsonl``); ``data`` what the run wrote about its training
+    data and planned number of steps (``data_summary.json``; empty when absent).
     ``skipped_lines`` counts lines of ``metrics.jsonl`` that were not JSON objects (for example a line
     cut short when a run was killed); ``skipped_values`` counts logged values that were not finite
     numbers (strings, lists, NaN). Both are shown in the report.
@@ -29,6 +37,9 @@ class RunData:
     path: Path
     config: dict
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    clock: list[tuple[float, float]] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
     skipped_lines: int = 0
     skipped_values: int = 0
 
@@ -42,13 +53,15 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_metrics(path: Path) -> tuple[dict[str, list[tuple[float, float]]], int, int]:
-    """Parse ``metrics.jsonl`` into per-metric series.
+def read_metrics(path: Path) -> tuple[dict[str, list[tuple[float, float]]], list[tuple[float, float]], int, int]:
+    """Parse ``metrics.jsonl`` into per-metric series and the wall clock.
 
     The x value of a record is its ``step``; a record without a numeric ``step`` takes its 1-based
-    position among the records. Returns ``(series, skipped_lines, skipped_values)``.
+    position among the records. ``time`` goes to the clock, not to the metrics.
+    Returns ``(series, clock, skipped_lines, skipped_values)``.
     """
     series: dict[str, list[tuple[float, float]]] = {}
+    clock: list[tuple[float, float]] = []
     skipped_lines = skipped_values = 0
     position = 0
     with path.open(encoding="utf-8", errors="replace") as file:
@@ -66,13 +79,15 @@ def read_metrics(path: Path) -> tuple[dict[str, list[tuple[float, float]]], int,
             step = record.get(STEP_KEY)
             x = float(step) if _is_number(step) else float(position)
             for key, value in record.items():
-                if key == STEP_KEY:
+                if key == TIME_KEY and _is_number(value):
+                    clock.append((x, float(value)))
+                elif key in (STEP_KEY, TIME_KEY, *BOOKKEEPING_KEYS):
                     continue
-                if _is_number(value):
+                elif _is_number(value):
                     series.setdefault(key, []).append((x, float(value)))
                 else:
                     skipped_values += 1
-    return series, skipped_lines, skipped_values
+    return series, clock, skipped_lines, skipped_values
 
 
 def read_config(path: Path) -> dict:
@@ -98,6 +113,31 @@ def read_config(path: Path) -> dict:
     return config
 
 
+def read_data_summary(path: Path) -> dict:
+    """What the run wrote about its data and planned steps, or an empty dict when the file is absent or unreadable
+    (the report shows less then; it is no reason to refuse it)."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def read_starts(path: Path) -> list[float]:
+    """The epoch seconds of each start and resume recorded in ``history.jsonl`` (unreadable lines skipped)."""
+    if not path.is_file():
+        return []
+    starts = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and _is_number(record.get(TIME_KEY)):
+            starts.append(float(record[TIME_KEY]))
+    return sorted(starts)
+
+
 def read_run(run_dir: Path, name: str) -> RunData:
     """Read one run directory; it must contain ``metrics.jsonl``."""
     metrics_path = run_dir / METRICS_FILE
@@ -107,12 +147,15 @@ def read_run(run_dir: Path, name: str) -> RunData:
             where=location(str(run_dir)),
             fix="pass the directory a training run wrote (it holds metrics.jsonl and config.yaml)",
         )
-    series, skipped_lines, skipped_values = read_metrics(metrics_path)
+    series, clock, skipped_lines, skipped_values = read_metrics(metrics_path)
     return RunData(
         name=name,
         path=run_dir,
         config=read_config(run_dir / CONFIG_FILE),
         series=series,
+        clock=clock,
+        starts=read_starts(run_dir / HISTORY_FILE),
+        data=read_data_summary(run_dir / SUMMARY_FILE),
         skipped_lines=skipped_lines,
         skipped_values=skipped_values,
     )

@@ -118,7 +118,13 @@ def _fit(config: RunConfig, model, tokenizer, method: Method, summary: dict, pro
         (config.run_dir / "data_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         print(f"{summary['examples']} examples from {summary['source']} (skipped {summary['skipped']}, truncated "
               f"{summary['truncated']}, dropped {summary['dropped']}); {trainer.total_steps} steps", flush=True)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception:
+        if processes.is_main:  # a failed run gets its report too (how far it got); the run's error is what is raised
+            with contextlib.suppress(Exception):
+                write_report([config.run_dir], config.run_dir / "report.html")
+        raise
     if processes.is_main:
         write_report([config.run_dir], config.run_dir / "report.html")
     processes.barrier()
