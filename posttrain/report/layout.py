@@ -10,7 +10,10 @@ periodic evaluation's ``eval/accuracy``:
   self-verification F1 / accuracies, mean self-reward and p(z_c);
 - ``distill``: loss, the divergence to the teacher, entropy, the held-out entropy of the target-entropy
   stop, and reward / accuracy when a reward is configured;
-- ``dpo``: loss, reward accuracy and margin, chosen / rejected implicit rewards, RPO's NLL;
+- ``ppo``: loss, reward, training accuracy, the critic's value loss and explained variance, KL, entropy, completion
+  length;
+- ``dpo``: loss, reward accuracy and margin, chosen / rejected implicit rewards, the chosen NLL of RPO and ORPO,
+  KTO's reference point ``kl``;
 - ``reward_model``: loss, pair accuracy and margin, chosen / rejected scores, and the regression objective's
   errors.
 """
@@ -26,7 +29,9 @@ KEY_METRICS: dict[str, list[str]] = {
     "distill": ["loss", "eval/accuracy", "divergence", "entropy", "heldout_entropy", "reward", "accuracy",
                 "token_reward", "completion_length"],
     "dpo": ["loss", "eval/accuracy", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
-            "rpo_nll"],
+            "chosen_nll", "kl"],
+    "ppo": ["loss", "eval/accuracy", "reward", "accuracy", "value_loss", "explained_variance", "kl", "entropy",
+            "completion_length"],
     "reward_model": ["loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "mse", "mae",
                      "eval/accuracy"],
 }
