@@ -1,0 +1,41 @@
+"""Where a run's records come from (``data:``): a file, folder or hub name, or a synthetic task, for training
+and optional held-out evaluation, with the sequence length and how over-long, invalid or packed records are handled.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from posttrain.config.sections import Section
+
+
+class DataSource(Section):
+    """Where records come from: a file/directory/hub name (``path``) or a synthetic ``task``."""
+
+    path: str | None = None
+    split: str = "train"
+    task: str | None = None
+    n: int = Field(1000, gt=0)
+    seed: int = 0
+    levels: list[int] | None = None
+    limit: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        if (self.path is None) == (self.task is None):
+            raise ValueError(
+                "give exactly one of `path` (a data file or directory) or `task` (a synthetic task name)"
+            )
+        return self
+
+
+class DataConfig(Section):
+    train: DataSource = DataSource(task="arithmetic", n=2000, seed=0)
+    eval: DataSource | None = None
+    max_length: int = Field(512, gt=1)
+    overlong: Literal["truncate", "drop"] = "truncate"
+    completion_only: bool = True
+    packing: bool = False
+    skip_invalid: bool = False
