@@ -187,19 +187,20 @@ class PreferenceMethod(PairMethod, name="dpo"):
 
     def _cached_reference(self, model) -> torch.Tensor:
         """The reference log-probs from ``reference_logps.pt`` when its key matches, else computed and saved
-        (by the main process; the others wait and read the file)."""
+        by the main process. The other processes always wait for it, then read the file: were they to look
+        first, one could find the file the main process has just written and go on without the barrier the
+        main process then waits in."""
         path = self.config.run_dir / REFERENCE_FILE
         key = self.reference_key(model)
-        cached = read_reference(path, key)
-        if cached is None:
-            if self.processes.is_main:
+        cached = None
+        if self.processes.is_main:
+            cached = read_reference(path, key)
+            if cached is None:
                 print(f"computing reference log-probs of {len(self.pairs)} pairs ...", flush=True)
                 cached = self.compute_reference(model)
                 write_reference(path, key, cached)
-            self.processes.barrier()
-            if cached is None:
-                cached = read_reference(path, key)
-        return cached
+        self.processes.barrier()
+        return cached if cached is not None else read_reference(path, key)
 
     def compute_reference(self, model) -> torch.Tensor:
         """``[N, 2]`` log-probs of every pair under the starting weights (fresh LoRA: adapters disabled)."""
