@@ -160,3 +160,10 @@ def test_the_chain_table_shows_the_start_and_each_stage_s_last_evaluation():
     # a run without evaluations: no table; a first run evaluated only later: no start row
     assert chain_table([RunData("x", Path("x"), {}, {"loss": [(1, 1.0)]})]) == ""
     assert chain_rows([grpo])[1] == [("after grpo", [0.85, 0.85, 0.95])]
+    # runs evaluated differently: each row says how, the title does not
+    greedy = RunData("greedy", Path("g"), {"eval": {"k": 1, "temperature": 0.0}},
+                     {"eval/accuracy": [(0, 0.2), (5, 0.4)], "eval/num_prompts": [(0, 50), (5, 50)]})
+    labels = [label for label, _ in chain_rows([greedy, sft])[1]]
+    assert labels == ["start", "after greedy (50 held-out prompts, greedy)",
+                      "after sft (40 held-out prompts, 4 samples each at T = 1)"]
+    assert chain_table([greedy, sft]).splitlines()[0] == "held-out evaluation"

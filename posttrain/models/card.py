@@ -65,8 +65,8 @@ def dotted_settings(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def key_settings(config: dict) -> dict[str, str]:
-    """The settings of :data:`KEY_SETTINGS` and of the method's own section that the config holds, dotted."""
-    prefixes = (*KEY_SETTINGS, METHOD_SECTIONS.get(str(config.get("method")), ""))
+    """The settings of :data:`KEY_SETTINGS` and of the method's own sections that the config holds, dotted."""
+    prefixes = (*KEY_SETTINGS, *METHOD_SECTIONS.get(str(config.get("method")), ()))
     return {key: json.dumps(value) if isinstance(value, list | dict) else str(value)
             for key, value in dotted_settings(config).items()
             if any(prefix and (key == prefix or key.startswith(prefix + ".")) for prefix in prefixes)}

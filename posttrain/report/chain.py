@@ -37,14 +37,19 @@ def first_value(run: RunData, metric: str) -> float | None:
 
 def chain_rows(runs: list[RunData]) -> tuple[list[str], list[tuple[str, list[float | None]]]]:
     """``(metrics, rows)``: the starting model's evaluation (the first run's step-0 values, when it evaluated at
-    start) and each run's final evaluation, as ``(label, values)`` rows in the order of ``runs``."""
+    start) and each run's final evaluation, as ``(label, values)`` rows in the order of ``runs``; when the runs
+    evaluated differently (prompts, samples, temperature), each label names its run's setting."""
     metrics = quality_metrics(runs)
     rows: list[tuple[str, list[float | None]]] = []
     if runs:
         start = [first_value(runs[0], metric) for metric in metrics]
         if any(value is not None for value in start):
             rows.append(("start", start))
-    rows += [(f"after {run.name}", [run.final(metric) for metric in metrics]) for run in runs]
+    settings = {evaluation_setting(run) for run in runs} - {""}
+    for run in runs:  # runs evaluated differently say how, after their name
+        setting = evaluation_setting(run)
+        label = f"after {run.name} ({setting})" if len(settings) > 1 and setting else f"after {run.name}"
+        rows.append((label, [run.final(metric) for metric in metrics]))
     return metrics, rows
 
 
@@ -72,5 +77,6 @@ def chain_table(runs: list[RunData]) -> str:
     for label, values in rows:
         cells = ["—" if value is None else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}" for value in values]
         lines.append("  ".join([label.ljust(label_width), *(c.rjust(w) for c, w in zip(cells, widths, strict=True))]))
-    setting = evaluation_setting(runs[0])
+    settings = {evaluation_setting(run) for run in runs} - {""}
+    setting = settings.pop() if len(settings) == 1 else ""
     return "\n".join([f"held-out evaluation ({setting})" if setting else "held-out evaluation", *lines])
