@@ -28,7 +28,7 @@ LAYERS = (
     ("judges",),  # everything about judging
     ("grading", "rollout"),  # answer grading; generation engines (judges and evals generate)
     ("models", "report"),
-    ("data", "ops", "config"),
+    ("data", "ops", "config", "run_files"),  # run_files: reading a run directory's metrics and config
     ("recipe_paths",),  # how a recipe's paths resolve (used by config and pipelines)
     ("hub",),  # hub names: reachability and the local cache (used by data and models)
     ("errors",),

@@ -9,8 +9,6 @@ run's whole resolved ``config.yaml``.
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import yaml
 
 from posttrain.config import METHOD_SECTIONS
+from posttrain.run_files import METRICS_FILE, flatten_config, read_metrics
 
 SUMMARY_KEYS = ("name", "recipe", "method", "trainer", "model", "data", "dataset", "loss", "lora", "seed", "steps")
 KEY_SETTINGS = (
@@ -26,7 +25,6 @@ KEY_SETTINGS = (
     "data.max_length", "model.lora", "seed",
 )
 EVAL_PREFIX = "eval/"
-METRICS_FILE = "metrics.jsonl"
 
 
 def posttrain_version() -> str:
@@ -53,22 +51,10 @@ def configured_base_model(config: dict) -> str | None:
     return str(model_entry) if model_entry else None
 
 
-def dotted_settings(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1e-5}}`` → ``{"optim.lr": 1e-5}``; an empty mapping, a list or a scalar is a leaf."""
-    leaves: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            leaves.update(dotted_settings(value, f"{prefix}{key}."))
-        else:
-            leaves[f"{prefix}{key}"] = value
-    return leaves
-
-
 def key_settings(config: dict) -> dict[str, str]:
     """The settings of :data:`KEY_SETTINGS` and of the method's own sections that the config holds, dotted."""
     prefixes = (*KEY_SETTINGS, *METHOD_SECTIONS.get(str(config.get("method")), ()))
-    return {key: json.dumps(value) if isinstance(value, list | dict) else str(value)
-            for key, value in dotted_settings(config).items()
+    return {key: value for key, value in flatten_config(config).items()
             if any(prefix and (key == prefix or key.startswith(prefix + ".")) for prefix in prefixes)}
 
 
@@ -79,23 +65,15 @@ def checkpoint_step(checkpoint_dir: Path) -> int | None:
 
 
 def eval_progress(run_dir: Path, up_to_step: int | None) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
-    """Each logged ``eval/`` metric's first and last finite ``(step, value)`` up to ``up_to_step`` (all when None),
-    from the run's ``metrics.jsonl`` (a line that is no JSON object, as one cut short by a kill, is passed over)."""
+    """Each logged ``eval/`` metric's first and last ``(step, value)`` up to ``up_to_step`` (all when None), from the
+    run's ``metrics.jsonl`` (:func:`posttrain.run_files.read_metrics`: lines cut short by a kill are passed over)."""
     path = run_dir / METRICS_FILE
-    progress: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {}
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        step = record.get("step") if isinstance(record, dict) else None
-        if not isinstance(step, int | float) or (up_to_step is not None and step > up_to_step):
-            continue
-        for key, value in record.items():
-            if key.startswith(EVAL_PREFIX) and isinstance(value, int | float) and math.isfinite(value):
-                name, point = key.removeprefix(EVAL_PREFIX), (step, value)
-                progress[name] = (progress[name][0] if name in progress else point, point)
+    series = read_metrics(path)[0] if path.is_file() else {}
+    progress = {}
+    for key, points in series.items():
+        kept = [point for point in points if up_to_step is None or point[0] <= up_to_step]
+        if key.startswith(EVAL_PREFIX) and kept:
+            progress[key.removeprefix(EVAL_PREFIX)] = (kept[0], kept[-1])
     return progress
 
 

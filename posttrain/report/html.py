@@ -21,8 +21,9 @@ from pathlib import Path
 from posttrain.errors import DataError
 from posttrain.report.layout import plot_layout
 from posttrain.report.plots import plot_metric
-from posttrain.report.runs import RunData, flatten_config, read_run, run_names
+from posttrain.report.runs import RunData, read_run, run_names
 from posttrain.report.summary import RunSummary, constant_metrics, summarize_run, wall_minutes
+from posttrain.run_files import flatten_config
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em 2em; color: #222; max-width: 1250px; }

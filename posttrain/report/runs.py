@@ -4,21 +4,17 @@ planned length and start times (``data_summary.json``, ``history.jsonl``) of eac
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from posttrain.errors import DataError, location
+from posttrain.run_files import METRICS_FILE, TIME_KEY, is_number, read_metrics
 
-METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "data_summary.json"
 HISTORY_FILE = "history.jsonl"
-STEP_KEY = "step"
-TIME_KEY = "time"  # the epoch seconds at which a record was logged: the wall clock, not a metric
-BOOKKEEPING_KEYS = ("nonfinite",)  # the list of keys a record wrote as null (counted through those nulls)
 
 
 @dataclass
@@ -48,46 +44,6 @@ class RunData:
         points = self.series.get(metric)
         return points[-1][1] if points else None
 
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def read_metrics(path: Path) -> tuple[dict[str, list[tuple[float, float]]], list[tuple[float, float]], int, int]:
-    """Parse ``metrics.jsonl`` into per-metric series and the wall clock.
-
-    The x value of a record is its ``step``; a record without a numeric ``step`` takes its 1-based
-    position among the records. ``time`` goes to the clock, not to the metrics.
-    Returns ``(series, clock, skipped_lines, skipped_values)``.
-    """
-    series: dict[str, list[tuple[float, float]]] = {}
-    clock: list[tuple[float, float]] = []
-    skipped_lines = skipped_values = 0
-    position = 0
-    with path.open(encoding="utf-8", errors="replace") as file:
-        for line in file:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict):
-                skipped_lines += 1
-                continue
-            position += 1
-            step = record.get(STEP_KEY)
-            x = float(step) if _is_number(step) else float(position)
-            for key, value in record.items():
-                if key == TIME_KEY and _is_number(value):
-                    clock.append((x, float(value)))
-                elif key in (STEP_KEY, TIME_KEY, *BOOKKEEPING_KEYS):
-                    continue
-                elif _is_number(value):
-                    series.setdefault(key, []).append((x, float(value)))
-                else:
-                    skipped_values += 1
-    return series, clock, skipped_lines, skipped_values
 
 
 def read_config(path: Path) -> dict:
@@ -133,7 +89,7 @@ def read_starts(path: Path) -> list[float]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and _is_number(record.get(TIME_KEY)):
+        if isinstance(record, dict) and is_number(record.get(TIME_KEY)):
             starts.append(float(record[TIME_KEY]))
     return sorted(starts)
 
@@ -165,15 +121,3 @@ def run_names(run_dirs: list[Path]) -> list[str]:
     """Directory names, or full paths where two runs share a directory name."""
     names = [path.name or str(path) for path in run_dirs]
     return [str(path) if names.count(name) > 1 else name for path, name in zip(run_dirs, names, strict=True)]
-
-
-def flatten_config(config: dict, prefix: str = "") -> dict[str, str]:
-    """Nested settings as ``{"a.b.c": "value"}``, lists written inline."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_config(value, prefix=f"{dotted}."))
-        else:
-            flat[dotted] = json.dumps(value) if isinstance(value, list | dict) else str(value)
-    return flat
