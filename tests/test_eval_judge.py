@@ -246,6 +246,10 @@ def test_synthetic_arithmetic_pairs_are_read_as_preference_records():
     assert pairs == preference_pairs("task:arithmetic", 3, seed=1)
     with pytest.raises(ConfigError, match="no synthetic preference pairs"):
         preference_pairs("task:other", 3)
+    assert {p["level"] for p in preference_pairs("task:arithmetic", 20, seed=1)} == {1, 2}
+    assert {p["level"] for p in preference_pairs("task:arithmetic:1", 20, seed=1)} == {1}
+    with pytest.raises(ConfigError, match="task:arithmetic:1"):
+        preference_pairs("task:arithmetic:one", 3)
 
 
 # ------------------------------------------------------------------------------------------ reward model

@@ -1,6 +1,7 @@
 """``posttrain pipeline``: stages that start from earlier stages' weights, sharpness comparisons, figures."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,13 +123,14 @@ def test_bad_tool_stages(tmp_path, stage, match):
         load_pipeline(write_pipeline(tmp_path, stages=[stage], sharpness=[], figures=[]))
 
 
-@pytest.mark.parametrize("name", ["demo/pipeline", "ts_opsd/pipeline", "rise_judge/pipeline", "grm/pipeline", "grm/pipeline_nlhf"])
-def test_shipped_pipelines_and_their_recipes_load(name):
-    from pathlib import Path
+SHIPPED_PIPELINES = sorted((Path(__file__).parent.parent / "posttrain" / "recipes").glob("*/pipeline*.yaml"))
 
+
+@pytest.mark.parametrize("path", SHIPPED_PIPELINES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_pipelines_and_their_recipes_load(path):
     from posttrain.config import load_config
 
-    path = Path(__file__).parent.parent / "posttrain" / "recipes" / f"{name}.yaml"
+    assert len(SHIPPED_PIPELINES) >= 6
     pipeline = load_pipeline(path)
     for stage in pipeline.stages:
         if stage.kind == "train":

@@ -129,3 +129,29 @@ def test_bf16_optimizer_state_learns_and_a_resumed_run_continues_exactly(tmp_pat
     resumed = train_steps(train(tiny_config(tmp_path, "cut", **settings, **{"train.max_steps": 8})).run_dir)
     assert sorted(resumed) == list(range(1, 9))
     assert_same_steps(whole, resumed, range(4, 9), rel=1e-6)
+
+
+def test_sft_sample_block_draws_both_orders_of_a_pair_together_and_refuses_broken_blocks(tmp_path):
+    from posttrain.errors import DataError
+    from posttrain.models import load_model, load_tokenizer
+    from posttrain.trainers.distributed import Processes
+    from posttrain.trainers.run import build_method
+    from posttrain.trainers.sampler import EpochSampler
+
+    def config_for(records: int):
+        data = tmp_path / f"pairs{records}.jsonl"
+        data.write_text("".join(json.dumps({"prompt": f"pair {i // 2} order {i % 2}", "completion": "[[A]]"}) + "\n"
+                                for i in range(records)))
+        return tiny_config(tmp_path, f"block{records}", **{"data.train": f"{{path: {data}}}",
+                                                          "data.sample_block": 2, "train.batch_size": 2})
+
+    tokenizer, processes = load_tokenizer("tiny-random"), Processes("cpu")
+    model = load_model("tiny-random", device="cpu")
+    method, _ = build_method(config_for(12), model, tokenizer, processes)
+    assert method.sample_block == 2
+    sampler = EpochSampler(method.num_examples, seed=3, block=method.sample_block)
+    batches = [sampler.next_batch(method.examples_per_step) for _ in range(12)]  # two epochs
+    assert all(b[0] // 2 == b[1] // 2 and b[0] != b[1] for b in batches)  # each batch: one pair, both orders
+    assert {tuple(sorted(b)) for b in batches[:6]} == {(2 * i, 2 * i + 1) for i in range(6)}
+    with pytest.raises(DataError, match="sample_block"):
+        build_method(config_for(11), model, tokenizer, processes)

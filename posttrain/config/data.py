@@ -39,3 +39,6 @@ class DataConfig(Section):
     completion_only: bool = True
     packing: bool = False
     skip_invalid: bool = False
+    sample_block: int = Field(1, gt=0, description="sft: consecutive training records drawn together, shuffled as "
+                              "one block (2 keeps the two A/B orders of a judge pair in the same batch); the number "
+                              "of records and the batch size must be multiples of it")

@@ -71,17 +71,20 @@ def length_side(chosen: str, rejected: str) -> str:
 def preference_pairs(data: str, n: int | None = None, seed: int = 0, split: str = "held_out") -> list[dict]:
     """Preference records from a file (any format :func:`posttrain.data.read_records` reads) or
     ``task:arithmetic`` (synthetic pairs of ``split``, :mod:`posttrain.data.tasks.judge_pairs`: held-out
-    ones for evaluation, training ones for making training data)."""
+    ones for evaluation, training ones for making training data); ``task:arithmetic:1`` (or ``:1,2``) restricts
+    the pairs to those difficulty levels (default 1 and 2)."""
     if data.startswith(TASK_PREFIX):
-        task = data[len(TASK_PREFIX) :]
-        if task != "arithmetic":
+        task, _, levels = data[len(TASK_PREFIX) :].partition(":")
+        if task != "arithmetic" or not all(level.strip().isdigit() for level in levels.split(",") if levels):
             raise ConfigError(
-                f"there are no synthetic preference pairs for task {task!r}",
+                f"there are no synthetic preference pairs for {data!r}",
                 where="--data",
-                fix="use task:arithmetic, or a preference file (prompt, chosen, rejected)",
+                fix="use task:arithmetic (or task:arithmetic:1 for level-1 pairs only), or a preference file "
+                "(prompt, chosen, rejected)",
             )
-        raw = make_task("judge_arithmetic", n or 100, seed, split=split)
-        records = validate_records(raw, kind="preference", source=f"task:arithmetic:{split}").records
+        options = {"levels": [int(level) for level in levels.split(",")]} if levels else {}
+        raw = make_task("judge_arithmetic", n or 100, seed, split=split, **options)
+        records = validate_records(raw, kind="preference", source=f"{data}:{split}").records
     else:
         records = read_records(data, kind="preference").records
     records = records[:n] if n else records

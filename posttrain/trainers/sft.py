@@ -32,6 +32,12 @@ class SFTMethod(Method, name="sft"):
         if not tokenized.examples:
             raise DataError(f"no usable training examples in {records.source}", fix="check the data path and "
                             "data.max_length (examples longer than it may all be dropped)")
+        block = data.sample_block
+        if block > 1 and (tokenized.dropped or len(tokenized.examples) % block):
+            raise DataError(f"data.sample_block = {block} draws consecutive records together, but {records.source} "
+                            f"gives {len(tokenized.examples)} usable examples ({tokenized.dropped} dropped as "
+                            "over-long), which breaks the blocks", where="data.sample_block",
+                            fix="give whole blocks of records and a data.max_length that drops none, or use 1")
         summary.update(examples=len(tokenized.examples), truncated=tokenized.truncated, dropped=tokenized.dropped)
         return cls(config, tokenized.examples, tokenizer.pad_token_id, processes.device), summary
 
@@ -40,6 +46,7 @@ class SFTMethod(Method, name="sft"):
         self.examples = examples
         self.num_examples = len(examples)
         self.examples_per_step = config.train.batch_size * config.train.grad_accum
+        self.sample_block = config.data.sample_block
         self.pad_id = pad_id
         self.device = device
         # target tokens of an example: loss_mask[1:] (the first token is never predicted)
