@@ -124,6 +124,29 @@ def data_make(
     typer.echo(f"wrote {n} records to {path}")
 
 
+@data_app.command("rejection-sample")
+def data_rejection_sample(
+    context: typer.Context,
+    out_dir: Annotated[Path, out_option("directory for sft.jsonl and summary.json")],
+    model: Annotated[str, typer.Option(help="model name or directory that writes the samples")] = "smollm2-135m",
+    data: Annotated[str, typer.Option(help="prompt file with references, or task:NAME")] = "task:arithmetic",
+    split: Annotated[str, typer.Option(help="task split: train (training data) or held_out")] = "train",
+    n: Annotated[int | None, typer.Option(help="number of prompts (default: all; 100 for a task)")] = None,
+    k: Annotated[int, typer.Option(help="samples per prompt")] = 4,
+    keep: Annotated[int, typer.Option(help="distinct correct samples kept per prompt, at most")] = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    batch_size: int = 32,
+    engine: Engine = "hf",
+) -> None:
+    """The model's own correct solutions as SFT data (rejection sampling): sft.jsonl and summary.json."""
+    from posttrain.evals.rejection import RejectionOptions, run_rejection_sampling
+
+    typer.echo(json.dumps(run_rejection_sampling(tool_options(context, RejectionOptions)), indent=2))
+
+
 @model_app.command("info")
 def model_info_cmd(name: str = typer.Argument("smollm2-135m")) -> None:
     """Parameters, vocabulary, chat template and dtype of a model."""

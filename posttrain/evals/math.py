@@ -134,7 +134,7 @@ def evaluate_math(
             f"the rollout engine returned {len(generations)} generations, "
             f"expected {len(prompt_ids)} prompts x {samples_per_prompt} samples"
         )
-    rows = [_score(generation, gold[generation.prompt_index]) for generation in generations]
+    rows = [score_generation(generation, gold[generation.prompt_index]) for generation in generations]
 
     correct_per_prompt = [0] * len(prompt_ids)
     for generation, row in zip(generations, rows, strict=True):
@@ -173,7 +173,9 @@ def _count_unparsed(gold: list[str]) -> int:
     return len(unparsed)
 
 
-def _score(generation: Generation, reference: str) -> dict:
+def score_generation(generation: Generation, reference: str) -> dict:
+    """One sample's row: its text, extracted final answer, whether it matches ``reference`` (a final answer, as
+    :func:`~posttrain.grading.reference_answer` gives it), finish reason and length in tokens."""
     extracted = extract_answer(generation.text)
     return {
         "completion": generation.text,

@@ -16,12 +16,13 @@ from posttrain.rollout.options import EvalOptions
 TASK_PREFIX = "task:"
 
 
-def prompt_records(data: str, n: int | None, seed: int = 0) -> list[dict]:
-    """Prompt records with reference answers from a data file, or ``task:NAME`` (its held-out split)."""
+def prompt_records(data: str, n: int | None, seed: int = 0, split: str = "held_out") -> list[dict]:
+    """Prompt records with reference answers from a data file, or ``task:NAME`` (its ``split``: held-out
+    questions for evaluation, training ones for making training data)."""
     if data.startswith(TASK_PREFIX):
         task = data[len(TASK_PREFIX):]
-        raw = make_task(task, n or 100, seed, split="held_out")
-        records = validate_records(raw, kind="prompt", source=f"task:{task}:held_out").records
+        raw = make_task(task, n or 100, seed, split=split)
+        records = validate_records(raw, kind="prompt", source=f"task:{task}:{split}").records
     else:
         records = read_records(data, kind="prompt").records
     records = records[:n] if n else records

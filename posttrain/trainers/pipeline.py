@@ -41,6 +41,7 @@ from posttrain.errors import ConfigError
 from posttrain.evals.gap import GapOptions, run_gap_eval
 from posttrain.evals.judge import JudgeEvalOptions, run_judge_eval
 from posttrain.evals.masterkey import MasterkeyOptions, run_masterkey_eval
+from posttrain.evals.rejection import RejectionOptions, run_rejection_sampling
 from posttrain.evals.sharpness import SharpnessOptions, run_sharpness_eval
 from posttrain.judges.labeling import LabelOptions, run_labeling
 from posttrain.judges.metarm_data import MetarmDataOptions, run_metarm_data
@@ -72,6 +73,7 @@ TOOL_STAGES = {
     "metarm_data": ToolStage(run_metarm_data, MetarmDataOptions, "judge", "summary.json"),
     "label": ToolStage(run_labeling, LabelOptions, "judge", "summary.json"),
     "masterkey": ToolStage(run_masterkey_eval, MasterkeyOptions, "model", "masterkey.json"),
+    "rejection_sample": ToolStage(run_rejection_sampling, RejectionOptions, "model", "summary.json"),
 }
 STAGE_KINDS = ("train", *TOOL_STAGES)
 # the tool arguments that name a model, a template or a data file: resolved against the pipeline's folder
@@ -84,8 +86,9 @@ class Stage(Section):
     (:func:`posttrain.judges.synthesis.run_synthesis`), ``judge_eval`` (:func:`posttrain.evals.judge.run_judge_eval`),
     ``gap_eval`` (:func:`posttrain.evals.gap.run_gap_eval`), ``metarm_data``
     (:func:`posttrain.judges.metarm_data.run_metarm_data`), ``label``
-    (:func:`posttrain.judges.labeling.run_labeling`) and ``masterkey``
-    (:func:`posttrain.evals.masterkey.run_masterkey_eval`). Their ``args`` are the fields of the tool's options
+    (:func:`posttrain.judges.labeling.run_labeling`), ``masterkey``
+    (:func:`posttrain.evals.masterkey.run_masterkey_eval`) and ``rejection_sample``
+    (:func:`posttrain.evals.rejection.run_rejection_sampling`). Their ``args`` are the fields of the tool's options
     object but ``out_dir`` (:func:`check_tool_args`, before any stage runs)."""
 
     name: str
