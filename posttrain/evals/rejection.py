@@ -18,9 +18,9 @@ from pathlib import Path
 
 from posttrain.data import encode_prompt, prompt_text, write_jsonl
 from posttrain.errors import DataError
-from posttrain.grading import reference_answer
 from posttrain.evals.math import score_generation
 from posttrain.evals.run import prompt_records, write_summary
+from posttrain.grading import reference_answer
 from posttrain.models import load_tokenizer
 from posttrain.rollout import Generation, RolloutEngine, SamplingParams
 from posttrain.rollout.engines import tool_engine
