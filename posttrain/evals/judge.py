@@ -10,6 +10,8 @@ mean score; :mod:`posttrain.judges.voting`) under ``voted``.
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from posttrain.errors import ConfigError
 from posttrain.evals.run import write_eval
 from posttrain.judges.formats import TEMPLATES, resolve_template
@@ -31,8 +33,8 @@ class JudgeEvalOptions(EvalOptions):
 
     template: str = "rise"
     scorer: str = "judge"
-    samples: int = 1
-    votes: int = 1
+    samples: int = Field(1, ge=1)
+    votes: int = Field(1, ge=1)
     temperature: float = 0.0
     max_new_tokens: int = 512
 
@@ -68,8 +70,6 @@ def run_judge_eval(options: JudgeEvalOptions) -> dict:
 
 def _judgments_per_prompt(options: JudgeEvalOptions) -> int:
     """``votes`` when voting (refusing greedy decoding, a reward model, or a different ``samples``), else ``samples``."""
-    if options.votes < 1 or options.samples < 1:
-        raise ConfigError("--votes and --samples must be at least 1", where="--votes", fix="give e.g. --votes 5")
     if options.votes == 1:
         return options.samples
     if options.scorer != "judge":

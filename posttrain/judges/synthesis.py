@@ -23,6 +23,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import Field
+
 from posttrain.data.master_keys import add_masterkey_negatives
 from posttrain.errors import DataError
 from posttrain.judges.formats import JudgeTemplate, resolve_template
@@ -146,7 +148,7 @@ class SynthesisOptions(SamplingOptions):
     template: str = "rise"
     max_new_tokens: int = 384
     n: int | None = None
-    masterkey_negatives: float = 0.0
+    masterkey_negatives: float = Field(0.0, ge=0, le=10)
 
 
 def run_synthesis(options: SynthesisOptions) -> dict:
