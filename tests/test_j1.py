@@ -227,3 +227,12 @@ def test_j1_recipes_name_registered_rewards():
         build_rewards(config.rl.rewards)  # names and args checked
         assert config.rl.judge is not None and config.rollout.prompts_per_step % 2 == 0
     assert make_preference_pairs(1, seed=1)  # the recipes' task exists
+
+
+def test_a_step_that_would_split_the_two_orders_of_a_pair_is_refused(tmp_path):
+    overrides = tiny_overrides(tmp_path, "odd", method="grpo", **{
+        "data.train": "{task: judge_arithmetic, n: 4, seed: 0}", "rl.judge": "{template: j1}",
+        "rollout.prompts_per_step": 3, "rollout.samples_per_prompt": 2, "rollout.max_new_tokens": 4,
+        "rl.rewards": "{functions: [{name: j1_consistency}]}"})
+    done = run_cli("train", "-", *overrides)
+    assert done.returncode == 2 and "blocks of 2" in done.stderr and "Traceback" not in done.stderr
