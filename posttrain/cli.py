@@ -220,6 +220,8 @@ def judge_synthesize(
     seed: int = 0,
     batch_size: int = 16,
     engine: Engine = "hf",
+    masterkey_negatives: Annotated[float, typer.Option(help="add this fraction of pairs whose rejected answer is a "
+                                                            "master key or the chosen one cut to its first sentence")] = 0.0,
 ) -> None:
     """RISE-style synthesis: SFT judgments from swap-consistent pairs, DPO pairs of judgments from the rest."""
     from posttrain.judges.synthesis import SynthesisOptions, run_synthesis

@@ -110,10 +110,13 @@ def eval_judge(
     data: Annotated[str, typer.Option(help="preference file (prompt, chosen, rejected, optional subset; "
                                            "the prompt may be implicit, shared by chosen and rejected), "
                                            "or task:arithmetic for held-out synthetic pairs")] = "task:arithmetic",
-    template: Annotated[str, typer.Option(help="pairwise judge template: rise, j1, or a template file")] = "rise",
+    template: Annotated[str, typer.Option(help="judge template: rise, j1 (pairwise), j1_pointwise, pointwise, "
+                                               "or a pairwise template file")] = "rise",
     scorer: Annotated[str, typer.Option(help="judge (generative, both orders) or reward_model (scalar score)")] = "judge",
     n: Annotated[int | None, typer.Option(help="number of pairs (default: all)")] = None,
     samples: Annotated[int, typer.Option(help="judgments per pair and order")] = 1,
+    votes: Annotated[int, typer.Option(help="sampled judgments per prompt voted into one (majority verdict, mean "
+                                            "score); figures with and without voting")] = 1,
     temperature: Temperature = 0.0,
     top_p: float = 1.0,
     max_new_tokens: int = 512,

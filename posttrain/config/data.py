@@ -42,3 +42,7 @@ class DataConfig(Section):
     sample_block: int = Field(1, gt=0, description="sft: consecutive training records drawn together, shuffled as "
                               "one block (2 keeps the two A/B orders of a judge pair in the same batch); the number "
                               "of records and the batch size must be multiples of it")
+    masterkey_negatives: float = Field(0.0, ge=0, le=10, description="Master-RM augmentation of data.train's "
+                                       "preference pairs: add this fraction of pairs whose rejected response is a "
+                                       "master key or the chosen one cut to its first sentence "
+                                       "(posttrain.data.master_keys); never applied to held-out data")

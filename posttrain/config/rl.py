@@ -41,7 +41,8 @@ class JudgeTaskConfig(Section):
     (``prompt``/``chosen``/``rejected`` or ``question``/``response_a``/``response_b``/``winner``, e.g.
     ``task: judge_arithmetic``), each rendered with ``template`` in both A/B orders, kept in the same batch."""
 
-    template: str = Field("grm", description="pairwise judge template: grm, s2j, rise, j1")
+    template: str = Field("grm", description="judge template: pairwise (grm, s2j, rise, j1: both A/B orders of a "
+                          "pair) or pointwise (j1_pointwise: the pair's two responses scored one a prompt)")
     hide_critiques: float = Field(0.0, ge=0, le=1, description="fraction of tasks whose critique is dropped "
                                   "(seeded by the run's seed): RM-NLHF's data with and without human critiques")
 

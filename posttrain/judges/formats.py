@@ -14,7 +14,8 @@ A :class:`JudgeTemplate` is one user turn with placeholders, of one of three kin
 Built-ins (:data:`TEMPLATES`): ``rise`` (step-by-step analysis, then ``[[A]]``/``[[B]]``; our English
 wording of the structure of RISE-Judge's public Chinese prompt, Yu et al. 2025, arXiv 2502.11689),
 ``j1`` (reasoning inside ``<think>...</think>``, then the verdict; Whitehouse et al. 2025, arXiv
-2505.10320, Fig. 9), ``pointwise`` (a 1-10 score) and ``verifier``; :mod:`posttrain.judges.grm` adds the
+2505.10320, Fig. 9), ``pointwise`` (a 1-10 score), ``j1_pointwise`` (J1's pointwise judge, PoS: reasoning in
+``<think>...</think>``, then a 0-10 score of one answer) and ``verifier``; :mod:`posttrain.judges.grm` adds the
 generative-reward-model formats ``grm`` (critique, then choice) and ``s2j`` (solve, critique, choice).
 
 Parsing rule, the same for every kind: the **last** verdict token in the text is the verdict, so an
@@ -101,6 +102,20 @@ square brackets, for example [[7]].
 
 [Answer]
 {answer}"""
+
+J1_POINTWISE_TEXT = """\
+Act as an impartial judge and evaluate the answer to the user question below. Reason first, inside <think> \
+and </think>: work out what a good answer has to get right (solve the question yourself when it has a \
+definite answer) and check the answer against those criteria. Do not let its length or style affect your \
+judgment. After </think>, give the answer a score from 0 (wrong or useless) to 10 (fully correct and \
+helpful) in double square brackets, for example [[7]].
+
+[User question]
+{question}
+
+[Start of answer]
+{answer}
+[End of answer]"""
 
 VERIFIER_TEXT = """\
 Decide whether the response below answers the question correctly, taking the reference answer as the \
@@ -222,6 +237,7 @@ TEMPLATES: dict[str, JudgeTemplate] = {
     "rise": JudgeTemplate("rise", RISE_TEXT, "pairwise"),
     "j1": JudgeTemplate("j1", J1_TEXT, "pairwise"),
     "pointwise": JudgeTemplate("pointwise", POINTWISE_TEXT, "pointwise"),
+    "j1_pointwise": JudgeTemplate("j1_pointwise", J1_POINTWISE_TEXT, "pointwise", score_range=(0, 10)),
     "verifier": JudgeTemplate("verifier", VERIFIER_TEXT, "verifier"),
 }
 

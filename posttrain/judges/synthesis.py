@@ -23,8 +23,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import Field
+
+from posttrain.data.master_keys import add_masterkey_negatives
 from posttrain.errors import DataError
-from posttrain.judges.formats import JudgeTemplate
+from posttrain.judges.formats import JudgeTemplate, resolve_template
 from posttrain.judges.pairs import pair_texts, preference_pairs
 from posttrain.judges.scorers import judge_pairs
 from posttrain.models import load_tokenizer
@@ -73,26 +76,31 @@ class CritiqueJudge:
     the rejected answer (the synthetic arithmetic pairs do), it writes that critique out as a judgment with the
     right verdict, in the output format of ``style``: ``rise``/``j1`` (an analysis ending in the verdict),
     ``grm`` (``<critics>`` + ``<choice>``) or ``s2j`` (the chosen solution as its own ``<solve>`` section first).
+    A prompt is recognised by the judge prompt ``style`` renders for each pair and order (so a short rejected
+    answer, a master key such as ``:``, cannot be mistaken for text of the template).
     Honours the :class:`~posttrain.rollout.RolloutEngine` protocol; every sample is the same."""
 
     def __init__(self, pairs: Sequence[dict], tokenizer, style: str = "rise"):
         self.tokenizer = tokenizer
         self.style = style
         self.pairs = []
+        template = resolve_template(style, "pairwise")
         for index, pair in enumerate(pairs):
             if not str(pair.get("critique") or "").strip():
                 raise DataError("the critique judge needs a `critique` of the rejected answer in every pair",
                                 where=pair.get("_where") or f"pair {index}",
                                 fix="use pairs with critiques (e.g. task:arithmetic), or a judge model")
-            _, chosen, rejected = pair_texts(pair, index)
-            self.pairs.append((chosen, rejected, pair["critique"]))
+            question, chosen, rejected = pair_texts(pair, index)
+            for content, right in ((template.render(question, chosen, rejected)[0]["content"], "A"),
+                                   (template.render(question, rejected, chosen)[0]["content"], "B")):
+                self.pairs.append((content, right, chosen, pair["critique"]))
 
     def generate(self, prompt_ids, params):
         generations = []
         for index, ids in enumerate(prompt_ids):
             text = self.tokenizer.decode(ids)
-            chosen, rejected, critique = next((c, r, k) for c, r, k in self.pairs if c in text and r in text)
-            right, wrong = ("A", "B") if text.index(chosen) < text.index(rejected) else ("B", "A")
+            right, chosen, critique = next((r, c, k) for content, r, c, k in self.pairs if content in text)
+            wrong = "B" if right == "A" else "A"
             judgment = critique_judgment(self.style, right, wrong, critique, chosen)
             generations += [Generation(index, sample, list(ids), [], [], judgment, "eos") for sample in range(params.n)]
         return generations
@@ -130,7 +138,8 @@ def write_synthesis(out_dir: Path, sft: list[dict], dpo: list[dict], summary: di
 
 class SynthesisOptions(SamplingOptions):
     """``posttrain judge synthesize``: the ``judge`` model (or ``critique``), the ``pairs`` (a preference file, or
-    ``task:arithmetic``), ``k`` judgments per pair and order, the pairwise ``template``, ``n`` pairs (None: all)."""
+    ``task:arithmetic``), ``k`` judgments per pair and order, the pairwise ``template``, ``n`` pairs (None: all);
+    ``masterkey_negatives``: that fraction of master-key pairs added (:mod:`posttrain.data.master_keys`)."""
 
     judge: str
     pairs: str
@@ -139,6 +148,7 @@ class SynthesisOptions(SamplingOptions):
     template: str = "rise"
     max_new_tokens: int = 384
     n: int | None = None
+    masterkey_negatives: float = Field(0.0, ge=0, le=10)
 
 
 def run_synthesis(options: SynthesisOptions) -> dict:
@@ -147,11 +157,13 @@ def run_synthesis(options: SynthesisOptions) -> dict:
     the summary."""
     judge, template = options.judge, options.template
     records = preference_pairs(options.pairs, options.n, options.seed, split="train")
+    records = add_masterkey_negatives(records, options.masterkey_negatives, options.seed)
     if judge == "critique":  # the reference judge; prompts are templated with the embedded model's tokenizer
         engine = CritiqueJudge(records, load_tokenizer("smollm2-135m"), style=template)
     else:
         engine = tool_engine(judge, options.engine, batch_size=options.batch_size)
     sft, dpo, summary = synthesize_judgments(engine, records, template, options.sampling(options.k))
-    summary.update(judge=judge, pairs_source=options.pairs, template=template, temperature=options.temperature)
+    summary.update(judge=judge, pairs_source=options.pairs, template=template, temperature=options.temperature,
+                   masterkey_negatives=sum("masterkey" in record for record in records))
     write_synthesis(options.out_dir, sft, dpo, summary)
     return summary

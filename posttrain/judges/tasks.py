@@ -12,7 +12,12 @@ training, Whitehouse et al. 2025, arXiv 2505.10320): prompt ``2i`` shows the win
 and the RL sampler keeps the two together (blocks of two), so each batch holds both orders of every task in it.
 Each prompt record carries ``gold`` (the right verdict for that order), ``question``, ``response_a``,
 ``response_b``, ``reference``, ``critique``, ``task_index`` and ``order`` for the rewards of
-:mod:`posttrain.rewards.grm`. ``hide_critiques`` drops the critique of that fraction of tasks (seeded), the
+:mod:`posttrain.rewards.grm` and :mod:`posttrain.rewards.j1`.
+
+With a pointwise template (J1's PoS, e.g. ``j1_pointwise``) each task becomes two prompts that score one response
+each: prompt ``2i`` the winner (``order: chosen``), prompt ``2i + 1`` the loser (``order: rejected``), kept together
+in the same way; their records carry ``response`` instead of ``response_a``/``response_b`` and no ``gold``
+(the ``j1_pointwise`` reward rewards the two scores for ordering the pair right). ``hide_critiques`` drops the critique of that fraction of tasks (seeded), the
 RM-NLHF setting where only part of the data has human critiques.
 """
 
@@ -27,6 +32,7 @@ from posttrain.judges.formats import JudgeTemplate, get_template
 from posttrain.judges.pairs import conversation_text, pair_texts
 
 ORDERS = ("first", "swapped")
+POINTWISE_ORDERS = ("chosen", "rejected")
 
 
 def task_fields(record: dict, index: int) -> tuple[str, str, str, str]:
@@ -62,11 +68,11 @@ def task_fields(record: dict, index: int) -> tuple[str, str, str, str]:
 
 def judge_task_prompts(records: Sequence[dict], template: str | JudgeTemplate = "grm", *,
                        hide_critiques: float = 0.0, seed: int = 0) -> list[dict]:
-    """Two prompt records per task, both orders adjacent (module docstring)."""
+    """Two prompt records per task, both orders (or, pointwise, both responses) adjacent (module docstring)."""
     template = get_template(template)
-    if template.kind != "pairwise":
-        raise DataError(f"judge tasks need a pairwise template, got {template.name!r} ({template.kind})",
-                        fix="use grm, s2j, rise, j1 or a pairwise template of your own")
+    if template.kind not in ("pairwise", "pointwise"):
+        raise DataError(f"judge tasks need a pairwise or pointwise template, got {template.name!r} ({template.kind})",
+                        fix="use grm, s2j, rise, j1, j1_pointwise or a template of your own")
     hidden = _hidden_tasks(len(records), hide_critiques, seed)
     prompts = []
     for index, record in enumerate(records):
@@ -74,6 +80,12 @@ def judge_task_prompts(records: Sequence[dict], template: str | JudgeTemplate = 
         critique = None if index in hidden else (str(record.get("critique") or "").strip() or None)
         base = {"question": question, "reference": record.get("reference"), "critique": critique,
                 "task_index": index, "subset": record.get("subset"), "_where": record.get("_where")}
+        if template.kind == "pointwise":
+            for order, response in zip(POINTWISE_ORDERS, (first, second) if winner == "A" else (second, first),
+                                       strict=True):
+                prompts.append({**base, "prompt": template.render(question, response), "response": response,
+                                "gold": None, "order": order})
+            continue
         loser = "B" if winner == "A" else "A"
         for order in ORDERS:
             a, b = (first, second) if order == "first" else (second, first)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from posttrain.config import DataConfig, DataSource
 from posttrain.data import RecordSet, make_task, read_records, validate_records
+from posttrain.data.master_keys import add_masterkey_negatives
 
 
 def load_source(source: DataSource, *, kind: str, skip_invalid: bool, held_out: bool = False) -> RecordSet:
@@ -22,10 +23,16 @@ def load_source(source: DataSource, *, kind: str, skip_invalid: bool, held_out: 
 
 
 def training_records(data: DataConfig, kind: str) -> tuple[RecordSet, dict]:
-    """The training records of ``data.train`` read as ``kind``, and the start of the run's data summary."""
+    """The training records of ``data.train`` read as ``kind``, with ``data.masterkey_negatives`` added
+    (:func:`posttrain.data.master_keys.add_masterkey_negatives`), and the start of the run's data summary."""
     records = load_source(data.train, kind=kind, skip_invalid=data.skip_invalid)
+    read = len(records.records)
+    if data.masterkey_negatives:
+        records.records = add_masterkey_negatives(records.records, data.masterkey_negatives, data.train.seed)
     summary = {"source": records.source, "examples": len(records.records), "skipped": records.skipped,
                "truncated": 0, "dropped": 0, "skipped_records": records.problems}
+    if data.masterkey_negatives:
+        summary["masterkey_negatives"] = len(records.records) - read
     return records, summary
 
 
