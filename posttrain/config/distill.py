@@ -70,7 +70,4 @@ class DistillConfig(Section):
         if self.teacher == "self_context" and not {"{prompt}", "{context}"} <= set(
                 re.findall(r"\{\w+\}", self.context_template)):
             raise ValueError("distill.context_template must contain {prompt} and {context}")
-        if self.feedback != FeedbackConfig() and self.teacher not in FEEDBACK_TEACHERS:
-            raise ValueError(f"distill.feedback is used by teacher: self_feedback or self_revision (teacher is "
-                             f"{self.teacher!r}); set distill.teacher or remove distill.feedback")
         return self

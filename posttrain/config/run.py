@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from posttrain.config.data import DataConfig
-from posttrain.config.distill import DistillConfig
+from posttrain.config.distill import FEEDBACK_TEACHERS, DistillConfig
+from posttrain.config.feedback import FeedbackConfig
 from posttrain.config.model import ModelConfig
 from posttrain.config.preference import PreferenceConfig, RewardModelConfig
 from posttrain.config.rl import RL_PRESETS, PPOConfig, RLConfig
@@ -159,11 +160,20 @@ class RunConfig(Section):
     def _feedback_teacher(self) -> None:
         """SRPO distills toward SDPO's feedback teacher; a feedback teacher that reads verdicts needs rewards."""
         distill = self.distill
-        if self.method == "srpo" and "teacher" not in distill.model_fields_set:
-            distill.teacher = "self_feedback"
-        if self.method == "srpo" and distill.teacher != "self_feedback":
-            raise ValueError(f"method srpo distills its failed rollouts toward the feedback-conditioned self-teacher; "
-                             f"set distill.teacher=self_feedback (got {distill.teacher!r})")
+        if self.method == "srpo":
+            if "teacher" not in distill.model_fields_set:
+                distill.teacher = "self_feedback"
+            if "entropy_weighting" not in distill.model_fields_set:
+                distill.entropy_weighting = "exp"
+            if distill.teacher != "self_feedback":
+                raise ValueError("method srpo distills its failed rollouts toward the feedback-conditioned "
+                                 f"self-teacher; set distill.teacher=self_feedback (got {distill.teacher!r})")
+            if self.rl.laser.enabled:
+                raise ValueError("method srpo does not combine with rl.laser (LaSeR's tail token would be "
+                                 "distilled); use method grpo for LaSeR")
+        if distill.feedback != FeedbackConfig() and distill.teacher not in FEEDBACK_TEACHERS:
+            raise ValueError(f"distill.feedback is used by teacher: self_feedback or self_revision (teacher is "
+                             f"{distill.teacher!r}); set distill.teacher or remove distill.feedback")
         needs_rewards = distill.teacher == "self_revision" or (
             distill.teacher == "self_feedback" and {"sibling", "verdict"} & set(distill.feedback.sources))
         if self.method == "distill" and needs_rewards and distill.rewards is None:

@@ -86,16 +86,21 @@ class DistillTeacher:
 
     # -- feedback contexts ------------------------------------------------------------------------
     def feedback_contexts(self, records: Sequence[dict], groups: Sequence[int], generations: Sequence[Generation],
-                          rewards: Sequence[float] | None) -> FeedbackContexts:
+                          rewards: Sequence[float] | None, routed: Sequence[bool] | None = None) -> FeedbackContexts:
         """SDPO's teacher prompt of each rollout (:mod:`posttrain.trainers.feedback`): ``records[i]`` is rollout
-        ``i``'s record, rollouts with the same ``groups`` value are siblings."""
+        ``i``'s record, rollouts with the same ``groups`` value are siblings. Only rollouts with ``routed[i]``
+        (default: all) are distilled and counted; the others keep the student's prompt."""
         cfg = self.cfg.feedback
+        routed = [True] * len(generations) if routed is None else list(routed)
         feedback = rollout_feedback(groups, [g.text for g in generations], rewards,
                                     [r.get(cfg.field) for r in records], cfg)
-        distilled = [bool(item.kinds) or cfg.no_feedback == "prompt" for item in feedback]
-        prompts = encode_prompts([teacher_record(r, g.text, item, cfg)
-                                  for r, g, item in zip(records, generations, feedback, strict=True)], self.tokenizer)
-        return FeedbackContexts(prompts, distilled, feedback_counts(feedback, distilled))
+        distilled = [keep and (bool(item.kinds) or cfg.no_feedback == "prompt")
+                     for keep, item in zip(routed, feedback, strict=True)]
+        prompts = encode_prompts([teacher_record(r, g.text, item, cfg) if keep else r
+                                  for r, g, item, keep in zip(records, generations, feedback, routed, strict=True)],
+                                 self.tokenizer)
+        counted = [item for item, keep in zip(feedback, routed, strict=True) if keep]
+        return FeedbackContexts(prompts, distilled, feedback_counts(counted, [d for d in distilled if d]))
 
     def check_feedback_records(self, records: Sequence[dict], source: str) -> None:
         """A :class:`DataError` when ``feedback.sources`` has ``field`` and no record has that field."""
