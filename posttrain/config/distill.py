@@ -15,7 +15,6 @@ from posttrain.config.feedback import FeedbackConfig
 from posttrain.config.rewards import RewardsConfig
 from posttrain.config.sections import Section
 
-
 FEEDBACK_TEACHERS = ("self_feedback", "self_revision")
 
 
