@@ -178,3 +178,75 @@ def test_bad_feedback_settings_are_refused(tmp_path):
 def test_sdpo_recipes_validate(recipe):
     config = load_config(recipe)
     assert config.distill.teacher in ("self_feedback", "self_revision") and config.model.name == "smollm2-135m"
+
+
+class FakeAccelerator:
+    """The one-process accelerator TRL's context builder reads."""
+
+    device, process_index = torch.device("cpu"), 0
+
+    @staticmethod
+    def gather(values):
+        return values
+
+    @staticmethod
+    def pad_across_processes(values, dim, pad_index):
+        return values
+
+
+def trl_sdpo_reprompts(prompts, completion_ids, rewards, group_size, feedbacks=None, **options):
+    """The teacher messages and distillation mask of TRL 1.16's SDPO context builder (one process)."""
+    from types import SimpleNamespace
+
+    from trl.experimental.sdpo.sdpo_config import SDPOConfig
+    from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder
+
+    tokenizer = tiny_tokenizer()
+    fields = SDPOConfig.__dataclass_fields__
+    args = SimpleNamespace(**{name: fields[name].default for name in (
+        "reprompt_template", "solution_template", "feedback_template", "success_reward_threshold",
+        "dont_reprompt_on_self_success", "use_successful_as_teacher", "environment_feedback_only_without_solution",
+        "remove_thinking_from_demonstration", "max_reprompt_len", "include_environment_feedback")})
+    for name, value in options.items():
+        setattr(args, name, value)
+    seen = []
+
+    def tokenize(messages):
+        seen.extend(messages)
+        return [tokenizer(m)["input_ids"] for m in messages]
+
+    trainer = SimpleNamespace(args=args, accelerator=FakeAccelerator(), num_generations=group_size,
+                              model=SimpleNamespace(training=True), _tokenizer=tokenizer, processing_class=tokenizer,
+                              _tokenize_prompts_untruncated=tokenize)
+    completions = torch.nn.utils.rnn.pad_sequence([torch.tensor(c) for c in completion_ids], batch_first=True,
+                                                  padding_value=tokenizer.pad_token_id)
+    out = SuccessfulRolloutTeacherContextBuilder(trainer).build(
+        {"completion_ids": completions, "completion_mask": (completions != tokenizer.pad_token_id).long()},
+        prompts, torch.tensor(rewards), feedbacks)
+    return seen, out["self_distillation_mask"].bool().tolist()
+
+
+@pytest.mark.parametrize("with_field", [False, True])
+def test_sdpo_contexts_match_trls_reprompts(with_field):
+    """Worded as TRL's SDPO (template "{prompt}{feedback}…", its solution/feedback phrases, the attempt not shown),
+    the teacher prompts and the rollouts distilled are TRL 1.16's, siblings and environment feedback alike."""
+    tokenizer = tiny_tokenizer()
+    texts = ["12", "7", "12", "x", "y", "5", "6", "5"]
+    rewards = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    errors = [None, "wrong sum", None, "", "bad format", None, None, "off by one"]
+    groups = [0, 0, 0, 0, 1, 1, 1, 1]
+    prompts = ["What is 5+7?", "Name a number."]
+    sources = ["sibling", "field"] if with_field else ["sibling"]
+    cfg = FeedbackConfig(sources=sources, separator="",
+                         template="{prompt}{feedback}\n\nCorrectly solve the original question.\n",
+                         phrases={"sibling": "\nCorrect solution:\n\n{text}\n\n",
+                                  "field": "\nThe following is feedback from your unsuccessful earlier attempt:\n\n"
+                                           "{text}\n\n"})
+    feedback = rollout_feedback(groups, texts, rewards, errors, cfg)
+    ours = [teacher_record({"prompt": prompts[g]}, t, f, cfg)["prompt"]
+            for g, t, f in zip(groups, texts, feedback, strict=True)]
+    theirs, mask = trl_sdpo_reprompts([prompts[g] for g in groups], [tokenizer(t)["input_ids"] for t in texts],
+                                      rewards, 4, feedbacks=errors if with_field else None,
+                                      include_environment_feedback=with_field)
+    assert ours == theirs
+    assert [bool(f.kinds) for f in feedback] == mask and 0 < sum(mask) < len(mask)

@@ -39,6 +39,7 @@ class FeedbackConfig(Section):
                           "optionally {attempt} (the rollout's own completion)")
     phrases: dict[str, str] = Field(DEFAULT_PHRASES, description="how each source is written into {feedback}; "
                                     "{text} is the demonstration, the verdict or the field's text")
+    separator: str = Field("\n\n", description="written between the sources in {feedback}")
     verdicts: tuple[str, str] = Field(("incorrect", "correct"), description="the verdict's words for a failed and "
                                       "a correct rollout")
     no_feedback: Literal["skip", "prompt"] = Field("skip", description="a rollout with no feedback: skip (not "

@@ -76,7 +76,7 @@ def rollout_feedback(groups: Sequence[int], texts: Sequence[str], rewards: Seque
             if text is not None:
                 kinds.append(kind)
                 parts.append(cfg.phrase(kind).format(text=text))
-        feedback.append(RolloutFeedback(tuple(kinds), "\n\n".join(parts), demonstration))
+        feedback.append(RolloutFeedback(tuple(kinds), cfg.separator.join(parts), demonstration))
     return feedback
 
 
