@@ -111,3 +111,14 @@ def test_bad_srpo_settings_are_refused(tmp_path):
                             (["rollout.samples_per_prompt=1"], "group size")):
         with pytest.raises(ConfigError, match=match):
             rl_config(tmp_path, "bad", "method=srpo", *settings)
+
+
+def test_micro_batches_give_the_gradient_of_one_pass(tmp_path):
+    model = tiny_model()
+    settings = ["method=srpo", "distill.feedback={sources: [sibling, verdict], success_threshold: 0.2}"]
+    whole = direct_method(tmp_path, model, *settings, "train.batch_size=16", method_class=SRPOMethod)
+    split = direct_method(tmp_path, model, *settings, "train.batch_size=4", "train.micro_batch_tokens=40",
+                          method_class=SRPOMethod)
+    assert len(whole[1].micro_batches) == 1 and len(split[1].micro_batches) > 4
+    assert 0 < sum(whole[0].correct) < len(whole[0].correct)
+    assert_same_step(model, whole, split, rel=1e-5)
