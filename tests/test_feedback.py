@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from posttrain.config import load_config
-from posttrain.config.feedback import FeedbackConfig
+from posttrain.config import FeedbackConfig, load_config
 from posttrain.errors import ConfigError, DataError
 from posttrain.models import tiny_model, tiny_tokenizer
 from posttrain.ops import token_divergence

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from posttrain.config.feedback import FeedbackConfig
+from posttrain.config import FeedbackConfig
 from posttrain.data import prompt_text
 
 
