@@ -14,7 +14,7 @@ from posttrain.trainers.distill import DistillMethod
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.feedback import RolloutFeedback, rollout_feedback, teacher_record
 from posttrain.trainers.run import train
-from tests.helpers import step_gradients, train_steps
+from tests.helpers import read_jsonl, step_gradients, train_steps
 from tests.rl_helpers import REWARD_SOURCE, reward
 from tests.test_distill import PROMPTS, distill_config, full_row_logits
 
@@ -144,8 +144,12 @@ def test_a_short_sdpo_run_logs_the_feedback_it_used(tmp_path):
     config = distill_config(tmp_path, "run", "distill.teacher=self_feedback", "train.max_steps=2",
                             f"distill.rewards={{functions: [{{path: {tmp_path / 'r.py'}:even}}]}}",
                             "distill.feedback.sources=[sibling, verdict]", "distill.entropy_weighting=exp")
-    metrics = train_steps(train(config).run_dir)
-    for logged in metrics.values():
+    run_dir = train(config).run_dir
+    metrics, samples = train_steps(run_dir), read_jsonl(run_dir / "samples.jsonl")
+    assert all(row["distilled"] and row["feedback"][-1] == "verdict" for row in samples)
+    for step, logged in metrics.items():
+        shown = [row for row in samples if row["step"] == step and "sibling" in row["feedback"]]
+        assert logged["feedback_sibling"] == pytest.approx(len(shown) / 4)
         assert logged["feedback_verdict"] == 1.0 and logged["feedback_distilled"] == 1.0
         assert 0 <= logged["feedback_sibling"] <= 1 and 0 < logged["distill_weight"] < 1
 

@@ -197,6 +197,8 @@ class DistillMethod(Method, name="distill"):
             contexts = self.teacher.feedback_contexts(records, [g.prompt_index for g in generations], generations,
                                                       rewards)
             stats.update(contexts.stats)
+            for column, kinds, distilled in zip(columns, contexts.kinds, contexts.distilled, strict=True):
+                column.update(feedback=list(kinds), distilled=distilled)
             return StepRows(generations, prompts, contexts.prompt_ids, contexts.distilled)
         if cfg.teacher == "self_revision":
             revisions = self._revisions(model, step, records, generations, rewards)

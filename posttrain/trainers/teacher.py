@@ -30,11 +30,12 @@ TEACHER_FIX = "distill from a teacher of the same model family and tokenizer"
 @dataclass
 class FeedbackContexts:
     """The teacher prompts of a step's rollouts (token ids, one per rollout), whether each rollout is distilled,
-    and the step's feedback counts."""
+    the feedback sources each was shown and the step's feedback counts."""
 
     prompt_ids: list[list[int]]
     distilled: list[bool]
     stats: dict[str, float]
+    kinds: list[tuple[str, ...]]
 
 
 class DistillTeacher:
@@ -100,7 +101,8 @@ class DistillTeacher:
                                   for r, g, item, keep in zip(records, generations, feedback, routed, strict=True)],
                                  self.tokenizer)
         counted = [item for item, keep in zip(feedback, routed, strict=True) if keep]
-        return FeedbackContexts(prompts, distilled, feedback_counts(counted, [d for d in distilled if d]))
+        return FeedbackContexts(prompts, distilled, feedback_counts(counted, [d for d in distilled if d]),
+                                [item.kinds if keep else () for item, keep in zip(feedback, routed, strict=True)])
 
     def check_feedback_records(self, records: Sequence[dict], source: str) -> None:
         """A :class:`DataError` when ``feedback.sources`` has ``field`` and no record has that field."""
