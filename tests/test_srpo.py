@@ -102,6 +102,7 @@ def test_a_short_srpo_run_logs_routes_and_weights(tmp_path):
         assert 0 <= logged["correct_fraction"] <= 1 and 0 < logged["distill_weight"] <= 1
         assert logged["feedback_verdict"] == pytest.approx(1 - logged["correct_fraction"])
         assert math.isfinite(logged["loss"]) and logged["distill_loss"] >= 0
+        assert logged["entropy"] > 0  # over every routed token, also in a step with no correct rollout
 
 
 def test_bad_srpo_settings_are_refused(tmp_path):

@@ -20,7 +20,8 @@ Normalization: ``L_PG`` is GRPO's loss sum over the correct rollouts' tokens, di
 so with every rollout correct SRPO is exactly GRPO; the distillation sum is divided by ``N``, the step's trained
 completion tokens (all rollouts), so with every rollout failed and ``w ≡ 1`` it is exactly SDPO
 (``method: distill, teacher: self_feedback``) on those rollouts. ``distill_weight`` logs the mean ``w`` over the
-distilled tokens.
+distilled tokens, ``entropy`` the student's over every routed token (policy and distilled), the ``clip_*`` fractions
+are over the policy tokens.
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ class SRPOMethod(RLMethod, name="srpo"):
     def loss(self, model, batch: RoutedBatch, totals) -> tuple[torch.Tensor, dict[str, float]]:
         out = self._forward(model, batch, with_entropy=True, with_hidden=True)
         loss, stats = self.policy_objective(out, batch, totals)
-        stats.update(distill_loss=0.0, distill_weight_sum=0.0, distilled_tokens=0.0, divergence_sum=0.0)
+        routed = batch.completion_mask + torch.stack([batch.target_mask[row] * keep
+                                                      for row, keep in enumerate(batch.distilled)])
+        stats.update(distill_loss=0.0, distill_weight_sum=0.0, distilled_tokens=0.0, divergence_sum=0.0,
+                     routed_tokens=float(routed.sum()), routed_entropy_sum=float((out.entropy.detach() * routed).sum()))
         if not any(batch.distilled):
             return loss, stats
         mask = batch.target_mask.bool()
@@ -110,7 +114,7 @@ class SRPOMethod(RLMethod, name="srpo"):
         metrics = super().summarize(sums)
         passes, rollouts = self.updates_per_step, max(sums["rollouts"], 1.0)
         distilled = max(sums["distilled_tokens"], 1.0)
-        metrics.update(distill_loss=sums["distill_loss"] / passes, correct_fraction=sums["correct"] / rollouts,
+        metrics.update(entropy=sums["routed_entropy_sum"] / max(sums["routed_tokens"], 1.0),distill_loss=sums["distill_loss"] / passes, correct_fraction=sums["correct"] / rollouts,
                        distill_weight=sums["distill_weight_sum"] / distilled,
                        divergence=sums["divergence_sum"] / distilled, **feedback_metrics(sums, rollouts))
         return metrics
