@@ -35,7 +35,7 @@ from posttrain.rollout import Generation
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.feedback import feedback_metrics, is_correct
 from posttrain.trainers.rl import RLMethod, RolloutBatch
-from posttrain.trainers.rollouts import rollout_rows
+from posttrain.trainers.rollouts import RolloutRows, rollout_rows
 from posttrain.trainers.teacher import DistillTeacher, FeedbackContexts, row_token_flags
 
 
@@ -44,14 +44,12 @@ class RoutedBatch(RolloutBatch):
     """A GRPO micro-batch whose ``completion_mask`` holds the correct rollouts only, with the failed rollouts'
     teacher rows and which rows are distilled."""
 
-    teacher_rows: object = None  # RolloutRows: the same completions after each rollout's teacher prompt
+    teacher_rows: RolloutRows | None = None  # the same completions after each rollout's teacher prompt
     distilled: list[bool] | None = None
 
 
 class SRPOMethod(RLMethod, name="srpo"):
     """SRPO for :class:`posttrain.trainers.loop.Trainer`."""
-
-    writes_advantages = True
 
     def __init__(self, config: RunConfig, records: list[dict], model, tokenizer, processes: Processes):
         super().__init__(config, records, model, tokenizer, processes)
