@@ -153,7 +153,7 @@ def test_self_context_teacher_sees_the_context_and_scores_the_same_tokens(tmp_pa
     model = tiny_model()
     method, work = direct_method(tmp_path, model, "distill.teacher=self_context", "distill.divergence=reverse_kl",
                                  f"distill.context_weights={weights}", "distill.context_template='{context} | {prompt}'")
-    assert (method.snapshot is not None) == (weights == "initial")
+    assert (method.teacher.snapshot is not None) == (weights == "initial")
     batch = work.micro_batches[0]
     loss, _ = method.loss(model, batch, work.totals)
     expected, tokens = 0.0, 0

@@ -11,6 +11,7 @@ name is imported from here: ``from posttrain.config import RunConfig, load_confi
 
 from posttrain.config.data import DataConfig, DataSource
 from posttrain.config.distill import DistillConfig
+from posttrain.config.feedback import FeedbackConfig
 from posttrain.config.loading import (
     apply_overrides,
     dump_config,
@@ -73,6 +74,7 @@ __all__ = [
     "DataSource",
     "DistConfig",
     "DistillConfig",
+    "FeedbackConfig",
     "EvalConfig",
     "JudgeTaskConfig",
     "LaserConfig",

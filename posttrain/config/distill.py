@@ -11,16 +11,20 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from posttrain.config.feedback import FeedbackConfig
 from posttrain.config.rewards import RewardsConfig
 from posttrain.config.sections import Section
+
+FEEDBACK_TEACHERS = ("self_feedback", "self_revision")
 
 
 class DistillConfig(Section):
     """On-policy distillation: completions sampled from the student, then a token-level divergence against a
     teacher distribution on those tokens (:mod:`posttrain.trainers.distill`). TS-OPSD policy reheating is
-    ``teacher: snapshot`` or ``self`` with ``teacher_temperature`` > 1."""
+    ``teacher: snapshot`` or ``self`` with ``teacher_temperature`` > 1; SDPO is ``teacher: self_feedback``,
+    SD-Zero ``teacher: self_revision``."""
 
-    teacher: Literal["self", "snapshot", "model", "self_context"] = "self"
+    teacher: Literal["self", "snapshot", "model", "self_context", "self_feedback", "self_revision"] = "self"
     teacher_model: str | None = Field(None, description="teacher: model — an HF model with the student's tokenizer")
     teacher_temperature: float = Field(1.0, description="T: the teacher's logits are divided by it (TS-OPSD: T_h > 1)")
     context_field: str = Field("answer", description="teacher: self_context — the record field shown to the "
@@ -28,9 +32,15 @@ class DistillConfig(Section):
     context_template: str = Field("{prompt}\n\nA correct solution for reference:\n{context}\n\nNow solve the "
                                   "problem yourself.", description="the teacher's user message; fields {prompt} and "
                                   "{context}")
-    context_weights: Literal["live", "initial"] = Field("live", description="self_context teacher weights: the "
-                                                        "current student (SDPO) or the starting ones (OPSD's "
-                                                        "fixed teacher)")
+    context_weights: Literal["live", "initial"] = Field("live", description="self_context / self_feedback / "
+                                                        "self_revision teacher weights: the current student (SDPO) "
+                                                        "or the starting ones (OPSD's fixed teacher)")
+    feedback: FeedbackConfig = Field(FeedbackConfig(), description="teacher: self_feedback / self_revision — the "
+                                     "per-rollout teacher context (SDPO, SD-Zero; method srpo)")
+    entropy_weighting: Literal["none", "exp", "linear"] = Field("none", description="weight each token's divergence "
+                                                                "by the teacher's entropy H: exp = exp(−H/τ), "
+                                                                "linear = 1 − H/log V (SRPO)")
+    entropy_tau: float = Field(1.0, gt=0, description="τ of entropy_weighting: exp (nats)")
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     beta: float = Field(0.5, ge=0, le=1, description="jsd: m = (1 − β)·student + β·teacher")
     top_k_divergence: int = Field(0, ge=0, description="restrict the divergence to the teacher's top-k tokens "
@@ -44,7 +54,8 @@ class DistillConfig(Section):
                                          "held-out rollouts reaches this")
     entropy_prompts: int = Field(16, gt=0, description="held-out prompts for the target-entropy check")
     entropy_every: int = Field(1, gt=0, description="steps between target-entropy checks")
-    rewards: RewardsConfig | None = Field(None, description="rewards scored on the rollouts for logging only")
+    rewards: RewardsConfig | None = Field(None, description="rewards scored on the rollouts: logged, and the "
+                                          "verdicts of teacher: self_feedback / self_revision")
 
     @model_validator(mode="after")
     def _teacher(self) -> DistillConfig:

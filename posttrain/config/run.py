@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from posttrain.config.data import DataConfig
-from posttrain.config.distill import DistillConfig
+from posttrain.config.distill import FEEDBACK_TEACHERS, DistillConfig
+from posttrain.config.feedback import FeedbackConfig
 from posttrain.config.model import ModelConfig
 from posttrain.config.preference import PreferenceConfig, RewardModelConfig
 from posttrain.config.rl import RL_PRESETS, PPOConfig, RLConfig
@@ -33,9 +34,10 @@ from posttrain.config.training import (
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 METHOD_SECTIONS = {"sft": ("sft",), "grpo": ("rl",), "ppo": ("rl", "ppo"), "distill": ("distill",),
-                   "dpo": ("preference",), "reward_model": ("reward_model",)}
-ON_POLICY_METHODS = ("grpo", "ppo", "distill")
-DEFAULT_SAMPLES_PER_PROMPT = {"grpo": 8, "ppo": 1, "distill": 1}
+                   "srpo": ("rl", "distill"), "dpo": ("preference",), "reward_model": ("reward_model",)}
+ON_POLICY_METHODS = ("grpo", "ppo", "distill", "srpo")
+DEFAULT_SAMPLES_PER_PROMPT = {"grpo": 8, "ppo": 1, "distill": 1, "srpo": 8}
+SRPO_UNUSED_DISTILL_KEYS = ("rewards", "objective", "gopd_lambda", "target_entropy", "teacher_model")
 # PPO's KL is in its token rewards (Ziegler et al. 2019, OpenRLHF, verl) unless the recipe says otherwise
 PPO_RL_DEFAULTS = {"kl_in": "reward", "kl_estimator": "k1"}
 PPO_UNUSED_RL_KEYS = ("scale", "baseline", "laser")  # group advantages and LaSeR: GAE replaces them
@@ -53,7 +55,7 @@ class RunConfig(Section):
                       "digits and . _ + - (not starting with . or -)")
     output_dir: str = "runs"
     seed: int = 0
-    method: Literal["sft", "grpo", "ppo", "distill", "dpo", "reward_model"] = "sft"
+    method: Literal["sft", "grpo", "ppo", "distill", "srpo", "dpo", "reward_model"] = "sft"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
@@ -100,6 +102,9 @@ class RunConfig(Section):
                   if section not in used for key in changed_keys(getattr(self, section), section)]
         if self.method == "ppo":
             unused += [key for key in changed_keys(self.rl, "rl") if key.split(".")[1] in PPO_UNUSED_RL_KEYS]
+        if self.method == "srpo":  # the rewards are rl.rewards; the distillation is SDPO's divergence
+            unused += [key for key in changed_keys(self.distill, "distill")
+                       if key.split(".")[1] in SRPO_UNUSED_DISTILL_KEYS]
         on_policy = self.method in ON_POLICY_METHODS
         if on_policy:
             unused += [key for key in changed_keys(self.train, "train") if key == "train.grad_accum"]
@@ -145,11 +150,36 @@ class RunConfig(Section):
                     setattr(self.rl, key, value)
         if self.method in ON_POLICY_METHODS and self.rollout.samples_per_prompt is None:
             self.rollout.samples_per_prompt = DEFAULT_SAMPLES_PER_PROMPT[self.method]
-        if self.method == "grpo" and self.rollout.samples_per_prompt < 2 and (
+        self._feedback_teacher()
+        if self.method in ("grpo", "srpo") and self.rollout.samples_per_prompt < 2 and (
                 self.rl.scale == "group" or self.rl.baseline == "rloo"):
             raise ValueError("rollout.samples_per_prompt (the group size) must be >= 2 with rl.scale=group or "
                              "rl.baseline=rloo (a group of one has no spread); raise it or set rl.scale=none")
         return self
+
+    def _feedback_teacher(self) -> None:
+        """SRPO distills toward SDPO's feedback teacher; a feedback teacher that reads verdicts needs rewards."""
+        distill = self.distill
+        if self.method == "srpo":
+            if "teacher" not in distill.model_fields_set:
+                distill.teacher = "self_feedback"
+            if "entropy_weighting" not in distill.model_fields_set:
+                distill.entropy_weighting = "exp"
+            if distill.teacher != "self_feedback":
+                raise ValueError("method srpo distills its failed rollouts toward the feedback-conditioned "
+                                 f"self-teacher; set distill.teacher=self_feedback (got {distill.teacher!r})")
+            if self.rl.laser.enabled:
+                raise ValueError("method srpo does not combine with rl.laser (LaSeR's tail token would be "
+                                 "distilled); use method grpo for LaSeR")
+        if distill.feedback != FeedbackConfig() and distill.teacher not in FEEDBACK_TEACHERS:
+            raise ValueError(f"distill.feedback is used by teacher: self_feedback or self_revision (teacher is "
+                             f"{distill.teacher!r}); set distill.teacher or remove distill.feedback")
+        needs_rewards = distill.teacher == "self_revision" or (
+            distill.teacher == "self_feedback" and {"sibling", "verdict"} & set(distill.feedback.sources))
+        if self.method == "distill" and needs_rewards and distill.rewards is None:
+            raise ValueError(f"distill.teacher={distill.teacher} with feedback {distill.feedback.sources} needs a "
+                             "verdict per rollout; set distill.rewards (e.g. {functions: [{name: math}]}) or use "
+                             "distill.feedback.sources=[field]")
 
     @model_validator(mode="after")
     def _memory_mode(self) -> RunConfig:

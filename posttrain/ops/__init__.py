@@ -12,8 +12,10 @@ from posttrain.ops.advantages import (
 )
 from posttrain.ops.distill import (
     DIVERGENCE_KINDS,
+    ENTROPY_WEIGHTINGS,
     TokenDistill,
     distill_divergence,
+    entropy_weights,
     extrapolated_token_rewards,
     hidden_divergence,
     token_divergence,
@@ -53,6 +55,7 @@ __all__ = [
     "ADVANTAGE_BASELINES",
     "ADVANTAGE_SCALES",
     "DIVERGENCE_KINDS",
+    "ENTROPY_WEIGHTINGS",
     "BEHAVIOUR_CORRECTIONS",
     "BehaviourCorrection",
     "POLICY_LOSS_KINDS",
@@ -71,6 +74,7 @@ __all__ = [
     "causal_lm_parts",
     "completion_logprobs",
     "distill_divergence",
+    "entropy_weights",
     "dpo_loss",
     "kto_loss",
     "kto_reference_point",

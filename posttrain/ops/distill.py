@@ -106,6 +106,7 @@ class TokenDistill:
     entropy: torch.Tensor  # H(p_t) of the student at T = 1, detached
     student_logprob: torch.Tensor  # log p(label_t), with gradient
     teacher_logprob: torch.Tensor  # log q(label_t), detached
+    teacher_entropy: torch.Tensor  # H(q_t) of the teacher after its temperature, detached
 
 
 def _distill_chunk(hidden, weight, teacher_hidden, teacher_weight, labels, kind, beta, temperature, top_k, clip,
@@ -122,8 +123,10 @@ def _distill_chunk(hidden, weight, teacher_hidden, teacher_weight, labels, kind,
     log_p = torch.log_softmax(logits, dim=-1)
     entropy = -(log_p.detach().exp() * log_p.detach()).sum(-1)
     student_logprob = log_p.gather(-1, labels[:, None]).squeeze(-1)
-    teacher_logprob = torch.log_softmax(teacher, dim=-1).gather(-1, labels[:, None]).squeeze(-1)
-    return divergence, entropy, student_logprob, teacher_logprob
+    log_q = torch.log_softmax(teacher, dim=-1)
+    teacher_logprob = log_q.gather(-1, labels[:, None]).squeeze(-1)
+    teacher_entropy = -(log_q.exp() * log_q).sum(-1)
+    return divergence, entropy, student_logprob, teacher_logprob, teacher_entropy
 
 
 def hidden_divergence(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -153,9 +156,37 @@ def hidden_divergence(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
             parts.append(_distill_chunk(*args))
     if not parts:
         empty = _at_least_float32(hidden.new_zeros(0))
-        return TokenDistill(empty, empty, empty, empty)
-    divergence, entropy, student_logprob, teacher_logprob = (torch.cat(p) for p in zip(*parts, strict=True))
-    return TokenDistill(divergence, entropy, student_logprob, teacher_logprob.detach())
+        return TokenDistill(empty, empty, empty, empty, empty)
+    divergence, entropy, student_logprob, teacher_logprob, teacher_entropy = (
+        torch.cat(p) for p in zip(*parts, strict=True))
+    return TokenDistill(divergence, entropy, student_logprob, teacher_logprob.detach(), teacher_entropy.detach())
+
+
+ENTROPY_WEIGHTINGS = ("none", "exp", "linear")
+
+
+def entropy_weights(teacher_entropy: torch.Tensor, kind: str = "exp", tau: float = 1.0,
+                    vocab_size: int | None = None) -> torch.Tensor:
+    """Per-token weights of a distillation target by the teacher's entropy ``H_t = H(q_t)`` (detached):
+
+    * ``exp`` — ``w_t = exp(−H_t / τ_H)``;
+    * ``linear`` — ``w_t = max(0, 1 − H_t / log V)`` (``log V`` is the largest entropy over ``V`` tokens);
+    * ``none`` — ``w_t = 1``.
+
+    SRPO's entropy-aware weighting (Li et al. 2026, arXiv 2604.02288: "distillation targets with high teacher
+    entropy get less weight"); the abstract gives no formula, these two are posttrain's choices (methods.md §7.9).
+    """
+    check_choice(kind, ENTROPY_WEIGHTINGS, "entropy weighting")
+    entropy = teacher_entropy.detach().float()
+    if kind == "none":
+        return torch.ones_like(entropy)
+    if kind == "exp":
+        if not (math.isfinite(tau) and tau > 0):
+            raise ValueError(f"entropy weighting tau = {tau} must be > 0; use e.g. 1.0 (nats)")
+        return torch.exp(-entropy / tau)
+    if vocab_size is None or vocab_size < 2:
+        raise ValueError(f"linear entropy weighting needs the vocabulary size (got {vocab_size}); pass vocab_size >= 2")
+    return (1 - entropy / math.log(vocab_size)).clamp(min=0.0)
 
 
 def extrapolated_token_rewards(student_logprob: torch.Tensor, teacher_logprob: torch.Tensor,

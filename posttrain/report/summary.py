@@ -75,8 +75,8 @@ def _lookup(config: dict, dotted: str):
 
 
 # the setting that tells a method's variants apart, shown next to the method's name
-VARIANT_KEYS = {"sft": "sft.loss", "grpo": "rl.loss", "distill": "distill.divergence", "dpo": "preference.kind",
-                "reward_model": "reward_model.objective"}
+VARIANT_KEYS = {"sft": "sft.loss", "grpo": "rl.loss", "srpo": "rl.loss", "distill": "distill.divergence",
+                "dpo": "preference.kind", "reward_model": "reward_model.objective"}
 
 
 def method_label(config: dict) -> str:

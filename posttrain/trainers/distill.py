@@ -13,8 +13,21 @@ Teachers (``distill.teacher``), always detached and divided by ``T = distill.tea
   LoRA the adapter-disabled model, no copy). At T = 1 the loss starts at exactly 0 (the negative control);
 * ``model`` — another causal LM with the student's tokenizer (GKD, on-policy distillation);
 * ``self_context`` — the model (live, or its starting weights) shown the record's privileged context (a worked
-  solution or feedback) while the student sees only the prompt (OPSD, Zhao et al. 2026; SDPO, Hübotter et
-  al. 2026).
+  solution or feedback) while the student sees only the prompt (OPSD, Zhao et al. 2026);
+* ``self_feedback`` — SDPO (Hübotter et al. 2026, arXiv 2601.20802): the model (live, or its starting weights)
+  shown **this rollout's** question, attempt and feedback (a correct sibling as a demonstration, the verdict of
+  ``distill.rewards``, a record's error text), built per rollout by :mod:`posttrain.trainers.feedback`; a
+  rollout with no feedback is skipped (``feedback.no_feedback``) — its tokens still count in ``N``;
+* ``self_revision`` — SD-Zero (He et al. 2026, arXiv 2604.12002): per rollout the model, as Reviser, is shown
+  the question, its first answer and that answer's verdict and samples **one revision** ``r`` (the rollout
+  engine, the rollouts' sampling settings); the distilled tokens are the revision's: the student
+  ``p_θ(·|x, r_<t)`` is pulled toward the Reviser ``p(·|x, y, verdict, r_<t)`` — the distribution ``r`` was
+  sampled from — so the generator learns to answer as the Reviser would after seeing its mistake. ``N`` is the
+  revisions' token count. (The abstract does not say which tokens are distilled; this is posttrain's reading.)
+
+Teachers shown a context and the student share one model; ``distill.context_weights=initial`` uses the starting
+weights instead (EMA teachers, SDPO's code default, are not implemented). ``distill.entropy_weighting`` scales
+each token's divergence by :func:`posttrain.ops.entropy_weights` of the teacher's entropy (SRPO's weighting).
 
 ``objective: reward`` replaces the divergence by G-OPD's policy gradient (Yang et al. 2026, arXiv
 2602.12125): ``L = −Σ_t r_t·log p_θ(y_t) / N`` with the detached token reward
@@ -26,8 +39,6 @@ held-out prompts reaches the target (checked every ``entropy_every`` steps, logg
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
 from dataclasses import dataclass
 
@@ -36,12 +47,11 @@ import torch
 from posttrain.config import RunConfig
 from posttrain.data import encode_prompts, prompt_text
 from posttrain.errors import ConfigError, DataError
-from posttrain.models import disabled_adapter, is_peft_model, load_model, load_tokenizer
-from posttrain.models.vocabulary import check_same_output_size, check_same_tokenizer
-from posttrain.ops import causal_lm_parts, completion_logprobs, extrapolated_token_rewards, hidden_divergence
+from posttrain.ops import completion_logprobs, extrapolated_token_rewards
 from posttrain.rewards import build_rewards, check_rewards_for_records
 from posttrain.rollout import Generation, RolloutEngine, SamplingParams, pad_token_id
 from posttrain.trainers.distributed import Processes
+from posttrain.trainers.feedback import feedback_metrics, is_correct, reviser_record, with_user_message
 from posttrain.trainers.inputs import eval_source, load_source, training_records
 from posttrain.trainers.loop import Method, StepBatches, StepTotals
 from posttrain.trainers.precision import autocast
@@ -55,16 +65,18 @@ from posttrain.trainers.rollouts import (
     samples_path,
 )
 from posttrain.trainers.run_log import truncate_metrics
+from posttrain.trainers.teacher import DistillTeacher, row_token_flags
 
 HELD_OUT_SEED = 12345
-TEACHER_FIX = "distill from a teacher of the same model family and tokenizer"
+REVISION_SEED_OFFSET = 1 << 32  # the revisions' sampling seed: distinct from the rollouts' of the same step
 
 
 @dataclass
 class DistillBatch:
     student: RolloutRows
-    teacher_rows: RolloutRows | None  # self_context: the same completions after the context-bearing prompts
-    generations: list[Generation]
+    teacher_rows: RolloutRows | None  # a teacher shown a context: the same completions after its prompts
+    generations: list[Generation]  # the completions trained on (self_revision: the revisions)
+    distilled: list[bool] | None = None  # self_feedback: the rows distilled (None: all)
 
 
 def context_prompt(record: dict, field: str, template: str) -> dict:
@@ -73,11 +85,18 @@ def context_prompt(record: dict, field: str, template: str) -> dict:
         raise DataError(f"{record.get('_where', '?')}: the record has no {field!r} field for the self_context teacher",
                         where=f"{record.get('_where', '?')}:{field}",
                         fix=f"give every record a {field!r} (the privileged context) or set distill.context_field")
-    text = template.format(prompt=prompt_text(record), context=record[field])
-    prompt = record.get("prompt")
-    if isinstance(prompt, list) and prompt:
-        return {**record, "prompt": [*prompt[:-1], {**prompt[-1], "content": text}]}
-    return {**record, "prompt": text}
+    return with_user_message(record, template.format(prompt=prompt_text(record), context=record[field]))
+
+
+@dataclass
+class StepRows:
+    """What a step trains on: the completions, each one's student prompt and teacher prompt (None: the teacher
+    reads the student's rows), and the rows distilled (None: all)."""
+
+    generations: list[Generation]
+    student_prompts: list[list[int]]
+    teacher_prompts: list[list[int]] | None
+    distilled: list[bool] | None = None
 
 
 class DistillMethod(Method, name="distill"):
@@ -92,60 +111,28 @@ class DistillMethod(Method, name="distill"):
 
     def __init__(self, config: RunConfig, records: list[dict], model, tokenizer, processes: Processes):
         cfg = config.distill
-        vocab_size = causal_lm_parts(model)[1].weight.shape[0]
-        if cfg.top_k_divergence > vocab_size:
-            raise ConfigError(f"distill.top_k_divergence = {cfg.top_k_divergence} exceeds the model's vocabulary of "
-                              f"{vocab_size} tokens", where="distill.top_k_divergence",
-                              fix="use 0 (the full vocabulary) or a k no larger than the vocabulary")
         self.config, self.cfg, self.tokenizer, self.processes = config, cfg, tokenizer, processes
+        self.teacher = DistillTeacher(config, model, tokenizer, processes)
         self.records = records
         self.prompts = encode_prompts(records, tokenizer)
         self.num_examples = len(records)
         self.examples_per_step = prompts_per_process(config.rollout.prompts_per_step, processes)
+        source = config.data.train.path or f"task:{config.data.train.task}"
         self.rewards = None
         if cfg.rewards is not None:
             self.rewards = build_rewards(cfg.rewards)
-            check_rewards_for_records(self.rewards, records, config.data.train.path or f"task:{config.data.train.task}")
+            check_rewards_for_records(self.rewards, records, source)
+        if cfg.teacher == "self_feedback":
+            self.teacher.check_feedback_records(records, source)
         self.engine, self.engine_weights = rollout_engine(config, model, tokenizer, processes)
         self.pad_id = pad_token_id(model, tokenizer)
         self.context_prompts = None
         if cfg.teacher == "self_context":
             self.context_prompts = encode_prompts(
                 [context_prompt(r, cfg.context_field, cfg.context_template) for r in records], tokenizer)
-        self.teacher = self._frozen_teacher(model, tokenizer)
-        self.snapshot = self._snapshot(model)
         self.held_out = self._held_out_prompts(tokenizer) if cfg.target_entropy is not None else None
         self.samples_path = samples_path(config.run_dir, processes)
         self._samples_checked = False
-
-    def _frozen_teacher(self, model, tokenizer):
-        """The other model (teacher ``model``), or None."""
-        cfg = self.cfg
-        if cfg.teacher != "model":
-            return None
-        check_same_tokenizer(tokenizer, load_tokenizer(cfg.teacher_model), "distill.teacher_model", TEACHER_FIX)
-        teacher = load_model(cfg.teacher_model, dtype=next(model.parameters()).dtype, device=str(self.processes.device))
-        check_same_output_size(model, teacher, "distill.teacher_model", TEACHER_FIX)
-        return teacher.eval().requires_grad_(False)
-
-    def _snapshot(self, model):
-        """A frozen copy of the starting weights when a teacher or G-OPD's π_ref needs them (None with LoRA: the
-        adapter-disabled model is the starting model)."""
-        cfg = self.cfg
-        needed = (cfg.teacher == "snapshot" or (cfg.teacher == "self_context" and cfg.context_weights == "initial")
-                  or (cfg.objective == "reward" and cfg.gopd_lambda != 1.0))
-        if not needed or is_peft_model(model):
-            return None
-        return copy.deepcopy(model).eval().requires_grad_(False)
-
-    @contextlib.contextmanager
-    def _starting_weights(self, model):
-        """The model with its starting weights: the snapshot, or the LoRA model with its adapters off."""
-        if self.snapshot is not None:
-            yield self.snapshot
-        else:
-            with disabled_adapter(model) as base:
-                yield base
 
     def _held_out_prompts(self, tokenizer) -> list[list[int]]:
         source, held_out = eval_source(self.config.data)
@@ -157,98 +144,126 @@ class DistillMethod(Method, name="distill"):
         return encode_prompts(records[: self.cfg.entropy_prompts], tokenizer)
 
     # -- rollouts ---------------------------------------------------------------------------------
+    def _sampling(self, step: int, n: int, offset: int = 0) -> SamplingParams:
+        ro = self.config.rollout
+        return SamplingParams(temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
+                              max_new_tokens=ro.max_new_tokens, n=n,
+                              seed=rollout_seed(self.config.seed, step, self.processes) + offset)
+
     def step_batches(self, model, indices: list[int], share: list[int], step: int) -> StepBatches:
         if not self._samples_checked:  # a resumed run drops the samples a killed run wrote past its checkpoint
             truncate_metrics(self.samples_path, step)
             self._samples_checked = True
-        ro = self.config.rollout
-        params = SamplingParams(temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
-                                max_new_tokens=ro.max_new_tokens, n=ro.samples_per_prompt,
-                                seed=rollout_seed(self.config.seed, step, self.processes))
         started = time.perf_counter()
         with self.engine_weights.awake(model, step):
-            generations = self.engine.generate([self.prompts[i] for i in share], params)
+            generations = self.engine.generate([self.prompts[i] for i in share],
+                                               self._sampling(step, self.config.rollout.samples_per_prompt))
         rollout_seconds = time.perf_counter() - started
         stats = {"rollouts": float(len(generations)), "completion_tokens": float(sum(len(g) for g in generations)),
                  "truncated": float(sum(g.finish_reason == "length" for g in generations)),
                  "rollout_seconds": rollout_seconds, "sync_seconds": self.engine_weights.last_sync_seconds}
-        columns = [{} for _ in generations]
+        records = [self.records[share[g.prompt_index]] for g in generations]
+        columns, rewards = [{} for _ in generations], None
         if self.rewards is not None:
-            records = [self.records[share[g.prompt_index]] for g in generations]
             scored = self.rewards.score([prompt_text(r) for r in records], [g.text for g in generations],
                                         [{**r, "finish_reason": g.finish_reason, "completion_tokens": len(g)}
                                          for r, g in zip(records, generations, strict=True)])
+            rewards = scored.total.tolist()
             stats["reward_sum"] = float(scored.total.sum())
             for label, values in scored.components.items():
                 stats[f"component/{label}"] = float(torch.as_tensor(values, dtype=torch.float64).sum())
             columns = [{"reward": float(scored.total[i]),
                         **{f"reward_{k}": float(v[i]) for k, v in scored.components.items()}}
                        for i in range(len(generations))]
+        step_rows = self._step_rows(model, step, share, records, generations, rewards, stats, columns)
         append_samples(self.samples_path, step, share, generations, columns)
-        counts = self.processes.sum_values({"rows": stats["rollouts"], "tokens": stats["completion_tokens"]})
-        parts = self.processes.micro_batches(generations, [len(g.prompt_ids) + len(g) for g in generations],
+        trained = step_rows.generations
+        counts = self.processes.sum_values({"rows": len(trained), "tokens": float(sum(len(g) for g in trained))})
+        parts = self.processes.micro_batches(list(range(len(trained))),
+                                             [len(p) + len(g) for p, g in zip(step_rows.student_prompts, trained,
+                                                                               strict=True)],
                                              self.config.train.batch_size, self.config.train.micro_batch_tokens)
-        batches = [self._batch(part, [share[g.prompt_index] for g in part]) for part in parts]
+        batches = [self._batch(step_rows, part) for part in parts]
         return StepBatches(batches, StepTotals(rows=counts["rows"], tokens=counts["tokens"]), stats=stats)
 
-    def _batch(self, generations: list[Generation], record_indices: list[int]) -> DistillBatch:
+    def _step_rows(self, model, step: int, share: list[int], records: list[dict], generations: list[Generation],
+                   rewards: list[float] | None, stats: dict, columns: list[dict]) -> StepRows:
+        """The rows the teacher ``distill.teacher`` trains on (adds its statistics and sample columns)."""
+        cfg = self.cfg
+        prompts = [g.prompt_ids for g in generations]
+        if cfg.teacher == "self_context":
+            return StepRows(generations, prompts, [self.context_prompts[share[g.prompt_index]] for g in generations])
+        if cfg.teacher == "self_feedback":
+            contexts = self.teacher.feedback_contexts(records, [g.prompt_index for g in generations], generations,
+                                                      rewards)
+            stats.update(contexts.stats)
+            for column, kinds, distilled in zip(columns, contexts.kinds, contexts.distilled, strict=True):
+                column.update(feedback=list(kinds), distilled=distilled)
+            return StepRows(generations, prompts, contexts.prompt_ids, contexts.distilled)
+        if cfg.teacher == "self_revision":
+            revisions = self._revisions(model, step, records, generations, rewards)
+            stats.update(revisions=float(len(revisions)), revision_tokens=float(sum(len(r) for r in revisions)))
+            for column, revision in zip(columns, revisions, strict=True):
+                column["revision"] = revision.text
+            return StepRows(revisions, prompts, [r.prompt_ids for r in revisions])
+        return StepRows(generations, prompts, None)
+
+    def _revisions(self, model, step: int, records: list[dict], generations: list[Generation],
+                   rewards: list[float]) -> list[Generation]:
+        """SD-Zero's revisions: one sample per rollout from the Reviser prompt (:func:`reviser_record`), in the
+        rollouts' order."""
+        feedback = self.cfg.feedback
+        prompts = encode_prompts([reviser_record(r, g.text, is_correct(reward, feedback.success_threshold), feedback)
+                                  for r, g, reward in zip(records, generations, rewards, strict=True)], self.tokenizer)
+        with self.engine_weights.awake(model, step):
+            revisions = self.engine.generate(prompts, self._sampling(step, 1, REVISION_SEED_OFFSET))
+        return sorted(revisions, key=lambda r: r.prompt_index)
+
+    def _batch(self, rows: StepRows, part: list[int]) -> DistillBatch:
+        generations = [rows.generations[i] for i in part]
+        student = rollout_rows(generations, self.pad_id, prompt_ids=[rows.student_prompts[i] for i in part])
         teacher_rows = None
-        if self.context_prompts is not None:
-            teacher_rows = rollout_rows(generations, self.pad_id,
-                                        prompt_ids=[self.context_prompts[i] for i in record_indices])
-        return DistillBatch(rollout_rows(generations, self.pad_id), teacher_rows, generations)
+        if rows.teacher_prompts is not None:
+            teacher_rows = rollout_rows(generations, self.pad_id, prompt_ids=[rows.teacher_prompts[i] for i in part])
+        distilled = None if rows.distilled is None else [rows.distilled[i] for i in part]
+        return DistillBatch(student, teacher_rows, generations, distilled)
 
     # -- loss -------------------------------------------------------------------------------------
-    def _targets(self, module, rows: RolloutRows) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states at the positions that predict completion tokens ``[N, H]``, and those tokens."""
-        device = self.processes.device
-        input_ids, mask = rows.input_ids.to(device), rows.target_mask.to(device).bool()
-        body = causal_lm_parts(module)[0]
-        hidden = body(input_ids=input_ids, position_ids=rows.position_ids.to(device), use_cache=False).last_hidden_state
-        return hidden[:, :-1][mask], input_ids[:, 1:][mask]
-
-    def _teacher_hidden(self, model, batch: DistillBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The teacher's final hidden states at the completion positions and its output weight (None: ``self``)."""
-        cfg = self.cfg
-        if cfg.teacher == "self":
-            return None, None
-        rows = batch.teacher_rows if batch.teacher_rows is not None else batch.student
-        with torch.no_grad():
-            if cfg.teacher == "model":
-                return self._targets(self.teacher, rows)[0], causal_lm_parts(self.teacher)[1].weight
-            if cfg.teacher == "self_context" and cfg.context_weights == "live":
-                return self._targets(model, rows)[0], causal_lm_parts(model)[1].weight.detach()
-            with self._starting_weights(model) as start:
-                return self._targets(start, rows)[0], causal_lm_parts(start)[1].weight.detach()
-
     def _reference_logprobs(self, model, batch: DistillBatch) -> torch.Tensor | None:
         """log π_ref(y_t) of the starting weights, for G-OPD with λ ≠ 1 (None otherwise: the terms cancel)."""
         if self.cfg.objective != "reward" or self.cfg.gopd_lambda == 1.0:
             return None
         rows, device = batch.student, self.processes.device
-        with torch.no_grad(), self._starting_weights(model) as start:
+        with torch.no_grad(), self.teacher.starting_weights(model) as start:
             out = completion_logprobs(start, rows.input_ids.to(device),
                                       torch.nn.functional.pad(rows.target_mask, (1, 0)).to(device),
                                       position_ids=rows.position_ids.to(device))
         return out.logprobs[out.mask.bool()]
 
     def loss(self, model, batch: DistillBatch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
+        """``Σ_t w_t·d_t / N``: N the completion tokens of the step (rows left out by ``no_feedback: skip`` count
+        in N, as SDPO's code averages over all rows), ``w_t`` 1, or 0 on a skipped row, times the entropy weight."""
         cfg = self.cfg
-        teacher_hidden, teacher_weight = self._teacher_hidden(model, batch)
-        hidden, labels = self._targets(model, batch.student)
-        _, head, softcap = causal_lm_parts(model)
-        tokens = hidden_divergence(hidden, head.weight, labels, teacher_hidden, teacher_weight, kind=cfg.divergence,
-                                   beta=cfg.beta, teacher_temperature=cfg.teacher_temperature,
-                                   top_k=cfg.top_k_divergence, clip=cfg.clip, chunk_size=self.config.train.chunk_size,
-                                   logit_softcap=softcap)
+        hidden, labels = self.teacher.targets(model, batch.student)
+        tokens = self.teacher.divergence(model, hidden, labels,
+                                         batch.teacher_rows if batch.teacher_rows is not None else batch.student)
+        weights = None
+        if batch.distilled is not None or cfg.entropy_weighting != "none":
+            rows = batch.distilled if batch.distilled is not None else [True] * len(batch.generations)
+            weights = self.teacher.token_weights(tokens, row_token_flags(batch.student.target_mask, rows).to(hidden.device))
         if cfg.objective == "reward":
             rewards = extrapolated_token_rewards(tokens.student_logprob, tokens.teacher_logprob,
                                                  self._reference_logprobs(model, batch), cfg.gopd_lambda)
+            if weights is not None:
+                rewards = rewards * weights
             loss = -(rewards * tokens.student_logprob).sum() / totals.of("tokens")
             extra = {"token_reward_sum": float(rewards.sum())}
         else:
-            loss = tokens.divergence.sum() / totals.of("tokens")
+            divergence = tokens.divergence if weights is None else tokens.divergence * weights
+            loss = divergence.sum() / totals.of("tokens")
             extra = {}
+        if weights is not None:
+            extra["distill_weight_sum"] = float(weights.sum())
         stats = {"loss": float(loss.detach()), "divergence_sum": float(tokens.divergence.detach().sum()),
                  "entropy_sum": float(tokens.entropy.sum()), "trained_tokens": float(labels.numel()),
                  "tokens": batch.student.sequence_tokens, **extra}
@@ -258,7 +273,7 @@ class DistillMethod(Method, name="distill"):
         self.engine_weights.close()
 
     def frozen_models(self) -> list[torch.nn.Module]:
-        return [] if self.teacher is None else [self.teacher]
+        return self.teacher.frozen_models()
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         rollouts, tokens = max(sums["rollouts"], 1.0), max(sums.get("trained_tokens", 0.0), 1.0)
@@ -270,6 +285,11 @@ class DistillMethod(Method, name="distill"):
             metrics["sync_seconds"] = sums["sync_seconds"] / self.processes.world_size
         if "token_reward_sum" in sums:
             metrics["token_reward"] = sums["token_reward_sum"] / tokens
+        if "distill_weight_sum" in sums:  # the mean token weight (0 on skipped rows) of the distillation
+            metrics["distill_weight"] = sums["distill_weight_sum"] / tokens
+        if "revision_tokens" in sums:
+            metrics["revision_length"] = sums["revision_tokens"] / max(sums["revisions"], 1.0)
+        metrics.update(feedback_metrics(sums, rollouts))
         if "reward_sum" in sums:
             metrics["reward"] = sums["reward_sum"] / rollouts
             for key, value in sums.items():

@@ -19,7 +19,7 @@ from posttrain.models import load_model, load_tokenizer
 from posttrain.models.reward import load_reward_model
 from posttrain.report import write_report
 from posttrain.rollout import HFEngine, SamplingParams
-from posttrain.trainers import distill, kto, ppo, preference, resume, rl, sft  # noqa: F401  (each registers its methods)
+from posttrain.trainers import distill, kto, ppo, preference, resume, rl, sft, srpo  # noqa: F401  (each registers its methods)
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.inputs import eval_source, load_source
 from posttrain.trainers.loop import Evaluate, Method, Trainer, TrainResult, method_class
