@@ -222,6 +222,8 @@ def judge_synthesize(
     engine: Engine = "hf",
     masterkey_negatives: Annotated[float, typer.Option(help="add this fraction of pairs whose rejected answer is a "
                                                             "master key or the chosen one cut to its first sentence")] = 0.0,
+    critique_style: Annotated[str | None, typer.Option(help="the critique judge's format: rise, j1, grm, s2j or "
+                                                            "solve_first (default: the template's name)")] = None,
 ) -> None:
     """RISE-style synthesis: SFT judgments from swap-consistent pairs, DPO pairs of judgments from the rest."""
     from posttrain.judges.synthesis import SynthesisOptions, run_synthesis

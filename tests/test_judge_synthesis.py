@@ -77,6 +77,13 @@ def test_critique_judge_writes_right_verdicts_from_the_pairs_critiques():
         assert judgment.endswith("[[A]]" if row["order"] == "first" else "[[B]]")
         # the SFT trainer reads the record as written (conversational prompt and completion)
         assert normalize_record(row, "sft", "sft.jsonl:1")["completion"] == row["completion"]
+    solved, _, _ = synthesize_judgments(CritiqueJudge(pairs, tiny_tokenizer(), style="solve_first", template="rise"), pairs, "rise",
+                                        SamplingParams(n=1))
+    for row in solved:  # the right solution written out first, then the critique and the verdict
+        judgment, pair_ = row["completion"][0]["content"], pairs[row["pair_index"]]
+        assert judgment.startswith(f"Solving the question first:\n{pair_['chosen'][0]['content']}\n")
+        assert judgment.index(pair_["critique"]) > len(pair_["chosen"][0]["content"])
+        assert judgment.endswith("[[A]]" if row["order"] == "first" else "[[B]]")
 
 
 def test_judge_labels_keep_consistent_preferences_and_swap_the_ones_against_gold():

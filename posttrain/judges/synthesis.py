@@ -22,6 +22,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -75,16 +76,19 @@ class CritiqueJudge:
     """A reference judge for stage 1 when no stronger model is at hand: for pairs that carry a ``critique`` of
     the rejected answer (the synthetic arithmetic pairs do), it writes that critique out as a judgment with the
     right verdict, in the output format of ``style``: ``rise``/``j1`` (an analysis ending in the verdict),
-    ``grm`` (``<critics>`` + ``<choice>``) or ``s2j`` (the chosen solution as its own ``<solve>`` section first).
-    A prompt is recognised by the judge prompt ``style`` renders for each pair and order (so a short rejected
-    answer, a master key such as ``:``, cannot be mistaken for text of the template).
+    ``grm`` (``<critics>`` + ``<choice>``), ``s2j`` (the chosen solution as its own ``<solve>`` section first) or
+    ``solve_first`` (the chosen solution written out, then the critique and the verdict, in plain text).
+    A prompt is recognised by the judge prompt ``template`` (default: the template named ``style``) renders for
+    each pair and order (so a short rejected answer, a master key such as ``:``, cannot be mistaken for text of the
+    template).
     Honours the :class:`~posttrain.rollout.RolloutEngine` protocol; every sample is the same."""
 
-    def __init__(self, pairs: Sequence[dict], tokenizer, style: str = "rise"):
+    def __init__(self, pairs: Sequence[dict], tokenizer, style: str = "rise",
+                 template: str | JudgeTemplate | None = None):
         self.tokenizer = tokenizer
         self.style = style
         self.pairs = []
-        template = resolve_template(style, "pairwise")
+        template = resolve_template(template or style, "pairwise")
         for index, pair in enumerate(pairs):
             if not str(pair.get("critique") or "").strip():
                 raise DataError("the critique judge needs a `critique` of the rejected answer in every pair",
@@ -107,7 +111,12 @@ class CritiqueJudge:
 
 
 def critique_judgment(style: str, right: str, wrong: str, critique: str, solution: str) -> str:
-    """A judgment that states ``critique`` of answer ``wrong`` and picks ``right``, in the format of ``style``."""
+    """A judgment that states ``critique`` of answer ``wrong`` and picks ``right``, in the format of ``style``:
+    ``solve_first`` writes the right ``solution`` out before the critique (the judge solves the question, then
+    compares), the other styles as :class:`CritiqueJudge` says."""
+    if style == "solve_first":
+        return (f"Solving the question first:\n{solution}\nAnswer {wrong} has an error. {critique} "
+                f"Answer {right} is correct.\n\n[[{right}]]")
     if style in ("grm", "s2j"):
         critics = f"<critics>Response {wrong} has an error. {critique}\nResponse {right} is correct.</critics>\n"
         solve = f"<solve>{solution}</solve>\n" if style == "s2j" else ""
@@ -139,7 +148,9 @@ def write_synthesis(out_dir: Path, sft: list[dict], dpo: list[dict], summary: di
 class SynthesisOptions(SamplingOptions):
     """``posttrain judge synthesize``: the ``judge`` model (or ``critique``), the ``pairs`` (a preference file, or
     ``task:arithmetic``), ``k`` judgments per pair and order, the pairwise ``template``, ``n`` pairs (None: all);
-    ``masterkey_negatives``: that fraction of master-key pairs added (:mod:`posttrain.data.master_keys`)."""
+    ``masterkey_negatives``: that fraction of master-key pairs added (:mod:`posttrain.data.master_keys`);
+    ``critique_style``: the critique judge's output format (default: the template's name; ``solve_first`` for any
+    pairwise template)."""
 
     judge: str
     pairs: str
@@ -149,6 +160,7 @@ class SynthesisOptions(SamplingOptions):
     max_new_tokens: int = 384
     n: int | None = None
     masterkey_negatives: float = Field(0.0, ge=0, le=10)
+    critique_style: Literal["rise", "j1", "grm", "s2j", "solve_first"] | None = None
 
 
 def run_synthesis(options: SynthesisOptions) -> dict:
@@ -159,7 +171,8 @@ def run_synthesis(options: SynthesisOptions) -> dict:
     records = preference_pairs(options.pairs, options.n, options.seed, split="train")
     records = add_masterkey_negatives(records, options.masterkey_negatives, options.seed)
     if judge == "critique":  # the reference judge; prompts are templated with the embedded model's tokenizer
-        engine = CritiqueJudge(records, load_tokenizer("smollm2-135m"), style=template)
+        engine = CritiqueJudge(records, load_tokenizer("smollm2-135m"), style=options.critique_style or template,
+                               template=template)
     else:
         engine = tool_engine(judge, options.engine, batch_size=options.batch_size)
     sft, dpo, summary = synthesize_judgments(engine, records, template, options.sampling(options.k))
