@@ -79,11 +79,14 @@ def test_critique_judge_writes_right_verdicts_from_the_pairs_critiques():
         assert normalize_record(row, "sft", "sft.jsonl:1")["completion"] == row["completion"]
     solved, _, _ = synthesize_judgments(CritiqueJudge(pairs, tiny_tokenizer(), style="solve_first", template="rise"), pairs, "rise",
                                         SamplingParams(n=1))
-    for row in solved:  # the right solution written out first, then the critique and the verdict
+    for row in solved:  # the right solution written out first, then each answer's last line, then the verdict
         judgment, pair_ = row["completion"][0]["content"], pairs[row["pair_index"]]
-        assert judgment.startswith(f"Solving the question first:\n{pair_['chosen'][0]['content']}\n")
-        assert judgment.index(pair_["critique"]) > len(pair_["chosen"][0]["content"])
-        assert judgment.endswith("[[A]]" if row["order"] == "first" else "[[B]]")
+        chosen, rejected = pair_["chosen"][0]["content"], pair_["rejected"][0]["content"]
+        right = "A" if row["order"] == "first" else "B"
+        a, b = (chosen, rejected) if right == "A" else (rejected, chosen)
+        assert judgment == (f"Solving the question first:\n{chosen}\nAnswer A ends with {a.split(chr(10))[-1]}. "
+                            f"Answer B ends with {b.split(chr(10))[-1]}. Answer {right} matches, so Answer {right} "
+                            f"is correct.\n\n[[{right}]]")
 
 
 def test_judge_labels_keep_consistent_preferences_and_swap_the_ones_against_gold():

@@ -77,7 +77,7 @@ class CritiqueJudge:
     the rejected answer (the synthetic arithmetic pairs do), it writes that critique out as a judgment with the
     right verdict, in the output format of ``style``: ``rise``/``j1`` (an analysis ending in the verdict),
     ``grm`` (``<critics>`` + ``<choice>``), ``s2j`` (the chosen solution as its own ``<solve>`` section first) or
-    ``solve_first`` (the chosen solution written out, then the critique and the verdict, in plain text).
+    ``solve_first`` (the chosen solution written out, then each answer's last line and which one matches it).
     A prompt is recognised by the judge prompt ``template`` (default: the template named ``style``) renders for
     each pair and order (so a short rejected answer, a master key such as ``:``, cannot be mistaken for text of the
     template).
@@ -97,26 +97,29 @@ class CritiqueJudge:
             question, chosen, rejected = pair_texts(pair, index)
             for content, right in ((template.render(question, chosen, rejected)[0]["content"], "A"),
                                    (template.render(question, rejected, chosen)[0]["content"], "B")):
-                self.pairs.append((content, right, chosen, pair["critique"]))
+                self.pairs.append((content, right, chosen, rejected, pair["critique"]))
 
     def generate(self, prompt_ids, params):
         generations = []
         for index, ids in enumerate(prompt_ids):
             text = self.tokenizer.decode(ids)
-            right, chosen, critique = next((r, c, k) for content, r, c, k in self.pairs if content in text)
+            right, chosen, rejected, critique = next((r, c, j, k) for content, r, c, j, k in self.pairs
+                                                     if content in text)
             wrong = "B" if right == "A" else "A"
-            judgment = critique_judgment(self.style, right, wrong, critique, chosen)
+            judgment = critique_judgment(self.style, right, wrong, critique, chosen, rejected)
             generations += [Generation(index, sample, list(ids), [], [], judgment, "eos") for sample in range(params.n)]
         return generations
 
 
-def critique_judgment(style: str, right: str, wrong: str, critique: str, solution: str) -> str:
+def critique_judgment(style: str, right: str, wrong: str, critique: str, solution: str, rejected: str = "") -> str:
     """A judgment that states ``critique`` of answer ``wrong`` and picks ``right``, in the format of ``style``:
-    ``solve_first`` writes the right ``solution`` out before the critique (the judge solves the question, then
-    compares), the other styles as :class:`CritiqueJudge` says."""
+    ``solve_first`` writes the right ``solution`` out, then the last line of each answer (A first) and which one
+    matches — every verdict is then a comparison of two lines just written, with no letter decided before the
+    evidence; the other styles as :class:`CritiqueJudge` says."""
     if style == "solve_first":
-        return (f"Solving the question first:\n{solution}\nAnswer {wrong} has an error. {critique} "
-                f"Answer {right} is correct.\n\n[[{right}]]")
+        last = {right: solution.strip().split("\n")[-1], wrong: rejected.strip().split("\n")[-1]}
+        return (f"Solving the question first:\n{solution}\nAnswer A ends with {last['A']}. Answer B ends with "
+                f"{last['B']}. Answer {right} matches, so Answer {right} is correct.\n\n[[{right}]]")
     if style in ("grm", "s2j"):
         critics = f"<critics>Response {wrong} has an error. {critique}\nResponse {right} is correct.</critics>\n"
         solve = f"<solve>{solution}</solve>\n" if style == "s2j" else ""
