@@ -1,0 +1,116 @@
+"""A model judging its own sampled responses: the scores the self-rewarding loop ranks them by.
+
+Every function takes one prompt's N responses as a list and returns one score per response (None where the
+response has none), so rankings line up across judges and signals.
+
+``pointwise`` (Yuan et al. 2024, "Self-Rewarding Language Models", arXiv 2401.10020)
+    each response judged alone with a pointwise template (default ``pointwise``: a 1–10 score in ``[[ ]]``),
+    greedily; a judgment without a score is a format failure and its response has no score.
+``pairwise``
+    every two different responses judged in both orders with a pairwise template (default ``rise``;
+    :func:`posttrain.judges.scorers.judge_pairs`); a response's score is its number of wins over both orders,
+    ``wins_first + wins_swapped``, each order's wins also kept (CREAM's ``orders`` consistency compares them).
+    A verdict-less judgment is a format failure and a win for neither; two identical responses are not judged
+    (neither wins); against an empty response the other wins both orders unjudged.
+
+Internal signals (SCIR-style agreement, Zhou et al. 2025): :func:`internal_signals` adds the model's
+self-certainty of each response (:func:`posttrain.ops.self_certainty`, Kang et al. 2025) and LaSeR's
+``log π(z_c | x, y, EOS)`` (Yang et al. 2025; a monotone function of ``r_s``, so it orders responses as ``r_s``
+does) from one forward pass per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from posttrain.data import encode_prompts
+from posttrain.judges.formats import resolve_template
+from posttrain.judges.scorers import judge_pairs
+from posttrain.models.self_scores import completion_scores, reserved_token
+from posttrain.rollout import RolloutEngine, SamplingParams, stop_token_ids
+
+JUDGE_MODES = ("pointwise", "pairwise")
+DEFAULT_TEMPLATES = {"pointwise": "pointwise", "pairwise": "rise"}
+INTERNAL_SIGNALS = ("self_certainty", "laser")
+
+
+@dataclass
+class Judged:
+    """One judge's scores ``[prompt][response]`` (None: no score), the win counts of each order (pairwise only),
+    and how many judgments it wrote and how many had no verdict."""
+
+    scores: list[list[float | None]]
+    orders: list[tuple[list[float], list[float]]] | None = None
+    judgments: int = 0
+    format_failures: int = 0
+    outputs: list[list[str]] = field(default_factory=list)  # pointwise: each response's judgment
+
+
+def judge_responses(engine: RolloutEngine, mode: str, template: str | None, questions: Sequence[str],
+                    responses: Sequence[Sequence[str]], max_new_tokens: int = 256) -> Judged:
+    """Score every prompt's responses with ``engine`` as the judge, by ``mode`` (module docstring)."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, n=1)
+    if mode == "pointwise":
+        return _pointwise(engine, template or DEFAULT_TEMPLATES[mode], questions, responses, params)
+    if mode == "pairwise":
+        return _pairwise(engine, template or DEFAULT_TEMPLATES[mode], questions, responses, params)
+    raise ValueError(f"judge mode {mode!r} is not one of {', '.join(JUDGE_MODES)}")
+
+
+def _pointwise(engine, template_name, questions, responses, params) -> Judged:
+    template = resolve_template(template_name, "pointwise")
+    messages = [template.render(question, text) for question, texts in zip(questions, responses, strict=True)
+                for text in texts]
+    prompt_ids = encode_prompts([{"prompt": message} for message in messages], engine.tokenizer)
+    outputs = iter(generation.text for generation in engine.generate(prompt_ids, params))
+    judged = Judged([], judgments=len(messages))
+    for texts in responses:
+        written = [next(outputs) for _ in texts]
+        scores = [template.parse(text) for text in written]
+        judged.scores.append([None if score is None else float(score) for score in scores])
+        judged.outputs.append(written)
+        judged.format_failures += sum(score is None for score in scores)
+    return judged
+
+
+def _pairwise(engine, template_name, questions, responses, params) -> Judged:
+    pairs, owners = [], []  # owners[k] = (prompt, i, j) of pairs[k]: response i shown first as A
+    wins = [([0.0] * len(texts), [0.0] * len(texts)) for texts in responses]
+    for prompt, (question, texts) in enumerate(zip(questions, responses, strict=True)):
+        for i in range(len(texts)):
+            for j in range(i + 1, len(texts)):
+                if texts[i] == texts[j]:
+                    continue
+                if not texts[i].strip() or not texts[j].strip():  # the non-empty one wins unjudged
+                    winner = i if texts[i].strip() else j
+                    for order in wins[prompt]:
+                        order[winner] += 1
+                    continue
+                pairs.append({"prompt": question, "chosen": texts[i], "rejected": texts[j]})
+                owners.append((prompt, i, j))
+    rows = judge_pairs(engine, pairs, template_name, params).rows if pairs else []
+    judged = Judged([], wins, judgments=len(rows), format_failures=sum(row["verdict"] is None for row in rows))
+    for row in rows:
+        if row["verdict"] is None:
+            continue
+        prompt, i, j = owners[row["pair_index"]]
+        first = row["order"] == "first"
+        winner = i if row["correct"] else j  # correct: the verdict names response i (A first, B swapped)
+        wins[prompt][0 if first else 1][winner] += 1
+    judged.scores = [[a + b for a, b in zip(*order, strict=True)] for order in wins]
+    return judged
+
+
+def internal_signals(model, tokenizer, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]],
+                     signals: Sequence[str], token: str | None = None, batch_size: int = 8) -> dict[str, list[float]]:
+    """The ``signals`` (of :data:`INTERNAL_SIGNALS`) of each completion, flat in the order given: self-certainty
+    and LaSeR's reserved-token log-probability (``token``: the reserved token, None: chosen per tokenizer)."""
+    wanted = [name for name in signals if name in INTERNAL_SIGNALS]
+    if not wanted:
+        return {}
+    reserved_id = reserved_token(tokenizer, token) if "laser" in wanted else None
+    scores = completion_scores(model, list(prompt_ids), list(completion_ids), stop_token_ids(model, tokenizer)[0],
+                               reserved_id, with_self_certainty="self_certainty" in wanted, batch_size=batch_size)
+    values = {"self_certainty": scores.self_certainty, "laser": scores.reserved_logprobs}
+    return {name: values[name].tolist() for name in wanted}
