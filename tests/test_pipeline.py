@@ -122,7 +122,7 @@ def test_bad_tool_stages(tmp_path, stage, match):
         load_pipeline(write_pipeline(tmp_path, stages=[stage], sharpness=[], figures=[]))
 
 
-@pytest.mark.parametrize("name", ["demo/pipeline", "ts_opsd/pipeline", "rise_judge/pipeline", "grm/pipeline", "grm/pipeline_nlhf"])
+@pytest.mark.parametrize("name", ["demo/pipeline", "ts_opsd/pipeline", "rise_judge/pipeline", "grm/pipeline", "grm/pipeline_nlhf", "self_rewarding/pipeline"])
 def test_shipped_pipelines_and_their_recipes_load(name):
     from pathlib import Path
 
