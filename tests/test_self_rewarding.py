@@ -319,3 +319,23 @@ def test_unrelated_rankings_give_a_consistency_near_one_half():
     rng = random.Random(0)
     taus = [kendall_tau([rng.random() for _ in range(8)], [rng.random() for _ in range(8)]) for _ in range(400)]
     assert abs(consistency_rates(taus)[0] - 0.5) < 0.03
+
+
+def test_the_self_judge_stage_runs_end_to_end_on_the_tiny_model(tmp_path):
+    from posttrain.judges.self_rewarding import run_self_judge
+
+    options = _options(data="task:arithmetic", n=2, samples=3, max_new_tokens=6, judge_max_new_tokens=4,
+                       judge="pairwise", consistency="previous", previous="tiny-random",
+                       agreement=["judge", "self_certainty", "laser"], out_dir=tmp_path)
+    summary = run_self_judge(options)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written == summary
+    assert summary["prompts"] == 2 and summary["responses"] == 6
+    assert summary["judgments"] <= 2 * 2 * 3  # both orders of at most 3 pairs per prompt (identical ones unjudged)
+    assert summary["mean_tau"] is None or -1 <= summary["mean_tau"] <= 1
+    dropped = (summary["ties_dropped"] + summary["unscored_dropped"] + summary["identical_dropped"]
+               + summary["agreement_dropped"])
+    assert summary["pairs"] + dropped == 2  # every prompt is either a pair or counted as dropped
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all("self_certainty" in row and "laser" in row for row in samples)
+    assert len((tmp_path / "dpo.jsonl").read_text().splitlines()) == summary["pairs"]
