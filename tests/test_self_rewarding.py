@@ -280,7 +280,8 @@ def test_scir_keeps_only_pairs_every_internal_signal_agrees_on():
 @pytest.mark.parametrize(("values", "message"), [
     ({"consistency": "previous"}, "previous iteration's model"),
     ({"consistency": "orders"}, "set judge: pairwise"),
-    ({"previous": "x"}, "only read with consistency: previous"),
+    ({"previous": "x"}, "only read with consistency: previous or the implicit"),
+    ({"agreement": "implicit"}, "need the previous iteration's"),
     ({"samples": 1}, "at least 2 samples"),
     ({"agreement": "judge,vibes"}, "unknown agreement signal"),
     ({"min_tau": 2}, "Kendall tau in"),
@@ -326,7 +327,7 @@ def test_the_self_judge_stage_runs_end_to_end_on_the_tiny_model(tmp_path):
 
     options = _options(data="task:arithmetic", n=2, samples=3, max_new_tokens=6, judge_max_new_tokens=4,
                        judge="pairwise", consistency="previous", previous="tiny-random",
-                       agreement=["judge", "self_certainty", "laser"], out_dir=tmp_path)
+                       agreement=["judge", "self_certainty", "laser", "implicit"], out_dir=tmp_path)
     summary = run_self_judge(options)
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written == summary
@@ -338,4 +339,6 @@ def test_the_self_judge_stage_runs_end_to_end_on_the_tiny_model(tmp_path):
     assert summary["pairs"] + dropped == 2  # every prompt is either a pair or counted as dropped
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 6 and all("self_certainty" in row and "laser" in row for row in samples)
+    # the previous model is the same tiny model: its implicit reward log π_θ(y|x) − log π_prev(y|x) is 0
+    assert all(abs(row["implicit"]) < 1e-4 for row in samples)
     assert len((tmp_path / "dpo.jsonl").read_text().splitlines()) == summary["pairs"]

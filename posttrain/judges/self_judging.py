@@ -14,9 +14,11 @@ response has none), so rankings line up across judges and signals.
     (neither wins); against an empty response the other wins both orders unjudged.
 
 Internal signals (SCIR-style agreement, Zhou et al. 2025): :func:`internal_signals` adds the model's
-self-certainty of each response (:func:`posttrain.ops.self_certainty`, Kang et al. 2025) and LaSeR's
+self-certainty of each response (:func:`posttrain.ops.self_certainty`, Kang et al. 2025), LaSeR's
 ``log π(z_c | x, y, EOS)`` (Yang et al. 2025; a monotone function of ``r_s``, so it orders responses as ``r_s``
-does) from one forward pass per batch.
+does), both from one forward pass per batch, and the DPO implicit reward against the previous iteration's
+model, ``log π_θ(y | x) − log π_prev(y | x)`` (SCIR's second internal reward model; β > 0 does not change the
+order, so it is left out).
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from dataclasses import dataclass, field
 from posttrain.data import encode_prompts
 from posttrain.judges.formats import resolve_template
 from posttrain.judges.scorers import judge_pairs
-from posttrain.models.self_scores import completion_scores, reserved_token
+from posttrain.models.self_scores import completion_scores, continuation_logprobs, reserved_token
 from posttrain.rollout import RolloutEngine, SamplingParams, stop_token_ids
 
 JUDGE_MODES = ("pointwise", "pairwise")
 DEFAULT_TEMPLATES = {"pointwise": "pointwise", "pairwise": "rise"}
-INTERNAL_SIGNALS = ("self_certainty", "laser")
+INTERNAL_SIGNALS = ("self_certainty", "laser", "implicit")
 
 
 @dataclass
@@ -103,14 +105,26 @@ def _pairwise(engine, template_name, questions, responses, params) -> Judged:
 
 
 def internal_signals(model, tokenizer, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]],
-                     signals: Sequence[str], token: str | None = None, batch_size: int = 8) -> dict[str, list[float]]:
-    """The ``signals`` (of :data:`INTERNAL_SIGNALS`) of each completion, flat in the order given: self-certainty
-    and LaSeR's reserved-token log-probability (``token``: the reserved token, None: chosen per tokenizer)."""
+                     signals: Sequence[str], token: str | None = None, batch_size: int = 8,
+                     previous_model=None) -> dict[str, list[float]]:
+    """The ``signals`` (of :data:`INTERNAL_SIGNALS`) of each completion, flat in the order given: self-certainty,
+    LaSeR's reserved-token log-probability (``token``: the reserved token, None: chosen per tokenizer) and the
+    implicit reward against ``previous_model`` (module docstring)."""
     wanted = [name for name in signals if name in INTERNAL_SIGNALS]
-    if not wanted:
-        return {}
-    reserved_id = reserved_token(tokenizer, token) if "laser" in wanted else None
-    scores = completion_scores(model, list(prompt_ids), list(completion_ids), stop_token_ids(model, tokenizer)[0],
-                               reserved_id, with_self_certainty="self_certainty" in wanted, batch_size=batch_size)
-    values = {"self_certainty": scores.self_certainty, "laser": scores.reserved_logprobs}
-    return {name: values[name].tolist() for name in wanted}
+    values: dict[str, list[float]] = {}
+    if "self_certainty" in wanted or "laser" in wanted:
+        reserved_id = reserved_token(tokenizer, token) if "laser" in wanted else None
+        scores = completion_scores(model, list(prompt_ids), list(completion_ids), stop_token_ids(model, tokenizer)[0],
+                                   reserved_id, with_self_certainty="self_certainty" in wanted, batch_size=batch_size)
+        if scores.self_certainty is not None:
+            values["self_certainty"] = scores.self_certainty.tolist()
+        if scores.reserved_logprobs is not None:
+            values["laser"] = scores.reserved_logprobs.tolist()
+    if "implicit" in wanted:
+        if previous_model is None:
+            raise ValueError("the implicit reward needs the previous iteration's model")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        current, previous = (continuation_logprobs(lm, list(prompt_ids), list(completion_ids), pad, batch_size)
+                             for lm in (model, previous_model))
+        values["implicit"] = [a - b for a, b in zip(current, previous, strict=True)]
+    return {name: values[name] for name in wanted}

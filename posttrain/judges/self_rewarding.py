@@ -20,8 +20,10 @@ dropped) and trains them as plain DPO. CREAM's previous-iteration judge is a DPO
 judge is the LLM-as-a-judge prompt, so the previous model judges with the same prompt.
 
 ``agreement`` (SCIR, Zhou et al. 2025: a pair trains only when the model's internal rewards agree on it): each
-listed signal — ``judge`` (agrees by construction), ``self_certainty``, ``laser`` — must score the chosen
-response strictly above the rejected one, else the pair is dropped and counted per disagreeing signal.
+listed signal — ``judge`` (agrees by construction), ``self_certainty``, ``laser``, ``implicit`` (the DPO implicit
+reward against ``previous``) — must score the chosen response strictly above the rejected one, else the pair is
+dropped and counted per disagreeing signal. SCIR also trains the internal rewards to agree (an inconsistency
+penalty); this stage only filters the pairs.
 
 Outputs in ``out_dir``: ``dpo.jsonl`` (``prompt``, ``chosen``, ``rejected`` as the prompt's format — messages or
 text — plus ``label_smoothing`` and per-pair metadata: indices, scores, τ, C, signal values, and with reference
@@ -93,11 +95,12 @@ class SelfJudgeOptions(SamplingOptions):
 
     @model_validator(mode="after")
     def _consistency(self) -> SelfJudgeOptions:
-        if self.consistency == "previous" and self.previous is None:
-            raise ValueError("consistency: previous needs the previous iteration's model as `previous` "
-                             "(final:<stage> or a model name)")
-        if self.consistency != "previous" and self.previous is not None:
-            raise ValueError("`previous` is only read with consistency: previous")
+        needs_previous = self.consistency == "previous" or "implicit" in self.agreement
+        if needs_previous and self.previous is None:
+            raise ValueError("consistency: previous and the implicit agreement signal need the previous iteration's "
+                             "model as `previous` (final:<stage> or a model name)")
+        if not needs_previous and self.previous is not None:
+            raise ValueError("`previous` is only read with consistency: previous or the implicit agreement signal")
         if self.consistency == "orders" and self.judge != "pairwise":
             raise ValueError("consistency: orders compares the two orders of the pairwise judge; set judge: pairwise")
         if not -1 <= self.min_tau <= 1:
@@ -134,9 +137,11 @@ def run_self_judge(options: SelfJudgeOptions) -> dict:
     questions = [prompt_text(record) for record in records]
     texts = [[g.text for g in group] for group in by_prompt]
     judged = judge_responses(engine, options.judge, options.template, questions, texts, options.judge_max_new_tokens)
-    second = None
+    second = previous_lm = None
+    if options.previous is not None:
+        previous_lm = load_model(options.previous).eval()
     if options.consistency == "previous":
-        previous = tool_engine(options.previous, options.engine, batch_size=options.batch_size)
+        previous = tool_engine(options.previous, options.engine, batch_size=options.batch_size, lm=previous_lm)
         second = judge_responses(previous, options.judge, options.template, questions, texts,
                                  options.judge_max_new_tokens).scores
     elif options.consistency == "orders":
@@ -145,7 +150,7 @@ def run_self_judge(options: SelfJudgeOptions) -> dict:
     taus = [None] * len(records) if second is None else [_tau(a, b) for a, b in zip(first, second, strict=True)]
     flat = [g for group in by_prompt for g in group]
     signals = internal_signals(lm, tokenizer, [g.prompt_ids for g in flat], [g.token_ids for g in flat],
-                               options.agreement, options.reserved_token, options.batch_size)
+                               options.agreement, options.reserved_token, options.batch_size, previous_lm)
     signals = {name: _regroup(values, texts) for name, values in signals.items()}
     pairs, summary = self_rewarding_pairs(records, texts, judged, taus, signals, options)
     _write(Path(options.out_dir), texts, judged, signals, pairs, summary)

@@ -12,7 +12,7 @@ import torch
 
 from posttrain.data import padded_batch
 from posttrain.errors import DataError, ModelError
-from posttrain.ops import causal_lm_parts, hidden_logprobs, self_certainty, soft_cap
+from posttrain.ops import causal_lm_parts, completion_logprobs, hidden_logprobs, self_certainty, soft_cap
 
 # Reserved tokens the LaSeR authors used: Qwen2.5 vocabularies (id 151652) and Llama 3 vocabularies (128002).
 PREFERRED_RESERVED_TOKENS = ("<|vision_start|>", "<|reserved_special_token_0|>")
@@ -141,3 +141,29 @@ def completion_scores(
         torch.cat(reserved) if reserved_id is not None else None,
         torch.cat(certainty) if with_self_certainty else None,
     )
+
+
+def continuation_logprobs(model, prefix_ids: list[list[int]], continuation_ids: list[list[int]], pad_id: int,
+                          batch_size: int = 8) -> list[float]:
+    """``Σ_t log π(c_t | prefix, c_<t)`` of each continuation ``c`` after its prefix (teacher-forced, summed over the
+    continuation's tokens; 0 for an empty one), ``batch_size`` right-padded sequences per forward pass, in eval mode
+    without gradients. A completion's sequence log-probability (prefix = prompt), or the likelihood reward's
+    ``log π(a* | p, z)`` (prefix = prompt + reasoning)."""
+    sequences = [[*prefix, *continuation] for prefix, continuation in zip(prefix_ids, continuation_ids, strict=True)]
+    device = next(model.parameters()).device
+    values: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(sequences), batch_size):
+                rows = range(start, min(start + batch_size, len(sequences)))
+                batch = padded_batch([sequences[i] for i in rows], pad_id, device)
+                mask = torch.zeros_like(batch["input_ids"])
+                for row, index in enumerate(rows):
+                    mask[row, len(prefix_ids[index]):len(sequences[index])] = 1
+                out = completion_logprobs(model, batch["input_ids"], mask, attention_mask=batch["attention_mask"])
+                values += out.logprobs.sum(-1).tolist()
+    finally:
+        model.train(was_training)
+    return values

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import re
 
-import torch
-
-from posttrain.data import encode_prompts, padded_batch
+from posttrain.data import encode_prompts
 from posttrain.errors import ConfigError
-from posttrain.ops import completion_logprobs
+from posttrain.models.self_scores import continuation_logprobs
 from posttrain.rewards.base import Reward
 from posttrain.rewards.registry import register_reward
 
@@ -75,43 +73,22 @@ class LikelihoodReward(Reward):
     def attach_policy(self, model) -> None:
         self.model = model
 
-    def sequences(self, completions, columns) -> tuple[list[list[int]], list[int]]:
-        """Token ids of ``prompt + reasoning + prefix + reference`` per completion, and how many of them (the
-        last ones) are the reference's."""
+    def sequences(self, completions, columns) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids of ``prompt + reasoning + prefix`` and of the reference, per completion."""
         records = [{"prompt": prompt} for prompt in columns["prompt"]]
         prompt_ids = encode_prompts(records, self.tokenizer)
         encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
-        sequences, answer_lengths = [], []
+        prefixes, answers = [], []
         for prompt, completion, reference in zip(prompt_ids, completions, columns["reference"], strict=True):
-            context = encode(reasoning_before_answer(completion, self.marker) + self.prefix)
-            answer = encode(str(reference))
-            sequences.append([*prompt, *context, *answer])
-            answer_lengths.append(len(answer))
-        return sequences, answer_lengths
+            prefixes.append([*prompt, *encode(reasoning_before_answer(completion, self.marker) + self.prefix)])
+            answers.append(encode(str(reference)))
+        return prefixes, answers
 
     def __call__(self, prompts, completions, **columns):
         if self.model is None or self.tokenizer is None:
             raise ConfigError("the likelihood reward scores with the policy being trained, and none was attached",
                               fix="use it in an on-policy RL recipe (method grpo and its family), whose trainer "
                                   "attaches the policy")
-        sequences, answer_lengths = self.sequences(completions, columns)
-        device = next(self.model.parameters()).device
+        prefixes, answers = self.sequences(completions, columns)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        values = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                for start in range(0, len(sequences), self.batch_size):
-                    rows = range(start, min(start + self.batch_size, len(sequences)))
-                    batch = padded_batch([sequences[i] for i in rows], pad, device)
-                    mask = torch.zeros_like(batch["input_ids"])
-                    for row, index in enumerate(rows):
-                        end = len(sequences[index])
-                        mask[row, end - answer_lengths[index]:end] = 1
-                    out = completion_logprobs(self.model, batch["input_ids"], mask,
-                                              attention_mask=batch["attention_mask"])
-                    values += out.logprobs.sum(-1).tolist()
-        finally:
-            self.model.train(was_training)
-        return values
+        return continuation_logprobs(self.model, prefixes, answers, pad, self.batch_size)
