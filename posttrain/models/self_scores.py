@@ -6,6 +6,8 @@ training and the self-rewarding judge data (:mod:`posttrain.judges.self_rewardin
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -111,32 +113,25 @@ def completion_scores(
     tail = [] if reserved_id is None else [reserved_id]
     sequences = [[*p, *c, *tail] for p, c in zip(prompt_ids, ended, strict=True)]
     reserved, certainty = [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(sequences), batch_size):
-                rows = range(start, min(start + batch_size, len(sequences)))
-                batch = padded_batch([sequences[i] for i in rows], eos_id, device)
-                hidden = body(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-                ).last_hidden_state
-                if reserved_id is not None:
-                    eos_positions = torch.tensor([len(prompt_ids[i]) + len(ended[i]) - 1 for i in rows])
-                    labels = torch.full((len(rows),), reserved_id, dtype=torch.long, device=device)
-                    at_eos = hidden[torch.arange(len(rows)), eos_positions.to(device)]
-                    reserved.append(
-                        hidden_logprobs(at_eos, head.weight, labels, logit_softcap=softcap)[0].cpu()
-                    )
-                if with_self_certainty:
-                    for row, index in enumerate(rows):
-                        first = len(prompt_ids[index]) - 1
-                        states = hidden[row, first : first + len(completion_ids[index])]
-                        logits = soft_cap(states @ head.weight.t(), softcap)
-                        mask = torch.ones(1, logits.shape[0], device=device)
-                        certainty.append(self_certainty(logits[None], mask).cpu())
-    finally:
-        model.train(was_training)
+    with scoring(model):
+        for rows, batch in padded_batches(sequences, eos_id, batch_size, device):
+            hidden = body(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).last_hidden_state
+            if reserved_id is not None:
+                eos_positions = torch.tensor([len(prompt_ids[i]) + len(ended[i]) - 1 for i in rows])
+                labels = torch.full((len(rows),), reserved_id, dtype=torch.long, device=device)
+                at_eos = hidden[torch.arange(len(rows)), eos_positions.to(device)]
+                reserved.append(
+                    hidden_logprobs(at_eos, head.weight, labels, logit_softcap=softcap)[0].cpu()
+                )
+            if with_self_certainty:
+                for row, index in enumerate(rows):
+                    first = len(prompt_ids[index]) - 1
+                    states = hidden[row, first : first + len(completion_ids[index])]
+                    logits = soft_cap(states @ head.weight.t(), softcap)
+                    mask = torch.ones(1, logits.shape[0], device=device)
+                    certainty.append(self_certainty(logits[None], mask).cpu())
     return CompletionScores(
         torch.cat(reserved) if reserved_id is not None else None,
         torch.cat(certainty) if with_self_certainty else None,
@@ -150,20 +145,32 @@ def continuation_logprobs(model, prefix_ids: list[list[int]], continuation_ids: 
     without gradients. A completion's sequence log-probability (prefix = prompt), or the likelihood reward's
     ``log π(a* | p, z)`` (prefix = prompt + reasoning)."""
     sequences = [[*prefix, *continuation] for prefix, continuation in zip(prefix_ids, continuation_ids, strict=True)]
-    device = next(model.parameters()).device
     values: list[float] = []
+    with scoring(model):
+        for rows, batch in padded_batches(sequences, pad_id, batch_size, next(model.parameters()).device):
+            mask = torch.zeros_like(batch["input_ids"])
+            for row, index in enumerate(rows):
+                mask[row, len(prefix_ids[index]):len(sequences[index])] = 1
+            out = completion_logprobs(model, batch["input_ids"], mask, attention_mask=batch["attention_mask"])
+            values += out.logprobs.sum(-1).tolist()
+    return values
+
+
+@contextlib.contextmanager
+def scoring(model) -> Iterator[None]:
+    """``model`` in eval mode without gradients inside the block; its training mode is restored after."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(sequences), batch_size):
-                rows = range(start, min(start + batch_size, len(sequences)))
-                batch = padded_batch([sequences[i] for i in rows], pad_id, device)
-                mask = torch.zeros_like(batch["input_ids"])
-                for row, index in enumerate(rows):
-                    mask[row, len(prefix_ids[index]):len(sequences[index])] = 1
-                out = completion_logprobs(model, batch["input_ids"], mask, attention_mask=batch["attention_mask"])
-                values += out.logprobs.sum(-1).tolist()
+            yield
     finally:
         model.train(was_training)
-    return values
+
+
+def padded_batches(sequences: list[list[int]], pad_id: int, batch_size: int, device
+                   ) -> Iterator[tuple[range, dict[str, torch.Tensor]]]:
+    """The indices and right-padded :func:`~posttrain.data.padded_batch` of ``batch_size`` sequences at a time."""
+    for start in range(0, len(sequences), batch_size):
+        rows = range(start, min(start + batch_size, len(sequences)))
+        yield rows, padded_batch([sequences[i] for i in rows], pad_id, device)
