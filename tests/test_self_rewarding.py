@@ -203,6 +203,14 @@ def test_pointwise_scores_and_format_failures():
     assert (judged.judgments, judged.format_failures) == (3, 1)
 
 
+def test_a_prefilled_pointwise_judgment_starts_with_the_prefill():
+    judge = ScriptedJudge(lambda text: "5]] fine" if text.endswith("Score: [[") else "no score")
+    judged = judge_responses(judge, "pointwise", None, ["q"], [["zqa", "zqb"]], prefill="Score: [[")
+    assert judged.scores == [[5.0, 5.0]] and judged.outputs == [["Score: [[5]] fine"] * 2]
+    with pytest.raises(ValueError, match="pointwise judge only"):
+        judge_responses(judge, "pairwise", None, ["q"], [["zqa", "zqb"]], prefill="[[")
+
+
 def test_pairwise_wins_count_both_orders():
     def longer_wins(text):
         a, b = _answers(text)
@@ -285,6 +293,7 @@ def test_scir_keeps_only_pairs_every_internal_signal_agrees_on():
     ({"samples": 1}, "at least 2 samples"),
     ({"agreement": "judge,vibes"}, "unknown agreement signal"),
     ({"min_tau": 2}, "Kendall tau in"),
+    ({"judge": "pairwise", "judge_prefill": "[["}, "pairwise judge takes none"),
     ({"judge": "listwise"}, "judge"),
     ({"samplez": 3}, "unknown option 'samplez'"),
 ])

@@ -5,7 +5,10 @@ response has none), so rankings line up across judges and signals.
 
 ``pointwise`` (Yuan et al. 2024, "Self-Rewarding Language Models", arXiv 2401.10020)
     each response judged alone with a pointwise template (default ``pointwise``: a 1–10 score in ``[[ ]]``),
-    greedily; a judgment without a score is a format failure and its response has no score.
+    greedily; a judgment without a score is a format failure and its response has no score. With a ``prefill``
+    (e.g. ``"Score: [["``) the judgment is made to start with that text — placed after the chat template's
+    assistant header, read back as part of the judgment — so a small model that writes no ``[[N]]`` on its own
+    (SmolLM2-135M: all of 12 judgments without a score) gives a direct score instead of an analysis.
 ``pairwise``
     every two different responses judged in both orders with a pairwise template (default ``rise``;
     :func:`posttrain.judges.scorers.judge_pairs`); a response's score is its number of wins over both orders,
@@ -50,22 +53,27 @@ class Judged:
 
 
 def judge_responses(engine: RolloutEngine, mode: str, template: str | None, questions: Sequence[str],
-                    responses: Sequence[Sequence[str]], max_new_tokens: int = 256) -> Judged:
-    """Score every prompt's responses with ``engine`` as the judge, by ``mode`` (module docstring)."""
+                    responses: Sequence[Sequence[str]], max_new_tokens: int = 256, prefill: str = "") -> Judged:
+    """Score every prompt's responses with ``engine`` as the judge, by ``mode`` (module docstring); a pointwise
+    judgment starts with ``prefill`` (module docstring)."""
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, n=1)
     if mode == "pointwise":
-        return _pointwise(engine, template or DEFAULT_TEMPLATES[mode], questions, responses, params)
+        return _pointwise(engine, template or DEFAULT_TEMPLATES[mode], questions, responses, params, prefill)
+    if prefill:
+        raise ValueError("a judgment prefill is for the pointwise judge only")
     if mode == "pairwise":
         return _pairwise(engine, template or DEFAULT_TEMPLATES[mode], questions, responses, params)
     raise ValueError(f"judge mode {mode!r} is not one of {', '.join(JUDGE_MODES)}")
 
 
-def _pointwise(engine, template_name, questions, responses, params) -> Judged:
+def _pointwise(engine, template_name, questions, responses, params, prefill) -> Judged:
     template = resolve_template(template_name, "pointwise")
     messages = [template.render(question, text) for question, texts in zip(questions, responses, strict=True)
                 for text in texts]
     prompt_ids = encode_prompts([{"prompt": message} for message in messages], engine.tokenizer)
-    outputs = iter(generation.text for generation in engine.generate(prompt_ids, params))
+    opening = engine.tokenizer.encode(prefill, add_special_tokens=False) if prefill else []
+    prompt_ids = [[*ids, *opening] for ids in prompt_ids]
+    outputs = iter(prefill + generation.text for generation in engine.generate(prompt_ids, params))
     judged = Judged([], judgments=len(messages))
     for texts in responses:
         written = [next(outputs) for _ in texts]

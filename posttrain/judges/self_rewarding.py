@@ -66,6 +66,7 @@ class SelfJudgeOptions(SamplingOptions):
     judge: Literal["pointwise", "pairwise"] = "pointwise"
     template: str | None = None
     judge_max_new_tokens: int = 256
+    judge_prefill: str = ""
     consistency: Literal["none", "previous", "orders"] = "none"
     previous: str | None = None
     consistency_scope: Literal["dataset", "prompt"] = "dataset"
@@ -103,6 +104,8 @@ class SelfJudgeOptions(SamplingOptions):
             raise ValueError("`previous` is only read with consistency: previous or the implicit agreement signal")
         if self.consistency == "orders" and self.judge != "pairwise":
             raise ValueError("consistency: orders compares the two orders of the pairwise judge; set judge: pairwise")
+        if self.judge_prefill and self.judge != "pointwise":
+            raise ValueError("judge_prefill starts a pointwise judgment; the pairwise judge takes none")
         if not -1 <= self.min_tau <= 1:
             raise ValueError(f"min_tau is a Kendall tau in [-1, 1], got {self.min_tau}")
         return self
@@ -136,14 +139,15 @@ def run_self_judge(options: SelfJudgeOptions) -> dict:
         by_prompt[generation.prompt_index].append(generation)
     questions = [prompt_text(record) for record in records]
     texts = [[g.text for g in group] for group in by_prompt]
-    judged = judge_responses(engine, options.judge, options.template, questions, texts, options.judge_max_new_tokens)
+    judged = judge_responses(engine, options.judge, options.template, questions, texts, options.judge_max_new_tokens,
+                             options.judge_prefill)
     second = previous_lm = None
     if options.previous is not None:
         previous_lm = load_model(options.previous).eval()
     if options.consistency == "previous":
         previous = tool_engine(options.previous, options.engine, batch_size=options.batch_size, lm=previous_lm)
         second = judge_responses(previous, options.judge, options.template, questions, texts,
-                                 options.judge_max_new_tokens).scores
+                                 options.judge_max_new_tokens, options.judge_prefill).scores
     elif options.consistency == "orders":
         second = [list(swapped) for _, swapped in judged.orders]
     first = [list(first) for first, _ in judged.orders] if options.consistency == "orders" else judged.scores
