@@ -351,3 +351,25 @@ def test_the_self_judge_stage_runs_end_to_end_on_the_tiny_model(tmp_path):
     # the previous model is the same tiny model: its implicit reward log π_θ(y|x) − log π_prev(y|x) is 0
     assert all(abs(row["implicit"]) < 1e-4 for row in samples)
     assert len((tmp_path / "dpo.jsonl").read_text().splitlines()) == summary["pairs"]
+
+
+def test_the_expected_score_is_the_judge_s_mean_over_single_token_scores():
+    from posttrain.data import encode_prompts
+    from posttrain.judges.formats import get_template
+    from posttrain.judges.self_judging import expected_pointwise
+
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    responses = [["2 + 2 = 4", "it is 5"], ["7"]]
+    judged = expected_pointwise(model, tokenizer, None, ["2 + 2?", "3 + 4?"], responses, "Score: [[", batch_size=2)
+    template = get_template("pointwise")
+    digits = [tokenizer.encode(str(value), add_special_tokens=False)[0] for value in range(1, 10)]  # "10": 2 tokens
+    expected = []
+    for question, texts in zip(["2 + 2?", "3 + 4?"], responses, strict=True):
+        for text in texts:
+            ids = encode_prompts([{"prompt": template.render(question, text)}], tokenizer)[0]
+            ids = ids + tokenizer.encode("Score: [[", add_special_tokens=False)
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids])).logits[0, -1, digits].double()
+            expected.append(float((logits.softmax(-1) * torch.arange(1, 10, dtype=torch.float64)).sum()))
+    assert [score for group in judged.scores for score in group] == pytest.approx(expected, rel=1e-4)
+    assert judged.judgments == 3 and judged.format_failures == 0

@@ -9,6 +9,11 @@ response has none), so rankings line up across judges and signals.
     (e.g. ``"Score: [["``) the judgment is made to start with that text — placed after the chat template's
     assistant header, read back as part of the judgment — so a small model that writes no ``[[N]]`` on its own
     (SmolLM2-135M: all of 12 judgments without a score) gives a direct score instead of an analysis.
+``expected`` (:func:`expected_pointwise`; G-Eval, Liu et al. 2023, arXiv 2303.16634)
+    the pointwise prompt with a prefill ending where the score begins, and instead of the greedy score its
+    expectation under the judge's next-token distribution: ``Σ_s s·p(s) / Σ_s p(s)`` over the scores of the
+    template's range that are one token each (1–9 where digits are single tokens). It ties far less often than
+    the greedy score (the embedded model's greedy score is 7 for every response).
 ``pairwise``
     every two different responses judged in both orders with a pairwise template (default ``rise``;
     :func:`posttrain.judges.scorers.judge_pairs`); a response's score is its number of wins over both orders,
@@ -26,17 +31,27 @@ order, so it is left out).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import torch
 
 from posttrain.data import encode_prompts
 from posttrain.judges.formats import resolve_template
 from posttrain.judges.scorers import judge_pairs
-from posttrain.models.self_scores import completion_scores, continuation_logprobs, reserved_token
+from posttrain.models.self_scores import (
+    completion_scores,
+    continuation_logprobs,
+    padded_batches,
+    reserved_token,
+    scoring,
+)
+from posttrain.ops import causal_lm_parts, soft_cap
 from posttrain.rollout import RolloutEngine, SamplingParams, stop_token_ids
 
-JUDGE_MODES = ("pointwise", "pairwise")
-DEFAULT_TEMPLATES = {"pointwise": "pointwise", "pairwise": "rise"}
+JUDGE_MODES = ("pointwise", "pairwise", "expected")
+DEFAULT_TEMPLATES = {"pointwise": "pointwise", "pairwise": "rise", "expected": "pointwise"}
 INTERNAL_SIGNALS = ("self_certainty", "laser", "implicit")
 
 
@@ -136,3 +151,37 @@ def internal_signals(model, tokenizer, prompt_ids: Sequence[list[int]], completi
                              for lm in (model, previous_model))
         values["implicit"] = [a - b for a, b in zip(current, previous, strict=True)]
     return {name: values[name] for name in wanted}
+
+
+def expected_pointwise(model, tokenizer, template: str | None, questions: Sequence[str],
+                       responses: Sequence[Sequence[str]], prefill: str, batch_size: int = 8) -> Judged:
+    """Each response's expected pointwise score after ``prompt + prefill`` (the ``expected`` mode of the module
+    docstring), one forward pass per ``batch_size`` judge prompts, reading only the last position's distribution."""
+    chosen = resolve_template(template or DEFAULT_TEMPLATES["expected"], "pointwise")
+    low, high = chosen.score_range
+    values, token_ids = [], []
+    for value in range(math.ceil(low), math.floor(high) + 1):
+        ids = tokenizer.encode(str(value), add_special_tokens=False)
+        if len(ids) == 1:
+            values.append(float(value))
+            token_ids.append(ids[0])
+    if len(values) < 2 or not prefill:
+        raise ValueError("the expected score needs a prefill that ends where the score begins (e.g. 'Score: [[') and "
+                         "at least two scores of the template's range that are one token each")
+    messages = [chosen.render(question, text) for question, texts in zip(questions, responses, strict=True)
+                for text in texts]
+    opening = tokenizer.encode(prefill, add_special_tokens=False)
+    sequences = [[*ids, *opening] for ids in encode_prompts([{"prompt": m} for m in messages], tokenizer)]
+    body, head, softcap = causal_lm_parts(model)
+    device, candidates = head.weight.device, torch.tensor(token_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    expected: list[float] = []
+    with scoring(model):
+        for rows, batch in padded_batches(sequences, pad, batch_size, device):
+            hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          use_cache=False).last_hidden_state
+            last = hidden[torch.arange(len(rows)), torch.tensor([len(sequences[i]) - 1 for i in rows])]
+            logits = soft_cap(last @ head.weight[candidates.to(device)].t(), softcap).float()
+            expected += (logits.softmax(-1) @ torch.tensor(values, device=device)).tolist()
+    scores = iter(expected)
+    return Judged([[next(scores) for _ in texts] for texts in responses], judgments=len(messages))

@@ -3,7 +3,8 @@ against its worst becomes a preference pair (Yuan et al. 2024, "Self-Rewarding L
 2401.10020). A pipeline repeats sample → judge → DPO for K iterations (``recipes/self_rewarding``); this module
 writes one iteration's pairs, the training happens in the pipeline's ``dpo`` stages.
 
-Per prompt, with the judge's scores (:mod:`posttrain.judges.self_judging`, ``judge: pointwise | pairwise``):
+Per prompt, with the judge's scores (:mod:`posttrain.judges.self_judging`, ``judge: pointwise | pairwise |
+expected`` — the last the pointwise judge's expected score, G-Eval style):
 chosen = the highest-scored response, rejected = the lowest (the first of equals); a prompt whose scored
 responses all score the same is a **tie** and gives no pair (Yuan et al. discard those), as does one with fewer
 than two scored responses (format failures) or whose best and worst responses are the same text.
@@ -44,7 +45,13 @@ from posttrain.data import encode_prompts, make_task, prompt_text, read_records,
 from posttrain.errors import DataError
 from posttrain.grading import grade
 from posttrain.judges.consistency import consistency_rates, kendall_tau
-from posttrain.judges.self_judging import INTERNAL_SIGNALS, Judged, internal_signals, judge_responses
+from posttrain.judges.self_judging import (
+    INTERNAL_SIGNALS,
+    Judged,
+    expected_pointwise,
+    internal_signals,
+    judge_responses,
+)
 from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import SamplingOptions, list_option
@@ -63,7 +70,7 @@ class SelfJudgeOptions(SamplingOptions):
     task_options: dict[str, Any] = {}
     n: int | None = 32
     samples: int = 4
-    judge: Literal["pointwise", "pairwise"] = "pointwise"
+    judge: Literal["pointwise", "pairwise", "expected"] = "pointwise"
     template: str | None = None
     judge_max_new_tokens: int = 256
     judge_prefill: str = ""
@@ -104,8 +111,11 @@ class SelfJudgeOptions(SamplingOptions):
             raise ValueError("`previous` is only read with consistency: previous or the implicit agreement signal")
         if self.consistency == "orders" and self.judge != "pairwise":
             raise ValueError("consistency: orders compares the two orders of the pairwise judge; set judge: pairwise")
-        if self.judge_prefill and self.judge != "pointwise":
+        if self.judge_prefill and self.judge == "pairwise":
             raise ValueError("judge_prefill starts a pointwise judgment; the pairwise judge takes none")
+        if self.judge == "expected" and not self.judge_prefill:
+            raise ValueError("judge: expected reads the score token after judge_prefill; give one that ends where the "
+                             "score begins, e.g. 'Score: [['")
         if not -1 <= self.min_tau <= 1:
             raise ValueError(f"min_tau is a Kendall tau in [-1, 1], got {self.min_tau}")
         return self
@@ -139,15 +149,13 @@ def run_self_judge(options: SelfJudgeOptions) -> dict:
         by_prompt[generation.prompt_index].append(generation)
     questions = [prompt_text(record) for record in records]
     texts = [[g.text for g in group] for group in by_prompt]
-    judged = judge_responses(engine, options.judge, options.template, questions, texts, options.judge_max_new_tokens,
-                             options.judge_prefill)
+    judged = _judge(options, engine, lm, tokenizer, questions, texts)
     second = previous_lm = None
     if options.previous is not None:
         previous_lm = load_model(options.previous).eval()
     if options.consistency == "previous":
         previous = tool_engine(options.previous, options.engine, batch_size=options.batch_size, lm=previous_lm)
-        second = judge_responses(previous, options.judge, options.template, questions, texts,
-                                 options.judge_max_new_tokens, options.judge_prefill).scores
+        second = _judge(options, previous, previous_lm, previous.tokenizer, questions, texts).scores
     elif options.consistency == "orders":
         second = [list(swapped) for _, swapped in judged.orders]
     first = [list(first) for first, _ in judged.orders] if options.consistency == "orders" else judged.scores
@@ -159,6 +167,15 @@ def run_self_judge(options: SelfJudgeOptions) -> dict:
     pairs, summary = self_rewarding_pairs(records, texts, judged, taus, signals, options)
     _write(Path(options.out_dir), texts, judged, signals, pairs, summary)
     return summary
+
+
+def _judge(options: SelfJudgeOptions, engine, lm, tokenizer, questions, texts) -> Judged:
+    """The scores of ``options.judge``: generated judgments from ``engine``, or the expected score from ``lm``."""
+    if options.judge == "expected":
+        return expected_pointwise(lm, tokenizer, options.template, questions, texts, options.judge_prefill,
+                                  options.batch_size)
+    return judge_responses(engine, options.judge, options.template, questions, texts, options.judge_max_new_tokens,
+                           options.judge_prefill)
 
 
 def self_rewarding_pairs(records: list[dict], texts: list[list[str]], judged: Judged, taus: list[float | None],
