@@ -27,6 +27,9 @@ class PreferenceConfig(Section):
                         "λ, the weight of the odds-ratio term)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="ε: assumed label-flip rate (cDPO, robust "
                                    "DPO, SimPO); sigmoid, robust and simpo only")
+    label_smoothing_field: str | None = Field(None, description="record field holding a per-pair ε in [0, 1] that "
+                                              "replaces label_smoothing (CREAM: 1 − the consistency rate, written "
+                                              "by the self_judge stage as `label_smoothing`); sigmoid and simpo only")
     gamma: float = Field(0.0, allow_inf_nan=False, description="SimPO's target reward margin γ; simpo only")
     rpo_alpha: float = Field(0.0, ge=0, allow_inf_nan=False, description="RPO: weight α of the NLL on the "
                              "chosen completions added to the loss (0 = off; orpo always adds it with weight 1)")
@@ -56,6 +59,9 @@ class PreferenceConfig(Section):
         if self.label_smoothing > 0 and self.kind not in PREFERENCE_LABEL_SMOOTHING:
             raise ValueError(f"kind {self.kind!r} has no label smoothing; set preference.label_smoothing=0 or use "
                              f"one of {', '.join(PREFERENCE_LABEL_SMOOTHING)}")
+        if self.label_smoothing_field is not None and (self.kind not in ("sigmoid", "simpo") or self.label_smoothing):
+            raise ValueError("label_smoothing_field gives each pair its own ε for kind sigmoid or simpo; use one of "
+                             "those kinds and leave preference.label_smoothing at 0")
         if self.gamma != 0 and self.kind != "simpo":
             raise ValueError(f"gamma is SimPO's margin but kind is {self.kind!r}; set preference.gamma=0")
         if self.rpo_alpha and self.kind in ("orpo", "kto"):

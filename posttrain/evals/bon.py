@@ -39,11 +39,11 @@ from pydantic import field_validator
 from posttrain.data import encode_prompts, prompt_text
 from posttrain.errors import ConfigError, DataError
 from posttrain.evals.run import prompt_records
-from posttrain.evals.selfreward import completion_scores, reserved_token
 from posttrain.grading import grade
 from posttrain.judges.formats import get_template
 from posttrain.judges.judge_model import JudgeModel, unit_score
 from posttrain.models import load_model, load_tokenizer
+from posttrain.models.self_scores import completion_scores, reserved_token
 from posttrain.ops import laser_score
 from posttrain.rollout import stop_token_ids
 from posttrain.rollout.engines import tool_engine

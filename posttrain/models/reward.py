@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from posttrain.data import padded_batch
 from posttrain.errors import ConfigError, ModelError, first_line, location
 from posttrain.models.embedded import EMBEDDED_MODEL_NAME
 from posttrain.models.loader import adapter_base_reference, resolve_device, resolve_dtype, resolve_source
 from posttrain.models.lora import lora_settings
+from posttrain.models.self_scores import padded_batches, scoring
 from posttrain.models.tiny import TINY_MODEL_NAME, tiny_model
 
 REWARD_MODEL_FIX = "pass the directory of a reward model (an *ForSequenceClassification model with num_labels=1)"
@@ -133,15 +133,8 @@ def check_reward_model(name: str) -> None:
 
 def score_sequences(model, sequences: Sequence[list[int]], batch_size: int = 8) -> list[float]:
     """:func:`sequence_scores` of token sequences, right-padded ``batch_size`` at a time, without gradients."""
-    device = next(model.parameters()).device
     scores: list[float] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(sequences), batch_size):
-                inputs = padded_batch(sequences[start : start + batch_size], 0, device)
-                scores += sequence_scores(model, inputs).float().tolist()
-    finally:
-        model.train(was_training)
+    with scoring(model):
+        for _, inputs in padded_batches(list(sequences), 0, batch_size, next(model.parameters()).device):
+            scores += sequence_scores(model, inputs).float().tolist()
     return scores

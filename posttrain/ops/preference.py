@@ -22,6 +22,15 @@ in tokens. With ``h = (π_c − ref_c) − (π_r − ref_r)`` and label noise ``
   ``log odds(y) = a − log(1 − exp(a))``, loss ``−β·log σ(log odds(y_c) − log odds(y_r))``. The full ORPO
   objective adds the NLL of the chosen completions (weight 1): the trainer adds :func:`rpo_term`.
 
+**Per-pair label smoothing** (``sigmoid`` and ``simpo``): ``label_smoothing`` may be a tensor ``[B]`` of
+ε_i in [0, 1], one per pair. With ε_i = 1 − C_i this is CREAM's consistency-regularized DPO (Wang et al.,
+ICLR 2025, arXiv 2410.12735; ``sft_dpo_trainer.py`` of Raibows/CREAM): the loss of the judged order weighted
+by the consistency rate C_i plus the loss of the reversed pair weighted by 1 − C_i,
+``C·(−log σ(β·h)) + (1−C)·(−log σ(−β·h))`` — the smoothed logistic above, term for term. C = 1 is plain DPO.
+The gradient in z is ``−(C − σ(z))``: C = 0.5 gives no gradient while the policy equals the reference (z = 0:
+the judged and the reversed pair cancel) and otherwise pulls the margin back to 0 rather than teaching either
+order; C < 0.5 trains the reversed preference.
+
 Implicit rewards (detached, for logging): ``β·(π − ref)`` for the reference-based kinds (also ``ipo``,
 whose rewards TRL does not length-normalize) and ``β·π/|y|`` for ``simpo`` and ``orpo``. Lengths are clamped to at
 least 1 token, as TRL clamps them for ``ipo``.
@@ -43,6 +52,7 @@ from posttrain.ops.checks import check_choice
 
 PREFERENCE_KINDS = ("sigmoid", "robust", "ipo", "hinge", "simpo", "orpo")
 LABEL_SMOOTHING_KINDS = ("sigmoid", "robust", "simpo")
+PAIR_SMOOTHING_KINDS = ("sigmoid", "simpo")  # the smoothed logistic: any ε in [0, 1] is a convex mix
 LENGTH_NORMALIZED_KINDS = ("ipo", "simpo", "orpo")
 REFERENCE_FREE_KINDS = ("simpo", "orpo")
 
@@ -63,7 +73,7 @@ def dpo_loss(
     ref_rejected_logps: torch.Tensor | None = None,
     beta: float = 0.1,
     kind: str = "sigmoid",
-    label_smoothing: float = 0.0,
+    label_smoothing: float | torch.Tensor = 0.0,
     gamma: float = 0.0,
     chosen_lengths: torch.Tensor | None = None,
     rejected_lengths: torch.Tensor | None = None,
@@ -73,7 +83,8 @@ def dpo_loss(
     ``chosen_logps``/``rejected_logps`` are summed completion log-probs ``[B]`` and carry the gradient;
     the reference sums are detached. ``ipo``, ``simpo`` and ``orpo`` also need ``chosen_lengths`` and
     ``rejected_lengths`` (completion tokens per row); ``simpo`` and ``orpo`` take no reference log-probs;
-    ``gamma`` is SimPO's target margin γ. ``label_smoothing`` is ε in [0, 0.5) for ``sigmoid``, ``robust`` and ``simpo``.
+    ``gamma`` is SimPO's target margin γ. ``label_smoothing`` is ε in [0, 0.5) for ``sigmoid``, ``robust`` and ``simpo``,
+    or a tensor ``[B]`` of per-pair ε_i in [0, 1] for ``sigmoid`` and ``simpo`` (CREAM, module docstring).
     """
     _check_arguments(
         kind,
@@ -183,8 +194,11 @@ def squared_errors(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (scores - labels.to(scores.dtype)) ** 2
 
 
-def _smoothed_logistic(logits: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """``−(1−ε)·log σ(z) − ε·log σ(−z)``: the logistic loss with conservative label smoothing ε."""
+def _smoothed_logistic(logits: torch.Tensor, label_smoothing: float | torch.Tensor) -> torch.Tensor:
+    """``−(1−ε)·log σ(z) − ε·log σ(−z)``: the logistic loss with conservative label smoothing ε (one value, or
+    one per row)."""
+    if isinstance(label_smoothing, torch.Tensor):
+        label_smoothing = label_smoothing.to(device=logits.device, dtype=logits.dtype)
     return -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
 
 
@@ -207,7 +221,7 @@ def _lengths(lengths: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _check_arguments(
     kind: str,
     beta: float,
-    label_smoothing: float,
+    label_smoothing: float | torch.Tensor,
     gamma: float,
     ref_chosen_logps: torch.Tensor | None,
     ref_rejected_logps: torch.Tensor | None,
@@ -218,10 +232,12 @@ def _check_arguments(
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}; "
                          "use a positive beta such as 0.1")
-    if not 0 <= label_smoothing < 0.5:
+    if isinstance(label_smoothing, torch.Tensor):
+        _check_pair_smoothing(kind, label_smoothing)
+    elif not 0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing}; "
                          "use the assumed label-flip rate, e.g. 0.1, or 0 for none")
-    if label_smoothing > 0 and kind not in LABEL_SMOOTHING_KINDS:
+    elif label_smoothing > 0 and kind not in LABEL_SMOOTHING_KINDS:
         raise ValueError(f"the {kind!r} loss has no label smoothing, got label_smoothing = {label_smoothing}"
                          "; "
                          f"set label_smoothing to 0 or use one of: {', '.join(LABEL_SMOOTHING_KINDS)}")
@@ -238,3 +254,13 @@ def _check_arguments(
     if kind in LENGTH_NORMALIZED_KINDS and (chosen_lengths is None or rejected_lengths is None):
         raise ValueError(f"the {kind!r} loss averages log-probs over completion tokens and needs their lengths; "
                          "pass chosen_lengths and rejected_lengths (completion tokens per row)")
+
+
+def _check_pair_smoothing(kind: str, label_smoothing: torch.Tensor) -> None:
+    """Per-pair ε_i: a 1-D tensor in [0, 1] for the kinds whose loss is the smoothed logistic."""
+    if kind not in PAIR_SMOOTHING_KINDS:
+        raise ValueError(f"per-pair label smoothing is a mix of the judged and the reversed order's logistic loss, "
+                         f"which the {kind!r} loss does not have; use one of: {', '.join(PAIR_SMOOTHING_KINDS)}")
+    if label_smoothing.dim() != 1 or not bool(((label_smoothing >= 0) & (label_smoothing <= 1)).all()):
+        raise ValueError("per-pair label smoothing must be a 1-D tensor with one ε in [0, 1] per pair; "
+                         "give 1 − C for a consistency rate C in [0, 1]")

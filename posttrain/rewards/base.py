@@ -73,7 +73,7 @@ class Reward:
     """A batched reward of a run: ``reward(prompts, completions, **columns) -> list[float | None]``.
 
     Subclasses implement ``__call__``; a stateful one overrides the hooks, which the run calls: :meth:`prepare`
-    before training, :meth:`after_batch` after every scored batch, :meth:`save_state`/:meth:`load_state` with
+    (and, in on-policy training, :meth:`attach_policy`) before training, :meth:`after_batch` after every scored batch, :meth:`save_state`/:meth:`load_state` with
     every checkpoint.
     """
 
@@ -95,6 +95,10 @@ class Reward:
 
     def prepare(self, tokenizer) -> None:
         """Check the reward against the policy's tokenizer before training (default: nothing to check)."""
+
+    def attach_policy(self, model) -> None:
+        """Keep the policy being trained, for a reward that scores with it (``likelihood``); the on-policy trainer
+        calls it once before training (default: the reward does not read the policy)."""
 
     def after_batch(self, prompts: Sequence[str], completions: Sequence[str], records: Sequence[dict],
                     values: Sequence[float]) -> dict[str, float]:

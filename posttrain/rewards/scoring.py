@@ -128,10 +128,13 @@ class RewardSet:
             batch.extra.update({f"{bound.label}/{k}": float(v) for k, v in hook_metrics.items()})
         return batch
 
-    def prepare(self, tokenizer) -> None:
-        """Check every reward against the policy's tokenizer before training."""
+    def prepare(self, tokenizer, policy=None) -> None:
+        """Check every reward against the policy's tokenizer before training, and give ``policy`` (the model being
+        trained, when the trainer samples from it) to every reward (:meth:`~posttrain.rewards.base.Reward.attach_policy`)."""
         for bound in self.rewards:
             bound.reward.prepare(tokenizer)
+            if policy is not None:
+                bound.reward.attach_policy(policy)
 
     def save_state(self, directory: str | Path) -> None:
         """Write every stateful reward's state into ``directory/rewards/<label>``."""

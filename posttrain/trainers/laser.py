@@ -25,7 +25,7 @@ import torch
 
 from posttrain.config import RunConfig
 from posttrain.errors import ConfigError
-from posttrain.evals.selfreward import reserved_token
+from posttrain.models.self_scores import reserved_token
 from posttrain.ops import laser_class_weights, laser_loss_sum, laser_score, self_reward_advantages
 from posttrain.trainers.distributed import Processes
 

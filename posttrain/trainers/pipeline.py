@@ -45,6 +45,7 @@ from posttrain.evals.rejection import RejectionOptions, run_rejection_sampling
 from posttrain.evals.sharpness import SharpnessOptions, run_sharpness_eval
 from posttrain.judges.labeling import LabelOptions, run_labeling
 from posttrain.judges.metarm_data import MetarmDataOptions, run_metarm_data
+from posttrain.judges.self_rewarding import SelfJudgeOptions, run_self_judge
 from posttrain.judges.synthesis import SynthesisOptions, run_synthesis
 from posttrain.models import export_checkpoint
 from posttrain.recipe_paths import resolve_name_or_path, substitute_output_dir
@@ -74,10 +75,11 @@ TOOL_STAGES = {
     "label": ToolStage(run_labeling, LabelOptions, "judge", "summary.json"),
     "masterkey": ToolStage(run_masterkey_eval, MasterkeyOptions, "model", "masterkey.json"),
     "rejection_sample": ToolStage(run_rejection_sampling, RejectionOptions, "model", "summary.json"),
+    "self_judge": ToolStage(run_self_judge, SelfJudgeOptions, "model", "summary.json"),
 }
 STAGE_KINDS = ("train", *TOOL_STAGES)
 # the tool arguments that name a model, a template or a data file: resolved against the pipeline's folder
-TOOL_PATH_ARGS = ("model", "judge", "pairs", "data", "template")
+TOOL_PATH_ARGS = ("model", "judge", "pairs", "data", "template", "previous")
 
 
 class Stage(Section):
@@ -87,8 +89,9 @@ class Stage(Section):
     ``gap_eval`` (:func:`posttrain.evals.gap.run_gap_eval`), ``metarm_data``
     (:func:`posttrain.judges.metarm_data.run_metarm_data`), ``label``
     (:func:`posttrain.judges.labeling.run_labeling`), ``masterkey``
-    (:func:`posttrain.evals.masterkey.run_masterkey_eval`) and ``rejection_sample``
-    (:func:`posttrain.evals.rejection.run_rejection_sampling`). Their ``args`` are the fields of the tool's options
+    (:func:`posttrain.evals.masterkey.run_masterkey_eval`), ``rejection_sample``
+    (:func:`posttrain.evals.rejection.run_rejection_sampling`) and ``self_judge``
+    (:func:`posttrain.judges.self_rewarding.run_self_judge`). Their ``args`` are the fields of the tool's options
     object but ``out_dir`` (:func:`check_tool_args`, before any stage runs)."""
 
     name: str

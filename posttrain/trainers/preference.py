@@ -112,9 +112,12 @@ class PairMethod(Method):
 class PreferenceMethod(PairMethod, name="dpo"):
     """DPO and its family (``preference.kind``) for :class:`posttrain.trainers.loop.Trainer`."""
 
-    def __init__(self, config: RunConfig, pairs: list[PreferencePair], model, pad_id: int, processes: Processes):
+    def __init__(self, config: RunConfig, pairs: list[PreferencePair], model, pad_id: int, processes: Processes,
+                 label_smoothing: list[float] | None = None):
         super().__init__(config, pairs, pad_id, processes)
         self.preference = config.preference
+        # [N] per-pair ε (preference.label_smoothing_field, CREAM's 1 − C), else the one preference.label_smoothing
+        self.pair_smoothing = None if label_smoothing is None else torch.tensor(label_smoothing)
         self.reference = None  # [N, 2]: reference (chosen, rejected) log-probs of every pair
         if self.preference.reference == "precompute":
             self.reference = self._cached_reference(model)
@@ -136,8 +139,9 @@ class PreferenceMethod(PairMethod, name="dpo"):
             ref = self.reference[batch.indices].to(device=logps.device, dtype=logps.dtype)
             reference = (ref[:, 0], ref[:, 1])
         pref = self.preference
+        smoothing = pref.label_smoothing if self.pair_smoothing is None else self.pair_smoothing[batch.indices]
         result = dpo_loss(chosen, rejected, *reference, beta=pref.beta, kind=pref.kind,
-                          label_smoothing=pref.label_smoothing, gamma=pref.gamma,
+                          label_smoothing=smoothing, gamma=pref.gamma,
                           chosen_lengths=lengths[:pairs], rejected_lengths=lengths[pairs:])
         loss = result.losses.sum() / totals.of("pairs")
         stats = {}
@@ -298,9 +302,14 @@ def build_pair_method(config: RunConfig, records: list[dict], model, tokenizer, 
         labels = [records[pair.index]["label"] for pair in tokenized.pairs]
         return method_class("kto")(config, tokenized.pairs, labels, model, pad_id, processes), tokenized
     if config.method == "dpo":
-        return PreferenceMethod(config, tokenized.pairs, model, pad_id, processes), tokenized
+        field = config.preference.label_smoothing_field
+        smoothing = None if field is None else [
+            _record_number(records[pair.index], field, "preference.label_smoothing_field", (0.0, 1.0))
+            for pair in tokenized.pairs]
+        return PreferenceMethod(config, tokenized.pairs, model, pad_id, processes, smoothing), tokenized
     field = config.reward_model.margin_field
-    margins = None if field is None else [_margin(records[pair.index], field) for pair in tokenized.pairs]
+    margins = None if field is None else [
+        _record_number(records[pair.index], field, "reward_model.margin_field") for pair in tokenized.pairs]
     return RewardModelMethod(config, tokenized.pairs, margins, pad_id, processes), tokenized
 
 
@@ -309,10 +318,13 @@ def trains_unpaired(config: RunConfig) -> bool:
     return config.method == "dpo" and config.preference.kind == "kto"
 
 
-def _margin(record: dict, field: str) -> float:
+def _record_number(record: dict, field: str, setting: str, bounds: tuple[float, float] | None = None) -> float:
+    """The number in ``record[field]`` (the field a ``setting`` names), within ``bounds`` when given."""
     value = record.get(field)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise DataError(f"reward_model.margin_field is {field!r} but this record's {field!r} is not a number "
-                        f"(got {value!r})", where=location(record.get("_where"), field=field),
-                        fix=f"give every record a numeric {field!r}, or unset reward_model.margin_field")
+    number = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    if not number or (bounds is not None and not bounds[0] <= value <= bounds[1]):
+        wanted = "a number" if bounds is None else f"a number in [{bounds[0]:g}, {bounds[1]:g}]"
+        raise DataError(f"{setting} is {field!r} but this record's {field!r} is not {wanted} (got {value!r})",
+                        where=location(record.get("_where"), field=field),
+                        fix=f"give every record {wanted} as {field!r}, or unset {setting}")
     return float(value)

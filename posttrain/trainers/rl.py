@@ -115,7 +115,7 @@ class RLMethod(Method, name="grpo"):
         self.updates_per_step = rl.updates_per_step
         self.rewards = build_rewards(rl.rewards)
         check_rewards_for_records(self.rewards, records, config.data.train.path or f"task:{config.data.train.task}")
-        self.rewards.prepare(tokenizer)
+        self.rewards.prepare(tokenizer, policy=model)  # the likelihood reward scores with the policy
         if rl.judge is not None:  # both A/B orders of a judge task in the same step
             self.sample_block = 2
         self.engine, self.engine_weights = rollout_engine(config, model, tokenizer, processes)
