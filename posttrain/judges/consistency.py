@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from types import MappingProxyType
 
 from posttrain.errors import ConfigError, DataError
 from posttrain.judges.formats import get_template
@@ -35,7 +36,7 @@ from posttrain.judges.grm import GRM_TEMPLATES, parsed
 from posttrain.judges.tasks import ORDERS, POINTWISE_ORDERS
 
 PAIRINGS = ("index", "mean")
-SIDES = {ORDERS[0]: 0, ORDERS[1]: 1, POINTWISE_ORDERS[0]: 0, POINTWISE_ORDERS[1]: 1}
+SIDES = MappingProxyType({ORDERS[0]: 0, ORDERS[1]: 1, POINTWISE_ORDERS[0]: 0, POINTWISE_ORDERS[1]: 1})
 
 
 def judge_verdict(text: str, template: str) -> str | float | None:
