@@ -280,3 +280,18 @@ def test_the_lock_file_names_its_holder(tmp_path):
     with RunLock(tmp_path / "r") as lock:
         pid, _host = lock.path.read_text().split()
         assert int(pid) == os.getpid()
+
+
+def test_settings_added_since_a_checkpoint_count_as_their_defaults_inside_recorded_sections():
+    from posttrain.trainers.resume import config_changes, setting_defaults
+
+    defaults = setting_defaults()
+    assert defaults["distill.feedback.sources"] == ["sibling"] and defaults["data.sample_block"] == 1
+    old = {"method": "distill", "data": {"max_length": 64}, "distill": {"teacher": "self"}}
+    new = {"method": "distill", "data": {"max_length": 64, "sample_block": 1},
+           "distill": {"teacher": "self", "feedback": {"sources": ["sibling"]}, "entropy_weighting": "none"}}
+    assert config_changes(old, new) == {}  # an older version wrote this checkpoint: same optimization
+    changed = {**new, "data": {"max_length": 64, "sample_block": 2}}
+    assert config_changes(old, changed) == {"data.sample_block": (1, 2)}  # a non-default value is a change
+    switched_on = {"method": "distill", "distill": None}  # a section the checkpoint had off stays a change
+    assert "distill.teacher" in config_changes(switched_on, new)

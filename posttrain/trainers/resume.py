@@ -11,20 +11,25 @@
   what changed, so ``config.yaml`` (the settings now in force) never hides what ran before.
   ``train.precision`` is not among them: another autocast dtype computes other gradients, and an fp16 run's
   loss scale continues from its checkpoint. A setting added after a checkpoint was written compares as the
-  value that reproduces what the older version did (:data:`ADDED_DEFAULTS`).
+  value that reproduces what the older version did: its default (a new setting's default keeps the old
+  behaviour), or the value :data:`ADDED_DEFAULTS` names where the default changed behaviour.
 * **Same data.** The training data files' fingerprints are recorded too; a file that changed is a
   :class:`DataError` naming it and how it changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from pydantic import BaseModel, ValidationError
+
+from posttrain.config import RunConfig
 from posttrain.data.fingerprint import describe_change, path_fingerprint
 from posttrain.errors import CheckpointError, ConfigError, DataError
 from posttrain.trainers import checkpoint as ckpt
@@ -69,9 +74,34 @@ def is_resumable(key: str, global_batch_checked: bool = False) -> bool:
     return any(key == allowed or key.startswith(allowed + ".") for allowed in allowed_keys)
 
 
+def setting_defaults() -> dict[str, Any]:
+    """Every setting's default as a dotted key, the settings of sections that are off by default included."""
+    defaults: dict[str, Any] = {}
+    for name, field in RunConfig.model_fields.items():
+        for kind in (field.annotation, *get_args(field.annotation)):
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                with contextlib.suppress(ValidationError):
+                    defaults.update(flatten(kind().model_dump(mode="json"), name))
+    return defaults
+
+
+def added_settings(old: dict, new: dict) -> dict[str, Any]:
+    """The settings of ``new`` that ``old`` (a checkpoint's recorded config) does not have, inside sections it does
+    have, at the value the older version ran with: :data:`ADDED_DEFAULTS`, else the setting's default."""
+    recorded = flatten(old)
+    defaults = {**setting_defaults(), **ADDED_DEFAULTS}
+    added = {}
+    for key in flatten(new).keys() - recorded.keys():
+        parts = key.split(".")
+        if key in defaults and not any(".".join(parts[:i]) in recorded for i in range(1, len(parts))):
+            added[key] = defaults[key]
+    return added
+
+
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-    """Every dotted key whose value differs, as ``(old, new)`` (a key missing on one side is ``None`` there)."""
-    before, after = {**ADDED_DEFAULTS, **flatten(old)}, {**ADDED_DEFAULTS, **flatten(new)}
+    """Every dotted key whose value differs, as ``(old, new)`` (a key missing on one side is ``None`` there; a
+    setting added since ``old`` was written counts as :func:`added_settings` gives it)."""
+    before, after = {**ADDED_DEFAULTS, **added_settings(old, new), **flatten(old)}, {**ADDED_DEFAULTS, **flatten(new)}
     return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
             if before.get(key) != after.get(key)}
 
