@@ -276,7 +276,8 @@ def test_unknown_reward_name_lists_the_known_names():
         build_rewards(rewards({"name": "math"}, {"name": "maths"}))
     message = str(caught.value)
     assert message.startswith("rewards.functions[1].name: unknown reward 'maths'")
-    assert "use one of: critique_similarity, format, judge, length, likelihood, math, metarm, s2j, verdict," in message
+    assert ("use one of: critique_similarity, format, j1_consistency, j1_pointwise, j1_verdict, judge, length, "
+            "likelihood, math, metarm, s2j, verdict,") in message
 
 
 @pytest.mark.parametrize(
