@@ -13,13 +13,14 @@ from .batching import (
 )
 from .readers import RecordSet, read_records, validate_records, write_jsonl
 from .records import KINDS, ROLES, is_conversational, normalize_record, prompt_text, reference_from_solution
-from .tasks import TASKS, make_splits, make_task, make_task_file
+from .tasks import TASK_PREFIX, TASKS, make_splits, make_task, make_task_file, source_records
 from .tokenize import Example, TokenizedSet, encode_prompt, encode_prompts, tokenize_sft, trained_spans
 
 __all__ = [
     "KINDS",
     "ROLES",
     "TASKS",
+    "TASK_PREFIX",
     "Example",
     "PackedRow",
     "RecordSet",
@@ -38,6 +39,7 @@ __all__ = [
     "pad_sequences",
     "padded_batch",
     "prompt_text",
+    "source_records",
     "token_budget_groups",
     "read_records",
     "reference_from_solution",

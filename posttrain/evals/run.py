@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain.data import encode_prompt, make_task, prompt_text, read_records, validate_records, write_jsonl
+from posttrain.data import encode_prompt, prompt_text, source_records, write_jsonl
 from posttrain.errors import DataError
 from posttrain.evals.math import evaluate_math
 from posttrain.models import load_model, load_tokenizer
@@ -13,19 +13,11 @@ from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import EvalOptions
 
-TASK_PREFIX = "task:"
-
 
 def prompt_records(data: str, n: int | None, seed: int = 0, split: str = "held_out") -> list[dict]:
     """Prompt records with reference answers from a data file, or ``task:NAME`` (its ``split``: held-out
     questions for evaluation, training ones for making training data)."""
-    if data.startswith(TASK_PREFIX):
-        task = data[len(TASK_PREFIX):]
-        raw = make_task(task, n or 100, seed, split=split)
-        records = validate_records(raw, kind="prompt", source=f"task:{task}:{split}").records
-    else:
-        records = read_records(data, kind="prompt").records
-    records = records[:n] if n else records
+    records = source_records(data, "prompt", n, seed, split)
     require_references(records)
     return records
 

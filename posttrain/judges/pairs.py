@@ -16,12 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from posttrain.data import make_task, read_records, validate_records
+from posttrain.data import TASK_PREFIX, source_records
 from posttrain.errors import ConfigError, DataError, location
 from posttrain.judges.formats import JudgeTemplate, get_template
 
 RIGHT_VERDICT = {"first": "A", "swapped": "B"}
-TASK_PREFIX = "task:"
 
 
 def conversation_text(value: str | list[dict]) -> str:
@@ -83,11 +82,9 @@ def preference_pairs(data: str, n: int | None = None, seed: int = 0, split: str 
                 "(prompt, chosen, rejected)",
             )
         options = {"levels": [int(level) for level in levels.split(",")]} if levels else {}
-        raw = make_task("judge_arithmetic", n or 100, seed, split=split, **options)
-        records = validate_records(raw, kind="preference", source=f"{data}:{split}").records
+        records = source_records("task:judge_arithmetic", "preference", n, seed, split, **options)
     else:
-        records = read_records(data, kind="preference").records
-    records = records[:n] if n else records
+        records = source_records(data, "preference", n)
     if not records:
         raise DataError("there are no preference pairs to judge", where=data, fix="give at least one pair")
     return records

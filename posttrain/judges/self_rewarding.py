@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from posttrain.data import encode_prompts, make_task, prompt_text, read_records, validate_records
+from posttrain.data import encode_prompts, prompt_text, source_records
 from posttrain.errors import DataError
 from posttrain.grading import grade
 from posttrain.judges.ranking import consistency_rates, kendall_tau
@@ -56,7 +56,6 @@ from posttrain.models import load_model, load_tokenizer
 from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import SamplingOptions, list_option
 
-TASK_PREFIX = "task:"
 AGREEMENT_SIGNALS = ("judge", *INTERNAL_SIGNALS)
 
 
@@ -124,14 +123,7 @@ class SelfJudgeOptions(SamplingOptions):
 def prompt_set(data: str, n: int | None, seed: int, split: str, task_options: dict[str, Any] | None = None
                ) -> list[dict]:
     """Prompt records from a file or ``task:NAME`` (its ``split``, made with ``task_options``), the first ``n``."""
-    if data.startswith(TASK_PREFIX):
-        task = data[len(TASK_PREFIX):]
-        raw = make_task(task, n or 100, seed, split=split, **(task_options or {}))
-        records = validate_records(raw, kind="prompt",
-                                   source=f"{data}:{split}").records
-    else:
-        records = read_records(data, kind="prompt").records
-    records = records[:n] if n else records
+    records = source_records(data, "prompt", n, seed, split, **(task_options or {}))
     if not records:
         raise DataError("there are no prompts to sample from", where=data, fix="give at least one prompt")
     return records

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from posttrain.errors import ConfigError
 
-from ..readers import write_jsonl
+from ..readers import read_records, validate_records, write_jsonl
 from . import arithmetic, judge_pairs
 
 TASKS: dict[str, Callable[..., list[dict]]] = {"arithmetic": arithmetic.make_records,
@@ -35,6 +35,22 @@ def make_task(name: str, n: int, seed: int, **options) -> list[dict]:
             fix=f"its options are: {', '.join(sorted(accepted))}",
         )
     return task(n, seed, **options)
+
+
+TASK_PREFIX = "task:"
+
+
+def source_records(data: str, kind: str, n: int | None = None, seed: int = 0, split: str = "held_out",
+                   **task_options) -> list[dict]:
+    """The first ``n`` records of ``kind`` from a file, directory or hub name, or from ``task:NAME`` (``n`` records,
+    100 when None, of the task's ``split`` made with ``seed`` and ``task_options``), validated."""
+    if data.startswith(TASK_PREFIX):
+        task = data[len(TASK_PREFIX):]
+        raw = make_task(task, n or 100, seed, split=split, **task_options)
+        records = validate_records(raw, kind=kind, source=f"{data}:{split}").records
+    else:
+        records = read_records(data, kind=kind).records
+    return records[:n] if n else records
 
 
 def make_splits(
@@ -66,4 +82,4 @@ def _task(name: str) -> Callable[..., list[dict]]:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "make_splits", "make_task", "make_task_file", "write_jsonl"]
+__all__ = ["TASKS", "TASK_PREFIX", "make_splits", "make_task", "make_task_file", "source_records", "write_jsonl"]
