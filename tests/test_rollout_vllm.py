@@ -16,7 +16,7 @@ from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWa
 from posttrain.errors import DataError, ModelError, PosttrainError
 from posttrain.models import apply_lora, tiny_model, tiny_tokenizer
 from posttrain.rollout import Generation, HFEngine, RolloutEngine, SamplingParams
-from posttrain.rollout.vllm import VLLMEngine, merged_weights, vllm_available
+from posttrain.rollout.vllm import VLLMEngine, merged_weights, vllm_available, whole_prefill_groups
 
 MAX_MODEL_LEN = 512
 
@@ -189,6 +189,27 @@ def test_same_seed_same_tokens(engine, prompts):
     # the samples of one prompt differ from each other
     assert len({tuple(g.token_ids) for g in first if g.prompt_index == 0}) > 1
 
+
+
+def test_seeded_calls_larger_than_a_scheduler_step_run_whole_and_keep_each_prompt_s_samples(engine, prompts):
+    # vLLM's CPU runner fails ("CPU Generator does not use offset") when a seeded request's prefill is split
+    # across steps; the engine splits such calls into groups whose requests all start in one step
+    scheduler = engine.llm.llm_engine.vllm_config.scheduler_config
+    many = [prompts[i % len(prompts)] + [100 + i % 50] * 40 for i in range(scheduler.max_num_seqs // 2 + 8)]
+    assert sum(map(len, many)) * 4 > scheduler.max_num_batched_tokens or len(many) * 4 > scheduler.max_num_seqs
+    params = SamplingParams(temperature=1.0, max_new_tokens=3, n=4, seed=11)
+    generations = engine.generate(many, params)
+    assert [(g.prompt_index, g.sample_index) for g in generations] == [(i, k) for i in range(len(many))
+                                                                         for k in range(4)]
+    alone = engine.generate(many[-1:], params)  # a prompt's samples do not depend on the rest of the call
+    assert [g.token_ids for g in generations[-4:]] == [g.token_ids for g in alone]
+
+
+def test_whole_prefill_groups_respect_the_token_budget_and_the_request_limit():
+    assert whole_prefill_groups([10, 10, 10], n=2, token_budget=1000, max_seqs=256) == [range(0, 3)]
+    assert whole_prefill_groups([10, 10, 10], n=2, token_budget=40, max_seqs=256) == [range(0, 2), range(2, 3)]
+    assert whole_prefill_groups([10, 10, 10, 10], n=2, token_budget=1000, max_seqs=4) == [range(0, 2), range(2, 4)]
+    assert whole_prefill_groups([500, 10], n=1, token_budget=100, max_seqs=8) == [range(0, 1), range(1, 2)]
 
 def test_stop_tokens_end_completions_like_the_hf_engine(engine, hf_engine, prompts, tokenizer, monkeypatch):
     """A token that greedy decoding produces early is made a stop token of both engines: both stop on it,

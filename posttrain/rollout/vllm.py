@@ -217,6 +217,24 @@ def merged_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
             yield plain, tensor
 
 
+def whole_prefill_groups(prompt_lengths: list[int], n: int, token_budget: int, max_seqs: int) -> list[range]:
+    """Consecutive prompt groups whose ``n`` requests each all start in one scheduler step: at most ``max_seqs``
+    requests and ``token_budget`` prompt tokens a group (a prompt longer than the budget alone).
+
+    vLLM's CPU runner cannot rewind a seeded request's random generator (``set_offset`` is CUDA-only), which it does
+    when a step prefills a request only in part; on CPU a seeded call is therefore split so that no prompt is
+    chunked. Each request keeps its own seed, so the samples are those of one call."""
+    groups, start, tokens = [], 0, 0
+    for index, length in enumerate(prompt_lengths):
+        requests = (index - start + 1) * n
+        if index > start and (requests > max_seqs or tokens + length * n > token_budget):
+            groups.append(range(start, index))
+            start, tokens = index, 0
+        tokens += length * n
+    groups.append(range(start, len(prompt_lengths)))
+    return groups
+
+
 class VLLMEngine(RolloutEngine):
     """Samples completions with an in-process vLLM engine; see the module docstring.
 
@@ -381,8 +399,16 @@ class VLLMEngine(RolloutEngine):
         from vllm.inputs import TokensPrompt
 
         sampling = self._sampling_params(params)
+        llm = self._live()
+        groups = [range(len(prompt_ids))]
+        if not self.cuda and sampling.seed is not None:  # see whole_prefill_groups
+            scheduler = llm.llm_engine.vllm_config.scheduler_config
+            groups = whole_prefill_groups([len(p) for p in prompt_ids], sampling.n, scheduler.max_num_batched_tokens,
+                                          scheduler.max_num_seqs)
+        outputs = []
         with _torch_threads(self.num_threads):
-            outputs = self._live().generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], sampling,
+            for group in groups:
+                outputs += llm.generate([TokensPrompt(prompt_token_ids=list(prompt_ids[i])) for i in group], sampling,
                                         use_tqdm=False)
         generations: list[Generation] = []
         for prompt_index, (prompt, output) in enumerate(zip(prompt_ids, outputs, strict=True)):
