@@ -94,8 +94,14 @@ def test_ctrl_c_still_stops_scoring(registered):
         os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the default handler raises KeyboardInterrupt
         time.sleep(5)
 
-    with pytest.raises(KeyboardInterrupt):
-        score(registered("ctrl_c", interrupted))
+    # Python's own handler, as in a terminal: a shell starting the tests in the background without job control
+    # hands them SIGINT ignored, and Python then keeps it ignored
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            score(registered("ctrl_c", interrupted))
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_run_whose_rewards_exit_hang_and_sleep_still_trains_logs_and_saves(tmp_path):
