@@ -155,3 +155,20 @@ def test_sft_sample_block_draws_both_orders_of_a_pair_together_and_refuses_broke
     assert {tuple(sorted(b)) for b in batches[:6]} == {(2 * i, 2 * i + 1) for i in range(6)}
     with pytest.raises(DataError, match="sample_block"):
         build_method(config_for(11), model, tokenizer, processes)
+
+
+def test_a_task_source_with_split_held_out_gives_the_held_out_questions():
+    from posttrain.config.data import DataSource
+    from posttrain.errors import ConfigError
+    from posttrain.trainers.inputs import load_source
+
+    def questions(**split):
+        source = DataSource(task="arithmetic", n=50, seed=0, levels=[1], **split)
+        return {r["question"] for r in load_source(source, kind="prompt", skip_invalid=False).records}
+
+    held_out, train_questions = questions(split="held_out"), questions()
+    assert held_out and not held_out & train_questions
+    assert held_out == {r["question"] for r in load_source(DataSource(task="arithmetic", n=50, seed=0, levels=[1]),
+                                                           kind="prompt", skip_invalid=False, held_out=True).records}
+    with pytest.raises((ConfigError, ValueError), match="train and held_out"):
+        DataSource(task="arithmetic", split="test")

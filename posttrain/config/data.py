@@ -15,7 +15,8 @@ class DataSource(Section):
     """Where records come from: a file/directory/hub name (``path``) or a synthetic ``task``."""
 
     path: str | None = None
-    split: str = "train"
+    split: str = Field("train", description="the dataset split; for a task, train or held_out (questions never "
+                       "in the train split)")
     task: str | None = None
     n: int = Field(1000, gt=0)
     seed: int = 0
@@ -28,6 +29,8 @@ class DataSource(Section):
             raise ValueError(
                 "give exactly one of `path` (a data file or directory) or `task` (a synthetic task name)"
             )
+        if self.task is not None and self.split not in ("train", "held_out"):
+            raise ValueError(f"a task has the splits train and held_out, not {self.split!r}")
         return self
 
 

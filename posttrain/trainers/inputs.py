@@ -8,11 +8,11 @@ from posttrain.data.master_keys import add_masterkey_negatives
 
 
 def load_source(source: DataSource, *, kind: str, skip_invalid: bool, held_out: bool = False) -> RecordSet:
-    """Records of one source. A synthetic task with ``held_out=True`` gives its held-out split,
-    which never shares a question with the training split of the same task and seed."""
+    """Records of one source. A synthetic task with ``held_out=True`` or ``split: held_out`` gives its held-out
+    split, which never shares a question with the training split of the same task and seed."""
     if source.task is not None:
         options = {"levels": source.levels} if source.levels else {}
-        split = "held_out" if held_out else "train"
+        split = "held_out" if held_out or source.split == "held_out" else "train"
         records = make_task(source.task, source.n, source.seed, split=split, **options)
         result = validate_records(records, kind=kind, source=f"task:{source.task}:{split}")
     else:
