@@ -89,6 +89,32 @@ def test_critique_judge_writes_right_verdicts_from_the_pairs_critiques():
                             f"is correct.\n\n[[{right}]]")
 
 
+def test_solve_first_judgments_fit_the_grm_and_s2j_formats():
+    from posttrain.data.tasks.judge_pairs import make_preference_pairs
+    from posttrain.grading import grade
+    from posttrain.judges.grm import parse_grm
+    from posttrain.judges.synthesis import CritiqueJudge
+    from posttrain.models import tiny_tokenizer
+
+    pairs = make_preference_pairs(6, seed=2, levels=[1])
+    for template in ("grm", "s2j"):
+        rows, _, summary = synthesize_judgments(CritiqueJudge(pairs, tiny_tokenizer(), style="solve_first",
+                                                              template=template), pairs, template, SamplingParams(n=1))
+        assert summary["correct_rate"] == 1.0 and len(rows) == 12
+        for row in rows:
+            pair_, judgment = pairs[row["pair_index"]], row["completion"][0]["content"]
+            output = parse_grm(judgment, require_solve=template == "s2j")
+            right = "A" if row["order"] == "first" else "B"
+            assert output.error is None and output.choice == right
+            # the evidence comes before the letter: both answers' last lines, then the critique of the wrong one
+            rejected_last = pair_["rejected"][0]["content"].strip().split("\n")[-1]
+            assert rejected_last in output.critique and pair_["critique"] in output.critique
+            if template == "s2j":  # its own solution is the right one: S2J's solve score is 1
+                assert grade(output.solve, str(pair_["reference"]))[1]
+            else:
+                assert output.critique.startswith("Solving it first: ")
+
+
 def test_judge_labels_keep_consistent_preferences_and_swap_the_ones_against_gold():
     from posttrain.judges.labeling import judge_labels
 

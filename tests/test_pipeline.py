@@ -75,6 +75,18 @@ def test_only_runs_the_named_stages_and_leaves_unfinished_figures_for_later(tmp_
     assert (root / "sharpness" / "second-vs-first" / "sharpness.json").is_file()
 
 
+def test_a_finished_stage_that_saved_nothing_is_not_trained_again(tmp_path, capsys):
+    stages = [{"name": "only", "recipe": "distill.yaml", "set": {"train.save_final": False, "train.max_steps": 1}}]
+    path = write_pipeline(tmp_path, stages=stages, sharpness=[], figures=[])
+    root = run_pipeline(path)
+    before = (root / "only" / "metrics.jsonl").read_text()
+    events = [json.loads(line)["event"] for line in (root / "only" / "history.jsonl").read_text().splitlines()]
+    assert events == ["start", "finish"] and not (root / "only" / "checkpoints").exists()
+    run_pipeline(path)  # again: a fresh start would have replaced the metrics (their times differ)
+    assert (root / "only" / "metrics.jsonl").read_text() == before
+    assert "stage only finished and kept no checkpoint to resume from; left as it is" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("extra", "match"), [
     ({"stages": [{"name": "a", "recipe": "rl.yaml", "from": "b"}, {"name": "b", "recipe": "rl.yaml"}]},
      "not an earlier train stage"),

@@ -1,5 +1,6 @@
 """SRPO (method: srpo): rollouts routed by their reward to GRPO's policy gradient or SDPO's distillation."""
 
+import json
 import math
 
 import pytest
@@ -96,8 +97,15 @@ def test_a_short_srpo_run_logs_routes_and_weights(tmp_path):
     config = rl_config(tmp_path, "srpo", "method=srpo", "train.max_steps=2",
                        "distill.feedback={sources: [sibling, verdict], success_threshold: 0.15}")
     assert config.distill.teacher == "self_feedback" and config.distill.entropy_weighting == "exp"
-    metrics = train_steps(train(config).run_dir)
+    run_dir = train(config).run_dir
+    metrics = train_steps(run_dir)
     assert sorted(metrics) == [1, 2]
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    for sample in samples:  # each rollout's route follows its reward; a distilled one names its feedback
+        assert sample["route"] == ("policy" if sample["reward"] >= 0.15 else "distill")
+        assert sample["distilled"] == (sample["route"] == "distill" and bool(sample["feedback"]))
+        assert "verdict" in sample["feedback"] or sample["route"] == "policy"
+    assert {sample["route"] for sample in samples} == {"policy", "distill"}
     for logged in metrics.values():
         assert 0 <= logged["correct_fraction"] <= 1 and 0 < logged["distill_weight"] <= 1
         assert logged["feedback_verdict"] == pytest.approx(1 - logged["correct_fraction"])

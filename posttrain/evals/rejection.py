@@ -39,14 +39,15 @@ class RejectionOptions(EvalOptions):
     batch_size: int = 32
 
 
-def correct_completions(generations: list[Generation], references: list[str], keep: int) -> dict[int, list[str]]:
-    """Per prompt index: up to ``keep`` completion texts, in sampling order, whose final answer matches the
-    prompt's reference, no text twice."""
+def correct_completions(generations: list[Generation], correct: list[bool], keep: int) -> dict[int, list[str]]:
+    """Per prompt index: up to ``keep`` completion texts, in sampling order, of the generations graded correct
+    (``correct[i]`` for ``generations[i]``), no text twice."""
     kept: dict[int, list[str]] = {}
-    for generation in sorted(generations, key=lambda g: (g.prompt_index, g.sample_index)):
+    order = sorted(range(len(generations)), key=lambda i: (generations[i].prompt_index, generations[i].sample_index))
+    for index in order:
+        generation = generations[index]
         texts = kept.setdefault(generation.prompt_index, [])
-        row = score_generation(generation, references[generation.prompt_index])
-        if row["correct"] and len(texts) < keep and generation.text not in texts:
+        if correct[index] and len(texts) < keep and generation.text not in texts:
             texts.append(generation.text)
     return kept
 
@@ -58,15 +59,15 @@ def rejection_sample(engine: RolloutEngine, records: list[dict], tokenizer, para
         raise DataError(f"keep = {keep} keeps nothing", where="keep", fix="keep at least one correct sample")
     references = [reference_answer(str(record["reference"])) for record in records]
     generations = engine.generate([encode_prompt(record, tokenizer) for record in records], params)
-    kept = correct_completions(generations, references, keep)
+    correct = [bool(score_generation(g, references[g.prompt_index])["correct"]) for g in generations]
+    kept = correct_completions(generations, correct, keep)
     sft = [{"prompt": record["prompt"] if isinstance(record["prompt"], list)
             else [{"role": "user", "content": prompt_text(record)}],
             "completion": [{"role": "assistant", "content": text}], "reference": str(record["reference"]),
             "prompt_index": index}
            for index, record in enumerate(records) for text in kept.get(index, [])]
-    correct = sum(score_generation(g, references[g.prompt_index])["correct"] for g in generations)
     summary = {"prompts": len(records), "samples_per_prompt": params.n, "samples": len(generations),
-               "correct_rate": correct / max(len(generations), 1),
+               "correct_rate": sum(correct) / max(len(generations), 1),
                "prompts_with_a_correct_sample": sum(bool(texts) for texts in kept.values()),
                "records": len(sft)}
     return sft, summary

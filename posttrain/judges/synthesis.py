@@ -29,6 +29,7 @@ from pydantic import Field
 from posttrain.data.master_keys import add_masterkey_negatives
 from posttrain.errors import DataError
 from posttrain.judges.formats import JudgeTemplate, resolve_template
+from posttrain.judges.grm import GRM_TEMPLATES
 from posttrain.judges.pairs import pair_texts, preference_pairs
 from posttrain.judges.scorers import judge_pairs
 from posttrain.models import load_tokenizer
@@ -77,8 +78,8 @@ class CritiqueJudge:
     the rejected answer (the synthetic arithmetic pairs do), it writes that critique out as a judgment with the
     right verdict, in the output format of ``style``: ``rise``/``j1`` (an analysis ending in the verdict),
     ``grm`` (``<critics>`` + ``<choice>``), ``s2j`` (the chosen solution as its own ``<solve>`` section first) or
-    ``solve_first`` (the chosen solution written out, then each answer's last line and which one matches it).
-    A prompt is recognised by the judge prompt ``template`` (default: the template named ``style``) renders for
+    ``solve_first`` (the chosen solution written out, then each answer's last line and which one matches it; under
+    the ``grm``/``s2j`` templates inside their tags). A prompt is recognised by the judge prompt ``template`` (default: the template named ``style``) renders for
     each pair and order (so a short rejected answer, a master key such as ``:``, cannot be mistaken for text of the
     template).
     Honours the :class:`~posttrain.rollout.RolloutEngine` protocol; every sample is the same."""
@@ -89,6 +90,7 @@ class CritiqueJudge:
         self.style = style
         self.pairs = []
         template = resolve_template(template or style, "pairwise")
+        self.tags = template.name if template.name in GRM_TEMPLATES else None  # solve_first inside their tags
         for index, pair in enumerate(pairs):
             if not str(pair.get("critique") or "").strip():
                 raise DataError("the critique judge needs a `critique` of the rejected answer in every pair",
@@ -106,20 +108,21 @@ class CritiqueJudge:
             right, chosen, rejected, critique = next((r, c, j, k) for content, r, c, j, k in self.pairs
                                                      if content in text)
             wrong = "B" if right == "A" else "A"
-            judgment = critique_judgment(self.style, right, wrong, critique, chosen, rejected)
+            judgment = critique_judgment(self.style, right, wrong, critique, chosen, rejected, self.tags)
             generations += [Generation(index, sample, list(ids), [], [], judgment, "eos") for sample in range(params.n)]
         return generations
 
 
-def critique_judgment(style: str, right: str, wrong: str, critique: str, solution: str, rejected: str = "") -> str:
+def critique_judgment(style: str, right: str, wrong: str, critique: str, solution: str, rejected: str = "",
+                      tags: str | None = None) -> str:
     """A judgment that states ``critique`` of answer ``wrong`` and picks ``right``, in the format of ``style``:
     ``solve_first`` writes the right ``solution`` out, then the last line of each answer (A first) and which one
     matches — every verdict is then a comparison of two lines just written, with no letter decided before the
-    evidence; the other styles as :class:`CritiqueJudge` says."""
+    evidence — as plain text ending in ``[[X]]``, or with ``tags`` ``grm``/``s2j`` inside those templates' tags
+    (the solution in ``<solve>`` for s2j, at the start of ``<critics>`` for grm); the other styles as
+    :class:`CritiqueJudge` says."""
     if style == "solve_first":
-        last = {right: solution.strip().split("\n")[-1], wrong: rejected.strip().split("\n")[-1]}
-        return (f"Solving the question first:\n{solution}\nAnswer A ends with {last['A']}. Answer B ends with "
-                f"{last['B']}. Answer {right} matches, so Answer {right} is correct.\n\n[[{right}]]")
+        return _solve_first_judgment(right, wrong, critique, solution, rejected, tags)
     if style in ("grm", "s2j"):
         critics = f"<critics>Response {wrong} has an error. {critique}\nResponse {right} is correct.</critics>\n"
         solve = f"<solve>{solution}</solve>\n" if style == "s2j" else ""
@@ -127,6 +130,20 @@ def critique_judgment(style: str, right: str, wrong: str, critique: str, solutio
     return (f"Checking both answers step by step. Answer {wrong} has an error. {critique} "
             f"Answer {right} computes every step correctly and reaches the right result, so "
             f"Answer {right} is better.\n\n[[{right}]]")
+
+
+def _solve_first_judgment(right: str, wrong: str, critique: str, solution: str, rejected: str,
+                          tags: str | None) -> str:
+    last = {right: solution.strip().split("\n")[-1], wrong: rejected.strip().split("\n")[-1]}
+    if tags is None:
+        return (f"Solving the question first:\n{solution}\nAnswer A ends with {last['A']}. Answer B ends with "
+                f"{last['B']}. Answer {right} matches, so Answer {right} is correct.\n\n[[{right}]]")
+    comparison = (f"Response A ends with {last['A']}. Response B ends with {last['B']}. Response {right} matches; "
+                  f"response {wrong} has an error. {critique}")
+    if tags == "s2j":
+        return f"<solve>{solution}</solve>\n<critics>{comparison}</critics>\n<choice>[[{right}]]</choice>"
+    solved = "; ".join(line.strip() for line in solution.strip().split("\n") if line.strip())
+    return f"<critics>Solving it first: {solved}. {comparison}</critics>\n<choice>[[{right}]]</choice>"
 
 
 def _messages(row: dict) -> list[dict]:

@@ -393,4 +393,6 @@ class Trainer:
                     self._save()
         finally:
             log.close()
+        if self.processes.is_main:
+            resume.append_finish(run_dir, self.step)
         return TrainResult(run_dir, self.step, metrics, eval_metrics)

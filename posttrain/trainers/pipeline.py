@@ -54,6 +54,7 @@ from posttrain.report.chain import chain_table
 from posttrain.report.runs import read_run
 from posttrain.rollout.options import ToolOptions
 from posttrain.trainers import checkpoint as ckpt
+from posttrain.trainers import resume
 from posttrain.trainers.run import train
 
 
@@ -231,7 +232,12 @@ def run_pipeline(path: Path, only: list[str] | None = None) -> Path:
             continue
         print(f"=== stage {stage.name}", flush=True)
         if stage.kind == "train":
-            train(load_config(folder / stage.recipe, stage_overrides(pipeline, stage), overrides_dir=folder))
+            config = load_config(folder / stage.recipe, stage_overrides(pipeline, stage), overrides_dir=folder)
+            if finished_without_checkpoint(config.run_dir):
+                print(f"stage {stage.name} finished and kept no checkpoint to resume from; left as it is "
+                      f"(delete {config.run_dir} to run it again)", flush=True)
+                continue
+            train(config)
         else:
             run_tool_stage(root, stage, folder)
     for spec in pipeline.sharpness:
@@ -262,6 +268,13 @@ def write_summary(root: Path, pipeline: PipelineConfig) -> str:
     report = write_report([run.path for run in runs], root / "report.html")
     table = chain_table(runs)
     return f"{table}\n\nreport: {report}" if table else f"report: {report}"
+
+
+def finished_without_checkpoint(run_dir: Path) -> bool:
+    """A run that reached its end and saved nothing (``train.save_final: false``): training it again would start
+    from scratch and replace its results, so a pipeline run again leaves it as it is. A finished run with a
+    checkpoint is resumed as usual (nothing to do at its last step; a longer ``max_steps`` continues it)."""
+    return resume.finished(run_dir) and not ckpt.list_checkpoints(run_dir)
 
 
 def stage_ran(stage_dir: Path) -> bool:

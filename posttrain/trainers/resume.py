@@ -196,5 +196,26 @@ def append_history(run_dir: Path, step: int, checkpoint: Path | None, changes: d
     record = {"time": round(time.time(), 3), "pid": os.getpid(), "event": "resume" if checkpoint else "start",
               "step": step, "checkpoint": str(checkpoint) if checkpoint else None,
               "changes": {key: {"old": old, "new": new} for key, (old, new) in changes.items()}}
+    _append_event(run_dir, record)
+
+
+def append_finish(run_dir: Path, step: int) -> None:
+    """The line that says the run reached its end at ``step`` (its last evaluation and save done)."""
+    _append_event(run_dir, {"time": round(time.time(), 3), "pid": os.getpid(), "event": "finish", "step": step})
+
+
+def _append_event(run_dir: Path, record: dict) -> None:
     with (Path(run_dir) / HISTORY_FILE).open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether the run's last start reached its end: ``history.jsonl``'s last readable line is a ``finish``."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        return False
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            events.append(json.loads(line))
+    return bool(events) and isinstance(events[-1], dict) and events[-1].get("event") == "finish"

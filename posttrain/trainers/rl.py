@@ -420,9 +420,14 @@ class RLMethod(Method, name="grpo"):
 
     def _write_samples(self, step: int, share: list[int], generations: list[Generation], scored,
                        advantages: torch.Tensor) -> None:
-        columns = [{"reward": float(scored.total[i]),
-                    **({"advantage": float(advantages[i])} if self.writes_advantages else {}),
-                    **{f"reward_{k}": float(v[i]) for k, v in scored.components.items()}}
-                   for i in range(len(generations))]
+        columns = self._sample_columns(len(generations), scored, advantages)
         append_samples(self.samples_path, step, share, generations, columns)
+
+    def _sample_columns(self, count: int, scored, advantages: torch.Tensor) -> list[dict]:
+        """What ``samples.jsonl`` records of each rollout besides its text: the reward, its components and the
+        advantage (a subclass adds its own columns)."""
+        return [{"reward": float(scored.total[i]),
+                 **({"advantage": float(advantages[i])} if self.writes_advantages else {}),
+                 **{f"reward_{k}": float(v[i]) for k, v in scored.components.items()}}
+                for i in range(count)]
 

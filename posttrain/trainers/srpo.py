@@ -70,6 +70,15 @@ class SRPOMethod(RLMethod, name="srpo"):
                                                        routed=[not c for c in self.correct])
         return sampled
 
+    def _sample_columns(self, count: int, scored, advantages: torch.Tensor) -> list[dict]:
+        """GRPO's columns plus each rollout's route (``policy`` or ``distill``), the feedback its teacher was shown
+        and whether it was distilled."""
+        columns = super()._sample_columns(count, scored, advantages)
+        for column, correct, kinds, distilled in zip(columns, self.correct, self.contexts.kinds,
+                                                     self.contexts.distilled, strict=True):
+            column.update(route="policy" if correct else "distill", feedback=list(kinds), distilled=distilled)
+        return columns
+
     def step_batches(self, model, indices: list[int], share: list[int], step: int):
         work = super().step_batches(model, indices, share, step)
         work.stats.update(self.contexts.stats, correct=float(sum(self.correct)))
