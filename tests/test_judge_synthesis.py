@@ -113,6 +113,12 @@ def test_solve_first_judgments_fit_the_grm_and_s2j_formats():
                 assert grade(output.solve, str(pair_["reference"]))[1]
             else:
                 assert output.critique.startswith("Solving it first: ")
+    j1, _, _ = synthesize_judgments(CritiqueJudge(pairs, tiny_tokenizer(), style="solve_first", template="j1"),
+                                    pairs, "j1", SamplingParams(n=1))
+    for row in j1:  # J1's format: all the reasoning inside <think>, the verdict after it
+        judgment = row["completion"][0]["content"]
+        assert judgment.startswith("<think>Solving the question first:")
+        assert judgment.endswith("</think>\n[[A]]" if row["order"] == "first" else "</think>\n[[B]]")
 
 
 def test_judge_labels_keep_consistent_preferences_and_swap_the_ones_against_gold():

@@ -79,7 +79,7 @@ class CritiqueJudge:
     right verdict, in the output format of ``style``: ``rise``/``j1`` (an analysis ending in the verdict),
     ``grm`` (``<critics>`` + ``<choice>``), ``s2j`` (the chosen solution as its own ``<solve>`` section first) or
     ``solve_first`` (the chosen solution written out, then each answer's last line and which one matches it; under
-    the ``grm``/``s2j`` templates inside their tags). A prompt is recognised by the judge prompt ``template`` (default: the template named ``style``) renders for
+    the ``grm``/``s2j``/``j1`` templates inside their tags). A prompt is recognised by the judge prompt ``template`` (default: the template named ``style``) renders for
     each pair and order (so a short rejected answer, a master key such as ``:``, cannot be mistaken for text of the
     template).
     Honours the :class:`~posttrain.rollout.RolloutEngine` protocol; every sample is the same."""
@@ -90,7 +90,7 @@ class CritiqueJudge:
         self.style = style
         self.pairs = []
         template = resolve_template(template or style, "pairwise")
-        self.tags = template.name if template.name in GRM_TEMPLATES else None  # solve_first inside their tags
+        self.tags = template.name if template.name in (*GRM_TEMPLATES, "j1") else None  # solve_first in their tags
         for index, pair in enumerate(pairs):
             if not str(pair.get("critique") or "").strip():
                 raise DataError("the critique judge needs a `critique` of the rejected answer in every pair",
@@ -118,8 +118,9 @@ def critique_judgment(style: str, right: str, wrong: str, critique: str, solutio
     """A judgment that states ``critique`` of answer ``wrong`` and picks ``right``, in the format of ``style``:
     ``solve_first`` writes the right ``solution`` out, then the last line of each answer (A first) and which one
     matches — every verdict is then a comparison of two lines just written, with no letter decided before the
-    evidence — as plain text ending in ``[[X]]``, or with ``tags`` ``grm``/``s2j`` inside those templates' tags
-    (the solution in ``<solve>`` for s2j, at the start of ``<critics>`` for grm); the other styles as
+    evidence — as plain text ending in ``[[X]]``, or with ``tags`` ``grm``/``s2j``/``j1`` inside those templates'
+    tags (the solution in ``<solve>`` for s2j, at the start of ``<critics>`` for grm, all the reasoning in
+    ``<think>`` for j1); the other styles as
     :class:`CritiqueJudge` says."""
     if style == "solve_first":
         return _solve_first_judgment(right, wrong, critique, solution, rejected, tags)
@@ -135,9 +136,10 @@ def critique_judgment(style: str, right: str, wrong: str, critique: str, solutio
 def _solve_first_judgment(right: str, wrong: str, critique: str, solution: str, rejected: str,
                           tags: str | None) -> str:
     last = {right: solution.strip().split("\n")[-1], wrong: rejected.strip().split("\n")[-1]}
-    if tags is None:
-        return (f"Solving the question first:\n{solution}\nAnswer A ends with {last['A']}. Answer B ends with "
-                f"{last['B']}. Answer {right} matches, so Answer {right} is correct.\n\n[[{right}]]")
+    if tags in (None, "j1"):
+        reasoning = (f"Solving the question first:\n{solution}\nAnswer A ends with {last['A']}. Answer B ends with "
+                     f"{last['B']}. Answer {right} matches, so Answer {right} is correct.")
+        return f"<think>{reasoning}</think>\n[[{right}]]" if tags else f"{reasoning}\n\n[[{right}]]"
     comparison = (f"Response A ends with {last['A']}. Response B ends with {last['B']}. Response {right} matches; "
                   f"response {wrong} has an error. {critique}")
     if tags == "s2j":
