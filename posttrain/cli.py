@@ -82,7 +82,8 @@ def sweep(
 @app.command()
 def pipeline(
     file: Annotated[Path, typer.Argument(help="pipeline YAML (stages, sharpness comparisons, figures)")],
-    only: Annotated[list[str] | None, typer.Option(help="run only these stages (repeatable)")] = None,
+    only: Annotated[list[str] | None, typer.Option(
+        help="run only these stages: names or patterns such as 'dpo-s*', comma-separated or repeated")] = None,
 ) -> None:
     """Run a chain of recipes, each stage starting from an earlier one's weights; then compare and plot."""
     from posttrain.trainers.pipeline import run_pipeline

@@ -75,6 +75,19 @@ def test_only_runs_the_named_stages_and_leaves_unfinished_figures_for_later(tmp_
     assert (root / "sharpness" / "second-vs-first" / "sharpness.json").is_file()
 
 
+def test_only_takes_patterns_and_comma_lists_and_refuses_a_name_that_matches_nothing(tmp_path):
+    from posttrain.trainers.pipeline import selected_stages
+
+    pipeline = load_pipeline(write_pipeline(tmp_path, stages=[
+        {"name": name, "recipe": "rl.yaml"} for name in ("dpo-s0", "dpo-s1", "eval-s0", "eval-s1")], figures=[],
+        sharpness=[]))
+    assert selected_stages(pipeline, ["dpo-s*"]) == ["dpo-s0", "dpo-s1"]
+    assert selected_stages(pipeline, ["eval-s1,dpo-s0", "dpo-s0"]) == ["dpo-s0", "eval-s1"]  # pipeline order
+    with pytest.raises(ConfigError, match="'dpo-s3' names no stage") as error:
+        selected_stages(pipeline, ["dpo-s*", "dpo-s3"])
+    assert "dpo-s0, dpo-s1, eval-s0, eval-s1" in error.value.fix
+
+
 def test_a_finished_stage_that_saved_nothing_is_not_trained_again(tmp_path, capsys):
     stages = [{"name": "only", "recipe": "distill.yaml", "set": {"train.save_final": False, "train.max_steps": 1}}]
     path = write_pipeline(tmp_path, stages=stages, sharpness=[], figures=[])

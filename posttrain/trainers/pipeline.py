@@ -28,6 +28,7 @@ figures:
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -223,10 +224,12 @@ def stage_overrides(pipeline: PipelineConfig, stage: Stage) -> list[str]:
 
 
 def run_pipeline(path: Path, only: list[str] | None = None) -> Path:
-    """Run the stages (or ``only`` those named), then the sharpness comparisons and figures, then print what the
-    chain achieved (:func:`write_summary`, which also writes the side-by-side ``report.html``); returns output_dir."""
+    """Run the stages (or ``only`` those :func:`selected_stages` names), then the sharpness comparisons and figures,
+    then print what the chain achieved (:func:`write_summary`, which also writes the side-by-side ``report.html``);
+    returns output_dir."""
     pipeline = load_pipeline(path)
     root, folder = Path(pipeline.output_dir), Path(path).parent
+    only = selected_stages(pipeline, only) if only else None
     for stage in pipeline.stages:
         if only and stage.name not in only:
             continue
@@ -268,6 +271,20 @@ def write_summary(root: Path, pipeline: PipelineConfig) -> str:
     report = write_report([run.path for run in runs], root / "report.html")
     table = chain_table(runs)
     return f"{table}\n\nreport: {report}" if table else f"report: {report}"
+
+
+def selected_stages(pipeline: PipelineConfig, patterns: list[str]) -> list[str]:
+    """The stages ``--only`` names: each pattern a stage name or a shell-style pattern (``dpo-s*``), several
+    separated by commas; a pattern that names no stage is a :class:`ConfigError` (a typo must not run nothing)."""
+    names = [stage.name for stage in pipeline.stages]
+    chosen: set[str] = set()
+    for pattern in (part.strip() for item in patterns for part in item.split(",") if part.strip()):
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            raise ConfigError(f"--only {pattern!r} names no stage of pipeline {pipeline.name!r}", where="--only",
+                              fix=f"use stage names or patterns (e.g. 'eval-*'); the stages: {', '.join(names)}")
+        chosen.update(matched)
+    return [name for name in names if name in chosen]
 
 
 def finished_without_checkpoint(run_dir: Path) -> bool:
