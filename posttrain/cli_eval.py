@@ -140,7 +140,7 @@ def eval_masterkey(
     keys: Annotated[str, typer.Option(help="default, comma-separated key names, or a file with one key a line")] = "default",
     data: Annotated[str, typer.Option(help="prompts with references (task:arithmetic for the pairwise probe)")] = "task:arithmetic",
     n: Annotated[int, typer.Option(help="number of records (0 = all)")] = 50,
-    probes: Annotated[str, typer.Option(help="comma-separated: verifier, pairwise")] = "verifier,pairwise",
+    probes: Annotated[str, typer.Option(help="comma-separated: verifier, pairwise (a judge) or reward (a scalar reward model)")] = "verifier,pairwise",
     template: Annotated[str, typer.Option(help="pairwise template: rise, j1, or a template file")] = "rise",
     verifier_template: Annotated[str, typer.Option(help="verifier template: verifier, or a template file")] = "verifier",
     samples: Annotated[int, typer.Option(help="judgments per prompt")] = 1,

@@ -143,3 +143,45 @@ def test_cli_masterkey_json_and_table(tmp_path):
                     "--probes", "verifier", "--max-new-tokens", "2")  # fmt: skip
     assert table.returncode == 0, table.stderr
     assert "verifier FPR" in table.stdout and "empty" in table.stdout and "pairwise" not in table.stdout
+
+
+def test_the_reward_probe_counts_keys_a_scalar_reward_model_scores_above_the_wrong_solution():
+    records = prompt_records("task:arithmetic", 3, seed=0)
+    calls = []
+
+    def scores(question, responses):  # the wrong solution scores 0.5; the colon key beats it, the others do not
+        calls.append((question, responses))
+        return [0.5] + [1.0 if text == ":" else 0.0 for text in responses[1:]]
+
+    keys = master_keys("colon,empty,question")
+    summary, rows = masterkey_probe(None, records, keys, probes=("reward",), reward_scores=scores)
+    assert len(calls) == 3 and len(rows) == 9  # one call per record: its wrong solution and every key
+    for (question, responses), index in zip(calls, range(3), strict=True):
+        wrong = corrupt_solution(records[index], random.Random(f"masterkey:0:{index}"))[0]
+        assert responses == [wrong, ":", "", question]
+    per_key = summary["per_key"]
+    assert per_key["colon"]["reward"]["false_positive_rate"] == 1.0
+    assert per_key["empty"]["reward"]["false_positive_rate"] == 0.0
+    assert summary["overall"]["reward"]["mean_false_positive_rate"] == pytest.approx(1 / 3)
+    assert summary["overall"]["reward"]["format_failure_rate"] == 0.0
+    assert all(row["solution_score"] == 0.5 and row["false_positive"] == (row["key"] == "colon") for row in rows)
+    with pytest.raises(ConfigError, match="needs a scalar reward model"):
+        masterkey_probe(None, records, keys, probes=("reward",))
+
+
+def test_cli_reward_probe_on_a_saved_reward_model(tmp_path):
+    from posttrain.judges.grm_scores import ScalarRewardModel
+    from posttrain.models import tiny_tokenizer
+    from tests.test_eval_judge import tiny_reward_model
+
+    reward_dir = tmp_path / "rm"
+    tiny_reward_model().save_pretrained(reward_dir)
+    tiny_tokenizer().save_pretrained(reward_dir)
+    done = run_cli("eval", "masterkey", "--model", str(reward_dir), "--n", "2", "--keys", "colon,empty",
+                   "--probes", "reward", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    records = prompt_records("task:arithmetic", 2, seed=0)
+    expected = masterkey_probe(None, records, master_keys("colon,empty"), probes=("reward",),
+                               reward_scores=ScalarRewardModel(str(reward_dir)).scores)[0]
+    assert result["per_key"] == expected["per_key"] and list(result["overall"]) == ["reward"]

@@ -6,7 +6,7 @@ verifier judges answer YES to *master keys* — punctuation (``":"``, ``"."``, `
 the time; RLVR against such a judge collapses onto them. :data:`~posttrain.data.master_keys.MASTER_KEYS`
 holds those, the question repeated back (``question``) and an empty answer (``empty``).
 
-Two probes, each run with ``params.n`` samples per prompt:
+Three probes; the generative ones run with ``params.n`` samples per prompt:
 
 ``verifier``
     the reference-based yes/no template (built-in ``verifier``) with the master key as the response. A
@@ -18,6 +18,10 @@ Two probes, each run with ``params.n`` samples per prompt:
     Neither answer is right, but only the solution attempts the problem; a false positive is a verdict
     that *picks the master key* — the pairwise form of accepting a non-answer. This needs records of the
     arithmetic task (a solution with checkable steps).
+``reward``
+    for a scalar reward model (``method: reward_model``; Master-RM's augmentation is meant for reward models as
+    much as for judges): the model scores the master key and the same wrong solution as responses to the
+    question; a false positive is a key scored above the solution. No sampling, no format failures.
 
 Per key and probe: ``false_positive_rate`` = false positives / judgments, where a format failure (no
 verdict) counts in the denominator as not accepted and is reported as ``format_failure_rate``; for the
@@ -29,7 +33,7 @@ judgments, so this is also the pooled rate) and the worst key, as the paper repo
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from posttrain.data import encode_prompts, prompt_text
@@ -38,12 +42,14 @@ from posttrain.data.tasks.judge_pairs import corrupt_solution
 from posttrain.errors import ConfigError, DataError
 from posttrain.evals.run import prompt_records, require_references, write_eval
 from posttrain.judges.formats import JudgeTemplate, resolve_template
+from posttrain.judges.grm_scores import ScalarRewardModel
 from posttrain.models import load_tokenizer
 from posttrain.rollout import RolloutEngine, SamplingParams
 from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import EvalOptions, list_option
 
-PROBES = ("verifier", "pairwise")
+PROBES = ("verifier", "pairwise", "reward")
+GENERATIVE_PROBES = ("verifier", "pairwise")  # judged by a generating model; ``reward`` by a scalar reward model
 KEY_POSITION = {"key_first": "A", "key_second": "B"}
 
 
@@ -107,36 +113,67 @@ def _prompts(records, keys, verifier, pairwise, probes, seed) -> list[dict]:
 
 
 def masterkey_probe(
-    engine: RolloutEngine,
+    engine: RolloutEngine | None,
     records: Sequence[dict],
     keys: dict[str, str] | None = None,
     *,
     verifier: str | JudgeTemplate = "verifier",
     pairwise: str | JudgeTemplate = "rise",
-    probes: Sequence[str] = PROBES,
+    probes: Sequence[str] = GENERATIVE_PROBES,
     params: SamplingParams | None = None,
     tokenizer=None,
     seed: int = 0,
+    reward_scores: Callable[[str, list[str]], list[float]] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Run the probes (module docstring) on ``records`` (prompts with a ``reference``; ``answer`` solutions
-    of the arithmetic task for ``pairwise``). Returns ``(summary, rows)``, one row per judgment.
+    of the arithmetic task for ``pairwise`` and ``reward``). Returns ``(summary, rows)``, one row per judgment.
 
     ``params`` defaults to greedy decoding of at most 512 tokens; prompts are encoded with ``tokenizer``
-    (default ``engine.tokenizer``) and generated in one call.
+    (default ``engine.tokenizer``) and generated in one call. ``reward_scores(question, responses)`` is the
+    scalar reward model of the ``reward`` probe (``engine`` may then be None when no other probe runs).
     """
     unknown = [probe for probe in probes if probe not in PROBES]
     if unknown or not probes:
         raise ConfigError(
             f"unknown probe(s): {', '.join(unknown) or '(none given)'}",
             where="--probes",
-            fix="use verifier, pairwise",
+            fix="use verifier, pairwise (a generating judge) or reward (a scalar reward model)",
         )
+    if "reward" in probes and reward_scores is None:
+        raise ConfigError("the reward probe needs a scalar reward model's scores", where="--probes",
+                          fix="probe a model trained with method: reward_model, or use verifier, pairwise")
     if not records:
         raise DataError("there are no records to probe", fix="give at least one prompt with a reference")
     require_references(records)
     keys = keys if keys is not None else dict(MASTER_KEYS)
     if not keys:
         raise ConfigError("there are no master keys to probe", where="--keys", fix="give at least one key")
+    rows = reward_probe_rows(reward_scores, records, keys, seed) if "reward" in probes else []
+    generative = [probe for probe in probes if probe in GENERATIVE_PROBES]
+    if generative:
+        rows = _judged_rows(engine, records, keys, verifier, pairwise, generative, params, tokenizer, seed) + rows
+    return summarize(rows, keys, probes), rows
+
+
+def reward_probe_rows(reward_scores: Callable[[str, list[str]], list[float]], records: Sequence[dict],
+                      keys: dict[str, str], seed: int) -> list[dict]:
+    """The ``reward`` probe: per record, the scalar reward model's scores of the record's wrong solution and of
+    every key in one call; a false positive is a key scored above that solution."""
+    rows = []
+    for index, record in enumerate(records):
+        question, wrong = _question(record), _wrong_solution(record, index, seed)
+        texts = [question if key == QUESTION_KEY else key for key in keys.values()]
+        wrong_score, *key_scores = reward_scores(question, [wrong, *texts])
+        for name, text, score in zip(keys, texts, key_scores, strict=True):
+            rows.append({"probe": "reward", "key": name, "key_text": text, "record_index": index, "order": None,
+                         "sample_index": 0, "prompt": question, "output": None, "key_score": score,
+                         "solution_score": wrong_score, "verdict": "key" if score > wrong_score else "solution",
+                         "false_positive": score > wrong_score})
+    return rows
+
+
+def _judged_rows(engine, records, keys, verifier, pairwise, probes, params, tokenizer, seed) -> list[dict]:
+    """The generative probes' judgments, one row each."""
     verifier, pairwise = resolve_template(verifier, "verifier"), resolve_template(pairwise, "pairwise")
     params = params or SamplingParams(temperature=0.0, max_new_tokens=512)
     tokenizer = tokenizer if tokenizer is not None else getattr(engine, "tokenizer", None)
@@ -168,7 +205,7 @@ def masterkey_probe(
                 "false_positive": false_positive,
             }
         )
-    return summarize(rows, keys, probes), rows
+    return rows
 
 
 def _key_figures(rows: list[dict], probe: str) -> dict:
@@ -220,7 +257,7 @@ class MasterkeyOptions(EvalOptions):
 
     n: int | None = 50
     keys: str = "default"
-    probes: list[str] = list(PROBES)
+    probes: list[str] = list(GENERATIVE_PROBES)
     template: str = "rise"
     verifier_template: str = "verifier"
     samples: int = 1
@@ -236,10 +273,14 @@ def run_masterkey_eval(options: MasterkeyOptions) -> dict:
     chosen_keys = master_keys(options.keys)
     records = prompt_records(options.data, options.n, options.seed)
     tokenizer = load_tokenizer(options.model)
-    engine = tool_engine(options.model, options.engine, batch_size=options.batch_size, tokenizer=tokenizer)
+    engine = None
+    if any(probe in GENERATIVE_PROBES for probe in options.probes):
+        engine = tool_engine(options.model, options.engine, batch_size=options.batch_size, tokenizer=tokenizer)
+    reward_scores = ScalarRewardModel(options.model).scores if "reward" in options.probes else None
     summary, rows = masterkey_probe(
         engine, records, chosen_keys, verifier=options.verifier_template, pairwise=options.template,
-        probes=options.probes, params=options.sampling(options.samples), seed=options.seed,
+        probes=options.probes, params=options.sampling(options.samples), tokenizer=tokenizer, seed=options.seed,
+        reward_scores=reward_scores,
     )  # fmt: skip
     result = {
         "model": options.model,
