@@ -88,10 +88,40 @@ def test_only_takes_patterns_and_comma_lists_and_refuses_a_name_that_matches_not
     assert "dpo-s0, dpo-s1, eval-s0, eval-s1" in error.value.fix
 
 
+def test_tables_give_each_arm_s_mean_and_sd_over_the_seeds_that_ran(tmp_path, capsys):
+    from posttrain.report.stages import seed_table
+
+    stages = [{"name": f"{arm}-s{seed}", "recipe": "rl.yaml"} for arm in ("dpo", "sft") for seed in range(3)]
+    tables = [{"name": "seeds", "rows": {"dpo": ["dpo-s*"], "sft": ["sft-s0", "sft-s2"]},
+               "metrics": ["accuracy", "eval/accuracy"]}]
+    pipeline = load_pipeline(write_pipeline(tmp_path, stages=stages, figures=[], sharpness=[], tables=tables))
+    root = tmp_path / "runs"
+    for seed, accuracy in enumerate([0.5, 0.7, 0.9]):  # tool summaries
+        (root / f"dpo-s{seed}").mkdir(parents=True)
+        (root / f"dpo-s{seed}" / "judge.json").write_text(json.dumps({"accuracy": accuracy}))
+    (root / "sft-s0").mkdir()  # a training run: its last logged value
+    (root / "sft-s0" / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.1}\n{"step": 5, "eval/accuracy": 0.4}\n')
+    names = [stage.name for stage in pipeline.stages]
+    table = seed_table(root, "seeds", pipeline.tables[0].rows, pipeline.tables[0].metrics, names)
+    summary = json.loads((root / "seeds.json").read_text())
+    assert summary["dpo"]["stages"] == ["dpo-s0", "dpo-s1", "dpo-s2"] and summary["sft"]["stages"] == ["sft-s0"]
+    dpo = summary["dpo"]["metrics"]["accuracy"]
+    assert dpo["n"] == 3 and dpo["mean"] == pytest.approx(0.7) and dpo["sd"] == pytest.approx(0.2)
+    assert summary["dpo"]["metrics"]["eval/accuracy"]["n"] == 0
+    assert summary["sft"]["metrics"]["eval/accuracy"] == {"n": 1, "mean": 0.4, "sd": None, "values": [0.4]}
+    assert "| dpo | 3 | 0.700 ± 0.200 (0.500 0.700 0.900) | — |" in table
+    assert (root / "seeds.md").read_text().strip() == table
+    with pytest.raises(ConfigError, match="row 'sft': 'sft-s9' matches no stage"):
+        load_pipeline(write_pipeline(tmp_path, stages=stages, figures=[], sharpness=[], tables=[
+            {"name": "bad", "rows": {"sft": ["sft-s9"]}, "metrics": ["accuracy"]}]))
+
+
 def test_a_finished_stage_that_saved_nothing_is_not_trained_again(tmp_path, capsys):
     stages = [{"name": "only", "recipe": "distill.yaml", "set": {"train.save_final": False, "train.max_steps": 1}}]
-    path = write_pipeline(tmp_path, stages=stages, sharpness=[], figures=[])
+    tables = [{"name": "seeds", "rows": {"one": ["on*"]}, "metrics": ["loss"]}]
+    path = write_pipeline(tmp_path, stages=stages, sharpness=[], figures=[], tables=tables)
     root = run_pipeline(path)
+    assert "| one | 1 | " in capsys.readouterr().out and (root / "seeds.json").is_file()  # printed and written
     before = (root / "only" / "metrics.jsonl").read_text()
     events = [json.loads(line)["event"] for line in (root / "only" / "history.jsonl").read_text().splitlines()]
     assert events == ["start", "finish"] and not (root / "only" / "checkpoints").exists()
@@ -132,10 +162,9 @@ def test_synthesize_and_judge_eval_stages(tmp_path):
     assert judged["model"] == str(final_weights(root / "first")) and judged["pairs"] == 2
     gap = json.loads((root / "gap" / "gap.json").read_text())
     assert gap["model"] == str(final_weights(root / "first")) and gap["judgments"] == 4
-    from posttrain.trainers.pipeline import FigureSpec, draw_figure
+    from posttrain.report.stages import draw_figure
 
-    bars = draw_figure(root, FigureSpec(name="judges", stages=["judged", "gap"],
-                                        metrics=["format_failure_rate", "judge_accuracy"]))
+    bars = draw_figure(root, "judges", ["judged", "gap"], ["format_failure_rate", "judge_accuracy"])
     assert bars.stat().st_size > 1000
 
 

@@ -2,8 +2,9 @@
 
 A pipeline file names its stages in order; each is a recipe plus overrides, optionally starting ``from`` an
 earlier stage (its ``model.name`` becomes that stage's latest checkpoint). After the stages it runs the
-listed sharpness comparisons (:mod:`posttrain.evals.sharpness`) and draws the listed figures (metrics of
-several stages side by side). Every run lives under the pipeline's ``output_dir``; running the pipeline again
+listed sharpness comparisons (:mod:`posttrain.evals.sharpness`), draws the listed figures (metrics of
+several stages side by side) and writes the listed tables over seeds (each arm's mean ± sd,
+:func:`posttrain.report.stages.seed_table`). Every run lives under the pipeline's ``output_dir``; running the pipeline again
 resumes unfinished stages (``train.resume: auto``) and leaves finished ones as they are.
 
 Paths follow :mod:`posttrain.recipe_paths`: ``recipe``, the values of ``set`` and ``overrides``, the
@@ -23,6 +24,8 @@ sharpness:
   - {model: reheat, reference: collapse, data: "{task: arithmetic, ...}"}
 figures:
   - {name: continued, stages: [reheat], metrics: [entropy, eval/pass@1]}
+tables:
+  - {name: seeds, rows: {reheat: ["reheat*"]}, metrics: [eval/pass@1]}
 ```
 """
 
@@ -53,6 +56,7 @@ from posttrain.recipe_paths import resolve_name_or_path, substitute_output_dir
 from posttrain.report import RunData, write_report
 from posttrain.report.chain import chain_table
 from posttrain.report.runs import read_run
+from posttrain.report.stages import draw_figure, matching_stages, seed_table, tool_result
 from posttrain.rollout.options import ToolOptions
 from posttrain.trainers import checkpoint as ckpt
 from posttrain.trainers import resume
@@ -127,6 +131,16 @@ class FigureSpec(Section):
     metrics: list[str]
 
 
+class TableSpec(Section):
+    """A table over seeds (:func:`posttrain.report.stages.seed_table`): ``rows`` maps an arm's label to its stages
+    (names or shell-style patterns, e.g. ``eval-dpo-s*``), ``metrics`` are stage values
+    (:func:`posttrain.report.stages.stage_value`)."""
+
+    name: str
+    rows: dict[str, list[str]] = Field(min_length=1)
+    metrics: list[str] = Field(min_length=1)
+
+
 class PipelineConfig(Section):
     name: str = "pipeline"
     output_dir: str = "runs"
@@ -134,6 +148,7 @@ class PipelineConfig(Section):
     stages: list[Stage] = Field(min_length=1)
     sharpness: list[SharpnessSpec] = Field(default_factory=list)
     figures: list[FigureSpec] = Field(default_factory=list)
+    tables: list[TableSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> PipelineConfig:
@@ -150,6 +165,12 @@ class PipelineConfig(Section):
                      *(name for f in self.figures for name in f.stages)]:
             if used not in seen:
                 raise ValueError(f"{used!r} is not a stage of the pipeline (stages: {', '.join(seen)})")
+        for table in self.tables:
+            for label, patterns in table.rows.items():
+                for pattern in patterns:
+                    if not matching_stages([pattern], seen):
+                        raise ValueError(f"table {table.name!r}, row {label!r}: {pattern!r} matches no stage "
+                                         f"(stages: {', '.join(seen)})")
         return self
 
 
@@ -248,7 +269,11 @@ def run_pipeline(path: Path, only: list[str] | None = None) -> Path:
             run_sharpness(root, spec, folder)
     for figure in pipeline.figures:
         if _ready(root, figure.stages, f"figure {figure.name}", only):
-            draw_figure(root, figure)
+            draw_figure(root, figure.name, figure.stages, figure.metrics)
+    names = [stage.name for stage in pipeline.stages]
+    for table in pipeline.tables:  # over the stages that have run so far (n says how many)
+        print(f"\n{table.name} (mean ± sd over seeds; {root / table.name}.md)\n"
+              f"{seed_table(root, table.name, table.rows, table.metrics, names)}", flush=True)
     summary = write_summary(root, pipeline)
     if summary:
         print(f"\n{summary}", flush=True)
@@ -340,71 +365,3 @@ def run_sharpness(root: Path, spec: SharpnessSpec, folder: Path) -> dict:
         model=str(final_weights(root / spec.model)), reference=str(final_weights(root / spec.reference)),
         data=tool_arguments({"data": spec.data}, root, folder)["data"], n=spec.n, k=spec.k,
         max_new_tokens=spec.max_new_tokens, out_dir=out_dir))
-
-
-def tool_result(stage_dir: Path) -> dict | None:
-    """The summary a tool stage wrote (``judge.json``, ``gap.json``, ``masterkey.json`` or ``summary.json``)."""
-    for name in ("judge.json", "gap.json", "masterkey.json", "summary.json"):
-        if (stage_dir / name).is_file():
-            return json.loads((stage_dir / name).read_text())
-    return None
-
-
-def draw_figure(root: Path, figure: FigureSpec) -> Path:
-    """One panel per metric: for training stages one line per stage (its logged values against the step), for
-    evaluation stages one bar per stage (a top-level number of its summary, ``overall.<probe>.<key>`` style
-    paths allowed)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    results = [tool_result(root / stage) for stage in figure.stages]
-    if all(result is not None for result in results):
-        return _draw_bars(root, figure, results)
-    runs = [read_run(root / stage, stage) for stage in figure.stages]
-    canvas = Figure(figsize=(4.2 * len(figure.metrics), 3.4))
-    FigureCanvasAgg(canvas)
-    for index, metric in enumerate(figure.metrics):
-        axes = canvas.add_subplot(1, len(figure.metrics), index + 1)
-        for position, run in enumerate(runs):  # a stage keeps its colour in every panel
-            points = run.series.get(metric, [])
-            if points:
-                axes.plot([s for s, _ in points], [v for _, v in points], marker="o" if len(points) < 8 else None,
-                          markersize=3, label=run.name, color=f"C{position % 10}")
-        axes.set_title(metric)
-        axes.set_xlabel("step")
-        axes.grid(alpha=0.3)
-        if axes.lines:  # each panel names its own lines: a metric may be logged by some stages only
-            axes.legend(fontsize=7)
-    canvas.tight_layout()
-    out = root / f"{figure.name}.png"
-    canvas.savefig(out, dpi=110)
-    return out
-
-
-def _lookup(result: dict, path: str) -> float | None:
-    value: object = result
-    for key in path.split("."):
-        value = value.get(key) if isinstance(value, dict) else None
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _draw_bars(root: Path, figure: FigureSpec, results: list[dict]) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    canvas = Figure(figsize=(max(3.2, 1.1 * len(figure.stages)) * len(figure.metrics) / 1.5, 3.4))
-    FigureCanvasAgg(canvas)
-    for index, metric in enumerate(figure.metrics):
-        axes = canvas.add_subplot(1, len(figure.metrics), index + 1)
-        values = [_lookup(result, metric) for result in results]
-        axes.bar(range(len(values)), [v if v is not None else 0.0 for v in values], color="tab:blue")
-        for position, value in enumerate(values):
-            axes.text(position, value or 0.0, "-" if value is None else f"{value:.2f}", ha="center", va="bottom",
-                      fontsize=7)
-        axes.set_xticks(range(len(values)), figure.stages, rotation=30, ha="right", fontsize=7)
-        axes.set_title(metric, fontsize=9)
-        axes.grid(alpha=0.3, axis="y")
-    canvas.tight_layout()
-    out = root / f"{figure.name}.png"
-    canvas.savefig(out, dpi=110)
-    return out
