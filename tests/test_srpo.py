@@ -131,3 +131,25 @@ def test_micro_batches_give_the_gradient_of_one_pass(tmp_path):
     assert len(whole[1].micro_batches) == 1 and len(split[1].micro_batches) > 4
     assert 0 < sum(whole[0].correct) < len(whole[0].correct)
     assert_same_step(model, whole, split, rel=1e-5)
+
+
+def test_srpo_averages_an_ema_teacher_and_checkpoints_it(tmp_path):
+    config = rl_config(tmp_path, "ema", "method=srpo", "train.max_steps=1", "train.save_every=1",
+                       "distill.context_weights=ema", "distill.feedback={sources: [verdict], success_threshold: 0.15}")
+    method_steps = []
+    original = SRPOMethod.after_step
+
+    def record(self, model, step):
+        before = [p.detach().clone() for p in self.teacher.average.parameters()]
+        result = original(self, model, step)
+        method_steps.append(any(not torch.equal(b, a) for b, a in zip(before, self.teacher.average.parameters(),
+                                                                     strict=True)))
+        return result
+
+    SRPOMethod.after_step = record
+    try:
+        run_dir = train(config).run_dir
+    finally:
+        SRPOMethod.after_step = original
+    assert method_steps == [True]  # the average moved after the update
+    assert (run_dir / "checkpoints" / "step-1" / "ema_teacher" / "model.safetensors").is_file()

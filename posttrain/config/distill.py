@@ -32,9 +32,12 @@ class DistillConfig(Section):
     context_template: str = Field("{prompt}\n\nA correct solution for reference:\n{context}\n\nNow solve the "
                                   "problem yourself.", description="the teacher's user message; fields {prompt} and "
                                   "{context}")
-    context_weights: Literal["live", "initial"] = Field("live", description="self_context / self_feedback / "
-                                                        "self_revision teacher weights: the current student (SDPO) "
-                                                        "or the starting ones (OPSD's fixed teacher)")
+    context_weights: Literal["live", "initial", "ema"] = Field(
+        "live", description="self_context / self_feedback / self_revision teacher weights: the current student, the "
+        "starting ones (OPSD's fixed teacher), or ema: an exponential moving average of the student from the starting "
+        "weights, θ_T ← (1 − α)·θ_T + α·θ after every optimizer step (SDPO's code and TRL's SDPOTrainer default)")
+    teacher_update_rate: float = Field(0.05, gt=0, le=1, description="context_weights: ema — α (SDPO's and TRL's "
+                                       "default 0.05)")
     feedback: FeedbackConfig = Field(FeedbackConfig(), description="teacher: self_feedback / self_revision — the "
                                      "per-rollout teacher context (SDPO, SD-Zero; method srpo)")
     entropy_weighting: Literal["none", "exp", "linear"] = Field("none", description="weight each token's divergence "

@@ -171,6 +171,15 @@ class RunConfig(Section):
             if self.rl.laser.enabled:
                 raise ValueError("method srpo does not combine with rl.laser (LaSeR's tail token would be "
                                  "distilled); use method grpo for LaSeR")
+        if distill.context_weights == "ema" and distill.teacher not in ("self_context", *FEEDBACK_TEACHERS):
+            raise ValueError(f"distill.context_weights=ema averages the weights of a self-teacher shown a context; "
+                             f"distill.teacher is {distill.teacher!r} (use self_context, self_feedback or self_revision)")
+        if distill.context_weights == "ema" and self.model.lora is not None:
+            raise ValueError("distill.context_weights=ema keeps a full copy of the weights averaged with the student's; "
+                             "with model.lora use context_weights=live or initial")
+        if distill.context_weights == "ema" and self.dist.strategy == "fsdp":
+            raise ValueError("distill.context_weights=ema is not available with dist.strategy=fsdp (the average is "
+                             "kept unsharded); use ddp, or context_weights=live or initial")
         if distill.feedback != FeedbackConfig() and distill.teacher not in FEEDBACK_TEACHERS:
             raise ValueError(f"distill.feedback is used by teacher: self_feedback or self_revision (teacher is "
                              f"{distill.teacher!r}); set distill.teacher or remove distill.feedback")

@@ -275,6 +275,13 @@ class DistillMethod(Method, name="distill"):
     def frozen_models(self) -> list[torch.nn.Module]:
         return self.teacher.frozen_models()
 
+    def save_state(self, directory) -> None:
+        """The moving-average teacher (``context_weights: ema``) goes into every checkpoint."""
+        self.teacher.save_average(directory)
+
+    def load_state(self, directory) -> None:
+        self.teacher.load_average(directory)
+
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         rollouts, tokens = max(sums["rollouts"], 1.0), max(sums.get("trained_tokens", 0.0), 1.0)
         metrics = {"loss": sums["loss"], "divergence": sums["divergence_sum"] / tokens,
@@ -301,8 +308,10 @@ class DistillMethod(Method, name="distill"):
 
     # -- the target-entropy stop -------------------------------------------------------------------
     def after_step(self, model, step: int) -> tuple[dict[str, float], bool]:
-        """Every ``entropy_every`` steps: the held-out entropy, and whether it reached ``target_entropy``."""
+        """The moving-average teacher's update (``context_weights: ema``); every ``entropy_every`` steps the
+        held-out entropy, and whether it reached ``target_entropy``."""
         cfg = self.cfg
+        self.teacher.update_average(model)
         if self.held_out is None or step % cfg.entropy_every:
             return {}, False
         with self.engine_weights.awake(model, step):

@@ -117,11 +117,24 @@ class SRPOMethod(RLMethod, name="srpo"):
     def frozen_models(self) -> list[torch.nn.Module]:
         return [*super().frozen_models(), *self.teacher.frozen_models()]
 
+    def after_step(self, model, step: int) -> tuple[dict[str, float], bool]:
+        self.teacher.update_average(model)  # context_weights: ema
+        return super().after_step(model, step)
+
+    def save_state(self, directory) -> None:
+        super().save_state(directory)
+        self.teacher.save_average(directory)
+
+    def load_state(self, directory) -> None:
+        super().load_state(directory)
+        self.teacher.load_average(directory)
+
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         metrics = super().summarize(sums)
         passes, rollouts = self.updates_per_step, max(sums["rollouts"], 1.0)
         distilled = max(sums["distilled_tokens"], 1.0)
-        metrics.update(entropy=sums["routed_entropy_sum"] / max(sums["routed_tokens"], 1.0),distill_loss=sums["distill_loss"] / passes, correct_fraction=sums["correct"] / rollouts,
+        metrics.update(entropy=sums["routed_entropy_sum"] / max(sums["routed_tokens"], 1.0),
+                       distill_loss=sums["distill_loss"] / passes, correct_fraction=sums["correct"] / rollouts,
                        distill_weight=sums["distill_weight_sum"] / distilled,
                        divergence=sums["divergence_sum"] / distilled, **feedback_metrics(sums, rollouts))
         return metrics

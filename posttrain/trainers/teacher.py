@@ -1,7 +1,7 @@
 """The teacher side of on-policy distillation, shared by ``method: distill`` and ``method: srpo``: the teacher
-models (another model, a frozen snapshot of the starting weights), the teacher's final hidden states on the
-completion tokens, the per-rollout feedback contexts of SDPO's self-teacher and the token-level divergence
-(:func:`posttrain.ops.hidden_divergence`) with its per-token weights.
+models (another model, a frozen snapshot of the starting weights, the moving average of the student), the
+teacher's final hidden states on the completion tokens, the per-rollout feedback contexts of SDPO's self-teacher
+and the token-level divergence (:func:`posttrain.ops.hidden_divergence`) with its per-token weights.
 """
 
 from __future__ import annotations
@@ -10,21 +10,26 @@ import contextlib
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from posttrain.config import RunConfig
+from posttrain.config.distill import FEEDBACK_TEACHERS
 from posttrain.data import encode_prompts
 from posttrain.errors import ConfigError, DataError
 from posttrain.models import disabled_adapter, is_peft_model, load_model, load_tokenizer
 from posttrain.models.vocabulary import check_same_output_size, check_same_tokenizer
 from posttrain.ops import TokenDistill, causal_lm_parts, entropy_weights, hidden_divergence
 from posttrain.rollout import Generation
+from posttrain.trainers.checkpoint import load_model_weights, unwrap
 from posttrain.trainers.distributed import Processes
 from posttrain.trainers.feedback import feedback_counts, rollout_feedback, teacher_record
+from posttrain.trainers.parallel import resolve_strategy
 from posttrain.trainers.rollouts import RolloutRows
 
 TEACHER_FIX = "distill from a teacher of the same model family and tokenizer"
+EMA_TEACHER_DIR = "ema_teacher"  # in a checkpoint: the moving-average teacher's weights (context_weights: ema)
 
 
 @dataclass
@@ -51,6 +56,7 @@ class DistillTeacher:
         self.cfg, self.chunk_size, self.processes, self.tokenizer = cfg, config.train.chunk_size, processes, tokenizer
         self.model = self._other_model(model, tokenizer)
         self.snapshot = self._snapshot(model)
+        self.average = self._average(model, resolve_strategy(config.dist.strategy, processes.world_size))
 
     def _other_model(self, model, tokenizer):
         """The other model (teacher ``model``), or None."""
@@ -73,6 +79,40 @@ class DistillTeacher:
             return None
         return copy.deepcopy(model).eval().requires_grad_(False)
 
+    def _average(self, model, strategy: str):
+        """The moving-average teacher (``context_weights: ema``), starting from the starting weights, or None."""
+        if not self.ema:
+            return None
+        if strategy == "fsdp":
+            raise ConfigError("distill.context_weights=ema is not available under FSDP (the average is kept "
+                              "unsharded)", where="distill.context_weights",
+                              fix="launch without --use_fsdp, or use context_weights=live or initial")
+        return copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+
+    @property
+    def ema(self) -> bool:
+        """Whether the context teacher is the moving average of the student (``context_weights: ema``)."""
+        return self.cfg.context_weights == "ema" and self.cfg.teacher in ("self_context", *FEEDBACK_TEACHERS)
+
+    @torch.no_grad()
+    def update_average(self, model) -> None:
+        """After a training step: θ_T ← (1 − α)·θ_T + α·θ with α = ``teacher_update_rate`` (``ema`` only)."""
+        if not self.ema:
+            return
+        rate = self.cfg.teacher_update_rate
+        for average, current in zip(self.average.parameters(), unwrap(model).parameters(), strict=True):
+            average.lerp_(current.detach().to(average.dtype), rate)
+
+    def save_average(self, directory: Path) -> None:
+        """The moving-average teacher's weights into the checkpoint being written (``ema`` only, main process)."""
+        if self.ema and self.processes.is_main:
+            self.average.save_pretrained(Path(directory) / EMA_TEACHER_DIR, safe_serialization=True)
+
+    def load_average(self, directory: Path) -> None:
+        """What :meth:`save_average` wrote, on every process (``ema`` only)."""
+        if self.ema:
+            load_model_weights(self.average, Path(directory) / EMA_TEACHER_DIR)
+
     @contextlib.contextmanager
     def starting_weights(self, model):
         """The model with its starting weights: the snapshot, or the LoRA model with its adapters off."""
@@ -83,7 +123,7 @@ class DistillTeacher:
                 yield base
 
     def frozen_models(self) -> list[torch.nn.Module]:
-        return [] if self.model is None else [self.model]
+        return [] if self.model is None else [self.model]  # the moving average is not frozen: it is never sharded
 
     # -- feedback contexts ------------------------------------------------------------------------
     def feedback_contexts(self, records: Sequence[dict], groups: Sequence[int], generations: Sequence[Generation],
@@ -131,6 +171,8 @@ class DistillTeacher:
         with torch.no_grad():
             if cfg.teacher == "model":
                 return self.targets(self.model, rows)[0], causal_lm_parts(self.model)[1].weight
+            if self.average is not None:
+                return self.targets(self.average, rows)[0], causal_lm_parts(self.average)[1].weight
             if cfg.teacher != "snapshot" and cfg.context_weights == "live":
                 return self.targets(model, rows)[0], causal_lm_parts(model)[1].weight.detach()
             with self.starting_weights(model) as start:
