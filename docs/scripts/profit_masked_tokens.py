@@ -1,8 +1,11 @@
 """Which target tokens does ProFit mask (p <= tau) on the arithmetic task? Used in docs/reproductions.md.
 
     .venv/bin/python docs/scripts/profit_masked_tokens.py --model smollm2-135m --n 200 --tau 0.1
+    .venv/bin/python docs/scripts/profit_masked_tokens.py --model runs/profit-in-style/sft/checkpoints/step-24/model \
+        --data runs/profit-in-style/sample/sft.jsonl
 
-Prints the fraction of completion tokens with p <= tau, and how many of those are digits.
+Prints the fraction of completion tokens with p <= tau, and how many of those are digits; --data reads SFT records
+from a file (default: the task's reference solutions).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections import Counter
 
 import torch
 
-from posttrain.data import collate, make_task, tokenize_sft, validate_records
+from posttrain.data import collate, make_task, read_records, tokenize_sft, validate_records
 from posttrain.models import load_model, load_tokenizer
 from posttrain.ops import completion_logprobs
 
@@ -23,9 +26,13 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--tau", type=float, default=0.1)
+    parser.add_argument("--data", default=None, help="an SFT file (default: the arithmetic task's solutions)")
     args = parser.parse_args()
     tokenizer, model = load_tokenizer(args.model), load_model(args.model, dtype="float32", device="cpu")
-    records = validate_records(make_task("arithmetic", args.n, 0), kind="sft").records
+    if args.data:
+        records = read_records(args.data, kind="sft").records[: args.n]
+    else:
+        records = validate_records(make_task("arithmetic", args.n, 0), kind="sft").records
     examples = tokenize_sft(records, tokenizer, 256).examples
     masked, total, digit_masked, digit_total = Counter(), 0, 0, 0
     with torch.no_grad():
