@@ -313,3 +313,12 @@ def test_a_section_set_in_one_run_and_null_in_another_is_a_difference(tmp_path):
     assert "<details><summary>" not in section(page, "Comparison")
     assert rows(section(page, "Comparison"), "setting") == [["rl.judge", "None", "–"],
                                                             ["rl.judge.template", "–", "grm"]]
+
+
+def test_the_starts_of_a_run_are_its_start_and_resume_lines_not_its_finish_lines(tmp_path):
+    from posttrain.report.runs import read_starts
+
+    history = tmp_path / "history.jsonl"
+    events = [("start", 10.0), ("finish", 20.0), ("resume", 30.0), ("finish", 40.0)]
+    history.write_text("".join(json.dumps({"time": t, "event": e, "step": 0}) + "\n" for e, t in events) + "cut li")
+    assert read_starts(history) == [10.0, 30.0]

@@ -104,8 +104,9 @@ def test_resuming_with_allowed_changes_continues_and_records_them(tmp_path):
     train(tiny_config(tmp_path, "longer", **{"train.max_steps": 6, "train.save_every": 3, "train.log_every": 2,
                                               "train.keep_checkpoints": 3}))
     history = read_jsonl(run_dir / "history.jsonl")
-    assert [h["event"] for h in history] == ["start", "resume"]
-    assert history[1]["step"] == 4 and history[1]["changes"]["train.max_steps"] == {"old": 4, "new": 6}
+    assert [h["event"] for h in history] == ["start", "finish", "resume", "finish"]
+    assert history[2]["step"] == 4 and history[2]["changes"]["train.max_steps"] == {"old": 4, "new": 6}
+    assert [h["step"] for h in history if h["event"] == "finish"] == [4, 6]
     assert sorted(train_steps(run_dir)) == [1, 2, 3, 4, 6]
 
 
@@ -209,7 +210,8 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, 
                                                   "train.keep_checkpoints": 3}))
     assert result.steps == 4
     assert "skipping damaged checkpoint" in capsys.readouterr().out
-    assert json.loads((run_dir / "history.jsonl").read_text().splitlines()[-1])["step"] == 2
+    resumed, finished = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()[-2:]]
+    assert resumed["event"] == "resume" and resumed["step"] == 2 and finished == {**finished, "event": "finish", "step": 4}
 
 
 @pytest.mark.parametrize("damaged", ["model/model.safetensors", "optimizer.pt", "trainer_state.json"])

@@ -80,7 +80,8 @@ def read_data_summary(path: Path) -> dict:
 
 
 def read_starts(path: Path) -> list[float]:
-    """The epoch seconds of each start and resume recorded in ``history.jsonl`` (unreadable lines skipped)."""
+    """The epoch seconds of each start and resume recorded in ``history.jsonl`` (unreadable lines and the lines that
+    record a run's finish skipped)."""
     if not path.is_file():
         return []
     starts = []
@@ -89,7 +90,7 @@ def read_starts(path: Path) -> list[float]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and is_number(record.get(TIME_KEY)):
+        if isinstance(record, dict) and is_number(record.get(TIME_KEY)) and record.get("event") != "finish":
             starts.append(float(record[TIME_KEY]))
     return sorted(starts)
 
