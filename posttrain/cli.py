@@ -225,6 +225,8 @@ def judge_synthesize(
                                                             "master key or the chosen one cut to its first sentence")] = 0.0,
     critique_style: Annotated[str | None, typer.Option(help="the critique judge's format: rise, j1, grm, s2j or "
                                                             "solve_first (default: the template's name)")] = None,
+    balance_orders: Annotated[bool, typer.Option(help="keep as many DPO pairs of each order as the rarer order has "
+                                                      "(their chosen verdicts then split evenly between A and B)")] = False,
 ) -> None:
     """RISE-style synthesis: SFT judgments from swap-consistent pairs, DPO pairs of judgments from the rest."""
     from posttrain.judges.synthesis import SynthesisOptions, run_synthesis

@@ -2,12 +2,13 @@
 judged wrong, on scripted judgments; and `posttrain judge synthesize` end to end on the tiny model."""
 
 import json
+import re
 
 from posttrain.data.records import normalize_record
 from posttrain.judges.synthesis import synthesize_judgments
 from posttrain.rollout import SamplingParams
 from tests.helpers import read_jsonl, run_cli
-from tests.test_eval_judge import ScriptedEngine, pair, picks
+from tests.test_eval_judge import ScriptedEngine, pair, picks, shown
 
 
 def test_sft_from_pairs_right_in_both_orders_and_dpo_from_the_rest():
@@ -49,6 +50,26 @@ def test_sft_from_pairs_right_in_both_orders_and_dpo_from_the_rest():
     assert dpo[0]["order"] == "first" and dpo[0]["chosen"] != dpo[0]["rejected"]
     assert dpo[0]["chosen"][0]["content"].endswith("[[A]]") and dpo[0]["rejected"][0]["content"].endswith("[[B]]")
     assert normalize_record(dpo[0], "preference", "dpo.jsonl:1")["chosen"] == dpo[0]["chosen"]
+
+
+def test_balance_orders_keeps_as_many_hard_pairs_of_each_order():
+    from posttrain.judges.synthesis import balanced_by_order
+
+    pairs = [pair(f"Q{i}?", f"right {i}", f"wrong {i}") for i in range(4)]
+
+    def biased(prompt, sample):  # each pair right and wrong in one order, always wrong in the other: Q0-Q2 in
+        q = re.search(r"Q(\d)\?", prompt).group(1)  # the first order (the right answer is A), Q3 in the swapped one
+        right_is_a = shown(prompt)[0].startswith("right")
+        mixed_order = right_is_a if q != "3" else not right_is_a
+        return picks(prompt, f"right {q}" if mixed_order and sample == 0 else f"wrong {q}")
+
+    _, dpo, summary = synthesize_judgments(ScriptedEngine(biased), pairs, "rise", SamplingParams(n=2))
+    assert sorted(r["order"] for r in dpo) == ["first"] * 3 + ["swapped"]  # hard pairs: mostly one order
+    _, kept, balanced = synthesize_judgments(ScriptedEngine(biased), pairs, "rise", SamplingParams(n=2),
+                                             balance_orders=True)
+    assert [(r["pair_index"], r["order"]) for r in kept] == [(0, "first"), (3, "swapped")]
+    assert balanced["dpo_records"] == 2 and balanced["dpo_records_before_balancing"] == 4
+    assert kept == balanced_by_order(dpo) and balanced_by_order([r for r in dpo if r["order"] == "first"]) == []
 
 
 def test_cli_synthesize_writes_the_sets(tmp_path):

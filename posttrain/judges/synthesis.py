@@ -13,7 +13,10 @@ For labelled preference pairs, a judge model (a stronger one, or the model itsel
   verdict (format failures) are in neither set.
 
 The paper gives no sample counts; one SFT record per order and one DPO pair per order keep the sets balanced
-across pairs (choices documented here and in ``summary.json``).
+across pairs (choices documented here and in ``summary.json``). The hard pairs of a judge with a position prior
+come mostly from one order, so their chosen judgments mostly end in the same letter, and DPO on them teaches that
+letter (measured: docs/reproductions.md, "RISE on the testbed"); ``balance_orders`` keeps as many DPO pairs of each
+order (the first ones, in pair order) as the rarer order has.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from posttrain.rollout.options import SamplingOptions
 
 
 def synthesize_judgments(engine: RolloutEngine, pairs: Sequence[dict], template: str | JudgeTemplate = "rise",
-                         params: SamplingParams | None = None) -> tuple[list[dict], list[dict], dict]:
+                         params: SamplingParams | None = None,
+                         balance_orders: bool = False) -> tuple[list[dict], list[dict], dict]:
     """SFT records, DPO records and counts from ``params.n`` judgments per pair and order (module docstring)."""
     params = params or SamplingParams(temperature=1.0, max_new_tokens=384, n=4, seed=0)
     result = judge_pairs(engine, pairs, template, params)
@@ -62,15 +66,30 @@ def synthesize_judgments(engine: RolloutEngine, pairs: Sequence[dict], template:
             if right and wrong:
                 dpo.append({"prompt": _messages(right[0]), "chosen": _reply(right[0]["output"]),
                             "rejected": _reply(wrong[0]["output"]), "pair_index": index, "order": right[0]["order"]})
+    unbalanced = len(dpo)
+    if balance_orders:
+        dpo = balanced_by_order(dpo)
     judgments = len(result.rows)
     summary = {
         "pairs": len(pairs), "samples_per_order": params.n, "judgments": judgments,
         "correct_rate": sum(row["correct"] for row in result.rows) / max(judgments, 1),
         "format_failures": sum(row["verdict"] is None for row in result.rows),
         "admitted_pairs": len({row["pair_index"] for row in sft}), "sft_records": len(sft),
-        "dpo_records": len(dpo), "judge_metrics": result.metrics,
+        "dpo_records": len(dpo), "dpo_records_before_balancing": unbalanced, "judge_metrics": result.metrics,
     }
     return sft, dpo, summary
+
+
+def balanced_by_order(records: list[dict]) -> list[dict]:
+    """The first ``m`` records of each ``order``, ``m`` the count of the rarer order (none when one is missing)."""
+    counts = {order: sum(r["order"] == order for r in records) for order in ("first", "swapped")}
+    keep, taken = min(counts.values()), dict.fromkeys(counts, 0)
+    balanced = []
+    for record in records:
+        if taken[record["order"]] < keep:
+            taken[record["order"]] += 1
+            balanced.append(record)
+    return balanced
 
 
 class CritiqueJudge:
@@ -172,7 +191,7 @@ class SynthesisOptions(SamplingOptions):
     ``task:arithmetic``), ``k`` judgments per pair and order, the pairwise ``template``, ``n`` pairs (None: all);
     ``masterkey_negatives``: that fraction of master-key pairs added (:mod:`posttrain.data.master_keys`);
     ``critique_style``: the critique judge's output format (default: the template's name; ``solve_first`` for any
-    pairwise template)."""
+    pairwise template); ``balance_orders``: as many DPO pairs of each order (:func:`balanced_by_order`)."""
 
     judge: str
     pairs: str
@@ -183,6 +202,7 @@ class SynthesisOptions(SamplingOptions):
     n: int | None = None
     masterkey_negatives: float = Field(0.0, ge=0, le=10)
     critique_style: Literal["rise", "j1", "grm", "s2j", "solve_first"] | None = None
+    balance_orders: bool = False
 
 
 def run_synthesis(options: SynthesisOptions) -> dict:
@@ -197,7 +217,8 @@ def run_synthesis(options: SynthesisOptions) -> dict:
                                template=template)
     else:
         engine = tool_engine(judge, options.engine, batch_size=options.batch_size)
-    sft, dpo, summary = synthesize_judgments(engine, records, template, options.sampling(options.k))
+    sft, dpo, summary = synthesize_judgments(engine, records, template, options.sampling(options.k),
+                                             balance_orders=options.balance_orders)
     summary.update(judge=judge, pairs_source=options.pairs, template=template, temperature=options.temperature,
                    masterkey_negatives=sum("masterkey" in record for record in records))
     write_synthesis(options.out_dir, sft, dpo, summary)
