@@ -97,15 +97,14 @@ def test_a_run_stopped_at_the_target_entropy_stays_stopped_on_resume(tmp_path):
     assert again.steps == 1 and sorted(train_steps(run_dir)) == [1]
 
 
-def test_a_crashed_run_resumes_exactly(tmp_path, monkeypatch):
-    settings = ["train.max_steps=4", "train.save_every=2", "distill.teacher=snapshot", "distill.teacher_temperature=2"]
-    whole = train_steps(train(distill_config(tmp_path, "whole", *settings)).run_dir)
-
+def crashed_in_step_three_and_resumed(tmp_path, monkeypatch, settings: list[str]) -> dict:
+    """Run ``crashed`` with ``settings``, killed in its third step (one micro-batch a step), then resumed to its end;
+    the resumed run's logged metrics by step."""
     original, calls = DistillMethod.loss, {"n": 0}
 
     def crash_in_step_three(self, model, batch, totals):
         calls["n"] += 1
-        if calls["n"] > 2:  # one micro-batch per step
+        if calls["n"] > 2:
             raise RuntimeError("killed")
         return original(self, model, batch, totals)
 
@@ -113,7 +112,14 @@ def test_a_crashed_run_resumes_exactly(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="killed"):
         train(distill_config(tmp_path, "crashed", *settings))
     monkeypatch.setattr(DistillMethod, "loss", original)
-    resumed = train_steps(train(distill_config(tmp_path, "crashed", *settings)).run_dir)
+    return train_steps(train(distill_config(tmp_path, "crashed", *settings)).run_dir)
+
+
+def test_a_crashed_run_resumes_exactly(tmp_path, monkeypatch):
+    settings = ["train.max_steps=4", "train.save_every=2", "distill.teacher=snapshot", "distill.teacher_temperature=2"]
+    whole = train_steps(train(distill_config(tmp_path, "whole", *settings)).run_dir)
+
+    resumed = crashed_in_step_three_and_resumed(tmp_path, monkeypatch, settings)
     assert sorted(resumed) == [1, 2, 3, 4]
     for step in (3, 4):
         for key in ("loss", "divergence", "entropy", "completion_length", "grad_norm"):

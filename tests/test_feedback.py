@@ -16,7 +16,7 @@ from posttrain.trainers.feedback import RolloutFeedback, rollout_feedback, teach
 from posttrain.trainers.run import train
 from tests.helpers import read_jsonl, step_gradients, train_steps
 from tests.rl_helpers import REWARD_SOURCE, reward
-from tests.test_distill import PROMPTS, distill_config, full_row_logits
+from tests.test_distill import PROMPTS, crashed_in_step_three_and_resumed, distill_config, full_row_logits
 
 RECIPES = Path(__file__).resolve().parents[1] / "posttrain" / "recipes" / "sdpo"
 TEMPLATE = "{prompt} | attempt: {attempt} | {feedback} | retry"
@@ -285,19 +285,7 @@ def test_an_ema_teacher_run_resumes_exactly(tmp_path, monkeypatch):
     settings = [*ema_settings(tmp_path), "train.max_steps=3", "train.save_every=2"]
     whole = train_steps(train(distill_config(tmp_path, "whole", *settings)).run_dir)
     assert (tmp_path / "whole" / "checkpoints" / "step-2" / "ema_teacher" / "model.safetensors").is_file()
-    original, calls = DistillMethod.loss, {"n": 0}
-
-    def crash_in_step_three(self, model, batch, totals):
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise RuntimeError("killed")
-        return original(self, model, batch, totals)
-
-    monkeypatch.setattr(DistillMethod, "loss", crash_in_step_three)
-    with pytest.raises(RuntimeError, match="killed"):
-        train(distill_config(tmp_path, "crashed", *settings))
-    monkeypatch.setattr(DistillMethod, "loss", original)
-    resumed = train_steps(train(distill_config(tmp_path, "crashed", *settings)).run_dir)
+    resumed = crashed_in_step_three_and_resumed(tmp_path, monkeypatch, settings)
     for key in ("loss", "divergence", "grad_norm"):  # step 3's teacher is the average saved at step 2
         assert resumed[3][key] == pytest.approx(whole[3][key], rel=1e-5, abs=1e-7), key
     live = train_steps(train(distill_config(tmp_path, "live", *settings, "distill.context_weights=live")).run_dir)
