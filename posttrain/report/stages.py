@@ -68,7 +68,7 @@ def seed_table(root: Path, name: str, rows: dict[str, list[str]], metrics: list[
     whose stages have not run yet shows ``n = 0``."""
     summary: dict[str, dict] = {}
     for label, patterns in rows.items():
-        members = [stage for stage in matching_stages(patterns, stages) if _ran(root / stage)]
+        members = [stage for stage in matching_stages(patterns, stages) if stage_ran(root / stage)]
         entry: dict = {"stages": members, "metrics": {}}
         for metric in metrics:
             values = [v for v in (stage_value(root / stage, metric) for stage in members) if v is not None]
@@ -86,7 +86,8 @@ def seed_table(root: Path, name: str, rows: dict[str, list[str]], metrics: list[
     return table
 
 
-def _ran(stage_dir: Path) -> bool:
+def stage_ran(stage_dir: Path) -> bool:
+    """Whether a stage has written its results: a tool stage's summary, or a training run's metrics."""
     return tool_result(stage_dir) is not None or (stage_dir / "metrics.jsonl").is_file()
 
 

@@ -56,7 +56,7 @@ from posttrain.recipe_paths import resolve_name_or_path, substitute_output_dir
 from posttrain.report import RunData, write_report
 from posttrain.report.chain import chain_table
 from posttrain.report.runs import read_run
-from posttrain.report.stages import draw_figure, matching_stages, seed_table, tool_result
+from posttrain.report.stages import draw_figure, matching_stages, seed_table, stage_ran
 from posttrain.rollout.options import ToolOptions
 from posttrain.trainers import checkpoint as ckpt
 from posttrain.trainers import resume
@@ -317,11 +317,6 @@ def finished_without_checkpoint(run_dir: Path) -> bool:
     from scratch and replace its results, so a pipeline run again leaves it as it is. A finished run with a
     checkpoint is resumed as usual (nothing to do at its last step; a longer ``max_steps`` continues it)."""
     return resume.finished(run_dir) and not ckpt.list_checkpoints(run_dir)
-
-
-def stage_ran(stage_dir: Path) -> bool:
-    """Whether a stage has written its results: a tool stage's summary, or a training run's metrics."""
-    return tool_result(stage_dir) is not None or (stage_dir / "metrics.jsonl").is_file()
 
 
 def _ready(root: Path, stages: list[str], what: str, only: list[str] | None) -> bool:

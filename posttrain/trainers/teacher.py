@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from posttrain.config import RunConfig
-from posttrain.config.distill import FEEDBACK_TEACHERS
 from posttrain.data import encode_prompts
 from posttrain.errors import ConfigError, DataError
 from posttrain.models import disabled_adapter, is_peft_model, load_model, load_tokenizer
@@ -92,7 +91,7 @@ class DistillTeacher:
     @property
     def ema(self) -> bool:
         """Whether the context teacher is the moving average of the student (``context_weights: ema``)."""
-        return self.cfg.context_weights == "ema" and self.cfg.teacher in ("self_context", *FEEDBACK_TEACHERS)
+        return self.cfg.context_weights == "ema"  # the config allows it for the context teachers only
 
     @torch.no_grad()
     def update_average(self, model) -> None:
