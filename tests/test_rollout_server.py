@@ -17,7 +17,8 @@ import torch
 from posttrain.errors import ConfigError, DataError, ModelError, PosttrainError
 from posttrain.models import load_model, tiny_model, tiny_tokenizer
 from posttrain.rollout import HFEngine, SamplingParams
-from posttrain.rollout.server import RemoteEngine, RolloutServerError
+from posttrain.rollout.remote import RemoteEngine
+from posttrain.rollout.wire import RolloutServerError
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [[1, 4 + ord("a"), 4 + ord("b")], [1, 4 + ord("x")], [1, 4 + ord("q"), 4 + ord("r"), 4 + ord("s")]]

@@ -16,7 +16,8 @@ from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWa
 from posttrain.errors import DataError, ModelError, PosttrainError
 from posttrain.models import apply_lora, tiny_model, tiny_tokenizer
 from posttrain.rollout import Generation, HFEngine, RolloutEngine, SamplingParams
-from posttrain.rollout.vllm import VLLMEngine, merged_weights, vllm_available, whole_prefill_groups
+from posttrain.rollout.vllm import VLLMEngine
+from posttrain.rollout.vllm_support import merged_weights, vllm_available, whole_prefill_groups
 
 MAX_MODEL_LEN = 512
 
@@ -136,7 +137,7 @@ def test_importing_vllm_leaves_the_environment_as_it_was_but_for_vllm_settings()
 
     script = (
         "import os, json; before = dict(os.environ)\n"
-        "from posttrain.rollout.vllm import _import_vllm; _import_vllm()\n"
+        "from posttrain.rollout.vllm_support import import_vllm; import_vllm()\n"
         "print(json.dumps(sorted(k for k in set(os.environ) | set(before)\n"
         "                        if os.environ.get(k) != before.get(k) and not k.startswith('VLLM_'))))"
     )
@@ -365,7 +366,7 @@ def test_a_bfloat16_engine_samples_the_bf16_policy_and_takes_fp32_weights(model_
 
 
 def test_without_vllm_the_engine_is_a_model_error_that_says_how_to_install(tokenizer, model_dir, monkeypatch):
-    import posttrain.rollout.vllm as module
+    import posttrain.rollout.vllm_support as module
 
     monkeypatch.setattr(module, "_availability", False)
     assert not module.vllm_available()
@@ -375,7 +376,7 @@ def test_without_vllm_the_engine_is_a_model_error_that_says_how_to_install(token
 
 
 def test_a_head_size_the_cpu_kernels_lack_is_refused_before_the_engine_starts(tmp_path, tokenizer):
-    from posttrain.rollout.vllm import vllm_problem
+    from posttrain.rollout.vllm_support import vllm_problem
 
     tiny_model().save_pretrained(tmp_path)  # 16-wide heads
     assert "head size 16" in vllm_problem(tmp_path)

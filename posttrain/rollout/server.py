@@ -12,7 +12,8 @@ answers JSON on ``http://HOST:PORT``:
 
 An error comes back as ``{"error": {"type", "what", "where", "fix"}}`` with status 400 (a request the caller can
 fix), 409 (the server is in the wrong state for it) or 500 (a fault in the engine; the traceback stays in the
-server's log), and :class:`RemoteEngine` raises it as the matching :class:`~posttrain.errors.PosttrainError`.
+server's log), and :class:`~posttrain.rollout.remote.RemoteEngine` raises it as the matching
+:class:`~posttrain.errors.PosttrainError`.
 
 Weight sync. The learner (rank 0) and the server (rank 1) form a process group of two, built straight from a
 ``TCPStore`` that the learner hosts: a gloo (CPU) or NCCL (CUDA) backend object constructed on that store, the
@@ -27,22 +28,15 @@ arrive as raw buffers whose dtype and shape the JSON metadata gives (from a fixe
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import http.client
-import ipaddress
 import json
 import os
-import socket
 import sys
 import threading
 import time
 import traceback
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -50,180 +44,19 @@ import torch
 import torch.distributed as dist
 
 from posttrain import errors
-from posttrain.errors import ConfigError, DataError, ModelError, PosttrainError
-from posttrain.models import is_peft_model
-from posttrain.rollout.base import Generation, SamplingParams, WeightSyncEngine
+from posttrain.errors import ConfigError, DataError, PosttrainError
+from posttrain.rollout.base import WeightSyncEngine
+from posttrain.rollout.sync_group import BACKENDS, SyncGroup, build_group, local_address_towards
+from posttrain.rollout.wire import (
+    error_to_json,
+    generation_to_json,
+    params_from_json,
+    prompts_from_json,
+    tensor_specs_from_json,
+)
 
 DEFAULT_PORT = 8765
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-BACKENDS = ("gloo", "nccl")
-SERVE_FIX = "start one with `posttrain rollout serve --model MODEL --port PORT` and pass its http://HOST:PORT"
-
-
-class RolloutServerError(PosttrainError):
-    """The rollout server cannot be reached, answered with a fault, or a weight sync failed."""
-
-
-# ---------------------------------------------------------------------------------------------------- the group
-
-
-@dataclasses.dataclass
-class SyncGroup:
-    """One side of the learner-server weight-sync group: a two-member gloo or NCCL backend on a ``TCPStore``.
-
-    ``store`` is kept so the learner (who hosts it) keeps it alive as long as the group.
-    """
-
-    backend: str
-    rank: int
-    group: Any
-    store: Any
-    device: torch.device
-
-    def broadcast(self, tensor: torch.Tensor, root: int) -> None:
-        options = dist.BroadcastOptions()
-        options.rootRank = root
-        options.rootTensor = 0
-        self.group.broadcast([tensor], options).wait()
-
-    def close(self) -> None:
-        shutdown = getattr(self.group, "shutdown", None)
-        if shutdown is not None:
-            try:
-                shutdown()
-            except RuntimeError:  # already torn down by the other side
-                pass
-        self.group = None
-
-
-def build_group(store, rank: int, backend: str, host: str, timeout: datetime.timedelta) -> SyncGroup:
-    """A two-member process group on ``store`` without ``init_process_group`` (no default group is involved).
-
-    ``host`` is this process's address as the other member reaches it (gloo binds its device to it). Blocks until
-    both members have joined or ``timeout`` passes.
-    """
-    if backend == "gloo":
-        options = dist.ProcessGroupGloo._Options()
-        options._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
-        options._timeout = timeout
-        group = dist.ProcessGroupGloo(store, rank, 2, options)
-        device = torch.device("cpu")
-    elif backend == "nccl":
-        nccl = getattr(dist, "ProcessGroupNCCL", None)
-        if nccl is None or not torch.cuda.is_available():
-            raise ConfigError("weight sync over NCCL needs CUDA and a PyTorch built with NCCL", where="backend",
-                              fix='use backend "gloo"')
-        device = torch.device("cuda", torch.cuda.current_device())
-        options = nccl.Options()
-        options._timeout = timeout
-        group = nccl(store, rank, 2, options)
-    else:
-        errors.check_choice(backend, BACKENDS, "weight-sync backend", where="backend")
-    return SyncGroup(backend=backend, rank=rank, group=group, store=store, device=device)
-
-
-def local_address_towards(host: str) -> str:
-    """This machine's address on the interface that reaches ``host`` (``127.0.0.1`` for a loopback host)."""
-    try:
-        if ipaddress.ip_address(socket.gethostbyname(host)).is_loopback:
-            return "127.0.0.1"
-    except (OSError, ValueError):
-        pass
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((host, 9))  # UDP: no packet is sent, the kernel only picks the route
-        return probe.getsockname()[0]
-
-
-# ------------------------------------------------------------------------------------------------------ JSON
-
-
-def generation_to_json(generation: Generation) -> dict:
-    return dataclasses.asdict(generation)
-
-
-def generation_from_json(data: dict) -> Generation:
-    return Generation(**{field.name: data[field.name] for field in dataclasses.fields(Generation)})
-
-
-def params_to_json(params: SamplingParams) -> dict:
-    return dataclasses.asdict(params)
-
-
-def params_from_json(data: Any) -> SamplingParams:
-    if not isinstance(data, dict):
-        raise ConfigError("params must be a JSON object of sampling settings", where="params",
-                          fix="send e.g. {\"temperature\": 0, \"max_new_tokens\": 32}")
-    known = {field.name for field in dataclasses.fields(SamplingParams)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown sampling setting {unknown[0]!r}", where=f"params.{unknown[0]}",
-                          fix=f"use only: {', '.join(sorted(known))}")
-    return SamplingParams(**data)
-
-
-def prompts_from_json(data: Any) -> list[list[int]]:
-    def is_token(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    if not isinstance(data, list) or not all(isinstance(p, list) and all(map(is_token, p)) for p in data):
-        raise DataError("prompt_ids must be a list of lists of token ids (integers >= 0)", where="prompt_ids",
-                        fix="send tokenized prompts, e.g. {\"prompt_ids\": [[1, 2, 3]]}")
-    return data
-
-
-def tensor_specs_from_json(data: Any) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    if not isinstance(data, list) or not data:
-        raise DataError("tensors must be a non-empty list of {name, shape, dtype}", where="tensors",
-                        fix="send the metadata of the tensors to broadcast")
-    specs = []
-    for index, item in enumerate(data):
-        where = f"tensors[{index}]"
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise DataError("each tensor needs a string name", where=where, fix="send {name, shape, dtype}")
-        shape = item.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
-                                                  for n in shape):
-            raise DataError(f"tensor {item['name']!r} has an invalid shape {shape!r}", where=f"{where}.shape",
-                            fix="send the shape as a list of integers >= 0")
-        dtype = DTYPES.get(item.get("dtype"))
-        if dtype is None:
-            raise DataError(f"tensor {item['name']!r} has an unsupported dtype {item.get('dtype')!r}",
-                            where=f"{where}.dtype", fix=f"use one of: {', '.join(DTYPES)}")
-        specs.append((item["name"], tuple(shape), dtype))
-    return specs
-
-
-def error_to_json(error: BaseException) -> dict:
-    if isinstance(error, PosttrainError):
-        return {"type": type(error).__name__, "what": error.what, "where": error.where, "fix": error.fix}
-    return {"type": type(error).__name__, "what": f"{type(error).__name__}: {errors.first_line(error)}",
-            "where": None, "fix": "see the rollout server's log for the traceback"}
-
-
-def error_from_json(data: Any, url: str, status: int) -> PosttrainError:
-    """The :class:`PosttrainError` a server's error answer stands for (its own class when posttrain has it)."""
-    if not isinstance(data, dict) or "what" not in data:
-        return RolloutServerError(f"the rollout server at {url} answered HTTP {status}: {str(data)[:200]}",
-                                  fix="check that the URL points at `posttrain rollout serve`")
-    kind = getattr(errors, str(data.get("type")), None)
-    if not (isinstance(kind, type) and issubclass(kind, PosttrainError)):
-        kind = RolloutServerError
-    what = str(data["what"])
-    return kind(f"rollout server {url}: {what}", where=data.get("where"), fix=data.get("fix"))
-
-
-# ---------------------------------------------------------------------------------------------------- server
 
 
 class _Conflict(PosttrainError):
@@ -464,164 +297,6 @@ def _handler_for(server: RolloutServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
     return Handler
-
-
-# ---------------------------------------------------------------------------------------------------- client
-
-
-class RemoteEngine(WeightSyncEngine):
-    """A :class:`RolloutEngine` whose ``generate`` runs on a rollout server, and whose ``load_weights`` pushes the
-    learner's tensors to it over a two-member process group (opened on first use; see the module docstring).
-
-    ``backend`` ``"auto"`` picks NCCL when the tensors to send are on CUDA and the server has CUDA, else gloo.
-    ``sync_host`` is the learner's address as the server reaches it (default: derived from the server's URL).
-    """
-
-    def __init__(self, url: str, *, timeout_s: float = 600.0, connect_timeout_s: float = 10.0,
-                 backend: str = "auto", sync_host: str | None = None, sync_timeout_s: float = 300.0):
-        parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
-        if parsed.scheme != "http" or not parsed.hostname:
-            raise ConfigError(f"rollout server URL {url!r} is not an http://HOST:PORT address", where="server_url",
-                              fix="use e.g. http://127.0.0.1:8765")
-        errors.check_choice(backend, ("auto", *BACKENDS), "weight-sync backend", where="backend")
-        self.url = f"http://{parsed.netloc}"
-        self.timeout_s = timeout_s
-        self.connect_timeout_s = connect_timeout_s
-        self.backend = backend
-        self.sync_host = sync_host
-        self.sync_timeout_s = sync_timeout_s
-        self.group: SyncGroup | None = None
-        self.last_sync_seconds: float | None = None
-
-    # -- HTTP -----------------------------------------------------------------------------------------------
-
-    def request(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None) -> dict:
-        """One JSON request; a failure is a :class:`PosttrainError` naming the URL."""
-        url = self.url + path
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            try:
-                payload = json.loads(error.read()).get("error")
-            except (json.JSONDecodeError, AttributeError, OSError):
-                payload = None
-            raise error_from_json(payload, url, error.code) from None
-        except TimeoutError:
-            raise RolloutServerError(f"the rollout server at {url} did not answer within {timeout:g} s",
-                                     fix="check that it is running and not stuck (GET /health), or raise timeout_s"
-                                     ) from None
-        except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as error:
-            reason = getattr(error, "reason", error)
-            raise RolloutServerError(f"cannot reach the rollout server at {url}: {reason}", fix=SERVE_FIX) from None
-
-    def health(self) -> dict:
-        return self.request("GET", "/health", timeout_s=self.connect_timeout_s)
-
-    def wait_ready(self, timeout_s: float = 120.0, process=None) -> dict:
-        """Poll ``/health`` until the server answers (or ``process``, the server's ``Popen``, exits)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                return self.health()
-            except RolloutServerError:
-                if process is not None and process.poll() is not None:
-                    raise RolloutServerError(f"the rollout server for {self.url} exited with status "
-                                             f"{process.returncode} before it answered", fix=SERVE_FIX) from None
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    # -- RolloutEngine ----------------------------------------------------------------------------------------
-
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Generation]:
-        answer = self.request("POST", "/generate", {"prompt_ids": [list(map(int, p)) for p in prompt_ids],
-                                                    "params": params_to_json(params)})
-        return [generation_from_json(item) for item in answer["generations"]]
-
-    # -- weight sync ------------------------------------------------------------------------------------------
-
-    def open_group(self, backend: str = "gloo") -> SyncGroup:
-        """Host a ``TCPStore`` on a free port, ask the server to join, and join as rank 0."""
-        self.close_group()
-        host = self.sync_host or local_address_towards(urllib.parse.urlsplit(self.url).hostname)
-        timeout = datetime.timedelta(seconds=self.sync_timeout_s)
-        store = dist.TCPStore(host, 0, 2, is_master=True, timeout=timeout, wait_for_workers=False)
-        prefix = f"posttrain-sync-{uuid.uuid4().hex}"
-        self.request("POST", "/weights/init", {"host": host, "port": store.port, "backend": backend,
-                                               "prefix": prefix, "timeout_s": self.sync_timeout_s})
-        try:
-            self.group = build_group(dist.PrefixStore(prefix, store), 0, backend, host, timeout)
-        except RuntimeError as error:
-            raise RolloutServerError(f"the rollout server at {self.url} did not join the weight-sync group on "
-                                     f"{host}:{store.port}: {errors.first_line(error)}",
-                                     fix="the server must reach this machine at that address (set sync_host to an "
-                                         "address it can reach, and open the port)") from None
-        return self.group
-
-    def close_group(self) -> None:
-        if self.group is not None:
-            self.group.close()
-            self.group = None
-
-    def close(self, stop_server: bool = False) -> None:
-        """Close the weight-sync group on both sides; ``stop_server`` also shuts the server down."""
-        try:
-            self.request("POST", "/close", {"stop": stop_server}, timeout_s=self.connect_timeout_s)
-        finally:
-            self.close_group()
-
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Broadcast ``(name, tensor)`` pairs to the server, which loads them with its engine's ``load_weights``.
-
-        Returns when the server has applied them (or raises the server's reason why it did not).
-        """
-        tensors = [(name, tensor.detach()) for name, tensor in named_tensors]
-        if not tensors:
-            return
-        started = time.perf_counter()
-        if self.group is None:
-            backend = self.backend
-            if backend == "auto":
-                on_cuda = any(tensor.is_cuda for _, tensor in tensors)
-                backend = "nccl" if on_cuda and self.health().get("cuda") else "gloo"
-            self.open_group(backend)
-        group = self.group
-        for name, tensor in tensors:
-            if tensor.dtype not in DTYPE_NAMES:
-                raise ModelError(f"parameter {name!r} has dtype {tensor.dtype}, which weight sync does not carry",
-                                 where=name, fix=f"cast it to one of: {', '.join(DTYPES)}")
-        metadata = [{"name": name, "shape": list(tensor.shape), "dtype": DTYPE_NAMES[tensor.dtype]}
-                    for name, tensor in tensors]
-        self.request("POST", "/weights/update", {"tensors": metadata})
-        try:
-            for _, tensor in tensors:
-                group.broadcast(tensor.to(group.device).contiguous(), root=0)
-            status = torch.zeros(1, dtype=torch.int64, device=group.device)
-            group.broadcast(status, root=1)
-        except RuntimeError as error:
-            self.close_group()
-            raise RolloutServerError(f"weight sync with the rollout server at {self.url} broke: "
-                                     f"{errors.first_line(error)}",
-                                     fix="check the server's log; the next load_weights opens a new group") from None
-        if int(status.item()) != 0:
-            outcome = self.request("GET", "/weights/status")
-            raise error_from_json(outcome.get("error"), self.url, 200)
-        self.last_sync_seconds = time.perf_counter() - started
-
-    def sync_from(self, model) -> None:
-        """Push every parameter of an HF model (a tied weight once) to the server."""
-        if is_peft_model(model):
-            raise ModelError("sync_from takes a plain model, not one with LoRA adapters",
-                             fix="merge the adapters into a copy (merge_and_unload) and sync that copy")
-        self.load_weights(model.named_parameters())
-
-
-# ----------------------------------------------------------------------------------------------------- serve
 
 
 def serve(engine: WeightSyncEngine, host: str = "127.0.0.1", port: int = DEFAULT_PORT, info: dict | None = None,
