@@ -1,5 +1,5 @@
 """The ``posttrain`` command. Each sub-command parses its arguments and calls one function; the ``eval``
-sub-commands are in :mod:`posttrain.cli_eval`.
+sub-commands are in :mod:`posttrain.cli_eval`, the ``bench`` ones in :mod:`posttrain.cli_bench`.
 
 A :class:`posttrain.errors.PosttrainError` or a usage mistake (an unknown option or command, a missing or
 malformed value) is printed in a line or two without a traceback and exits with status 2.
@@ -14,13 +14,13 @@ from typing import Annotated
 
 import typer
 
-from posttrain.cli_eval import AsJson, Engine, eval_app, out_option, tool_options
+from posttrain.cli_bench import bench_app
+from posttrain.cli_eval import Engine, eval_app, out_option, tool_options
 from posttrain.errors import ConfigError, PosttrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Post-training for language models.")
 data_app = typer.Typer(no_args_is_help=True, help="Make and inspect datasets.")
 model_app = typer.Typer(no_args_is_help=True, help="Inspect and export models.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmark posttrain against peer libraries.")
 judge_app = typer.Typer(no_args_is_help=True, help="Make judge training data.")
 rollout_app = typer.Typer(no_args_is_help=True, help="Serve a rollout engine for learners in other processes.")
 app.add_typer(data_app, name="data")
@@ -280,114 +280,6 @@ def judge_metarm_data(
 
     summary = run_metarm_data(tool_options(context, MetarmDataOptions))
     typer.echo(json.dumps(summary, indent=2))
-
-
-PosttrainSet = Annotated[list[str] | None, typer.Option(
-    "--set", help="KEY=VALUE for posttrain's run config only (repeatable, validated), e.g. train.memory=lean")]
-
-
-@bench_app.command("sft")
-def bench_sft(
-    context: typer.Context,
-    vs: Annotated[str, typer.Option(help="peer library")] = "trl",
-    device: Annotated[str, typer.Option(help="cpu (float32 on both sides) or cuda (float32 weights, bf16 autocast "
-                                             "on both sides)")] = "cpu",
-    model: str = "smollm2-135m",
-    steps: int = 6,
-    batch_size: int = 8,
-    max_length: int = 256,
-    repeats: int = 2,
-    warmup_steps: int = 1,
-    gradient_checkpointing: Annotated[bool | None, typer.Option(
-        "--gradient-checkpointing/--no-gradient-checkpointing",
-        help="set on both sides (default: each side's own default, posttrain off, TRL on)")] = None,
-    posttrain_set: PosttrainSet = None,
-    as_json: AsJson = False,
-) -> None:
-    """Same SFT steps in posttrain and in the peer, each in its own process, alternated over repeats."""
-    from posttrain.bench.sft import SftBenchOptions, run_sft_benchmark
-
-    result = run_sft_benchmark(tool_options(context, SftBenchOptions))
-    typer.echo(json.dumps(result, indent=None if as_json else 2))
-
-
-@bench_app.command("dpo")
-def bench_dpo(
-    context: typer.Context,
-    vs: Annotated[str, typer.Option(help="peer library")] = "trl",
-    device: Annotated[str, typer.Option(help="cpu (float32 on both sides) or cuda (float32 weights, bf16 autocast "
-                                             "on both sides)")] = "cpu",
-    model: str = "smollm2-135m",
-    steps: int = 4,
-    batch_size: Annotated[int, typer.Option(help="pairs per step")] = 4,
-    max_length: int = 256,
-    repeats: int = 2,
-    warmup_steps: int = 1,
-    beta: Annotated[float, typer.Option(help="β of the sigmoid DPO loss")] = 0.1,
-    lr: Annotated[float, typer.Option(help="constant learning rate")] = 1e-6,
-    micro_batch_tokens: Annotated[int | None, typer.Option(
-        help="posttrain's train.micro_batch_tokens (default: its own; 0 = one pass per step, as TRL)")] = None,
-    posttrain_set: PosttrainSet = None,
-    as_json: AsJson = False,
-) -> None:
-    """Same DPO steps (reference log-probs precomputed, not timed) in posttrain and in the peer, alternated."""
-    from posttrain.bench.dpo import DpoBenchOptions, run_dpo_benchmark
-
-    result = run_dpo_benchmark(tool_options(context, DpoBenchOptions))
-    typer.echo(json.dumps(result, indent=None if as_json else 2))
-
-
-@bench_app.command("distill")
-def bench_distill(
-    context: typer.Context,
-    vs: Annotated[str, typer.Option(help="peer library")] = "trl",
-    device: Annotated[str, typer.Option(help="cpu (float32 on both sides) or cuda (float32 weights, bf16 autocast "
-                                             "on both sides)")] = "cpu",
-    model: str = "smollm2-135m",
-    steps: Annotated[int, typer.Option(help="timed steps")] = 4,
-    warmup_steps: Annotated[int, typer.Option(help="steps run before the timed ones")] = 1,
-    prompts: Annotated[int, typer.Option(help="prompts per step, one completion each")] = 8,
-    max_completion_length: int = 64,
-    teacher_temperature: Annotated[float, typer.Option(help="T of the self-teacher")] = 2.0,
-    repeats: int = 2,
-    posttrain_set: PosttrainSet = None,
-    trl_vllm: Annotated[bool, typer.Option(
-        "--trl-vllm", help="TRL samples with its colocated vLLM engine (default: HF generate)")] = False,
-    as_json: AsJson = False,
-) -> None:
-    """TS-OPSD steps (live self-teacher) against TRL's DistillationTrainer with the model as its own teacher."""
-    from posttrain.bench.distill import DistillBenchOptions, run_distill_benchmark
-
-    result = run_distill_benchmark(tool_options(context, DistillBenchOptions))
-    typer.echo(json.dumps(result, indent=None if as_json else 2))
-
-
-@bench_app.command("grpo")
-def bench_grpo(
-    context: typer.Context,
-    vs: Annotated[str, typer.Option(help="peer library")] = "trl",
-    device: Annotated[str, typer.Option(help="cpu (float32 on both sides) or cuda (float32 weights, bf16 autocast "
-                                             "on both sides)")] = "cpu",
-    model: str = "smollm2-135m",
-    steps: Annotated[int, typer.Option(help="timed steps")] = 4,
-    warmup_steps: Annotated[int, typer.Option(help="steps run before the timed ones")] = 1,
-    prompts: Annotated[int, typer.Option(help="prompts per step")] = 1,
-    num_generations: Annotated[int, typer.Option(help="completions per prompt, G")] = 8,
-    max_completion_length: Annotated[int, typer.Option(help="most tokens generated per completion")] = 64,
-    repeats: int = 2,
-    gradient_checkpointing: Annotated[bool | None, typer.Option(
-        "--gradient-checkpointing/--no-gradient-checkpointing",
-        help="set on both sides (default: each side's own default, posttrain off, TRL on)")] = None,
-    posttrain_set: PosttrainSet = None,
-    trl_vllm: Annotated[bool, typer.Option(
-        "--trl-vllm", help="TRL samples with its colocated vLLM engine (default: HF generate)")] = False,
-    as_json: AsJson = False,
-) -> None:
-    """Same GRPO steps (prompts, G, sampling, reward, loss) in posttrain and in the peer, alternated over repeats."""
-    from posttrain.bench.grpo import GrpoBenchOptions, run_grpo_benchmark
-
-    result = run_grpo_benchmark(tool_options(context, GrpoBenchOptions))
-    typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
 @rollout_app.command("serve")

@@ -21,7 +21,8 @@ ROOT = Path(posttrain.__file__).parent
 # Top to bottom: a node may import the nodes of lower layers only (not those of its own layer).
 LAYERS = (
     ("cli",),
-    ("cli_eval",),  # the `posttrain eval` sub-commands, registered by cli
+    ("cli_bench",),  # the `posttrain bench` sub-commands, registered by cli
+    ("cli_eval",),  # the `posttrain eval` sub-commands (and options the others share), registered by cli
     ("bench",),  # `posttrain bench`: runs posttrain's trainers against a peer library
     ("trainers",),  # the loop, the methods, sweeps and pipelines
     ("rewards", "evals"),  # thin users of judges and grading; neither imports the other
@@ -36,7 +37,7 @@ LAYERS = (
 RANK = {f"posttrain.{name}": rank for rank, names in enumerate(LAYERS) for name in names}
 
 # Where a posttrain import may stay inside a function: the CLI defers every command's imports for start-up speed.
-DEFERRING_MODULES = {"posttrain/cli.py", "posttrain/cli_eval.py"}
+DEFERRING_MODULES = {"posttrain/cli.py", "posttrain/cli_bench.py", "posttrain/cli_eval.py"}
 # Any other deferred posttrain import must be listed here as "path:line", with a comment saying why.
 ALLOWED_DEFERRED: set[str] = set()
 
