@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import shutil
 
 
 class PosttrainError(Exception):
@@ -66,16 +67,39 @@ class RunStateError(PosttrainError):
 
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# what writers that wrap the OS error in their own exception put in its message: Rust's io::Error (safetensors:
+# "... No space left on device (os error 28)"), C++ writers (torch.save's "file write failed")
+DISK_FULL_MESSAGES = tuple(f"os error {code})" for code in DISK_FULL_ERRNOS) + (
+    "No space left on device", "Disk quota exceeded")
+WRITE_FAILED_MESSAGES = ("file write failed", "failed writing file")
+NEARLY_FULL_BYTES = 64 * 2**20
+
+
+def is_disk_full(error: BaseException, directory) -> bool:
+    """Whether ``error``, raised while writing into ``directory``, means the disk (or quota) is full: an
+    ``OSError`` with ``ENOSPC``/``EDQUOT``; an error of a writer that wraps one and keeps its text (safetensors'
+    ``SafetensorError``); or a writer's bare "write failed" (``torch.save``) while less than 64 MiB is free."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno in DISK_FULL_ERRNOS
+    message = str(error)
+    if any(text in message for text in DISK_FULL_MESSAGES):
+        return True
+    if not any(text in message for text in WRITE_FAILED_MESSAGES):
+        return False
+    try:
+        return shutil.disk_usage(directory).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
 def disk_space_checked(directory, writing: str):
-    """Turn a full disk (``ENOSPC``/``EDQUOT``) while ``writing`` into ``directory`` into a :class:`RunStateError`
-    that names the directory; every other ``OSError`` passes through unchanged."""
+    """Turn a full disk (:func:`is_disk_full`) while ``writing`` into ``directory`` into a :class:`RunStateError`
+    that names the directory; every other error passes through unchanged."""
     try:
         yield
-    except OSError as error:
-        if error.errno not in DISK_FULL_ERRNOS:
+    except Exception as error:
+        if isinstance(error, PosttrainError) or not is_disk_full(error, directory):
             raise
         raise RunStateError(f"no space left on {directory} while writing {writing}",
                             fix="free disk space (or point output_dir at a larger disk) and run the same command "

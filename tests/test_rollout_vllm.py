@@ -145,6 +145,25 @@ def test_importing_vllm_leaves_the_environment_as_it_was_but_for_vllm_settings()
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_engines_started_one_after_another_leave_the_exception_hook_alone(model_dir):
+    """vLLM's one-process group calls ``init_process_group``, which wraps ``sys.excepthook`` to prefix
+    ``[rank0]:`` to every traceback line; a pipeline starts an engine per stage, and the prefixes piled up."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from posttrain.models import load_tokenizer\n"
+        "from posttrain.rollout.vllm import VLLMEngine\n"
+        "for _ in range(2):\n"
+        f"    VLLMEngine({str(model_dir)!r}, load_tokenizer({str(model_dir)!r}), max_model_len=64,\n"
+        "               kv_cache_gib=0.1).close()\n"
+        "print(sys.excepthook is sys.__excepthook__)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "True", result.stderr[-2000:]
+
+
 def test_stop_ids_are_those_of_the_hf_engine(engine, hf_engine):
     assert engine.stop_ids == hf_engine.stop_ids
 

@@ -235,14 +235,24 @@ def test_a_flipped_bit_is_caught_by_the_manifest(tmp_path):
 # -- a full disk -------------------------------------------------------------------------------------------
 
 
-def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+def _safetensors_full_disk():
+    from safetensors import SafetensorError
+
+    return SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("disk_full", [
+    lambda file: OSError(errno.ENOSPC, "No space left on device", str(file)),
+    lambda file: _safetensors_full_disk(),  # safetensors keeps the OS error only in its message
+], ids=["os-error", "safetensors-error"])
+def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, disk_full):
     run_dir = _finished_run(tmp_path, "full")
     before = [p.name for p in ckpt.list_checkpoints(run_dir)]
     real_save = torch.save
 
     def full_disk(obj, file, *args, **kwargs):
         if str(file).endswith("optimizer.pt"):
-            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+            raise disk_full(file)
         return real_save(obj, file, *args, **kwargs)
 
     monkeypatch.setattr(ckpt.torch, "save", full_disk)
@@ -276,6 +286,25 @@ def test_other_os_errors_are_not_reported_as_a_full_disk():
 
     with pytest.raises(PermissionError), disk_space_checked("/somewhere", "x"):
         raise PermissionError(errno.EACCES, "denied")
+    with pytest.raises(ValueError), disk_space_checked("/somewhere", "x"):
+        raise ValueError("not a disk problem")
+
+
+def test_a_bare_write_failure_counts_as_a_full_disk_only_when_the_disk_is_nearly_full(tmp_path, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    from posttrain import errors
+
+    write_failed = RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                                "data/3: file write failed")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=2**20))
+    with pytest.raises(RunStateError, match=f"no space left on {tmp_path} while writing x"), \
+            errors.disk_space_checked(tmp_path, "x"):
+        raise write_failed
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=10**11))
+    with pytest.raises(RuntimeError, match="file write failed"), errors.disk_space_checked(tmp_path, "x"):
+        raise write_failed
 
 
 def test_the_lock_file_names_its_holder(tmp_path):

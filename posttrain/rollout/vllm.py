@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
@@ -145,12 +146,14 @@ class VLLMEngine(RolloutEngine):
         else:
             engine_args.update(enforce_eager=True)
         real_set_num_threads = torch.set_num_threads
+        exception_hook = sys.excepthook  # init_process_group wraps it to prefix "[rank0]:", once per engine start
         try:
             self.llm = vllm.LLM(**engine_args)
         except Exception as error:
             raise self._start_error(error, model, kv_cache_gib) from error
         finally:
             torch.set_num_threads = real_set_num_threads
+            sys.excepthook = exception_hook
             restore_environment(environment)
         _OPEN.add(self)
         self._vllm = vllm
