@@ -110,6 +110,32 @@ def test_critique_judge_writes_right_verdicts_from_the_pairs_critiques():
                             f"is correct.\n\n[[{right}]]")
 
 
+def test_a_solve_first_critique_is_compared_by_its_arguments_not_its_solution():
+    """RM-NLHF's process reward on the testbed: the synthesized solve-first judgment of the grm format must count as
+    similar to its own reference critique (numbers backend), and another pair's critique must not."""
+    from posttrain.data.tasks.judge_pairs import make_preference_pairs
+    from posttrain.judges.grm import critique_arguments, parse_grm
+    from posttrain.judges.similarity import build_similarity, quantize
+    from posttrain.judges.synthesis import CritiqueJudge
+    from posttrain.models import tiny_tokenizer
+
+    pairs = make_preference_pairs(8, seed=3, levels=[2])
+    rows, _, _ = synthesize_judgments(CritiqueJudge(pairs, tiny_tokenizer(), style="solve_first", template="grm"),
+                                      pairs, "grm", SamplingParams(n=1))
+    numbers = build_similarity("numbers")
+    for row in rows:
+        output = parse_grm(row["completion"][0]["content"])
+        reference = pairs[row["pair_index"]]["critique"]
+        other = pairs[(row["pair_index"] + 1) % len(pairs)]["critique"]
+        assert output.critique.startswith("Solving it first: ") and output.arguments.startswith("Response A ends with")
+        own, foreign = numbers.scores([output.arguments, output.arguments], [reference, other])
+        assert quantize(own, numbers.default_threshold) == 1, (output.arguments, reference)
+        assert quantize(foreign, numbers.default_threshold) == 0, (output.arguments, other)
+    kept = parse_grm(rows[0]["completion"][0]["content"]).critique  # with the solution kept it would not count
+    assert quantize(numbers.scores([kept], [pairs[rows[0]["pair_index"]]["critique"]])[0], numbers.default_threshold) == 0
+    assert critique_arguments("Response B has an error. 3 + 4 is 7.") == "Response B has an error. 3 + 4 is 7."
+
+
 def test_solve_first_judgments_fit_the_grm_and_s2j_formats():
     from posttrain.data.tasks.judge_pairs import make_preference_pairs
     from posttrain.grading import grade

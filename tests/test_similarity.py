@@ -86,6 +86,7 @@ def test_llm_backend_reads_the_last_f1_and_retries_garbage_then_scores_zero():
 
 def test_agreement_figures_by_hand():
     assert quantize(0.5, 0.5) == 1 and quantize(0.49, 0.5) == 0
+    assert quantize(2 * 0.6 * 1.0 / 1.6, 0.75) == 1  # F1 of 3 of 4: 0.7499999999999999
     # q: a = 1 1 0 0, b = 1 0 0 0 → agreement 3/4; p_e = .5·.25 + .5·.75 = .5, κ = (.75 − .5)/.5 = .5
     assert cohen_kappa([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx(0.5)
     result = backend_agreement({"a": [0.9, 0.8, 0.1, 0.2], "b": [0.9, 0.3, 0.2, 0.1]}, {"a": 0.5, "b": 0.5})

@@ -41,7 +41,7 @@ from posttrain.judges.grm import parsed
 from posttrain.judges.metrics import group_metrics
 from posttrain.judges.pairs import RIGHT_VERDICT, pair_texts, preference_pairs
 from posttrain.judges.scorers import judge_pairs
-from posttrain.judges.similarity import build_similarity
+from posttrain.judges.similarity import build_similarity, quantize
 from posttrain.rollout import RolloutEngine, SamplingParams
 from posttrain.rollout.engines import tool_engine
 from posttrain.rollout.options import EngineOptions
@@ -120,12 +120,12 @@ def judge_rows(engine: RolloutEngine, pairs: Sequence[dict], template_name: str,
             row["correct"] = output.valid and output.choice == RIGHT_VERDICT[row["order"]]
             if template.name == "s2j" and output.solve:
                 row["own_correct"] = grade(output.solve, pair["reference"])[1]
-            critique = output.critique
+            critique = output.arguments
         else:
             critique = row["output"]
         if similarity is not None and row["correct"] and pair.get("critique") and critique:
             row["similarity"] = similarity.scores([critique], [pair["critique"]])[0]
-            row["spurious"] = row["similarity"] < limit
+            row["spurious"] = not quantize(row["similarity"], limit)
     return rows
 
 

@@ -88,6 +88,28 @@ class GRMOutput:
     def valid(self) -> bool:
         return self.error is None
 
+    @property
+    def arguments(self) -> str | None:
+        """The critique's arguments about the responses (:func:`critique_arguments`): what a critique similarity
+        compares with a reference critique."""
+        return None if self.critique is None else critique_arguments(self.critique)
+
+
+# How a solve-first critique in the grm format opens (`judge synthesize --critique-style solve_first`): the judge's
+# own solution, its steps joined by "; ", ending with its "#### answer" line, before anything about the responses.
+SOLVE_FIRST_LEAD = "Solving it first:"
+_SOLVE_FIRST_SOLUTION = re.compile(rf"\s*{re.escape(SOLVE_FIRST_LEAD)}.*?####[^.]*\.\s*", re.DOTALL)
+
+
+def critique_arguments(critique: str) -> str:
+    """``critique`` without a leading solve-first solution (:data:`SOLVE_FIRST_LEAD` up to its ``#### answer.``).
+
+    RM-NLHF's similarity judge compares the key arguments of two critiques (methods.md §4.4); the judge's own
+    solution argues nothing about either response, and its numbers would swamp a numeric overlap (measured: with
+    the solution kept, no right critique of the judge testbed reached the ``numbers`` threshold)."""
+    match = _SOLVE_FIRST_SOLUTION.match(critique)
+    return critique[match.end():] if match else critique
+
 
 def last_tag(text: str, tag: str) -> str | None:
     """The stripped content of the last ``<tag>…</tag>`` in ``text``, or None."""

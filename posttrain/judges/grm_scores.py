@@ -24,7 +24,7 @@ from posttrain.errors import DataError
 from posttrain.grading import grade
 from posttrain.judges.grm import GRMOutput, outcome, parsed
 from posttrain.judges.metarm import MetaRM, metarm_text
-from posttrain.judges.similarity import SimilarityBackend, pearson
+from posttrain.judges.similarity import SimilarityBackend, pearson, quantize
 from posttrain.models import load_tokenizer
 from posttrain.models.reward import load_reward_model, score_sequences
 
@@ -71,9 +71,9 @@ def rule_rewards(outputs: Sequence[GRMOutput], records: Sequence[dict], similari
     right = [index for index, value in enumerate(judged) if value == 1.0]
     limit = similarity.default_threshold if threshold is None else threshold
     if right:
-        scores = similarity.scores([outputs[i].critique or "" for i in right], [records[i]["critique"] for i in right])
+        scores = similarity.scores([outputs[i].arguments or "" for i in right], [records[i]["critique"] for i in right])
         for index, score in zip(right, scores, strict=True):
-            judged[index] += weight * (1.0 if score >= limit else 0.0)
+            judged[index] += weight * quantize(score, limit)
     return judged
 
 

@@ -32,7 +32,7 @@ from pydantic import Field
 from posttrain.data.master_keys import add_masterkey_negatives
 from posttrain.errors import DataError
 from posttrain.judges.formats import JudgeTemplate, resolve_template
-from posttrain.judges.grm import GRM_TEMPLATES
+from posttrain.judges.grm import GRM_TEMPLATES, SOLVE_FIRST_LEAD
 from posttrain.judges.pairs import pair_texts, preference_pairs
 from posttrain.judges.scorers import judge_pairs
 from posttrain.models import load_tokenizer
@@ -164,7 +164,7 @@ def _solve_first_judgment(right: str, wrong: str, critique: str, solution: str, 
     if tags == "s2j":
         return f"<solve>{solution}</solve>\n<critics>{comparison}</critics>\n<choice>[[{right}]]</choice>"
     solved = "; ".join(line.strip() for line in solution.strip().split("\n") if line.strip())
-    return f"<critics>Solving it first: {solved}. {comparison}</critics>\n<choice>[[{right}]]</choice>"
+    return f"<critics>{SOLVE_FIRST_LEAD} {solved}. {comparison}</critics>\n<choice>[[{right}]]</choice>"
 
 
 def _messages(row: dict) -> list[dict]:
