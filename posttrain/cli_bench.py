@@ -20,6 +20,8 @@ BenchDevice = Annotated[str, typer.Option(help="cpu (float32 on both sides) or c
 GradientCheckpointing = Annotated[bool | None, typer.Option(
     "--gradient-checkpointing/--no-gradient-checkpointing",
     help="set on both sides (default: each side's own default, posttrain off, TRL on)")]
+TimedSteps = Annotated[int, typer.Option(help="timed steps")]
+WarmupSteps = Annotated[int, typer.Option(help="steps run before the timed ones")]
 TrlVllm = Annotated[bool, typer.Option(
     "--trl-vllm", help="TRL samples with its colocated vLLM engine (default: HF generate)")]
 PosttrainSet = Annotated[list[str] | None, typer.Option(
@@ -32,11 +34,11 @@ def bench_sft(
     vs: PeerLibrary = "trl",
     device: BenchDevice = "cpu",
     model: str = "smollm2-135m",
-    steps: int = 6,
+    steps: TimedSteps = 6,
     batch_size: int = 8,
     max_length: int = 256,
     repeats: int = 2,
-    warmup_steps: int = 1,
+    warmup_steps: WarmupSteps = 1,
     gradient_checkpointing: GradientCheckpointing = None,
     posttrain_set: PosttrainSet = None,
     as_json: AsJson = False,
@@ -53,11 +55,11 @@ def bench_dpo(
     vs: PeerLibrary = "trl",
     device: BenchDevice = "cpu",
     model: str = "smollm2-135m",
-    steps: int = 4,
+    steps: TimedSteps = 4,
     batch_size: Annotated[int, typer.Option(help="pairs per step")] = 4,
     max_length: int = 256,
     repeats: int = 2,
-    warmup_steps: int = 1,
+    warmup_steps: WarmupSteps = 1,
     beta: Annotated[float, typer.Option(help="β of the sigmoid DPO loss")] = 0.1,
     lr: Annotated[float, typer.Option(help="constant learning rate")] = 1e-6,
     micro_batch_tokens: Annotated[int | None, typer.Option(
@@ -77,8 +79,8 @@ def bench_distill(
     vs: PeerLibrary = "trl",
     device: BenchDevice = "cpu",
     model: str = "smollm2-135m",
-    steps: Annotated[int, typer.Option(help="timed steps")] = 4,
-    warmup_steps: Annotated[int, typer.Option(help="steps run before the timed ones")] = 1,
+    steps: TimedSteps = 4,
+    warmup_steps: WarmupSteps = 1,
     prompts: Annotated[int, typer.Option(help="prompts per step, one completion each")] = 8,
     max_completion_length: int = 64,
     teacher_temperature: Annotated[float, typer.Option(help="T of the self-teacher")] = 2.0,
@@ -99,8 +101,8 @@ def bench_grpo(
     vs: PeerLibrary = "trl",
     device: BenchDevice = "cpu",
     model: str = "smollm2-135m",
-    steps: Annotated[int, typer.Option(help="timed steps")] = 4,
-    warmup_steps: Annotated[int, typer.Option(help="steps run before the timed ones")] = 1,
+    steps: TimedSteps = 4,
+    warmup_steps: WarmupSteps = 1,
     prompts: Annotated[int, typer.Option(help="prompts per step")] = 1,
     num_generations: Annotated[int, typer.Option(help="completions per prompt, G")] = 8,
     max_completion_length: Annotated[int, typer.Option(help="most tokens generated per completion")] = 64,
