@@ -41,6 +41,17 @@ def test_feedback_is_built_per_rollout_from_its_own_group():
     assert rollout_feedback([0, 0], ["x", "y"], None, [None, None], cfg) == [RolloutFeedback((), "")] * 2
 
 
+def test_the_default_teacher_sees_the_feedback_but_not_the_attempt_it_scores():
+    """SDPO's code and TRL leave the attempt out of the teacher's message: a teacher that reads it predicts the
+    attempt's own next tokens and distillation then reinforces whatever was sampled (docs/reproductions.md)."""
+    cfg = FeedbackConfig(sources=["sibling"])
+    feedback = rollout_feedback([0, 0], ["wrong attempt 41", "right one 42"], [0.0, 1.0], [None, None], cfg)
+    prompt = teacher_record({"prompt": "Q?"}, "wrong attempt 41", feedback[0], cfg)["prompt"]
+    assert prompt.startswith("Q?") and "right one 42" in prompt and "wrong attempt 41" not in prompt
+    shown = teacher_record({"prompt": "Q?"}, "wrong attempt 41", feedback[0], FeedbackConfig(template=TEMPLATE))
+    assert "attempt: wrong attempt 41" in shown["prompt"]  # still available as {attempt}
+
+
 def sdpo_method(tmp_path, model, *settings, answers=True):
     """A DistillMethod over 4 prompts × 2 samples × 12 tokens, rewards = the 0/1 `even` verifier, and step 0."""
     (tmp_path / "r.py").write_text(REWARD_SOURCE)

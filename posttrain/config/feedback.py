@@ -34,9 +34,10 @@ class FeedbackConfig(Section):
         "incorrect from the rewards), field (the record's error text in `field`)")
     field: str = Field("feedback", description="the record field holding a rollout's feedback text (source: field)")
     success_threshold: float = Field(1.0, description="a rollout whose total reward is >= this is correct")
-    template: str = Field("{prompt}\n\nYour earlier attempt:\n{attempt}\n\n{feedback}\n\nCorrectly solve the original "
-                          "question.", description="the teacher's user message; fields {prompt}, {feedback} and "
-                          "optionally {attempt} (the rollout's own completion)")
+    template: str = Field("{prompt}\n\n{feedback}\n\nCorrectly solve the original question.",
+                          description="the teacher's user message; fields {prompt}, {feedback} and optionally "
+                          "{attempt} (the rollout's own completion). SDPO's code does not show the attempt: a teacher "
+                          "that reads it predicts the attempt's own tokens (docs/reproductions.md, SDPO)")
     phrases: dict[str, str] = Field(DEFAULT_PHRASES, description="how each source is written into {feedback}; "
                                     "{text} is the demonstration, the verdict or the field's text")
     separator: str = Field("\n\n", description="written between the sources in {feedback}")

@@ -1,8 +1,9 @@
 """The teacher context of one rollout, for self-distillation with feedback that changes per rollout.
 
 SDPO (Hübotter et al. 2026, arXiv 2601.20802; ``distill.teacher: self_feedback``, and ``method: srpo``): the
-self-teacher of rollout ``y`` of prompt ``x`` is the model shown ``c(x, y, f)`` — ``distill.feedback.template``
-filled with the question, the rollout's own attempt ``y`` and its feedback ``f`` — followed by the same completion
+self-teacher of rollout ``y`` of prompt ``x`` is the model shown ``c(x, f)`` — ``distill.feedback.template``
+filled with the question and the rollout's feedback ``f`` (and the attempt ``y`` itself where the template has
+``{attempt}``, which SDPO's code leaves out: a teacher that can read ``y`` copies it) — followed by the completion
 tokens ``y``; the divergence is taken on ``y``'s tokens. ``f`` joins, in ``feedback.sources`` order, the sources
 available for that rollout, each worded by ``feedback.phrases``:
 
