@@ -4,7 +4,7 @@
 
 Samples ``--samples`` completions at T = 1 to each of ``--questions`` level-1 arithmetic questions, then scores each
 completion's tokens y_t three ways: under the student (the question alone), under the SDPO teacher whose message
-shows the attempt itself (``distill.feedback.template`` with ``{attempt}``), and under the teacher shown only the
+shows the attempt itself (``distill.feedback.template`` with ``{attempt}``, as this project's default was), and under the teacher shown only the
 question and the feedback (SDPO's code). The feedback is a correct solution — the task's reference solution, worded
 by the ``sibling`` phrase — so every rollout has a teacher. Printed per context and for right / wrong rollouts:
 
@@ -29,7 +29,8 @@ from posttrain.models import load_model, load_tokenizer
 from posttrain.rewards.builtin import math_reward
 from posttrain.trainers.feedback import RolloutFeedback, teacher_record
 
-WITHOUT_ATTEMPT = "{prompt}\n\n{feedback}\n\nCorrectly solve the original question."
+WITH_ATTEMPT = "{prompt}\n\nYour earlier attempt:\n{attempt}\n\n{feedback}\n\nCorrectly solve the original question."
+WITHOUT_ATTEMPT = "{prompt}\n\n{feedback}\n\nCorrectly solve the original question."  # the default
 
 
 def sample(model, tokenizer, prompt_ids: list[int], n: int, max_new_tokens: int) -> list[tuple[list[int], bool]]:
@@ -65,7 +66,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     tokenizer, model = load_tokenizer(args.model), load_model(args.model, dtype="float32", device="cpu").eval()
     records = make_task("arithmetic", args.questions, args.seed, levels=[1])
-    contexts = {"with_attempt": FeedbackConfig(), "without_attempt": FeedbackConfig(template=WITHOUT_ATTEMPT)}
+    contexts = {name: FeedbackConfig(template=template)
+                for name, template in (("with_attempt", WITH_ATTEMPT), ("without_attempt", WITHOUT_ATTEMPT))}
     sums: dict[str, dict[str, list[float]]] = {}
     for record, prompt_ids in zip(records, encode_prompts(records, tokenizer), strict=True):
         demonstration = FeedbackConfig().phrase("sibling").format(text=record["answer"])
