@@ -10,6 +10,7 @@ import pickle
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -326,3 +327,20 @@ def test_settings_added_since_a_checkpoint_count_as_their_defaults_inside_record
     assert config_changes(old, changed) == {"data.sample_block": (1, 2)}  # a non-default value is a change
     switched_on = {"method": "distill", "distill": None}  # a section the checkpoint had off stays a change
     assert "distill.teacher" in config_changes(switched_on, new)
+
+
+def test_a_new_default_in_a_section_the_method_never_reads_does_not_block_resuming():
+    from posttrain.trainers.resume import check_config
+
+    old = {"method": "grpo", "rl": {"beta": 0.0}, "distill": {"feedback": {"template": "{prompt} {attempt} {feedback}"}},
+           "preference": {"beta": 0.1}}
+    new = {"method": "grpo", "rl": {"beta": 0.0}, "distill": {"feedback": {"template": "{prompt} {feedback}"}},
+           "preference": {"beta": 0.2}}
+    assert set(check_config(old, new, Path("ckpt"))) == {"distill.feedback.template", "preference.beta"}  # logged
+    srpo = {**new, "method": "srpo"}  # SRPO reads distill: the same change refuses the resume
+    with pytest.raises(ConfigError, match="distill.feedback.template"):
+        check_config({**old, "method": "srpo"}, srpo, Path("ckpt"))
+    with pytest.raises(ConfigError, match="rl.beta"):
+        check_config(old, {**new, "rl": {"beta": 0.1}}, Path("ckpt"))
+    with pytest.raises(ConfigError, match="method"):  # another method: every section counts again
+        check_config(old, {**new, "method": "distill"}, Path("ckpt"))

@@ -38,6 +38,7 @@ from posttrain.config.run import (
     PPO_UNUSED_RL_KEYS,
     RUN_NAME,
     RunConfig,
+    unused_sections,
 )
 from posttrain.config.sections import Section, changed_keys
 from posttrain.config.training import (
@@ -100,5 +101,6 @@ __all__ = [
     "load_config",
     "parse_override",
     "split_reward_path",
+    "unused_sections",
     "validate_config",
 ]

@@ -37,6 +37,14 @@ METHOD_SECTIONS = {"sft": ("sft",), "grpo": ("rl",), "ppo": ("rl", "ppo"), "dist
                    "srpo": ("rl", "distill"), "dpo": ("preference",), "reward_model": ("reward_model",)}
 ON_POLICY_METHODS = ("grpo", "ppo", "distill", "srpo")
 DEFAULT_SAMPLES_PER_PROMPT = {"grpo": 8, "ppo": 1, "distill": 1, "srpo": 8}
+
+
+def unused_sections(method: str) -> tuple[str, ...]:
+    """The sections a run of ``method`` never reads: the other methods' sections, and ``rollout:`` off-policy."""
+    used = METHOD_SECTIONS[method]
+    others = dict.fromkeys(section for sections in METHOD_SECTIONS.values() for section in sections
+                           if section not in used)
+    return (*others, *(() if method in ON_POLICY_METHODS else ("rollout",)))
 SRPO_UNUSED_DISTILL_KEYS = ("rewards", "objective", "gopd_lambda", "target_entropy", "teacher_model")
 # PPO's KL is in its token rewards (Ziegler et al. 2019, OpenRLHF, verl) unless the recipe says otherwise
 PPO_RL_DEFAULTS = {"kl_in": "reward", "kl_estimator": "k1"}
@@ -98,8 +106,7 @@ class RunConfig(Section):
         (its step is ``prompts_per_step`` prompts, split into passes by ``train.batch_size`` and its own
         ``micro_batch_tokens``)."""
         used = METHOD_SECTIONS[self.method]
-        unused = [key for section in dict.fromkeys(s for sections in METHOD_SECTIONS.values() for s in sections)
-                  if section not in used for key in changed_keys(getattr(self, section), section)]
+        unused = [key for section in unused_sections(self.method) for key in changed_keys(getattr(self, section), section)]
         if self.method == "ppo":
             unused += [key for key in changed_keys(self.rl, "rl") if key.split(".")[1] in PPO_UNUSED_RL_KEYS]
         if self.method == "srpo":  # the rewards are rl.rewards; the distillation is SDPO's divergence
@@ -108,8 +115,6 @@ class RunConfig(Section):
         on_policy = self.method in ON_POLICY_METHODS
         if on_policy:
             unused += [key for key in changed_keys(self.train, "train") if key == "train.grad_accum"]
-        else:
-            unused += changed_keys(self.rollout, "rollout")
         if unused:
             sections = ", ".join(f"`{section}:`" for section in used)
             raise ValueError(f"method {self.method} does not use {', '.join(unused)}; remove "

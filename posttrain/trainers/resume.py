@@ -10,7 +10,9 @@
   same gradient is computed, and may change; each start of a run is appended to ``history.jsonl`` with
   what changed, so ``config.yaml`` (the settings now in force) never hides what ran before.
   ``train.precision`` is not among them: another autocast dtype computes other gradients, and an fp16 run's
-  loss scale continues from its checkpoint. A setting added after a checkpoint was written compares as the
+  loss scale continues from its checkpoint. The sections the run's method never reads
+  (:func:`posttrain.config.unused_sections`: another method's section, ``rollout:`` off-policy) are not compared:
+  a new default there does not change this run. A setting added after a checkpoint was written compares as the
   value that reproduces what the older version did: its default (a new setting's default keeps the old
   behaviour), or the value :data:`ADDED_DEFAULTS` names where the default changed behaviour.
 * **Same data.** The training data files' fingerprints are recorded too; a file that changed is a
@@ -29,7 +31,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from posttrain.config import RunConfig
+from posttrain.config import RunConfig, unused_sections
 from posttrain.data.fingerprint import describe_change, path_fingerprint
 from posttrain.errors import CheckpointError, ConfigError, DataError
 from posttrain.trainers import checkpoint as ckpt
@@ -113,7 +115,9 @@ def check_config(old: dict | None, new: dict, checkpoint: Path,
     if old is None:  # written before configs were recorded: nothing to compare
         return {}
     changes = config_changes(old, new)
-    refused = {key: change for key, change in changes.items() if not is_resumable(key, global_batch_checked)}
+    idle = unused_sections(new.get("method", "sft")) if old.get("method") == new.get("method") else ()
+    refused = {key: change for key, change in changes.items()
+               if not is_resumable(key, global_batch_checked) and key.split(".")[0] not in idle}
     if refused:
         lines = "\n  ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
         raise ConfigError(
