@@ -37,14 +37,6 @@ METHOD_SECTIONS = {"sft": ("sft",), "grpo": ("rl",), "ppo": ("rl", "ppo"), "dist
                    "srpo": ("rl", "distill"), "dpo": ("preference",), "reward_model": ("reward_model",)}
 ON_POLICY_METHODS = ("grpo", "ppo", "distill", "srpo")
 DEFAULT_SAMPLES_PER_PROMPT = {"grpo": 8, "ppo": 1, "distill": 1, "srpo": 8}
-
-
-def unused_sections(method: str) -> tuple[str, ...]:
-    """The sections a run of ``method`` never reads: the other methods' sections, and ``rollout:`` off-policy."""
-    used = METHOD_SECTIONS[method]
-    others = dict.fromkeys(section for sections in METHOD_SECTIONS.values() for section in sections
-                           if section not in used)
-    return (*others, *(() if method in ON_POLICY_METHODS else ("rollout",)))
 SRPO_UNUSED_DISTILL_KEYS = ("rewards", "objective", "gopd_lambda", "target_entropy", "teacher_model")
 # PPO's KL is in its token rewards (Ziegler et al. 2019, OpenRLHF, verl) unless the recipe says otherwise
 PPO_RL_DEFAULTS = {"kl_in": "reward", "kl_estimator": "k1"}
@@ -56,6 +48,14 @@ MOVED_KEYS = {
     **{f"{section}.rollout_{key}": f"rollout.{key}" for section in ("rl", "distill") for key in ("batch_size", "dtype")},
     "rl.micro_batch_tokens": "train.micro_batch_tokens", "distill.micro_batch_tokens": "train.micro_batch_tokens",
 }
+
+
+def unused_sections(method: str) -> tuple[str, ...]:
+    """The sections a run of ``method`` never reads: the other methods' sections, and ``rollout:`` off-policy."""
+    used = METHOD_SECTIONS[method]
+    others = dict.fromkeys(section for sections in METHOD_SECTIONS.values() for section in sections
+                           if section not in used)
+    return (*others, *(() if method in ON_POLICY_METHODS else ("rollout",)))
 
 
 class RunConfig(Section):
