@@ -29,8 +29,8 @@ from posttrain.models import load_model, load_tokenizer
 from posttrain.rewards.builtin import math_reward
 from posttrain.trainers.feedback import RolloutFeedback, teacher_record
 
+# the default distill.feedback.template before it left the attempt out
 WITH_ATTEMPT = "{prompt}\n\nYour earlier attempt:\n{attempt}\n\n{feedback}\n\nCorrectly solve the original question."
-WITHOUT_ATTEMPT = "{prompt}\n\n{feedback}\n\nCorrectly solve the original question."  # the default
 
 
 def sample(model, tokenizer, prompt_ids: list[int], n: int, max_new_tokens: int) -> list[tuple[list[int], bool]]:
@@ -66,8 +66,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     tokenizer, model = load_tokenizer(args.model), load_model(args.model, dtype="float32", device="cpu").eval()
     records = make_task("arithmetic", args.questions, args.seed, levels=[1])
-    contexts = {name: FeedbackConfig(template=template)
-                for name, template in (("with_attempt", WITH_ATTEMPT), ("without_attempt", WITHOUT_ATTEMPT))}
+    contexts = {"with_attempt": FeedbackConfig(template=WITH_ATTEMPT), "without_attempt": FeedbackConfig()}
     sums: dict[str, dict[str, list[float]]] = {}
     for record, prompt_ids in zip(records, encode_prompts(records, tokenizer), strict=True):
         demonstration = FeedbackConfig().phrase("sibling").format(text=record["answer"])
