@@ -68,10 +68,11 @@ class RunStateError(PosttrainError):
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # what writers that wrap the OS error in their own exception put in its message: Rust's io::Error (safetensors:
-# "... No space left on device (os error 28)"), C++ writers (torch.save's "file write failed")
+# "... No space left on device (os error 28)"), C++ writers (torch.save's "file write failed", or, when the
+# last write of its zip archive comes up short, "unexpected pos N vs M")
 DISK_FULL_MESSAGES = tuple(f"os error {code})" for code in DISK_FULL_ERRNOS) + (
     "No space left on device", "Disk quota exceeded")
-WRITE_FAILED_MESSAGES = ("file write failed", "failed writing file")
+WRITE_FAILED_MESSAGES = ("file write failed", "failed writing file", "unexpected pos")
 NEARLY_FULL_BYTES = 64 * 2**20
 
 
