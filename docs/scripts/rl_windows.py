@@ -24,9 +24,8 @@ from posttrain.run_files import METRICS_FILE, read_metrics
 WINDOW = 5  # steps averaged at each end of the run
 
 
-def _window_mean(series: list[tuple[float, float]], first: bool) -> float | None:
-    """Mean over the first (or last) WINDOW steps; a step logged twice (a resumed run) counts once, last value."""
-    by_step = dict(series)
+def _window_mean(by_step: dict[float, float], first: bool) -> float | None:
+    """Mean over the first (or last) WINDOW steps of a metric's values by step."""
     steps = sorted(by_step)
     chosen = steps[:WINDOW] if first else steps[-WINDOW:]
     return statistics.mean(by_step[step] for step in chosen) if chosen else None
@@ -50,13 +49,13 @@ def likelihood_by_kind(samples: Path) -> dict | None:
 
 def run_summary(run: Path) -> dict:
     series, _, _, _ = read_metrics(run / METRICS_FILE)
-    by_step = {name: dict(points) for name, points in series.items()}
+    by_step = {name: dict(points) for name, points in series.items()}  # a step logged twice (resumed): last value
     return {
         "steps": len(by_step.get("seconds_per_step", {})),
         "eval_accuracy": series["eval/accuracy"][-1][1] if "eval/accuracy" in series else None,
-        "length_first": _window_mean(series.get("completion_length", []), first=True),
-        "length_last": _window_mean(series.get("completion_length", []), first=False),
-        "truncated_last": _window_mean(series.get("truncated_fraction", []), first=False),
+        "length_first": _window_mean(by_step.get("completion_length", {}), first=True),
+        "length_last": _window_mean(by_step.get("completion_length", {}), first=False),
+        "truncated_last": _window_mean(by_step.get("truncated_fraction", {}), first=False),
         "batch_accuracy": statistics.mean(by_step["accuracy"].values()) if "accuracy" in by_step else None,
         "steps_with_sibling": sum(value > 0 for value in by_step.get("feedback_sibling", {}).values()),
         "seconds_per_step": statistics.mean(by_step["seconds_per_step"].values())
