@@ -19,7 +19,7 @@ from posttrain.config import load_config
 from posttrain.models import export_checkpoint
 from posttrain.models.saving import consolidated_model
 from posttrain.trainers import pipeline
-from posttrain.trainers.checkpoint import list_checkpoints
+from posttrain.trainers.checkpoint import list_checkpoints, read_trainer_state
 from posttrain.trainers.run import train
 from tests import distributed_run
 from tests.helpers import tiny_overrides, train_steps
@@ -77,9 +77,11 @@ def one_process(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module", params=["ddp", "fsdp"])
 def two_processes(request, tmp_path_factory) -> tuple[str, Path]:
-    """The same runs on two processes with half the batch each, plus a run cut after 2 steps and resumed."""
+    """The same runs on two processes with half the batch each (DPO's keeping only the final weights), plus a run cut
+    after 2 steps and resumed."""
     root = tmp_path_factory.mktemp(request.param)
-    launch(request.param, [sft(root, "sft", 2, 3), dpo(root, "dpo", 2), grpo(root, "grpo"), distill(root, "distill"),
+    launch(request.param, [sft(root, "sft", 2, 3), [*dpo(root, "dpo", 2), "train.final_checkpoint=weights"],
+                           grpo(root, "grpo"), distill(root, "distill"),
                            sft(root, "cut", 2, 2), sft(root, "cut", 2, 3), sft(root, "half", 2, 2),
                            sft(root, "lean", 2, 3, "train.memory=lean")])
     return request.param, root
@@ -107,8 +109,9 @@ def test_two_processes_train_as_one_with_the_same_global_batch(one_process, two_
     strategy, root = two_processes
     assert train_steps(root / method)[1]["grad_norm"] > CLIP[method], "clipping is not exercised"
     assert_same_run(one_process / method, root / method, range(1, steps + 1))
-    sharded = (list_checkpoints(root / method)[-1] / "sharded").is_dir()
-    assert sharded == (strategy == "fsdp")
+    last = list_checkpoints(root / method)[-1]
+    assert (last / "sharded").is_dir() == (strategy == "fsdp")
+    assert read_trainer_state(last).weights_only == (method == "dpo") == (not (last / "scheduler.pt").is_file())
 
 
 def test_a_run_cut_and_resumed_continues_exactly(two_processes):

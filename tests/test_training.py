@@ -172,3 +172,31 @@ def test_a_task_source_with_split_held_out_gives_the_held_out_questions():
                                                            kind="prompt", skip_invalid=False, held_out=True).records}
     with pytest.raises((ConfigError, ValueError), match="train and held_out"):
         DataSource(task="arithmetic", split="test")
+
+
+def test_a_weights_only_final_checkpoint_holds_the_same_model_and_refuses_to_continue(tmp_path):
+    from safetensors.torch import load_file
+
+    from posttrain.errors import ConfigError
+    from posttrain.trainers.checkpoint import read_trainer_state
+    from posttrain.trainers.pipeline import final_weights
+
+    settings = {"train.max_steps": 4, "train.save_every": 2, "train.keep_checkpoints": 2}
+    train(tiny_config(tmp_path, "full", **settings))
+    lean = tiny_config(tmp_path, "lean", **settings, **{"train.final_checkpoint": "weights"})
+    train(lean)
+    middle, last = list_checkpoints(lean.run_dir)
+    assert {p.name for p in last.iterdir()} == {"model", "trainer_state.json", "manifest.json"}
+    assert read_trainer_state(last).weights_only and not read_trainer_state(middle).weights_only
+    assert (middle / "optimizer.pt").is_file() and (middle / "rng-rank0.pt").is_file()  # mid-run: resumable
+    kept = load_file(last / "model" / "model.safetensors")
+    full = load_file(tmp_path / "full" / "checkpoints" / "step-4" / "model" / "model.safetensors")
+    assert kept.keys() == full.keys() and all((kept[k] == full[k]).all() for k in kept)
+    assert final_weights(lean.run_dir) == (last / "model").resolve()
+
+    assert train(lean).steps == 4  # finished: nothing to continue, so the weights are enough
+    with pytest.raises(ConfigError, match="holds only the weights") as refused:
+        train(tiny_config(tmp_path, "lean", **{**settings, "train.max_steps": 6}, **{"train.final_checkpoint": "weights"}))
+    assert "model.name=" in refused.value.fix
+    follow = train(tiny_config(tmp_path, "next", **{"model.name": str(last / "model"), "train.max_steps": 1}))
+    assert follow.steps == 1

@@ -61,6 +61,12 @@ class TrainConfig(Section):
     log_every: int = Field(1, gt=0)
     save_every: int = Field(0, ge=0, description="checkpoint every N optimizer steps; 0 = only at the end")
     save_final: bool = True
+    final_checkpoint: Literal["full", "weights"] = Field(
+        "full", description="what the checkpoint at the run's end holds. full: everything a longer run needs to "
+        "continue exactly (optimizer, scheduler, random and method states). weights: the model, tokenizer and "
+        "trainer state only - about a third of the size with AdamW in fp32, still the start of another run "
+        "(model.name=CHECKPOINT/model, a pipeline stage's `from`), but a longer max_steps can no longer continue "
+        "it (TRL's save_only_model, for the last checkpoint only: one killed mid-run still resumes exactly)")
     keep_checkpoints: int = Field(2, gt=0)
     eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only at start and end")
     eval_at_start: bool = True

@@ -54,11 +54,15 @@ def check_metadata(directory: Path, fix: str) -> None:
                               f"({type(error).__name__}: {str(error)[:200]})", fix=fix) from None
 
 
-def write_shards(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Every process: its shards of ``model`` and ``optimizer`` state into ``directory`` (a collective)."""
+def write_shards(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Every process: its shards of ``model`` and ``optimizer`` state (the model's alone when ``optimizer`` is None)
+    into ``directory`` (a collective)."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
+    if optimizer is None:
+        dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=directory)
+        return
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=directory)
 

@@ -8,6 +8,10 @@ the size and SHA-256 of every other file; an fp16 run adds its loss scaler's sta
 renamed into place, so a checkpoint directory either exists whole or not at all; a full disk while
 writing leaves the previous checkpoints as they were.
 
+A weights-only checkpoint (``train.final_checkpoint: weights``, the run's last one) keeps the model, tokenizer,
+trainer state and manifest and nothing else; ``trainer_state.json`` says so (``weights_only``), and it restores
+only a run that has nothing left to train.
+
 Under FSDP every process instead writes its own shards of the model and optimizer state into ``sharded/``
 (:mod:`posttrain.models.sharded`), and ``model/`` holds the model's config and tokenizer; ``posttrain model
 export`` consolidates, and a resume on another number of processes re-shards.
@@ -55,6 +59,7 @@ class TrainerState:
     data_files: dict | None = None  # fingerprint of the training data files (posttrain.data.fingerprint)
     world_size: int = 1  # processes that wrote it
     examples_per_step: int | None = None  # examples of one step over all processes (None: not recorded)
+    weights_only: bool = False  # no optimizer, scheduler, random or method state (train.final_checkpoint=weights)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -120,7 +125,8 @@ def _writing(target: Path, step: int):
 
 
 def write_shards(run_dir: Path, step: int, model, optimizer) -> None:
-    """Every process (FSDP): its shards of the model and optimizer state into the checkpoint being assembled."""
+    """Every process (FSDP): its shards of the model and optimizer state (the model's alone when ``optimizer`` is
+    None: a weights-only checkpoint) into the checkpoint being assembled."""
     target = temporary_dir(run_dir, step)
     with _writing(target, step):
         sharded.write_shards(target / SHARDED, unwrap(model), optimizer)
@@ -130,7 +136,8 @@ def write_checkpoint(run_dir: Path, state: TrainerState, model, tokenizer, optim
                      precision=None, shards_written: bool = False) -> Path:
     """Main process: write model, optimizer (both already in ``sharded/`` when ``shards_written``), scheduler, the
     loss scaler of ``precision`` (a :class:`~posttrain.trainers.precision.Precision`; only when it scales), trainer
-    state and manifest, then rename into place.
+    state and manifest, then rename into place. With ``state.weights_only`` the model, tokenizer, trainer state and
+    manifest only.
 
     Older checkpoints beyond the newest ``keep`` are deleted only after the new one is in place."""
     target = temporary_dir(run_dir, state.step)
@@ -143,16 +150,18 @@ def write_checkpoint(run_dir: Path, state: TrainerState, model, tokenizer, optim
                 inner.generation_config.save_pretrained(target / "model")
         else:
             inner.save_pretrained(target / "model", safe_serialization=True)
-            torch.save(optimizer.state_dict(), target / "optimizer.pt")
+            if not state.weights_only:
+                torch.save(optimizer.state_dict(), target / "optimizer.pt")
         if tokenizer is not None:
             tokenizer.save_pretrained(target / "model")
-        torch.save(scheduler.state_dict(), target / "scheduler.pt")
-        if precision is not None and precision.state_dict():
-            torch.save(precision.state_dict(), target / LOSS_SCALER_FILE)
+        if not state.weights_only:
+            torch.save(scheduler.state_dict(), target / "scheduler.pt")
+            if precision is not None and precision.state_dict():
+                torch.save(precision.state_dict(), target / LOSS_SCALER_FILE)
         (target / STATE_FILE).write_text(json.dumps(
             {"step": state.step, "data": state.data, "seed": state.seed, "stopped": state.stopped,
              "config": state.config, "data_files": state.data_files, "world_size": state.world_size,
-             "examples_per_step": state.examples_per_step}))
+             "examples_per_step": state.examples_per_step, "weights_only": state.weights_only}))
         write_manifest(target)
     final = checkpoint_dir(run_dir) / f"{STEP_PREFIX}{state.step}"
     if final.exists():
@@ -238,7 +247,8 @@ def read_trainer_state(path: Path) -> TrainerState:
         raw = json.loads(file.read_text())
         return TrainerState(step=raw["step"], data=raw["data"], seed=raw["seed"], stopped=raw.get("stopped", False),
                             config=raw.get("config"), data_files=raw.get("data_files"),
-                            world_size=raw.get("world_size", 1), examples_per_step=raw.get("examples_per_step"))
+                            world_size=raw.get("world_size", 1), examples_per_step=raw.get("examples_per_step"),
+                            weights_only=bool(raw.get("weights_only", False)))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise CheckpointError(f"{file} is corrupt ({type(error).__name__}: {error})", fix=RESUME_FIX) from None
 
@@ -246,12 +256,19 @@ def read_trainer_state(path: Path) -> TrainerState:
 def read_checkpoint(path: Path, model, optimizer, scheduler, rank: int,
                     check: Callable[[TrainerState], None] | None = None, precision=None) -> TrainerState:
     """Verify the checkpoint, let ``check`` refuse its trainer state, then restore model, optimizer, scheduler, the
-    loss scaler of ``precision`` (when it scales) and this process's RNG state; return the trainer state."""
+    loss scaler of ``precision`` (when it scales) and this process's RNG state; return the trainer state. A
+    weights-only checkpoint restores the model alone (``check`` decides whether that is enough)."""
     path = Path(path)
     verify_checkpoint(path)
     state = read_trainer_state(path)
     if check is not None:
         check(state)
+    if state.weights_only:
+        if (path / SHARDED).is_dir():
+            sharded.read_shards(path / SHARDED, unwrap(model), None, RESUME_FIX)
+        else:
+            load_model_weights(model, path / "model")
+        return state
     rng_file = path / f"rng-rank{rank}.pt"
     if not rng_file.is_file():  # more processes than wrote it: those have no random state to continue
         rng_file = path / "rng-rank0.pt"

@@ -214,7 +214,8 @@ class Trainer:
                                       global_batch_checked=state.examples_per_step is not None)
         resume.check_data(state.data_files, path)
         self.sampler.load_state_dict(state.data)
-        self.method.load_state(path)
+        if not state.weights_only:
+            self.method.load_state(path)
         self.step = state.step
         self.stopped = state.stopped
         return path, changes
@@ -223,6 +224,7 @@ class Trainer:
         def fits(state: ckpt.TrainerState) -> None:
             resume.check_processes(state, path, self.processes.world_size, self._global_examples(),
                                    self.parallel.sharded)
+            resume.check_weights_only(state, path, self.total_steps)
 
         return ckpt.read_checkpoint(path, self.model, self.optimizer, self.scheduler, self.processes.rank, check=fits,
                                     precision=self.precision)
@@ -234,18 +236,21 @@ class Trainer:
         if self.processes.is_main:
             print(text, flush=True)
 
-    def _save(self) -> None:
+    def _save(self, weights_only: bool = False) -> None:
+        """A checkpoint of this step (``weights_only``: the model without the state that continues training)."""
         run_dir = self.config.run_dir
-        ckpt.write_process_state(run_dir, self.step, self.processes.rank)
-        self.processes.barrier()
-        self.method.save_state(ckpt.temporary_dir(run_dir, self.step))  # every process: its own state
+        if not weights_only:
+            ckpt.write_process_state(run_dir, self.step, self.processes.rank)
+            self.processes.barrier()
+            self.method.save_state(ckpt.temporary_dir(run_dir, self.step))  # every process: its own state
         if self.parallel.sharded:
-            ckpt.write_shards(run_dir, self.step, self.model, self.optimizer)
+            ckpt.write_shards(run_dir, self.step, self.model, None if weights_only else self.optimizer)
         self.processes.barrier()
         if self.processes.is_main:
             state = ckpt.TrainerState(self.step, self.sampler.state_dict(), self.config.seed, self.stopped,
                                       config=self.config.model_dump(mode="json"), data_files=self.data_files,
-                                      world_size=self.processes.world_size, examples_per_step=self._global_examples())
+                                      world_size=self.processes.world_size, examples_per_step=self._global_examples(),
+                                      weights_only=weights_only)
             ckpt.write_checkpoint(run_dir, state, self.model, self.tokenizer, self.optimizer, self.scheduler,
                                   self.config.train.keep_checkpoints, precision=self.precision,
                                   shards_written=self.parallel.sharded)
@@ -390,7 +395,7 @@ class Trainer:
                 if (train.eval_every and self.step % train.eval_every == 0) or last:
                     eval_metrics = self._run_eval(log)
                 if (train.save_every and self.step % train.save_every == 0) or (last and train.save_final):
-                    self._save()
+                    self._save(weights_only=last and train.final_checkpoint == "weights")
         finally:
             log.close()
         if self.processes.is_main:

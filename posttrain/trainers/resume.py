@@ -43,7 +43,8 @@ HISTORY_FILE = "history.jsonl"
 RESUMABLE = (
     "name", "output_dir", "model.device",
     "train.max_steps", "train.epochs", "train.log_every", "train.save_every", "train.save_final",
-    "train.keep_checkpoints", "train.eval_every", "train.eval_at_start", "train.resume", "train.max_nonfinite_steps",
+    "train.final_checkpoint", "train.keep_checkpoints", "train.eval_every", "train.eval_at_start", "train.resume",
+    "train.max_nonfinite_steps",
     "train.chunk_size", "train.micro_batch_tokens", "train.gradient_checkpointing",  # the same gradient, computed otherwise
     "train.memory",  # only sets other keys, which are compared themselves (optim.update_in_backward must not change)
     "rl.rewards.timeout",
@@ -159,6 +160,17 @@ def check_processes(state: ckpt.TrainerState, checkpoint: Path, world_size: int,
             "FSDP) and this run shards the model (dist.strategy=fsdp)",
             fix="resume it with dist.strategy=ddp (or one process), or start a sharded run from its weights: "
                 "model.name=CHECKPOINT/model")
+
+
+def check_weights_only(state: ckpt.TrainerState, checkpoint: Path, total_steps: int) -> None:
+    """A :class:`ConfigError` when a weights-only checkpoint (``train.final_checkpoint=weights``) would have to
+    continue training: it has no optimizer state to continue from. At the run's end there is nothing to continue."""
+    if state.weights_only and not state.stopped and state.step < total_steps:
+        raise ConfigError(
+            f"the checkpoint {checkpoint} holds only the weights (train.final_checkpoint=weights, written when the "
+            f"run ended at step {state.step}); continuing to step {total_steps} needs the optimizer state it left out",
+            fix=f"start a new run from its weights (model.name={Path(checkpoint) / 'model'} name=NEW_NAME), or train "
+                "this one again from the start (train.resume=never)")
 
 
 def data_fingerprints(paths: list[str]) -> dict[str, dict]:
