@@ -57,8 +57,13 @@ def test_a_pipeline_chains_weights_and_writes_comparisons_and_figures(tmp_path):
     assert (root / "both.png").stat().st_size > 1000
     assert "first" in (root / "report.html").read_text() and "second" in (root / "report.html").read_text()
     before = (first / "metrics.jsonl").read_text()
-    run_pipeline(write_pipeline(tmp_path))  # again: finished stages stay as they are
+    run_pipeline(write_pipeline(tmp_path))  # again: finished stages stay as they are, and are not even loaded
     assert (first / "metrics.jsonl").read_text() == before
+    assert [json.loads(line)["event"] for line in (first / "history.jsonl").read_text().splitlines()] == [
+        "start", "finish"]
+    longer = write_pipeline(tmp_path, overrides={"seed": 3, "train.max_steps": 3})
+    run_pipeline(longer, only=["first"])  # other settings go through training: this one continues to step 3
+    assert sorted(train_steps(first)) == [1, 2, 3]
 
 
 def test_only_runs_the_named_stages_and_leaves_unfinished_figures_for_later(tmp_path, capsys):

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import yaml
 from pydantic import Field, model_validator
 
-from posttrain.config import Section, load_config
+from posttrain.config import RunConfig, Section, dump_config, load_config
 from posttrain.errors import ConfigError
 from posttrain.evals.gap import GapOptions, run_gap_eval
 from posttrain.evals.judge import JudgeEvalOptions, run_judge_eval
@@ -261,6 +261,9 @@ def run_pipeline(path: Path, only: list[str] | None = None) -> Path:
                 print(f"stage {stage.name} finished and kept no checkpoint to resume from; left as it is "
                       f"(delete {config.run_dir} to run it again)", flush=True)
                 continue
+            if finished_as_configured(config):
+                print(f"stage {stage.name} finished with these settings; nothing to do", flush=True)
+                continue
             train(config)
         else:
             run_tool_stage(root, stage, folder)
@@ -317,6 +320,15 @@ def finished_without_checkpoint(run_dir: Path) -> bool:
     from scratch and replace its results, so a pipeline run again leaves it as it is. A finished run with a
     checkpoint is resumed as usual (nothing to do at its last step; a longer ``max_steps`` continues it)."""
     return resume.finished(run_dir) and not ckpt.list_checkpoints(run_dir)
+
+
+def finished_as_configured(config: RunConfig) -> bool:
+    """A run that reached its end with exactly these settings (its ``config.yaml`` is this config's dump): training
+    it would load the model only to find nothing left to do, so a pipeline run again skips it at once. Other settings
+    (a longer ``train.max_steps``, an edited recipe) go through :func:`train`, which continues the run or refuses."""
+    saved = config.run_dir / "config.yaml"
+    return (resume.finished(config.run_dir) and saved.is_file()
+            and saved.read_text(encoding="utf-8") == dump_config(config))
 
 
 def _ready(root: Path, stages: list[str], what: str, only: list[str] | None) -> bool:
