@@ -14,11 +14,11 @@ iteration, the mean and sample standard deviation over the seeds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import statistics
 from pathlib import Path
+
+from seed_summary import mean_sd, run_command
 
 from posttrain.run_files import METRICS_FILE, read_metrics
 from posttrain.trainers.resume import finished
@@ -51,10 +51,6 @@ def dpo_stage(folder: Path) -> dict:
     return result
 
 
-def mean_sd(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 4),
-            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None, "values": values}
-
 
 def summarize(root: Path) -> dict:
     stages: dict[str, dict[str, dict[str, dict]]] = {}  # arm -> seed -> "judge1" / "dpo1" ... -> figures
@@ -81,15 +77,7 @@ def summarize(root: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path, help="the pipeline's output_dir (runs/self-rewarding-testbed)")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
-    args = parser.parse_args()
-    text = json.dumps(summarize(args.root), indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    run_command(__doc__.splitlines()[0], "runs/self-rewarding-testbed", summarize)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ Then, per arm, the mean and sample standard deviation over the seeds of pass@1 a
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import statistics
 from pathlib import Path
+
+from seed_summary import mean_sd, run_command
 
 from posttrain.run_files import METRICS_FILE, read_metrics
 
@@ -59,10 +59,6 @@ def continue_summary(series: dict) -> dict:
             "entropy_1_10": window(entropy, 1, 10), "entropy_11_20": window(entropy, 11, 20)}
 
 
-def mean_sd(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 4),
-            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None, "values": values}
-
 
 def summarize(root: Path) -> dict:
     stages: dict[str, dict[int, dict]] = {}
@@ -84,16 +80,7 @@ def summarize(root: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path, help="the pipeline's output_dir (runs/ts-opsd-seeds)")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
-    args = parser.parse_args()
-    result = summarize(args.root)
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    run_command(__doc__.splitlines()[0], "runs/ts-opsd-seeds", summarize)
 
 
 if __name__ == "__main__":
