@@ -263,21 +263,17 @@ def read_checkpoint(path: Path, model, optimizer, scheduler, rank: int,
     state = read_trainer_state(path)
     if check is not None:
         check(state)
-    if state.weights_only:
-        if (path / SHARDED).is_dir():
-            sharded.read_shards(path / SHARDED, unwrap(model), None, RESUME_FIX)
-        else:
-            load_model_weights(model, path / "model")
-        return state
     rng_file = path / f"rng-rank{rank}.pt"
     if not rng_file.is_file():  # more processes than wrote it: those have no random state to continue
         rng_file = path / "rng-rank0.pt"
-    files = [("scheduler.pt", scheduler)]
-    if (path / SHARDED).is_dir():
-        sharded.read_shards(path / SHARDED, unwrap(model), optimizer, RESUME_FIX)
+    in_shards = (path / SHARDED).is_dir()  # the optimizer state is there too (unless weights_only)
+    if in_shards:
+        sharded.read_shards(path / SHARDED, unwrap(model), None if state.weights_only else optimizer, RESUME_FIX)
     else:
         load_model_weights(model, path / "model")
-        files.insert(0, ("optimizer.pt", optimizer))
+    if state.weights_only:
+        return state
+    files = ([] if in_shards else [("optimizer.pt", optimizer)]) + [("scheduler.pt", scheduler)]
     for name, target in files:
         try:
             target.load_state_dict(load_state_file(path / name, RESUME_FIX))
