@@ -102,15 +102,31 @@ def no_offline_mode(monkeypatch):
 
 @pytest.fixture
 def unreachable_hub(no_offline_mode, monkeypatch):
-    """A hub endpoint that accepts connections but never answers (a local socket nobody reads)."""
+    """A hub endpoint that accepts connections but never answers (a local socket nobody reads); its address."""
     import huggingface_hub.constants
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
-    yield
+    address = silent.getsockname()[:2]
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://{address[0]}:{address[1]}")
+    yield address
     silent.close()
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """Every network connection this process opens from here on, as ``(host, port)``: "fails at once" means
+    no connection beyond the one bounded probe (counting them does not depend on how busy the machine is)."""
+    opened = []
+    connect = socket.socket.connect
+
+    def recorded(sock, address):
+        opened.append(address[:2] if isinstance(address, tuple) else address)
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", recorded)
+    return opened
 
 
 @pytest.fixture
@@ -134,80 +150,78 @@ def cache_snapshot(cache, repo_folder: str):
     return snapshot
 
 
-def test_unreachable_hub_model_name_is_a_model_error_within_5_seconds(unreachable_hub, hub_cache, monkeypatch):
-    from posttrain import hub
+def test_an_unreachable_hub_model_name_is_a_model_error_after_one_bounded_probe(unreachable_hub, hub_cache,
+                                                                                connections):
     from posttrain.models import load_model, load_tokenizer
 
-    probes = []
-    probe = hub._head_answers
-    monkeypatch.setattr(hub, "_head_answers", lambda endpoint: probes.append(endpoint) or probe(endpoint))
-    started = time.perf_counter()
     with pytest.raises(ModelError) as raised:
         load_model("nobody-here/no-such-model", device="cpu")
-    assert time.perf_counter() - started < 5
     message = str(raised.value)
     assert "taken as a Hugging Face hub model name" in message and "cannot be reached" in message
     assert "local Hugging Face model directory" in raised.value.fix and "hf download" in raised.value.fix
     with pytest.raises(ModelError, match="cannot be reached"):
         load_tokenizer("nobody-here/no-such-model")
-    assert len(probes) == 1  # the hub is probed once per process
+    # the probe (bounded: test_the_probe_is_bounded_even_if_the_lookup_hangs) is the only connection, made once
+    # per process; no library got to retry
+    assert connections == [unreachable_hub]
 
 
-def test_this_machine_without_network_fails_fast_on_a_hub_name(no_offline_mode, hub_cache):
-    """The real endpoint: without network (as here) the error comes at once; with network the hub says 404."""
+def test_this_machine_without_network_fails_on_a_hub_name_after_one_probe(no_offline_mode, hub_cache, monkeypatch):
+    """The real endpoint: without network (as here) the probe finds no answer; with network the hub says 404."""
+    from posttrain import hub
     from posttrain.models import load_model
 
-    started = time.perf_counter()
+    probes = []
+    probe = hub._head_answers
+    monkeypatch.setattr(hub, "_head_answers", lambda endpoint: probes.append(endpoint) or probe(endpoint))
     with pytest.raises(ModelError, match="hub"):
         load_model("nobody-here/no-such-model", device="cpu")
-    assert time.perf_counter() - started < 5
+    assert len(probes) == 1
 
 
-def test_offline_mode_hub_names_fail_at_once_saying_so(monkeypatch, hub_cache):
+def test_offline_mode_hub_names_fail_without_touching_the_network(monkeypatch, hub_cache, connections):
     from posttrain.data import read_records
     from posttrain.models import load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.perf_counter()
     with pytest.raises(ModelError, match="offline mode is set") as raised:
         load_model("nobody-here/no-such-model", device="cpu")
     assert "unset offline mode" in raised.value.fix
     with pytest.raises(DataError, match="offline mode is set") as raised:
         read_records("nobody-here/no-such-data:main")
     assert raised.value.where == "nobody-here/no-such-data:main" and "save_to_disk" in raised.value.fix
-    assert time.perf_counter() - started < 5
+    assert connections == []
 
 
-def test_a_cached_hub_model_loads_offline_and_without_network(unreachable_hub, hub_cache, monkeypatch):
+def test_a_cached_hub_model_loads_offline_and_without_network(unreachable_hub, hub_cache, monkeypatch, connections):
     from posttrain.models import load_model, load_tokenizer, tiny_model, tiny_tokenizer
 
     snapshot = cache_snapshot(hub_cache, "models--someone--cached-tiny")
     tiny_model().save_pretrained(snapshot)
     tiny_tokenizer().save_pretrained(snapshot)
     expected = tiny_model()(torch.tensor([[5, 6, 7]])).logits
-    for offline in ("0", "1"):
+    for offline, probed in (("1", []), ("0", [unreachable_hub])):
         monkeypatch.setenv("HF_HUB_OFFLINE", offline)
-        started = time.perf_counter()
         model = load_model("someone/cached-tiny", device="cpu", dtype="float32")
         tokenizer = load_tokenizer("someone/cached-tiny")
-        assert time.perf_counter() - started < 5
+        assert connections == probed  # offline: none; online: the one probe, and the cache serves the files
         assert model.name_or_path == "someone/cached-tiny"
         assert tokenizer.decode(tokenizer("2+2")["input_ids"]) == "2+2"
         torch.testing.assert_close(model(torch.tensor([[5, 6, 7]])).logits, expected)
 
 
-def test_a_cached_hub_dataset_reads_without_network(unreachable_hub, hub_cache):
+def test_a_cached_hub_dataset_reads_without_network(unreachable_hub, hub_cache, connections):
     from posttrain.data import read_records
 
     snapshot = cache_snapshot(hub_cache, "datasets--someone--cached-data")
     (snapshot / "train.jsonl").write_text('{"prompt": "1+1?", "completion": "2"}\n')
-    started = time.perf_counter()
     records = read_records("someone/cached-data")
-    assert time.perf_counter() - started < 5
     assert [record["completion"] for record in records] == ["2"]
+    assert connections == []  # the test settings switch datasets' own offline mode on, which skips the probe
 
 
 def test_the_probe_is_bounded_even_if_the_lookup_hangs(monkeypatch):
+    """A name lookup that hangs for 30 s: the probe gives up after PROBE_SECONDS (a wide margin for a busy host)."""
     from posttrain import hub
 
     monkeypatch.setattr(hub, "_head_answers", lambda endpoint: time.sleep(30) or True)
@@ -217,7 +231,7 @@ def test_the_probe_is_bounded_even_if_the_lookup_hangs(monkeypatch):
         assert not hub._endpoint_answers("http://hangs.invalid")
     finally:
         hub._endpoint_answers.cache_clear()
-    assert time.perf_counter() - started < hub.PROBE_SECONDS + 1
+    assert time.perf_counter() - started < hub.PROBE_SECONDS + 10
 
 
 # ------------------------------------------------------------------------------------------- recipe paths

