@@ -45,7 +45,7 @@ demo: setup
 	$(VENV)/bin/posttrain pipeline posttrain/recipes/demo/pipeline.yaml
 
 # one test process per CPU (at most 4), each test file in one process (its fixtures are built once); tests/conftest.py
-# gives each process one thread. On 2 CPU cores: 5.5-8 min in place of 19 sequential with torch's 2 threads
+# gives each process one thread. On 2 CPU cores: 5-8 min in place of 19 sequential with torch's 2 threads
 test: setup
 	$(PY) -m pytest tests -n logical --maxprocesses 4 --dist loadfile
 
